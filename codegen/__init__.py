@@ -1,0 +1,1 @@
+"""sparsec.codegen: targets, the kernel table, rendering C and building shared libraries."""

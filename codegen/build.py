@@ -1,0 +1,139 @@
+"""Build a shared library from rendered C with the system C compiler.
+
+The compiler is called with argv lists (never a shell), flags come from the target record, and
+results are cached by a hash of the source, the weights, the runtime sources, the flags and the
+compiler's identity. Every file lands by atomic rename, so concurrent builds of one model are safe.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+from sparsec.codegen.emit import Rendered
+from sparsec.codegen.targets import BASE_CFLAGS, Target
+
+from sparsec.errors import BuildError
+
+RUNTIME_SOURCES = ("runtime.c", "cpu.c")
+RUNTIME_HEADERS = ("sparsec.h", "sparsec_model.h")
+
+
+def runtime_dir() -> Path:
+    return Path(str(resources.files("sparsec.runtime_c")))
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sparsec"
+
+
+def find_compiler() -> str:
+    """The C compiler: $CC if set (as build tools conventionally honour), else cc, gcc, clang."""
+    for name in filter(None, (os.environ.get("CC"), "cc", "gcc", "clang")):
+        path = shutil.which(name)
+        if path:
+            return path
+    raise BuildError("no C compiler found (tried $CC, cc, gcc, clang); install one, e.g. "
+                     "`apt-get install gcc`")
+
+
+@functools.lru_cache(maxsize=8)
+def compiler_identity(compiler: str) -> str:
+    try:
+        result = subprocess.run([compiler, "--version"], capture_output=True, text=True,
+                                timeout=60, check=False)
+    except OSError as exc:
+        raise BuildError(f"cannot run the C compiler {compiler}: {exc}") from None
+    return f"{compiler}\n{result.stdout.strip()}"
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Readers see the old file or the whole new one, never a partial write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _run(argv: list[str], cwd: Path) -> None:
+    try:
+        result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False,
+                                timeout=1800)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BuildError(f"C compiler failed to run: {' '.join(argv)}: {exc}") from None
+    if result.returncode != 0:
+        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-30:])
+        raise BuildError(f"C compiler failed (exit {result.returncode}):\n  {' '.join(argv)}\n"
+                         f"{tail}")
+
+
+def compile_commands(compiler: str, target: Target, workdir: Path, output: Path,
+                     extra_flags: tuple[str, ...] = ()) -> list[list[str]]:
+    """The runtime at baseline flags (it must run on any CPU to report a missing feature),
+    the model at the target's flags, then the link."""
+    include = ["-I", str(runtime_dir())]
+    base = [compiler, *BASE_CFLAGS, *extra_flags, *include]
+    runtime_objects = []
+    commands = []
+    for source in RUNTIME_SOURCES:
+        obj = workdir / (Path(source).stem + ".o")
+        commands.append([*base, "-c", str(runtime_dir() / source), "-o", str(obj)])
+        runtime_objects.append(str(obj))
+    commands.append([*base, *target.cflags, "-c", "model.c", "-o", "model.o"])
+    commands.append([compiler, "-shared", *extra_flags, *runtime_objects, "model.o",
+                     "-o", str(output), "-lm"])
+    return commands
+
+
+def cache_key(rendered: Rendered, target: Target, compiler: str,
+              extra_flags: tuple[str, ...]) -> str:
+    h = hashlib.sha256()
+    for part in (rendered.digest(), target.name, " ".join(BASE_CFLAGS), " ".join(target.cflags),
+                 " ".join(extra_flags), compiler_identity(compiler)):
+        h.update(part.encode())
+        h.update(b"\0")
+    for name in RUNTIME_SOURCES + RUNTIME_HEADERS:
+        h.update((runtime_dir() / name).read_bytes())
+    return h.hexdigest()
+
+
+def build(rendered: Rendered, target: Target, output: Path, *, cache_dir: Path | None = None,
+          use_cache: bool = True, extra_flags: tuple[str, ...] = (),
+          keep_source: Path | None = None) -> Path:
+    """Compile `rendered` into the shared library `output`; returns `output`."""
+    compiler = find_compiler()
+    cache_dir = cache_dir or default_cache_dir()
+    key = cache_key(rendered, target, compiler, extra_flags)
+    cached = cache_dir / f"{key}.so"
+    if keep_source is not None:
+        keep_source.mkdir(parents=True, exist_ok=True)
+        (keep_source / "model.c").write_text(rendered.model_c)
+        (keep_source / "weights.bin").write_bytes(rendered.weights)
+    if not (use_cache and cached.is_file() and cached.stat().st_size > 0):
+        with tempfile.TemporaryDirectory(prefix="sparsec-build-") as tmp:
+            workdir = Path(tmp)
+            (workdir / "model.c").write_text(rendered.model_c)
+            (workdir / "weights.bin").write_bytes(rendered.weights)
+            library = workdir / "model.so"
+            for argv in compile_commands(compiler, target, workdir, library, extra_flags):
+                _run(argv, workdir)
+            data = library.read_bytes()
+        if not use_cache:
+            atomic_write(output, data, 0o755)
+            return output
+        atomic_write(cached, data, 0o755)
+    atomic_write(output, cached.read_bytes(), 0o755)
+    return output

@@ -1,0 +1,37 @@
+"""The only ways text reaches generated C: identifiers from indices, and escaped string literals.
+
+Model files are untrusted, so no name, doc string or attribute from a model is ever spliced into
+C source. Identifiers are made from the position of the thing they name; model text appears only
+inside string literals built by `c_string_literal`.
+"""
+
+from __future__ import annotations
+
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                  " _-.,:;=+()[]{}<>@#!$%^&|~`'")
+
+
+def tensor_var(index: int) -> str:
+    return f"t{int(index)}"
+
+
+def node_fn(index: int, kernel_symbol: str) -> str:
+    """The function for node `index`: kernel symbols are fixed strings from the kernel table."""
+    assert kernel_symbol.replace("_", "").isalnum(), kernel_symbol
+    return f"{kernel_symbol}__node{int(index)}"
+
+
+def c_string_literal(text: str, chunk: int = 200) -> str:
+    """A C string literal holding `text` as UTF-8, safe against every lexical trap.
+
+    Everything but a conservative set of printable ASCII is written as a three-digit octal
+    escape (fixed width, so a following digit cannot extend it). `?` is escaped to defeat
+    trigraphs, `"` and `\\` are escaped, so a quote, comment opener, backslash-newline or
+    `#include` inside the text stays inert. Long text is split into adjacent literals.
+    """
+    atoms = [chr(b) if chr(b) in _SAFE else f"\\{b:03o}" for b in text.encode("utf-8")]
+    if not atoms:
+        return '""'
+    # Split between atoms, never inside an escape.
+    return "\n    ".join('"' + "".join(atoms[i:i + chunk]) + '"'
+                           for i in range(0, len(atoms), chunk))

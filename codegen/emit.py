@@ -1,0 +1,211 @@
+"""Render a planned graph into C: `model.c`, the C header `model.h`, and the weight blob.
+
+Kernel selection happens here (a pure function per node, from the kernel table); every node
+that has no kernel is reported at once. Identifiers in the C come from indices only; names from
+the model appear only inside escaped string literals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import resources
+
+import jinja2
+import numpy as np
+from sparsec.codegen import cnames
+from sparsec.codegen.kernels import KernelSpec, select
+from sparsec.codegen.params import CTYPES, KernelRequest, WeightSink
+from sparsec.codegen.targets import FEATURE_BITS, Target
+from sparsec.compiler.ir import Graph
+from sparsec.compiler.ops import DENSE
+
+from sparsec.errors import KernelNotFoundError, SparsecError
+
+BLOB_ALIGNMENT = 64
+
+
+class TemplateError(SparsecError):
+    """A template's `require(...)` failed: a kernel was asked for parameters it cannot take."""
+
+
+def _require(condition: bool, message: str) -> str:
+    if not condition:
+        raise TemplateError(f"template requirement failed: {message}")
+    return ""
+
+
+def environment() -> jinja2.Environment:
+    root = resources.files("sparsec.templates")
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(root)),
+                             undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
+    env.globals["require"] = _require
+    return env
+
+
+class WeightBlob(WeightSink):
+    """Constants laid out back to back, each 64-byte aligned, as one binary file."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def add(self, array: np.ndarray) -> int:
+        padding = -self._size % BLOB_ALIGNMENT
+        self._chunks.append(b"\0" * padding)
+        offset = self._size + padding
+        data = np.ascontiguousarray(array).tobytes()
+        self._chunks.append(data)
+        self._size = offset + len(data)
+        return offset
+
+    def tobytes(self) -> bytes:
+        return b"".join(self._chunks)
+
+
+@dataclass
+class Rendered:
+    model_c: str
+    model_h: str
+    weights: bytes
+    info: dict
+
+    def digest(self) -> str:
+        h = hashlib.sha256(self.model_c.encode())
+        h.update(hashlib.sha256(self.weights).digest())
+        return h.hexdigest()
+
+
+def select_all(graph: Graph, target: Target) -> list[KernelSpec]:
+    """A kernel for every node, or one error naming every node that has none."""
+    specs, problems = [], []
+    for node in graph.nodes:
+        try:
+            specs.append(select(graph, node, target))
+        except KernelNotFoundError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise KernelNotFoundError(f"{len(problems)} node(s) cannot be compiled for target "
+                                  f"{target.name}: " + "; ".join(problems))
+    return specs
+
+
+def emit(graph: Graph, target: Target, version: str) -> Rendered:
+    assert graph.memory is not None, "plan_memory must run before emit"
+    env = environment()
+    specs = select_all(graph, target)
+    blob = WeightBlob()
+    index = {name: i for i, name in enumerate(graph.tensors)}
+    kernels, calls, layers = [], [], []
+    for node_index, (node, spec) in enumerate(zip(graph.nodes, specs)):
+        request = KernelRequest(graph, node, blob)
+        params = spec.params(request)
+        fn = cnames.node_fn(node_index, spec.symbol)
+        kernels.append({"source": env.get_template(spec.template).render(fn=fn, **params)})
+        calls.append({"fn": fn, "args": [cnames.tensor_var(index[n]) for n in request.args]})
+        layers.append(_layer_info(graph, node, spec))
+    used = [name for name in graph.tensors
+            if any(cnames.tensor_var(index[name]) in c["args"] for c in calls)]
+    pointers = [_pointer(graph, name, index[name], blob) for name in used]
+    copies = _output_copies(graph, index, blob, pointers)
+    features = sum(1 << FEATURE_BITS[f] for f in target.features)
+    info = model_info(graph, target, version, blob, layers)
+    weights = blob.tobytes()
+    symbol = "sparsec_weights_" + hashlib.sha256(weights).hexdigest()[:16]
+    context = dict(version=version, target=target.name, weights_symbol=symbol,
+                   required_features=features, arena_bytes=graph.memory.arena_bytes,
+                   num_inputs=len(graph.inputs), num_outputs=len(graph.outputs),
+                   info_literal=cnames.c_string_literal(json.dumps(info, ensure_ascii=True)),
+                   kernels=kernels, pointers=pointers, calls=calls, copies=copies)
+    model_c = env.get_template("model.c.j2").render(**context)
+    model_h = env.get_template("model.h.j2").render(
+        version=version, target=target.name, arena_bytes=graph.memory.arena_bytes,
+        inputs=_header_tensors(graph, graph.inputs), outputs=_header_tensors(graph, graph.outputs))
+    return Rendered(model_c, model_h, weights, info)
+
+
+def _pointer(graph: Graph, name: str, tensor_index: int, blob: WeightBlob) -> dict:
+    tensor = graph.tensors[name]
+    pointer = {"var": cnames.tensor_var(tensor_index), "ctype": CTYPES[tensor.dtype],
+               "const": True}
+    if name in graph.inputs:
+        pointer["expr"] = f"inputs[{graph.inputs.index(name)}]"
+    elif tensor.is_constant:
+        offset = blob.add(np.ascontiguousarray(tensor.data, dtype=tensor.dtype))
+        pointer["expr"] = f"sparsec_weights + {offset}"
+    elif name in graph.outputs:
+        pointer.update(expr=f"outputs[{graph.outputs.index(name)}]", const=False)
+    else:
+        pointer.update(expr=f"arena + {graph.memory.offsets[name]}", const=False)
+    return pointer
+
+
+def _output_copies(graph: Graph, index: dict, blob: WeightBlob, pointers: list) -> list[dict]:
+    """Outputs no node writes (a graph input or constant returned as is, or a repeated output)."""
+    produced = {out for node in graph.nodes for out in node.outputs}
+    known = {p["var"]: p for p in pointers}
+    copies, written = [], set()
+    for position, name in enumerate(graph.outputs):
+        if name in produced and name not in written:
+            written.add(name)
+            continue
+        source = graph.outputs.index(name) if name in written else None
+        if source is not None:
+            src = f"outputs[{source}]"
+        else:
+            var = cnames.tensor_var(index[name])
+            if var not in known:
+                known[var] = _pointer(graph, name, index[name], blob)
+                pointers.append(known[var])
+            src = var
+        copies.append({"dst": f"outputs[{position}]", "src": src,
+                       "nbytes": graph.tensors[name].nbytes})
+        written.add(name)
+    return copies
+
+
+def _layer_info(graph: Graph, node, spec: KernelSpec) -> dict:
+    layer = {"node": node.name, "op": node.op, "kernel": spec.symbol}
+    if node.op == DENSE:
+        weight = graph.tensors[node.inputs[1]]
+        layer.update(weight=weight.name, shape=list(weight.shape),
+                     activation=node.attrs.get("activation", "") or None,
+                     bias=bool(node.inputs[2]))
+        info = weight.sparsity
+        if info is not None:
+            layer.update(density=round(info.density, 6), pattern=info.pattern,
+                         reason=info.reason,
+                         blocks={p: {"nonzero_blocks": b, "fill": round(f, 4)}
+                                 for p, (b, f) in info.block_stats.items()})
+    return layer
+
+
+def _tensor_info(graph: Graph, name: str) -> dict:
+    t = graph.tensors[name]
+    return {"name": name, "shape": list(t.shape), "dtype": t.dtype}
+
+
+def model_info(graph: Graph, target: Target, version: str, blob: WeightBlob,
+               layers: list[dict]) -> dict:
+    return {
+        "sparsec_version": version,
+        "abi_version": 1,
+        "target": target.name,
+        "features": list(target.features),
+        "inputs": [_tensor_info(graph, n) for n in graph.inputs],
+        "outputs": [_tensor_info(graph, n) for n in graph.outputs],
+        "arena_bytes": graph.memory.arena_bytes,
+        "layers": layers,
+    }
+
+
+def _header_tensors(graph: Graph, names: list[str]) -> list[dict]:
+    result = []
+    for position, name in enumerate(names):
+        t = graph.tensors[name]
+        result.append({"index": position, "name_literal": cnames.c_string_literal(name),
+                       "dtype_literal": cnames.c_string_literal(t.dtype),
+                       "ctype": CTYPES[t.dtype], "shape": list(t.shape), "elements": t.size})
+    return result

@@ -1,0 +1,113 @@
+"""The kernel table: every kernel sparsec can emit, one `KernelSpec` row each.
+
+Selection, kernel tests and benchmarks all read `KERNELS`. A row names its operation, dtypes,
+sparsity pattern and ISA, its template, and the function that computes the template's
+parameters for one node (shapes, strides, weight offsets: all compile-time constants).
+Adding an ISA or a pattern is adding rows. Every operation has a portable `scalar` row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sparsec.codegen import params as kp
+from sparsec.codegen.targets import Target
+from sparsec.compiler.ir import SPARSE_PATTERNS, Graph, Node, block_shape
+from sparsec.compiler.ops import COPY_OPS, DENSE, ELEMENTWISE_BINARY, ELEMENTWISE_UNARY
+
+from sparsec.errors import KernelNotFoundError
+
+FLOAT = ("float32",)
+INTEGER = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+NUMERIC = ("float32", "float64") + INTEGER
+ANY = NUMERIC + ("bool",)
+
+ISA_ORDER = ("scalar", "avx2", "avx512f", "avx512vnni")  # oldest to shiniest
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    op: str
+    dtypes: tuple[str, ...]
+    isa: str
+    template: str
+    params: Callable[[kp.KernelRequest], dict]
+    pattern: str = "any"  # "dense", a block pattern from SPARSE_PATTERNS, or "any"
+    mr: int = 1  # rows of activations per register tile
+    nr: int = 1  # outputs per register tile
+    block_cost: float = 0.0  # detect_sparsity's overhead per nonzero block (sparse rows only)
+    family: str = ""  # symbol stem: "f32_spmm" -> sparsec_f32_spmm_ukernel_...
+
+    @property
+    def symbol(self) -> str:
+        pattern = {"any": "", "dense": "", "1x1": "_u"}.get(self.pattern, f"_b{self.pattern}")
+        return f"sparsec_{self.family}_ukernel_{self.mr}x{self.nr}{pattern}__{self.isa}"
+
+
+def node_dtype(graph: Graph, node: Node) -> str:
+    names = [n for n in node.inputs if n] or node.outputs
+    return graph.tensors[names[0]].dtype
+
+
+def candidates(node: Node, pattern: str, dtype: str) -> list[KernelSpec]:
+    return [k for k in KERNELS if k.op == node.op and dtype in k.dtypes
+            and k.pattern in ("any", pattern)]
+
+
+def select(graph: Graph, node: Node, target: Target) -> KernelSpec:
+    """The row for `node` with the shiniest ISA the target has; an error lists what was tried."""
+    dtype = node_dtype(graph, node)
+    pattern = weight_pattern(graph, node)
+    fitting = [k for k in candidates(node, pattern, dtype) if k.isa in target.isas]
+    if fitting:
+        return max(fitting, key=lambda k: ISA_ORDER.index(k.isa))
+    tried = [k.symbol for k in KERNELS if k.op == node.op] or ["no kernel for this op"]
+    raise KernelNotFoundError(
+        f"no kernel for node {node.name!r} (op {node.op}, dtype {dtype}, pattern {pattern}) on "
+        f"target {target.name}; tried: {', '.join(tried)}")
+
+
+def weight_pattern(graph: Graph, node: Node) -> str:
+    if node.op != DENSE:
+        return "any"
+    info = graph.tensors[node.inputs[1]].sparsity
+    return info.pattern if info is not None else "dense"
+
+
+def sparse_costs(target: Target) -> dict[str, float]:
+    """Per-block overhead of each block pattern the target has a kernel for."""
+    costs: dict[str, tuple[int, float]] = {}
+    for k in KERNELS:
+        if k.op == DENSE and k.pattern in SPARSE_PATTERNS and k.isa in target.isas:
+            rank = ISA_ORDER.index(k.isa)
+            if k.pattern not in costs or rank > costs[k.pattern][0]:
+                costs[k.pattern] = (rank, k.block_cost)
+    return {p: c for p, (_, c) in costs.items()}
+
+
+SCALAR_SPMM_BLOCK_COST = 4.0  # index load, pointer arithmetic and loop control per block, in
+# units of one vector FMA; from the scalar kernel's inner loop (see benchmarks/kernels.py)
+
+KERNELS: list[KernelSpec] = [
+    KernelSpec(op=DENSE, dtypes=FLOAT, isa="scalar", pattern="dense", mr=1, nr=1,
+               family="f32_gemm", template="f32-gemm/scalar.c.j2", params=kp.dense_params),
+    *[KernelSpec(op=DENSE, dtypes=FLOAT, isa="scalar", pattern=p, mr=4,
+                 nr=block_shape(p)[1], family="f32_spmm", template="f32-spmm/scalar.c.j2",
+                 params=kp.spmm_params, block_cost=SCALAR_SPMM_BLOCK_COST)
+      for p in SPARSE_PATTERNS],
+    KernelSpec(op="MatMul", dtypes=FLOAT, isa="scalar", family="f32_matmul",
+               template="f32-gemm/scalar.c.j2", params=kp.matmul_params),
+    *[KernelSpec(op=op, dtypes=NUMERIC, isa="scalar", family="x_binary",
+                 template="x-elementwise/binary.c.j2", params=kp.binary_params)
+      for op in ELEMENTWISE_BINARY],
+    *[KernelSpec(op=op, dtypes=FLOAT if op in ("Sigmoid", "Tanh") else NUMERIC, isa="scalar",
+                 family="x_unary", template="x-elementwise/unary.c.j2", params=kp.unary_params)
+      for op in ELEMENTWISE_UNARY],
+    *[KernelSpec(op=op, dtypes=ANY, isa="scalar", family="x_copy",
+                 template="x-copy/scalar.c.j2", params=kp.copy_params) for op in COPY_OPS],
+    KernelSpec(op="Transpose", dtypes=ANY, isa="scalar", family="x_transpose",
+               template="x-transpose/scalar.c.j2", params=kp.transpose_params),
+    KernelSpec(op="Softmax", dtypes=FLOAT, isa="scalar", family="f32_softmax",
+               template="f32-softmax/scalar.c.j2", params=kp.softmax_params),
+]

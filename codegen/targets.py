@@ -1,0 +1,96 @@
+"""One `Target` record per name: compiler flags, kernel ISAs, CPU features, how tests execute it.
+
+Targets are listed from oldest to shiniest; `native` resolves to the shiniest the host can run.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+from sparsec.errors import UnsupportedTargetError
+
+BASE_CFLAGS = ("-O3", "-std=c11", "-fPIC", "-fvisibility=hidden", "-fno-math-errno",
+               "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-unused-function")
+"""-fno-math-errno lets sqrtf/expf inline; results are unchanged (errno is never read)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    arch: str  # "any" (portable C) or the machine it needs: "x86_64"
+    isas: tuple[str, ...]  # kernel-table ISA tokens this target may use, oldest first
+    cflags: tuple[str, ...]  # extra flags for the model's code (the runtime stays baseline)
+    features: tuple[str, ...]  # CPU features the library checks before it runs
+    vector_bytes: int
+
+    @property
+    def vector_width_f32(self) -> int:
+        return self.vector_bytes // 4
+
+
+TARGETS: dict[str, Target] = {
+    t.name: t
+    for t in (
+        Target("generic", "portable C for any CPU the C compiler supports", "any",
+               ("scalar",), (), (), 16),
+        Target("x86-avx2", "x86-64 with AVX2 and FMA (Haswell, Zen 1 and later)", "x86_64",
+               ("scalar", "avx2"), ("-mavx2", "-mfma", "-mf16c"), ("avx2", "fma"), 32),
+        Target("x86-avx512", "x86-64 with AVX-512 F/BW/DQ/VL and VNNI (Ice Lake, Zen 4 and later)",
+               "x86_64", ("scalar", "avx2", "avx512f", "avx512vnni"),
+               ("-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512dq",
+                "-mavx512vl", "-mavx512vnni"),
+               ("avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni"), 64),
+    )
+}
+
+# Feature bits shared with runtime_c/cpu.c: the library reports missing ones by these names.
+FEATURE_BITS = {"avx2": 0, "fma": 1, "avx512f": 2, "avx512bw": 3, "avx512dq": 4, "avx512vl": 5,
+                "avx512vnni": 6}
+
+
+def host_arch() -> str:
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+@functools.lru_cache(maxsize=1)
+def host_features() -> frozenset[str]:
+    """CPU features the OS reports for this host (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags = set(line.split(":", 1)[1].split())
+            if "avx512_vnni" in flags:
+                flags.add("avx512vnni")
+            return frozenset(flags)
+    return frozenset()
+
+
+def can_execute(target: Target, features: frozenset[str] | None = None) -> bool:
+    if target.arch not in ("any", host_arch()):
+        return False
+    have = host_features() if features is None else features
+    return all(f in have for f in target.features)
+
+
+def execution_mode(target: Target) -> str:
+    """How tests run code for this target here: "native", or "compile-only"."""
+    return "native" if can_execute(target) else "compile-only"
+
+
+def resolve(name: str) -> Target:
+    """The Target for a name; `native` is the shiniest target this host can execute."""
+    if name == "native":
+        runnable = [t for t in TARGETS.values() if can_execute(t)]
+        return runnable[-1]
+    if name not in TARGETS:
+        raise UnsupportedTargetError(f"unknown target {name!r}; choose one of: native, "
+                                     + ", ".join(TARGETS) + " (see `sparsec targets`)")
+    return TARGETS[name]

@@ -1,0 +1,249 @@
+"""ONNX -> sparsec IR: load safely, check, infer static shapes, import nodes.
+
+Every way a model can be unusable ends in a `FrontendError` subclass whose message names the
+tensor or node at fault and the fix; nothing from the model is trusted.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+from onnx import external_data_helper, helper, numpy_helper, shape_inference
+from sparsec.compiler.ir import DTYPES, Graph, Node, Tensor
+from sparsec.compiler.ops import RUNTIME_OPS
+
+from sparsec.errors import FrontendError, ShapeError, UnsupportedOperatorError
+
+STANDARD_DOMAINS = ("", "ai.onnx")
+
+
+def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
+    """`["input_ids=1x128"]` -> `{"input_ids": (1, 128)}`, with a clear error for bad text."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for spec in specs or []:
+        name, sep, dims = spec.rpartition("=")
+        try:
+            shape = tuple(int(d) for d in dims.split("x")) if dims else ()
+        except ValueError:
+            shape = None
+        if not sep or not name or shape is None or any(d < 0 for d in shape):
+            raise FrontendError(f"bad --input-shape {spec!r}: expected NAME=DxDx... such as "
+                                "input_ids=1x128")
+        shapes[name] = shape
+    return shapes
+
+
+def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
+    """Read a model file, pulling in external data only from inside the model's own folder."""
+    if isinstance(source, onnx.ModelProto):
+        return source
+    path = Path(source)
+    if not path.is_file():
+        raise FrontendError(f"model file not found: {path}")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises several unrelated types for corrupt files
+        raise FrontendError(f"{path} is not a readable ONNX model: {exc}") from None
+    _load_external_data(model, path.parent)
+    return model
+
+
+def _load_external_data(model: onnx.ModelProto, base: Path) -> None:
+    base = base.resolve()
+    for tensor in external_data_helper._get_all_tensors(model):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        info = external_data_helper.ExternalDataInfo(tensor)
+        location = Path(info.location)
+        resolved = (base / location).resolve()
+        if location.is_absolute() or ".." in location.parts or base not in resolved.parents:
+            raise FrontendError(
+                f"tensor {tensor.name!r} keeps its data at {info.location!r}, outside the "
+                "model's folder; sparsec only reads external data next to the model file")
+        if not resolved.is_file():
+            raise FrontendError(f"external data file {info.location!r} of tensor "
+                                f"{tensor.name!r} is missing")
+        size = resolved.stat().st_size
+        offset = int(info.offset or 0)
+        length = int(info.length) if info.length else size - offset
+        if offset < 0 or length < 0 or offset + length > size:
+            raise FrontendError(f"external data of tensor {tensor.name!r} lies past the end of "
+                                f"{info.location!r} (offset {offset}, length {length}, "
+                                f"file {size} bytes)")
+    try:
+        external_data_helper.load_external_data_for_model(model, str(base))
+    except Exception as exc:
+        raise FrontendError(f"cannot read external data: {exc}") from None
+
+
+def import_model(source: str | os.PathLike | onnx.ModelProto,
+                 input_shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:
+    """Load, check and import an ONNX model into a `Graph` with static shapes everywhere."""
+    model = load_model(source)
+    opset = _standard_opset(model)
+    model = _pin_input_shapes(model, input_shapes or {})
+    try:
+        onnx.checker.check_model(model)
+    except Exception as exc:
+        raise FrontendError(f"the model is not valid ONNX: {_first_line(exc)}") from None
+    _check_operators(model)
+    try:
+        model = shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except Exception as exc:
+        raise ShapeError(f"shape inference failed: {_first_line(exc)}") from None
+    return _build_graph(model, opset)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _standard_opset(model: onnx.ModelProto) -> int:
+    versions = [o.version for o in model.opset_import if o.domain in STANDARD_DOMAINS]
+    if not versions:
+        raise FrontendError("the model imports no standard ONNX opset")
+    newest = onnx.defs.onnx_opset_version()
+    if versions[0] > newest:
+        raise FrontendError(f"the model uses opset {versions[0]}, newer than the newest this "
+                            f"sparsec knows ({newest}); convert it with onnx.version_converter")
+    return versions[0]
+
+
+def _pin_input_shapes(model: onnx.ModelProto,
+                      shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
+    initializers = {t.name for t in model.graph.initializer}
+    runtime_inputs = {i.name: i for i in model.graph.input if i.name not in initializers}
+    unknown = sorted(set(shapes) - set(runtime_inputs))
+    if unknown:
+        raise ShapeError(f"--input-shape names {', '.join(map(repr, unknown))}, which "
+                         f"{'is' if len(unknown) == 1 else 'are'} not model inputs; inputs are: "
+                         f"{', '.join(map(repr, runtime_inputs))}")
+    if not shapes:
+        return model
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for value in model.graph.input:
+        if value.name not in shapes:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        wanted = shapes[value.name]
+        if len(dims) and len(dims) != len(wanted):
+            raise ShapeError(f"--input-shape gives {value.name!r} rank {len(wanted)}, the model "
+                             f"declares rank {len(dims)}")
+        for dim, size in zip(dims, wanted):
+            if dim.HasField("dim_value") and dim.dim_value != size:
+                raise ShapeError(f"--input-shape sets dimension {dim.dim_value} of "
+                                 f"{value.name!r} to {size}; only dynamic dims can be pinned")
+        value.type.tensor_type.shape.Clear()
+        for size in wanted:
+            value.type.tensor_type.shape.dim.add().dim_value = size
+    return model
+
+
+def _check_operators(model: onnx.ModelProto) -> None:
+    """All unsupported nodes in one error: runtime ops need kernels, others must fold away."""
+    constant = {t.name for t in model.graph.initializer}
+    problems = []
+    for node in model.graph.node:
+        if node.domain not in STANDARD_DOMAINS:
+            problems.append(f"node {node.name!r} (op {node.domain}.{node.op_type})")
+            continue
+        foldable = all(not name or name in constant for name in node.input)
+        if foldable:
+            constant.update(node.output)
+        elif node.op_type not in RUNTIME_OPS:
+            problems.append(f"node {node.name!r} (op {node.op_type})")
+    if problems:
+        raise UnsupportedOperatorError(
+            f"{len(problems)} node(s) use operators sparsec cannot compile: "
+            + "; ".join(problems)
+            + ". Supported at run time: " + ", ".join(sorted(RUNTIME_OPS))
+            + " (other standard ops only on compile-time constants)")
+
+
+def _static_shape(value: onnx.ValueInfoProto) -> tuple[int, ...] | None:
+    ttype = value.type.tensor_type
+    if not ttype.HasField("shape"):
+        return None
+    dims = []
+    for dim in ttype.shape.dim:
+        if not dim.HasField("dim_value") or dim.dim_value < 0:
+            return None
+        dims.append(int(dim.dim_value))
+    return tuple(dims)
+
+
+def _dtype(elem_type: int, what: str) -> str:
+    if elem_type not in DTYPES:
+        name = onnx.TensorProto.DataType.Name(elem_type) if elem_type in \
+            onnx.TensorProto.DataType.values() else str(elem_type)
+        raise UnsupportedOperatorError(f"{what} has element type {name}, which sparsec does "
+                                       f"not support (supported: {', '.join(DTYPES.values())})")
+    return DTYPES[elem_type]
+
+
+def _build_graph(model: onnx.ModelProto, opset: int) -> Graph:
+    g = model.graph
+    tensors: dict[str, Tensor] = {}
+    for init in g.initializer:
+        data = numpy_helper.to_array(init)
+        tensors[init.name] = Tensor(init.name, tuple(data.shape),
+                                    _dtype(init.data_type, f"initializer {init.name!r}"), data)
+    inputs = [v.name for v in g.input if v.name not in tensors]
+    dynamic = []
+    for value in list(g.input) + list(g.value_info) + list(g.output):
+        if value.name in tensors or not value.type.HasField("tensor_type"):
+            continue
+        shape = _static_shape(value)
+        if shape is None:
+            if value.name in inputs:
+                dynamic.append(value.name)
+            continue
+        tensors[value.name] = Tensor(value.name, shape, _dtype(
+            value.type.tensor_type.elem_type, f"tensor {value.name!r}"))
+    if dynamic:
+        raise ShapeError(
+            "input(s) " + ", ".join(f"{n!r}" for n in dynamic) + " have dynamic or unknown "
+            "dimensions; pin them with --input-shape, e.g. --input-shape "
+            f"{dynamic[0]}=1x128 (Python: input_shapes={{{dynamic[0]!r}: (1, 128)}})")
+    nodes = []
+    for node in g.node:
+        attrs = {a.name: _attribute_value(a) for a in node.attribute}
+        nodes.append(Node(node.op_type, list(node.input), list(node.output), attrs, node.name))
+    graph = Graph(inputs=inputs, outputs=[v.name for v in g.output], nodes=nodes,
+                  tensors=tensors, opset=opset)
+    _require_shapes(graph)
+    return graph
+
+
+def _attribute_value(attr: onnx.AttributeProto):
+    value = helper.get_attribute_value(attr)
+    if isinstance(value, onnx.TensorProto):
+        return numpy_helper.to_array(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, list) and value and isinstance(value[0], bytes):
+        return [v.decode("utf-8", errors="replace") for v in value]
+    return value
+
+
+def _require_shapes(graph: Graph) -> None:
+    """Every value a kernel touches needs a static shape; constants may get theirs by folding."""
+    constant = {n for n, t in graph.tensors.items() if t.is_constant}
+    missing = []
+    for node in graph.nodes:
+        foldable = all(not n or n in constant for n in node.inputs)
+        if foldable:
+            constant.update(node.outputs)
+            continue
+        missing += [(out, node) for out in node.outputs if out and out not in graph.tensors]
+    for name in graph.outputs:
+        if name not in graph.tensors and name not in constant:
+            missing.append((name, None))
+    if missing:
+        where = "; ".join(f"{name!r} (from node {node.name!r}, op {node.op})"
+                          if node else repr(name) for name, node in missing[:10])
+        raise ShapeError(f"shape inference left {len(missing)} tensor(s) without a static "
+                         f"shape: {where}. Pin dynamic inputs with --input-shape")

@@ -1,0 +1,202 @@
+"""sparsec's graph IR: plain dataclasses that print themselves as stable text.
+
+A `Graph` owns its tensors by name and lists its nodes in topological order. Names come from the
+model and are untrusted: they are dictionary keys and message text here, never C identifiers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# ONNX element type numbers for the dtypes sparsec represents.
+DTYPES = {
+    1: "float32",
+    2: "uint8",
+    3: "int8",
+    4: "uint16",
+    5: "int16",
+    6: "int32",
+    7: "int64",
+    9: "bool",
+    11: "float64",
+    12: "uint32",
+    13: "uint64",
+}
+
+SPARSE_PATTERNS = ("1x1", "4x1", "1x4", "1x16", "16x1", "4x4")
+"""Candidate block shapes RxC over a K x N weight: R consecutive input rows x C output columns."""
+
+
+def block_shape(pattern: str) -> tuple[int, int]:
+    rows, cols = pattern.split("x")
+    return int(rows), int(cols)
+
+
+@dataclass
+class PackedBlocks:
+    """Block-compressed-sparse-row form of a K x N weight with R x C blocks.
+
+    Block row `i` (input rows i*R .. i*R+R-1) owns blocks `row_ptr[i]:row_ptr[i+1]`; block `j`
+    covers output columns `col_idx[j]*C ..` and its values are `values[j]` (R x C, zero padded
+    past K or N).
+    """
+
+    rows: int
+    cols: int
+    row_ptr: np.ndarray
+    col_idx: np.ndarray
+    values: np.ndarray
+
+    @property
+    def num_blocks(self) -> int:
+        return int(self.col_idx.shape[0])
+
+
+@dataclass
+class SparsityInfo:
+    """What detect_sparsity learned about one weight, and what it chose."""
+
+    density: float
+    block_stats: dict[str, tuple[int, float]]  # pattern -> (nonzero blocks, fill ratio)
+    pattern: str  # "dense" or one of SPARSE_PATTERNS
+    reason: str
+    packed: PackedBlocks | None = None
+
+
+@dataclass
+class Tensor:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    data: np.ndarray | None = None
+    layout: str = "row-major"
+    sparsity: SparsityInfo | None = None
+
+    @property
+    def is_constant(self) -> bool:
+        return self.data is not None
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * np.dtype(self.dtype).itemsize
+
+
+@dataclass
+class Node:
+    op: str
+    inputs: list[str]  # "" marks an omitted optional input, as in ONNX
+    outputs: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    name: str = ""  # the model's node name, for messages only
+
+
+@dataclass
+class MemoryPlan:
+    """Byte offsets into one arena for every intermediate tensor; sized once, reused every run."""
+
+    offsets: dict[str, int]
+    arena_bytes: int
+    alignment: int
+
+
+@dataclass
+class Graph:
+    inputs: list[str]
+    outputs: list[str]
+    nodes: list[Node]
+    tensors: dict[str, Tensor]
+    opset: int = 0
+    memory: MemoryPlan | None = None
+
+    def tensor(self, name: str) -> Tensor:
+        return self.tensors[name]
+
+    def producers(self) -> dict[str, Node]:
+        return {out: node for node in self.nodes for out in node.outputs if out}
+
+    def consumers(self) -> dict[str, list[Node]]:
+        users: dict[str, list[Node]] = {name: [] for name in self.tensors}
+        for node in self.nodes:
+            for name in node.inputs:
+                if name:
+                    users.setdefault(name, []).append(node)
+        return users
+
+    def copy(self) -> Graph:
+        """A copy whose node and tensor records can be edited without touching this graph.
+
+        Constant arrays are shared: passes replace them, they never write into them.
+        """
+        return Graph(
+            inputs=list(self.inputs),
+            outputs=list(self.outputs),
+            nodes=[dataclasses.replace(n, inputs=list(n.inputs), outputs=list(n.outputs),
+                                       attrs=dict(n.attrs)) for n in self.nodes],
+            tensors={k: dataclasses.replace(t) for k, t in self.tensors.items()},
+            opset=self.opset,
+            memory=self.memory,
+        )
+
+    def remove_unused(self) -> None:
+        """Drop tensors no node, input or output refers to (e.g. folded constants)."""
+        used = set(self.inputs) | set(self.outputs)
+        for node in self.nodes:
+            used.update(n for n in node.inputs if n)
+            used.update(n for n in node.outputs if n)
+        self.tensors = {k: t for k, t in self.tensors.items() if k in used}
+
+    def to_text(self) -> str:
+        return format_graph(self)
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(round(value, 6))
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_format_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return repr(value)
+    return str(value)
+
+
+def _format_tensor(t: Tensor) -> str:
+    shape = "x".join(str(d) for d in t.shape) or "scalar"
+    text = f"{t.name!r}: {t.dtype}[{shape}]"
+    if t.layout != "row-major":
+        text += f" layout={t.layout}"
+    if t.is_constant:
+        text += " const"
+    if t.sparsity is not None:
+        s = t.sparsity
+        text += f" density={s.density:.3f} pattern={s.pattern}"
+        if s.packed is not None:
+            text += f" blocks={s.packed.num_blocks}"
+    return text
+
+
+def format_graph(graph: Graph) -> str:
+    """Stable, readable text: used by --dump-ir and by test diffs."""
+    lines = [f"graph opset={graph.opset}"]
+    lines += [f"  input  {_format_tensor(graph.tensors[n])}" for n in graph.inputs]
+    consts = sorted(n for n, t in graph.tensors.items() if t.is_constant)
+    lines += [f"  const  {_format_tensor(graph.tensors[n])}" for n in consts]
+    for i, node in enumerate(graph.nodes):
+        attrs = ", ".join(f"{k}={_format_value(v)}" for k, v in sorted(node.attrs.items()))
+        ins = ", ".join(repr(n) for n in node.inputs)
+        outs = ", ".join(repr(n) for n in node.outputs)
+        lines.append(f"  %{i} {node.op}({ins}) -> {outs}" + (f"  {{{attrs}}}" if attrs else "")
+                     + (f"  # node {node.name!r}" if node.name else ""))
+    lines += [f"  output {_format_tensor(graph.tensors[n])}" for n in graph.outputs]
+    if graph.memory is not None:
+        lines.append(f"  arena {graph.memory.arena_bytes} bytes")
+        for name, offset in sorted(graph.memory.offsets.items(), key=lambda kv: kv[1]):
+            lines.append(f"    @{offset} {name!r}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,69 @@
+"""The pass pipeline: one ordered list, read top to bottom.
+
+Each pass is a module with `NAME` and `run(graph, ctx) -> Graph`; options travel in `PassContext`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sparsec.compiler.ir import Graph
+from sparsec.compiler.passes import detect_sparsity, fold_constants, fuse, plan_memory
+from sparsec.compiler.verify import verify
+
+
+@dataclass(frozen=True)
+class SparseKernelCost:
+    """What the target's kernels charge, in abstract units per row of activations.
+
+    A dense kernel pays `dense_per_vector` for every `vector_width` outputs of every input row;
+    a block kernel pays `per_block` for each nonzero block plus `per_vector` for every vector of
+    each block row. The numbers come from the codegen kernel table, so this pass stays
+    independent of codegen.
+    """
+
+    vector_width: int
+    dense_per_vector: float
+    per_block: dict[str, float]  # pattern -> overhead per nonzero block
+    per_vector: float
+
+
+@dataclass
+class PassContext:
+    cost: SparseKernelCost
+    verify_each: bool = False
+    dump_dir: Path | None = None
+    log: list[str] = field(default_factory=list)
+
+
+PIPELINE: list[tuple[str, Callable[[Graph, PassContext], Graph], str]] = [
+    (fold_constants.NAME, fold_constants.run,
+     "evaluate shape arithmetic and constant subgraphs so kernels see only run-time work"),
+    (detect_sparsity.NAME, detect_sparsity.run,
+     "measure every weight and pick its block pattern (or dense) by the target's cost"),
+    (fuse.NAME, fuse.run,
+     "fold bias and activation into the matrix kernels' epilogues"),
+    (plan_memory.NAME, plan_memory.run,
+     "place every intermediate in one arena, sized at compile time"),
+]
+
+
+def run_pipeline(graph: Graph, ctx: PassContext) -> Graph:
+    _dump(graph, ctx, 0, "import")
+    if ctx.verify_each:
+        verify(graph, "import")
+    for index, (name, run, _why) in enumerate(PIPELINE, start=1):
+        graph = run(graph, ctx)
+        _dump(graph, ctx, index, name)
+        if ctx.verify_each:
+            verify(graph, name)
+    return graph
+
+
+def _dump(graph: Graph, ctx: PassContext, index: int, name: str) -> None:
+    if ctx.dump_dir is None:
+        return
+    ctx.dump_dir.mkdir(parents=True, exist_ok=True)
+    (ctx.dump_dir / f"{index:02d}-{name}.txt").write_text(graph.to_text(), encoding="utf-8")

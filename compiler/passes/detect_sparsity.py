@@ -1,0 +1,116 @@
+"""Measure every matrix weight and choose how its kernel will store it.
+
+Requires: constants folded. Weights are the constant 2-D right-hand operands of MatMul and Gemm.
+Establishes: every such weight is stored K x N (Gemm transB folded into the data) and carries a
+`SparsityInfo`: density, zero-block statistics for every candidate block shape, the chosen pattern
+(one of `SPARSE_PATTERNS` or "dense") with the reason, and for a sparse choice the packed blocks.
+The choice is the cheapest by the target's cost model (`ctx.cost`); dense wins ties.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sparsec.compiler.ir import (
+    SPARSE_PATTERNS,
+    Graph,
+    PackedBlocks,
+    SparsityInfo,
+    Tensor,
+    block_shape,
+)
+
+NAME = "detect-sparsity"
+
+
+def run(graph: Graph, ctx) -> Graph:
+    graph = graph.copy()
+    users = graph.consumers()
+    for node in graph.nodes:
+        if node.op not in ("MatMul", "Gemm") or len(node.inputs) < 2:
+            continue
+        weight = graph.tensors[node.inputs[1]]
+        if not weight.is_constant or weight.dtype != "float32" or len(weight.shape) != 2:
+            continue
+        if node.op == "Gemm" and node.attrs.get("transB", 0):
+            weight = _store_transposed(graph, node, weight, shared=len(users[weight.name]) > 1)
+            node.attrs["transB"] = 0
+        if weight.sparsity is None:
+            weight.sparsity = analyse(weight.data, ctx.cost)
+    return graph
+
+
+def _store_transposed(graph: Graph, node, weight: Tensor, shared: bool) -> Tensor:
+    name = weight.name
+    if shared:  # another node still reads the N x K original
+        name = f"{weight.name}::transposed"
+        while name in graph.tensors:
+            name += "'"
+        node.inputs[1] = name
+    data = np.ascontiguousarray(weight.data.T)
+    graph.tensors[name] = Tensor(name, tuple(data.shape), weight.dtype, data)
+    return graph.tensors[name]
+
+
+def block_counts(weight: np.ndarray, rows: int, cols: int) -> int:
+    """Number of R x C blocks (zero padded at the K and N tails) holding any nonzero."""
+    k, n = weight.shape
+    kb, nb = -(-k // rows), -(-n // cols)
+    padded = np.zeros((kb * rows, nb * cols), dtype=bool)
+    padded[:k, :n] = weight != 0
+    return int(padded.reshape(kb, rows, nb, cols).any(axis=(1, 3)).sum())
+
+
+def pack_blocks(weight: np.ndarray, rows: int, cols: int) -> PackedBlocks:
+    """Block-CSR over K x N: per block row, the block columns that hold a nonzero."""
+    k, n = weight.shape
+    kb, nb = -(-k // rows), -(-n // cols)
+    padded = np.zeros((kb * rows, nb * cols), dtype=np.float32)
+    padded[:k, :n] = weight
+    tiles = padded.reshape(kb, rows, nb, cols).transpose(0, 2, 1, 3)  # kb, nb, R, C
+    nonzero = tiles.any(axis=(2, 3))
+    block_rows, block_cols = np.nonzero(nonzero)
+    row_ptr = np.zeros(kb + 1, dtype=np.int32)
+    np.cumsum(np.bincount(block_rows, minlength=kb), out=row_ptr[1:])
+    return PackedBlocks(rows, cols, row_ptr, block_cols.astype(np.int32),
+                        np.ascontiguousarray(tiles[block_rows, block_cols]))
+
+
+def predicted_costs(weight: np.ndarray, stats: dict[str, tuple[int, float]], cost) -> dict:
+    k, n = weight.shape
+    vectors = -(-n // cost.vector_width)
+    costs = {"dense": k * vectors * cost.dense_per_vector}
+    for pattern, (blocks, _fill) in stats.items():
+        if pattern not in cost.per_block:
+            continue
+        rows, cols = block_shape(pattern)
+        per_block = cost.per_block[pattern] + rows * -(-cols // cost.vector_width) * cost.per_vector
+        costs[pattern] = blocks * per_block
+    return costs
+
+
+def analyse(weight: np.ndarray, cost) -> SparsityInfo:
+    nonzeros = int(np.count_nonzero(weight))
+    density = nonzeros / weight.size if weight.size else 1.0
+    stats = {}
+    for pattern in SPARSE_PATTERNS:
+        rows, cols = block_shape(pattern)
+        blocks = block_counts(weight, rows, cols)
+        stats[pattern] = (blocks, nonzeros / (blocks * rows * cols) if blocks else 1.0)
+    costs = predicted_costs(weight, stats, cost)
+    best = min(costs, key=lambda p: (costs[p], p != "dense"))
+    ratio = costs[best] / costs["dense"] if costs["dense"] else 1.0
+    if best == "dense":
+        offered = [p for p in costs if p != "dense"]
+        if not offered:
+            reason = "the target offers no sparse kernel"
+        else:
+            runner_up = min(offered, key=costs.get)
+            reason = (f"dense is cheapest; best sparse {runner_up} would cost "
+                      f"{costs[runner_up] / max(costs['dense'], 1e-9):.2f}x dense "
+                      f"(density {density:.2f})")
+        return SparsityInfo(density, stats, "dense", reason)
+    blocks, fill = stats[best]
+    reason = (f"{best}: {blocks} nonzero blocks, fill {fill:.0%}, predicted {ratio:.2f}x the "
+              "dense kernel's work")
+    rows, cols = block_shape(best)
+    return SparsityInfo(density, stats, best, reason, pack_blocks(weight, rows, cols))

@@ -1,0 +1,64 @@
+"""IR invariants checked after every pass in tests (and on request from the CLI)."""
+
+from __future__ import annotations
+
+from sparsec.compiler.ir import Graph
+
+from sparsec.errors import VerificationError
+
+
+def verify(graph: Graph, after: str = "import") -> None:
+    """Raise `VerificationError` naming the pass `after` which the graph broke an invariant."""
+    problems = []
+    defined = set(graph.inputs) | {n for n, t in graph.tensors.items() if t.is_constant}
+    for name in graph.inputs:
+        if name not in graph.tensors:
+            problems.append(f"input {name!r} has no tensor record")
+    for index, node in enumerate(graph.nodes):
+        for name in node.inputs:
+            if name and name not in defined:
+                problems.append(f"node %{index} ({node.op}) reads {name!r} before it is defined")
+        for name in node.outputs:
+            if not name:
+                continue
+            if name in defined:
+                problems.append(f"node %{index} ({node.op}) redefines {name!r}")
+            if name not in graph.tensors:
+                problems.append(f"node %{index} ({node.op}) output {name!r} has no tensor record")
+            defined.add(name)
+    for name in graph.outputs:
+        if name not in defined:
+            problems.append(f"graph output {name!r} is never defined")
+    for name, tensor in graph.tensors.items():
+        if any(d < 0 for d in tensor.shape):
+            problems.append(f"tensor {name!r} has a negative dimension {tensor.shape}")
+        if tensor.is_constant and tuple(tensor.data.shape) != tuple(tensor.shape):
+            problems.append(f"constant {name!r} holds data of shape {tensor.data.shape}, "
+                            f"declared {tensor.shape}")
+    if graph.memory is not None:
+        problems += _memory_problems(graph)
+    if problems:
+        raise VerificationError(f"IR invalid after {after}: " + "; ".join(problems[:20]))
+
+
+def _memory_problems(graph: Graph) -> list[str]:
+    """Two tensors may share arena bytes only if their lifetimes do not overlap."""
+    from sparsec.compiler.passes.plan_memory import live_ranges
+
+    ranges = live_ranges(graph)
+    plan = graph.memory
+    problems = []
+    placed = sorted(plan.offsets.items(), key=lambda kv: kv[1])
+    for name, offset in placed:
+        end = offset + graph.tensors[name].nbytes
+        if offset % plan.alignment or end > plan.arena_bytes:
+            problems.append(f"{name!r} placed at {offset} is misaligned or outside the arena")
+    for i, (a, a_off) in enumerate(placed):
+        a_end = a_off + graph.tensors[a].nbytes
+        for b, b_off in placed[i + 1:]:
+            if b_off >= a_end:
+                break
+            (a0, a1), (b0, b1) = ranges[a], ranges[b]
+            if a0 <= b1 and b0 <= a1:
+                problems.append(f"{a!r} and {b!r} share arena bytes while both are live")
+    return problems

@@ -1,0 +1,1 @@
+"""The C runtime compiled into every sparsec library (shipped as package data)."""

@@ -1,0 +1,123 @@
+/* runtime.c: the exported ABI of sparsec.h around the generated model code.
+ * No globals: all mutable state lives in a run context. */
+#define SPARSEC_BUILDING_LIBRARY 1
+#include "sparsec.h"
+#include "sparsec_model.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ARENA_ALIGNMENT 64
+
+struct sparsec_context {
+  unsigned char *arena;
+  char error[512];
+};
+
+int sparsec_abi_version(void)
+{
+  return SPARSEC_ABI_VERSION;
+}
+
+const char *sparsec_model_info(void)
+{
+  return sparsec__model_info_json;
+}
+
+int sparsec_cpu_check(char *message, size_t capacity)
+{
+  static const char *const names[] = SPARSEC_FEATURE_NAMES;
+  const uint32_t missing = sparsec__required_features & ~sparsec__host_features();
+  if (!missing) {
+    if (message && capacity)
+      message[0] = '\0';
+    return SPARSEC_OK;
+  }
+  if (message && capacity) {
+    size_t used = (size_t)snprintf(message, capacity,
+                                   "this library needs CPU features the host lacks:");
+    for (size_t bit = 0; bit < sizeof names / sizeof names[0]; bit++) {
+      if ((missing >> bit & 1u) && used < capacity)
+        used += (size_t)snprintf(message + used, capacity - used, " %s", names[bit]);
+    }
+    if (used < capacity)
+      snprintf(message + used, capacity - used,
+               "; rebuild it with --target native (or a target `sparsec targets` marks as "
+               "runnable here)");
+  }
+  return SPARSEC_ERROR_CPU;
+}
+
+int sparsec_create(sparsec_context **out)
+{
+  if (!out)
+    return SPARSEC_ERROR_ARGUMENT;
+  *out = NULL;
+  if (sparsec_cpu_check(NULL, 0) != SPARSEC_OK)
+    return SPARSEC_ERROR_CPU;
+  sparsec_context *context = calloc(1, sizeof *context);
+  if (!context)
+    return SPARSEC_ERROR_NO_MEMORY;
+  if (sparsec__arena_bytes) {
+    /* aligned_alloc wants a size that is a multiple of the alignment. */
+    size_t bytes = (sparsec__arena_bytes + ARENA_ALIGNMENT - 1) / ARENA_ALIGNMENT * ARENA_ALIGNMENT;
+    context->arena = aligned_alloc(ARENA_ALIGNMENT, bytes);
+    if (!context->arena) {
+      free(context);
+      return SPARSEC_ERROR_NO_MEMORY;
+    }
+  }
+  *out = context;
+  return SPARSEC_OK;
+}
+
+void sparsec_destroy(sparsec_context *context)
+{
+  if (!context)
+    return;
+  free(context->arena);
+  free(context);
+}
+
+int sparsec_run(sparsec_context *context, const void *const *inputs, void *const *outputs)
+{
+  if (!context)
+    return SPARSEC_ERROR_ARGUMENT;
+  if (!inputs || !outputs) {
+    snprintf(context->error, sizeof context->error, "sparsec_run: inputs and outputs must "
+             "not be NULL");
+    return SPARSEC_ERROR_ARGUMENT;
+  }
+  for (size_t i = 0; i < sparsec__num_inputs; i++) {
+    if (!inputs[i]) {
+      snprintf(context->error, sizeof context->error, "sparsec_run: input %zu is NULL", i);
+      return SPARSEC_ERROR_ARGUMENT;
+    }
+  }
+  for (size_t i = 0; i < sparsec__num_outputs; i++) {
+    if (!outputs[i]) {
+      snprintf(context->error, sizeof context->error, "sparsec_run: output %zu is NULL", i);
+      return SPARSEC_ERROR_ARGUMENT;
+    }
+  }
+  context->error[0] = '\0';
+  sparsec__model_run(context->arena, inputs, outputs);
+  return SPARSEC_OK;
+}
+
+const char *sparsec_last_error(const sparsec_context *context)
+{
+  return context ? context->error : "no context";
+}
+
+const char *sparsec_status_message(int status)
+{
+  switch (status) {
+  case SPARSEC_OK: return "ok";
+  case SPARSEC_ERROR_CPU: return "this CPU or OS lacks an instruction set the library needs";
+  case SPARSEC_ERROR_NO_MEMORY: return "out of memory allocating the arena";
+  case SPARSEC_ERROR_ARGUMENT: return "a NULL context, input or output pointer";
+  default: return "unknown status";
+  }
+}

@@ -1,0 +1,69 @@
+/* sparsec.h: the C ABI every library built by sparsec exports.
+ *
+ * A caller loads the library, checks the CPU, creates a run context (it owns the activation
+ * arena, sized at compile time), runs it any number of times and destroys it. Contexts are
+ * independent: use one per thread for concurrent runs. Tensors are dense, row-major, in the
+ * dtypes and shapes that sparsec_model_info() and the generated model header describe;
+ * input and output arrays are indexed in the model's input and output order.
+ */
+#ifndef SPARSEC_H
+#define SPARSEC_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define SPARSEC_ABI_VERSION 1
+
+#if defined(SPARSEC_BUILDING_LIBRARY)
+#define SPARSEC_API __attribute__((visibility("default")))
+#else
+#define SPARSEC_API
+#endif
+
+/* cdef-begin: the declarations below are read verbatim by the Python loader (cffi). */
+typedef struct sparsec_context sparsec_context;
+
+enum sparsec_status {
+  SPARSEC_OK = 0,
+  SPARSEC_ERROR_CPU = 1,       /* the CPU or OS lacks an instruction set the library needs */
+  SPARSEC_ERROR_NO_MEMORY = 2, /* the arena could not be allocated */
+  SPARSEC_ERROR_ARGUMENT = 3   /* a NULL context, input or output pointer */
+};
+
+/* SPARSEC_ABI_VERSION of the library. */
+SPARSEC_API int sparsec_abi_version(void);
+
+/* JSON: sparsec version, target, inputs and outputs (name, shape, dtype), arena size, layers. */
+SPARSEC_API const char *sparsec_model_info(void);
+
+/* SPARSEC_OK if this CPU and OS can run the library; otherwise writes a readable message
+ * naming the missing features (NUL-terminated, truncated to capacity) and returns
+ * SPARSEC_ERROR_CPU. Safe to call on any CPU: it runs before any specialised code. */
+SPARSEC_API int sparsec_cpu_check(char *message, size_t capacity);
+
+/* Creates a run context in *out. Checks the CPU first. */
+SPARSEC_API int sparsec_create(sparsec_context **out);
+
+/* Frees a context and its arena. NULL is allowed. */
+SPARSEC_API void sparsec_destroy(sparsec_context *context);
+
+/* Runs the model: inputs[i] points at input i, outputs[j] at caller-owned space for output j.
+ * Allocates nothing. */
+SPARSEC_API int sparsec_run(sparsec_context *context, const void *const *inputs,
+                            void *const *outputs);
+
+/* The message of the last failed call on this context ("" if none). */
+SPARSEC_API const char *sparsec_last_error(const sparsec_context *context);
+
+/* A fixed description of a status code. */
+SPARSEC_API const char *sparsec_status_message(int status);
+/* cdef-end */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SPARSEC_H */

@@ -1,0 +1,35 @@
+/* sparsec_model.h: what the generated model code provides to the runtime (hidden symbols,
+ * never exported from the library). */
+#ifndef SPARSEC_MODEL_H
+#define SPARSEC_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SPARSEC_HIDDEN __attribute__((visibility("hidden")))
+
+/* Bits of sparsec__required_features; names in the same order as SPARSEC_FEATURE_NAMES. */
+enum {
+  SPARSEC_FEATURE_AVX2 = 1u << 0,
+  SPARSEC_FEATURE_FMA = 1u << 1,
+  SPARSEC_FEATURE_AVX512F = 1u << 2,
+  SPARSEC_FEATURE_AVX512BW = 1u << 3,
+  SPARSEC_FEATURE_AVX512DQ = 1u << 4,
+  SPARSEC_FEATURE_AVX512VL = 1u << 5,
+  SPARSEC_FEATURE_AVX512VNNI = 1u << 6
+};
+#define SPARSEC_FEATURE_NAMES \
+  { "avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni" }
+
+SPARSEC_HIDDEN extern const uint32_t sparsec__required_features;
+SPARSEC_HIDDEN extern const size_t sparsec__arena_bytes;
+SPARSEC_HIDDEN extern const size_t sparsec__num_inputs;
+SPARSEC_HIDDEN extern const size_t sparsec__num_outputs;
+SPARSEC_HIDDEN extern const char sparsec__model_info_json[];
+SPARSEC_HIDDEN void sparsec__model_run(unsigned char *arena, const void *const *inputs,
+                                       void *const *outputs);
+
+/* Features this CPU and OS offer, as SPARSEC_FEATURE_* bits (cpu.c). */
+SPARSEC_HIDDEN uint32_t sparsec__host_features(void);
+
+#endif /* SPARSEC_MODEL_H */

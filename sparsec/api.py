@@ -1,0 +1,81 @@
+"""compile(): the whole road from an ONNX model to a shared library, driven from one place."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from sparsec.codegen import build as builder
+from sparsec.codegen import emit, kernels, targets
+from sparsec.compiler import frontend
+from sparsec.compiler.ir import Graph
+from sparsec.compiler.passes import PassContext, SparseKernelCost, run_pipeline
+from sparsec.errors import SparsecError
+from sparsec.version import __version__
+
+# Abstract cost units of the portable kernels (see detect_sparsity and benchmarks/kernels.py):
+# a dense kernel streams one vector of outputs per FMA; a block kernel pays the same per vector
+# of a block row, plus the per-block overhead from the kernel table.
+DENSE_COST_PER_VECTOR = 1.0
+SPARSE_COST_PER_VECTOR = 1.0
+
+
+@dataclass
+class CompileResult:
+    library: Path
+    header: Path
+    info: dict
+    graph: Graph
+
+
+def cost_model(target: targets.Target) -> SparseKernelCost:
+    return SparseKernelCost(vector_width=target.vector_width_f32,
+                            dense_per_vector=DENSE_COST_PER_VECTOR,
+                            per_block=kernels.sparse_costs(target),
+                            per_vector=SPARSE_COST_PER_VECTOR)
+
+
+def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "native",
+                  output: str | os.PathLike | None = None, *,
+                  input_shapes: dict[str, tuple[int, ...]] | None = None,
+                  dump_ir: str | os.PathLike | None = None,
+                  cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
+                  verify_each: bool = False, keep_source: str | os.PathLike | None = None,
+                  extra_cflags: tuple[str, ...] = ()) -> CompileResult:
+    """Compile and return the library path, its C header, its model info and the final IR."""
+    resolved = targets.resolve(target)
+    if output is None:
+        if not isinstance(model, (str, os.PathLike)):
+            raise SparsecError("compile(): pass output= when the model is an onnx.ModelProto")
+        output = Path(Path(model).stem + ".so")
+    output = Path(output)
+    if output.suffix != ".so":
+        raise SparsecError(f"output {str(output)!r} must end in .so")
+    graph = frontend.import_model(model, input_shapes)
+    ctx = PassContext(cost=cost_model(resolved), verify_each=verify_each,
+                      dump_dir=Path(dump_ir) if dump_ir else None)
+    graph = run_pipeline(graph, ctx)
+    rendered = emit.emit(graph, resolved, __version__)
+    builder.build(rendered, resolved, output,
+                  cache_dir=Path(cache_dir) if cache_dir else None, use_cache=use_cache,
+                  extra_flags=tuple(extra_cflags),
+                  keep_source=Path(keep_source) if keep_source else None)
+    header = output.with_suffix(".h")
+    builder.atomic_write(header, rendered.model_h.encode())
+    builder.atomic_write(output.parent / "sparsec.h",
+                         (builder.runtime_dir() / "sparsec.h").read_bytes())
+    return CompileResult(output, header, rendered.info, graph)
+
+
+def compile(model: str | os.PathLike | onnx.ModelProto, target: str = "native",
+            output: str | os.PathLike | None = None, **options) -> Path:
+    """Compile an ONNX model (path or ModelProto) into a shared library; returns its path.
+
+    Options: input_shapes={"name": (1, 128)} pins dynamic dimensions; dump_ir=DIR writes the IR
+    after every pass; cache_dir/use_cache control the build cache.
+    """
+    return compile_model(model, target, output, **options).library
+

@@ -1,0 +1,194 @@
+"""The `sparsec` command: compile, run, info, targets.
+
+User errors print `sparsec: error: <message>` and exit 1; no traceback for anything a user can
+cause (bad file, unsupported operator, bad shape, failed build).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from sparsec.errors import SparsecError
+from sparsec.version import __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sparsec", description="Ahead-of-time compiler for sparse neural networks.")
+    parser.add_argument("--version", action="version", version=f"sparsec {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("compile", help="compile an ONNX model into a shared library")
+    p.add_argument("model", help="the .onnx file")
+    p.add_argument("-o", "--output", help="library to write (default: MODEL_STEM.so)")
+    p.add_argument("--target", default="native",
+                   help="target to compile for (default: native; see `sparsec targets`)")
+    p.add_argument("--input-shape", action="append", metavar="NAME=DxD...",
+                   help="pin a dynamic input shape, e.g. input_ids=1x128 (repeatable)")
+    p.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass into DIR")
+    p.add_argument("--report", action="store_true",
+                   help="print per-layer sparsity, chosen kernel and why")
+    p.add_argument("--keep-source", metavar="DIR", help="also write model.c and weights.bin")
+    p.add_argument("--no-cache", action="store_true", help="rebuild even if cached")
+    p.add_argument("--cache-dir", help="build cache folder (default: ~/.cache/sparsec)")
+
+    p = sub.add_parser("run", help="run a compiled library on .npy inputs")
+    p.add_argument("library")
+    p.add_argument("--input", action="append", metavar="NAME=FILE.npy", default=[],
+                   help="an input array (repeatable); omitted inputs get seeded random values")
+    p.add_argument("--out", metavar="FILE.npz", help="save outputs instead of printing them")
+    p.add_argument("--seed", type=int, default=0, help="seed for generated inputs")
+
+    p = sub.add_parser("info", help="describe a compiled library")
+    p.add_argument("library")
+    p.add_argument("--json", action="store_true", help="print the raw model info JSON")
+
+    sub.add_parser("targets", help="list targets and whether this host can run them")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except SparsecError as exc:
+        print(f"sparsec: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("sparsec: interrupted", file=sys.stderr)
+        return 130
+
+
+def cmd_compile(args) -> int:
+    from sparsec.api import compile_model
+    from sparsec.compiler.frontend import parse_input_shapes
+
+    result = compile_model(args.model, args.target, args.output,
+                           input_shapes=parse_input_shapes(args.input_shape),
+                           dump_ir=args.dump_ir, cache_dir=args.cache_dir,
+                           use_cache=not args.no_cache, keep_source=args.keep_source)
+    if args.report:
+        print(format_layers(result.info))
+    print(f"wrote {result.library} (target {result.info['target']}) and {result.header}")
+    return 0
+
+
+def _read_inputs(module, specs: list[str], seed: int) -> dict:
+    feeds = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            raise SparsecError(f"bad --input {spec!r}: expected NAME=FILE.npy")
+        try:
+            feeds[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise SparsecError(f"cannot read input {name!r} from {path}: {exc}") from None
+    rng = np.random.default_rng(seed)
+    for spec in module.inputs:
+        if spec.name not in feeds and spec.name not in [s.partition("=")[0] for s in specs]:
+            feeds[spec.name] = _random_input(rng, spec)
+            print(f"input {spec.name!r}: random {spec.describe()} (seed {seed})")
+    return feeds
+
+
+def _random_input(rng, spec) -> np.ndarray:
+    if spec.dtype.kind == "f":
+        return rng.standard_normal(spec.shape).astype(spec.dtype)
+    if spec.dtype.kind == "b":
+        return rng.integers(0, 2, spec.shape).astype(spec.dtype)
+    return rng.integers(0, 8, spec.shape).astype(spec.dtype)
+
+
+def cmd_run(args) -> int:
+    from sparsec.module import load
+
+    with load(args.library) as module:
+        outputs = module.run(_read_inputs(module, args.input, args.seed))
+    if args.out:
+        np.savez(args.out, **outputs)
+        print(f"wrote {', '.join(outputs)} to {args.out}")
+        return 0
+    for name, value in outputs.items():
+        print(f"{name}: {value.dtype.name}{list(value.shape)}")
+        print(np.array2string(value, threshold=200, precision=6))
+    return 0
+
+
+def format_layers(info: dict) -> str:
+    rows = [("layer", "weight K x N", "density", "pattern", "kernel", "why")]
+    for layer in info["layers"]:
+        if "shape" not in layer:
+            continue
+        rows.append((layer["node"] or "?", "x".join(map(str, layer["shape"])),
+                     f"{layer['density']:.3f}" if "density" in layer else "-",
+                     layer.get("pattern", "dense"), layer["kernel"], layer.get("reason", "")))
+    if len(rows) == 1:
+        return "no matrix layers"
+    widths = [max(len(str(r[i])) for r in rows) for i in range(5)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5]
+             for r in rows]
+    return "\n".join(lines)
+
+
+def _describe(tensors: list[dict]) -> str:
+    return "\n".join(f"  {t['name']!r}: {t['dtype']}[{'x'.join(map(str, t['shape']))}]"
+                     for t in tensors)
+
+
+def cmd_info(args) -> int:
+    info = read_info(Path(args.library))
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"{args.library}: sparsec {info['sparsec_version']}, target {info['target']}"
+          + (f" (needs {', '.join(info['features'])})" if info["features"] else ""))
+    print(f"arena: {info['arena_bytes']} bytes")
+    print("inputs:\n" + _describe(info["inputs"]))
+    print("outputs:\n" + _describe(info["outputs"]))
+    print("layers:\n" + format_layers(info))
+    return 0
+
+
+def read_info(path: Path) -> dict:
+    """Model info without running target code: the library's info function needs no CPU
+    features, so this works for libraries the host cannot execute (same architecture)."""
+    from sparsec.module import _ffi
+
+    if not path.is_file():
+        raise SparsecError(f"no compiled model at {path}")
+    try:
+        lib = _ffi().dlopen(str(path.resolve()))
+        return json.loads(_ffi().string(lib.sparsec_model_info()).decode())
+    except (OSError, AttributeError) as exc:
+        raise SparsecError(f"{path} is not a sparsec library for this machine: {exc}") from None
+
+
+def cmd_targets(args) -> int:
+    from sparsec.codegen import build, targets
+
+    try:
+        compiler = build.compiler_identity(build.find_compiler()).splitlines()[1]
+    except (SparsecError, IndexError):
+        compiler = "none found (install gcc or clang)"
+    native = targets.resolve("native").name
+    print(f"host: {targets.host_arch()}; C compiler: {compiler}")
+    for target in targets.TARGETS.values():
+        how = "runs here" if targets.can_execute(target) else "compile-only here"
+        missing = [f for f in target.features if f not in targets.host_features()]
+        if missing and target.arch in ("any", targets.host_arch()):
+            how += f" (CPU lacks {', '.join(missing)})"
+        mark = "  <- native" if target.name == native else ""
+        print(f"  {target.name:<12} {how:<40} {target.description}{mark}")
+    return 0
+
+
+COMMANDS = {"compile": cmd_compile, "run": cmd_run, "info": cmd_info, "targets": cmd_targets}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""The one error hierarchy of sparsec.
+
+Every user-facing failure is a `SparsecError`; the CLI prints its message as `sparsec: error: ...`
+and exits non-zero. Messages name the culprit (node name and op type, pass, kernel key, compiler
+command) and, where there is one, the fix.
+"""
+
+
+class SparsecError(Exception):
+    """Base of every error sparsec raises on purpose."""
+
+
+class FrontendError(SparsecError):
+    """The ONNX model cannot be read, checked or imported."""
+
+
+class UnsupportedOperatorError(FrontendError):
+    """One or more nodes use operators (or dtypes) sparsec cannot compile."""
+
+
+class ShapeError(FrontendError):
+    """A shape is dynamic, unknown or contradictory."""
+
+
+class VerificationError(SparsecError):
+    """The IR broke an invariant after a pass (a bug in sparsec, reported with the pass name)."""
+
+
+class KernelNotFoundError(SparsecError):
+    """No kernel in the table implements a node for the chosen target."""
+
+
+class BuildError(SparsecError):
+    """The C compiler failed or is missing."""
+
+
+class UnsupportedTargetError(SparsecError):
+    """The target name is unknown, or the host cannot build or run it."""
+
+
+class LoadError(SparsecError):
+    """A compiled library cannot be loaded (missing file, wrong ABI, CPU lacks features)."""
+
+
+class InputError(SparsecError):
+    """Run-time inputs do not match the model (names, shapes, dtypes)."""
+
+
+class RuntimeFailure(SparsecError):
+    """The compiled library reported an error while running."""

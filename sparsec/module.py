@@ -1,0 +1,187 @@
+"""Load a library built by sparsec and run it from Python (cffi, ABI mode).
+
+A `Module` owns one run context. Calls into the library release the GIL; a lock serialises
+runs on the same Module, so sharing one Module between threads is safe (for parallel runs,
+load one Module per thread: contexts are independent).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from importlib import resources
+from pathlib import Path
+
+import cffi
+import numpy as np
+
+from sparsec.errors import InputError, LoadError, RuntimeFailure
+
+ABI_VERSION = 1
+_FFI = None
+_FFI_LOCK = threading.Lock()
+
+
+def _ffi() -> cffi.FFI:
+    """One FFI for all modules, declared from sparsec.h itself (between its cdef markers)."""
+    global _FFI
+    with _FFI_LOCK:
+        if _FFI is None:
+            header = (resources.files("sparsec.runtime_c") / "sparsec.h").read_text()
+            body = header.split("/* cdef-begin")[1].split("*/", 1)[1].split("/* cdef-end */")[0]
+            body = re.sub(r"/\*.*?\*/", "", body, flags=re.S).replace("SPARSEC_API ", "")
+            ffi = cffi.FFI()
+            ffi.cdef(body)
+            _FFI = ffi
+        return _FFI
+
+
+class Module:
+    """A compiled model: `run({name: array}) -> {name: array}`, or call it with positionals."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise LoadError(f"no compiled model at {self.path}")
+        ffi = _ffi()
+        try:
+            self._lib = ffi.dlopen(str(self.path.resolve()))
+        except OSError as exc:
+            raise LoadError(f"cannot load {self.path}: {exc}. Is it a sparsec library built "
+                            "for this machine's architecture?") from None
+        try:
+            abi = self._lib.sparsec_abi_version()
+        except AttributeError:
+            raise LoadError(f"{self.path} is not a sparsec library") from None
+        if abi != ABI_VERSION:
+            raise LoadError(f"{self.path} uses sparsec ABI {abi}; this sparsec reads ABI "
+                            f"{ABI_VERSION}. Recompile the model with this sparsec")
+        message = ffi.new("char[]", 1024)
+        if self._lib.sparsec_cpu_check(message, 1024) != 0:
+            raise LoadError(f"{self.path}: {ffi.string(message).decode()}")
+        self.info = json.loads(ffi.string(self._lib.sparsec_model_info()).decode())
+        self.inputs = [_TensorSpec(t) for t in self.info["inputs"]]
+        self.outputs = [_TensorSpec(t) for t in self.info["outputs"]]
+        context = ffi.new("sparsec_context **")
+        status = self._lib.sparsec_create(context)
+        if status != 0:
+            raise LoadError(f"{self.path}: cannot create a run context: "
+                            f"{ffi.string(self._lib.sparsec_status_message(status)).decode()}")
+        self._context = context[0]
+        self._lock = threading.Lock()
+        self._input_pointers = ffi.new("void *[]", max(len(self.inputs), 1))
+        self._output_pointers = ffi.new("void *[]", max(len(self.outputs), 1))
+
+    @property
+    def target(self) -> str:
+        return self.info["target"]
+
+    def close(self) -> None:
+        """Free the run context; the Module cannot run afterwards. Closing twice is harmless."""
+        lock = getattr(self, "_lock", None)
+        if lock is None:
+            return
+        with lock:
+            if getattr(self, "_context", None) is not None:
+                self._lib.sparsec_destroy(self._context)
+                self._context = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __enter__(self) -> Module:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        sig = ", ".join(f"{t.name}: {t.dtype}{list(t.shape)}" for t in self.inputs)
+        return f"<sparsec.Module {str(self.path)!r} target={self.target} ({sig})>"
+
+    def __call__(self, *arrays):
+        """Positional inputs in model order; one output returns an array, several a tuple."""
+        if len(arrays) != len(self.inputs):
+            raise InputError(f"the model takes {len(self.inputs)} input(s) "
+                             f"({', '.join(repr(t.name) for t in self.inputs)}), got "
+                             f"{len(arrays)}")
+        results = self.run({spec.name: a for spec, a in zip(self.inputs, arrays)})
+        values = tuple(results[t.name] for t in self.outputs)
+        return values[0] if len(values) == 1 else values
+
+    def run(self, feeds: dict) -> dict:
+        """Run once: `feeds` maps every input name to an array of its shape and dtype."""
+        arrays = self._check_inputs(feeds)
+        results = [np.empty(t.shape, dtype=t.dtype) for t in self.outputs]
+        ffi = _ffi()
+        with self._lock:
+            if self._context is None:
+                raise RuntimeFailure(f"{self.path}: the module is closed")
+            for i, array in enumerate(arrays):
+                self._input_pointers[i] = ffi.from_buffer(array, require_writable=False)
+            for i, array in enumerate(results):
+                self._output_pointers[i] = ffi.from_buffer(array, require_writable=True)
+            status = self._lib.sparsec_run(self._context, self._input_pointers,
+                                           self._output_pointers)
+            if status != 0:
+                raise RuntimeFailure(
+                    f"{self.path}: run failed: "
+                    f"{ffi.string(self._lib.sparsec_last_error(self._context)).decode()}")
+        return {t.name: r for t, r in zip(self.outputs, results)}
+
+    def _check_inputs(self, feeds: dict) -> list[np.ndarray]:
+        if not isinstance(feeds, dict):
+            raise InputError("run() takes a dict {input name: array}")
+        expected = [t.name for t in self.inputs]
+        missing = [n for n in expected if n not in feeds]
+        extra = [n for n in feeds if n not in expected]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append("missing " + ", ".join(map(repr, missing)))
+            if extra:
+                parts.append("unknown " + ", ".join(map(repr, extra)))
+            takes = ", ".join(f"{t.name!r} {t.describe()}" for t in self.inputs)
+            raise InputError(f"inputs do not match the model: {'; '.join(parts)}. The model "
+                             f"takes: {takes}")
+        return [spec.check(feeds[spec.name]) for spec in self.inputs]
+
+
+class _TensorSpec:
+    def __init__(self, record: dict):
+        self.name = record["name"]
+        self.shape = tuple(record["shape"])
+        self.dtype = np.dtype(record["dtype"])
+
+    def describe(self) -> str:
+        return f"{self.dtype.name}[{'x'.join(map(str, self.shape)) or 'scalar'}]"
+
+    def check(self, value) -> np.ndarray:
+        if not isinstance(value, np.ndarray):
+            if isinstance(value, (list, tuple, int, float, bool, np.generic)):
+                value = np.asarray(value, dtype=self.dtype)
+            else:
+                raise InputError(f"input {self.name!r} must be a numpy array, got "
+                                 f"{type(value).__name__}")
+        if value.dtype != self.dtype:
+            raise InputError(f"input {self.name!r} has dtype {value.dtype.name}, the model "
+                             f"expects {self.dtype.name}; convert with "
+                             f".astype(numpy.{self.dtype.name})")
+        if value.shape != self.shape:
+            raise InputError(f"input {self.name!r} has shape {value.shape}, the model expects "
+                             f"{self.shape}. The shape is fixed at compile time: recompile "
+                             "with --input-shape to change it")
+        # A contiguous, aligned copy is harmless and lets the kernels read plain rows.
+        if not value.flags.c_contiguous or not value.flags.aligned:
+            value = np.ascontiguousarray(value)
+        return value
+
+
+def load(path: str | os.PathLike) -> Module:
+    """Load a compiled model library."""
+    return Module(path)
