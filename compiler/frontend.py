@@ -25,7 +25,7 @@ def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
     for spec in specs or []:
         name, sep, dims = spec.rpartition("=")
         try:
-            shape = tuple(int(d) for d in dims.split("x")) if dims else ()
+            shape = tuple(int(d) for d in dims.split("x"))
         except ValueError:
             shape = None
         if not sep or not name or shape is None or any(d < 0 for d in shape):

@@ -1,0 +1,144 @@
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from sparsec.compiler import frontend
+from sparsec.errors import FrontendError, ShapeError, UnsupportedOperatorError
+from tests.graphs import mlp, model
+
+
+def test_imports_static_graph():
+    graph = frontend.import_model(mlp())
+    assert graph.inputs == ["x"] and graph.outputs == ["y"]
+    assert [n.op for n in graph.nodes] == ["MatMul", "Add", "Relu"]
+    assert graph.tensors["mm"].shape == (2, 16)
+    assert graph.tensors["w"].is_constant
+
+
+def test_unsupported_operators_are_listed_together():
+    nodes = [helper.make_node("LSTM", ["x"], ["a"], name="rnn1"),
+             helper.make_node("Relu", ["a"], ["b"], name="ok"),
+             helper.make_node("TopK", ["b", "k"], ["y", "i"], name="top", axis=-1)]
+    m = model(nodes, [("x", [2, 3])], [("y", [2, 3])], [("k", np.array([1], np.int64))])
+    del m.graph.output[:]
+    m.graph.output.append(helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None))
+    with pytest.raises(UnsupportedOperatorError) as err:
+        frontend._check_operators(m)
+    message = str(err.value)
+    assert "'rnn1' (op LSTM)" in message and "'top' (op TopK)" in message
+    assert "'ok'" not in message
+
+
+def test_custom_domain_is_unsupported():
+    m = model([helper.make_node("Gelu", ["x"], ["y"], name="g", domain="com.microsoft")],
+              [("x", [2])], [("y", [2])])
+    m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    with pytest.raises(UnsupportedOperatorError, match=r"'g' \(op com.microsoft.Gelu\)"):
+        frontend.import_model(m)
+
+
+def test_ops_on_constants_are_accepted_for_folding():
+    nodes = [helper.make_node("Shape", ["c"], ["s"], name="shape"),
+             helper.make_node("Reshape", ["x", "s"], ["y"], name="reshape")]
+    m = model(nodes, [("x", [6])], [("y", [2, 3])], [("c", np.zeros((2, 3), np.float32))])
+    graph = frontend.import_model(m)
+    assert [n.op for n in graph.nodes] == ["Shape", "Reshape"]
+
+
+def test_dynamic_input_needs_input_shape():
+    m = model([helper.make_node("Relu", ["x"], ["y"])], [("x", ["batch", 4])],
+              [("y", ["batch", 4])])
+    with pytest.raises(ShapeError, match="--input-shape x=1x128"):
+        frontend.import_model(m)
+    graph = frontend.import_model(m, {"x": (3, 4)})
+    assert graph.tensors["x"].shape == (3, 4) and graph.tensors["y"].shape == (3, 4)
+
+
+def test_input_shape_errors_are_specific():
+    m = model([helper.make_node("Relu", ["x"], ["y"])], [("x", ["batch", 4])],
+              [("y", ["batch", 4])])
+    with pytest.raises(ShapeError, match="not model inputs"):
+        frontend.import_model(m, {"nope": (1, 4)})
+    with pytest.raises(ShapeError, match="rank"):
+        frontend.import_model(m, {"x": (1, 4, 1)})
+    with pytest.raises(ShapeError, match="only dynamic dims"):
+        frontend.import_model(m, {"x": (1, 5)})
+
+
+@pytest.mark.parametrize("spec,expected", [("a=1x128", {"a": (1, 128)}), ("x=7", {"x": (7,)}),
+                                           ("we=ird=2x2", {"we=ird": (2, 2)})])
+def test_parse_input_shapes(spec, expected):
+    assert frontend.parse_input_shapes([spec]) == expected
+
+
+@pytest.mark.parametrize("spec", ["a", "a=", "=1x2", "a=1xb", "a=-1x2"])
+def test_parse_input_shapes_rejects(spec):
+    with pytest.raises(FrontendError, match="bad --input-shape"):
+        frontend.parse_input_shapes([spec])
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(FrontendError, match="not found"):
+        frontend.import_model(tmp_path / "missing.onnx")
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\xff\x00not a protobuf" * 10)
+    with pytest.raises(FrontendError):
+        frontend.import_model(garbage)
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    with pytest.raises(FrontendError):
+        frontend.import_model(empty)
+
+
+def test_external_data_outside_model_folder_is_refused(tmp_path):
+    m = mlp()
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"\0" * 4096)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    weight = next(t for t in m.graph.initializer if t.name == "w")
+    weight.ClearField("raw_data")
+    weight.ClearField("float_data")
+    weight.data_location = onnx.TensorProto.EXTERNAL
+    entry = weight.external_data.add()
+    entry.key, entry.value = "location", "../secret.bin"
+    path = folder / "m.onnx"
+    path.write_bytes(m.SerializeToString())
+    with pytest.raises(FrontendError, match="outside the model's folder"):
+        frontend.import_model(path)
+
+
+def test_external_data_inside_model_folder_loads(tmp_path):
+    m = mlp(k=32, n=32)
+    expected = onnx.numpy_helper.to_array(next(t for t in m.graph.initializer if t.name == "w"))
+    path = tmp_path / "m.onnx"
+    onnx.save(m, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="weights.data", size_threshold=0)
+    graph = frontend.import_model(path)
+    np.testing.assert_array_equal(graph.tensors["w"].data, expected)
+
+
+def test_external_data_past_end_of_file_is_refused(tmp_path):
+    m = mlp(k=32, n=32)
+    path = tmp_path / "m.onnx"
+    onnx.save(m, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="weights.data", size_threshold=0)
+    data = tmp_path / "weights.data"
+    data.write_bytes(data.read_bytes()[:100])
+    with pytest.raises(FrontendError, match="past the end"):
+        frontend.import_model(path)
+
+
+def test_opset_newer_than_known_is_refused():
+    m = mlp()
+    m.opset_import[0].version = onnx.defs.onnx_opset_version() + 1
+    with pytest.raises(FrontendError, match="newer than the newest"):
+        frontend.import_model(m)
+
+
+def test_invalid_model_names_the_problem():
+    m = model([helper.make_node("Relu", ["nowhere"], ["y"], name="r")], [("x", [2])],
+              [("y", [2])])
+    with pytest.raises(FrontendError, match="not valid ONNX"):
+        frontend.import_model(m)

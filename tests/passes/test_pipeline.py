@@ -1,0 +1,33 @@
+import pytest
+
+from sparsec.compiler import frontend
+from sparsec.compiler.ir import Node
+from sparsec.compiler.passes import PIPELINE, run_pipeline
+from sparsec.compiler.verify import verify
+from sparsec.errors import VerificationError
+from tests.graphs import mlp
+from tests.passes.helpers import context
+
+
+def test_pipeline_is_data_with_reasons():
+    names = [name for name, _, _ in PIPELINE]
+    assert names == ["fold-constants", "detect-sparsity", "fuse", "plan-memory"]
+    assert all(why for _, _, why in PIPELINE)
+
+
+def test_dump_ir_writes_every_pass(tmp_path):
+    ctx = context()
+    ctx.dump_dir = tmp_path
+    run_pipeline(frontend.import_model(mlp()), ctx)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["00-import.txt", "01-fold-constants.txt", "02-detect-sparsity.txt",
+                     "03-fuse.txt", "04-plan-memory.txt"]
+    assert "Dense(" in (tmp_path / "03-fuse.txt").read_text()
+
+
+def test_verifier_names_the_pass_and_the_problem():
+    graph = frontend.import_model(mlp())
+    graph.nodes.insert(0, Node("Relu", ["pre"], ["early"]))
+    graph.tensors["early"] = graph.tensors["pre"]
+    with pytest.raises(VerificationError, match=r"after my-pass: node %0 \(Relu\) reads 'pre'"):
+        verify(graph, "my-pass")

@@ -1,0 +1,45 @@
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import helper
+
+from sparsec.compiler import frontend
+from sparsec.compiler.passes import plan_memory
+from sparsec.compiler.verify import verify
+from tests.graphs import model
+from tests.passes.helpers import context
+
+
+def chain(widths):
+    """x -> Relu -> Relu ... with Reshape-free widths: each step its own intermediate."""
+    nodes, inits = [], []
+    current = "x"
+    for i, (k, n) in enumerate(zip(widths[:-1], widths[1:])):
+        out = "y" if i == len(widths) - 2 else f"h{i}"
+        inits.append((f"w{i}", np.ones((k, n), np.float32)))
+        nodes.append(helper.make_node("MatMul", [current, f"w{i}"], [out]))
+        current = out
+    return model(nodes, [("x", [1, widths[0]])], [("y", [1, widths[-1]])], inits)
+
+
+def test_chain_reuses_memory():
+    graph = plan_memory.run(frontend.import_model(chain([16, 64, 64, 64, 16])), context())
+    verify(graph, "plan")
+    plan = graph.memory
+    assert set(plan.offsets) == {"h0", "h1", "h2"}
+    assert plan.offsets["h0"] == plan.offsets["h2"], "h0 is dead when h2 is born"
+    assert plan.arena_bytes == 2 * 256
+
+
+def test_inputs_outputs_constants_are_not_in_the_arena():
+    graph = plan_memory.run(frontend.import_model(chain([4, 4])), context())
+    assert graph.memory.offsets == {} and graph.memory.arena_bytes == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 300), min_size=2, max_size=8))
+def test_live_tensors_never_overlap(widths):
+    graph = plan_memory.run(frontend.import_model(chain(widths)), context())
+    verify(graph, "plan")  # checks alignment, bounds and overlap of live tensors
+    sizes = sum(-(-graph.tensors[n].nbytes // 64) * 64 for n in graph.memory.offsets)
+    assert graph.memory.arena_bytes <= sizes

@@ -1,0 +1,89 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from sparsec.cli import main
+from tests.graphs import mlp, model
+
+SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "mlp_sparse.onnx"
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch, cache_dir):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_dir))
+    return tmp_path
+
+
+def test_compile_run_info_round_trip(workdir, capsys):
+    assert main(["compile", str(SAMPLE), "--target", "generic", "-o", "build/mlp.so",
+                 "--report"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote build/mlp.so (target generic)" in out
+    assert "fc0/MatMul" in out and "1x16" in out, "the report names layers and patterns"
+    x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    np.save("x.npy", x)
+    assert main(["run", "build/mlp.so", "--input", "x=x.npy", "--out", "out.npz"]) == 0
+    import onnxruntime as ort
+
+    expected = ort.InferenceSession(str(SAMPLE)).run(None, {"x": x})[0]
+    np.testing.assert_allclose(np.load("out.npz")["y"], expected, rtol=1e-4, atol=1e-5)
+    assert main(["run", "build/mlp.so", "--input", "x=x.npy"]) == 0
+    assert "y: float32[4, 10]" in capsys.readouterr().out
+    assert main(["info", "build/mlp.so"]) == 0
+    out = capsys.readouterr().out
+    assert "target generic" in out and "'x': float32[4x64]" in out and "arena:" in out
+    assert main(["info", "build/mlp.so", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["inputs"][0]["name"] == "x"
+
+
+def test_run_without_inputs_uses_seeded_random(workdir, capsys):
+    main(["compile", str(SAMPLE), "--target", "generic", "-o", "m.so"])
+    assert main(["run", "m.so", "--seed", "3"]) == 0
+    assert "random float32[4x64] (seed 3)" in capsys.readouterr().out
+
+
+def test_targets_lists_every_target(capsys):
+    assert main(["targets"]) == 0
+    out = capsys.readouterr().out
+    for name in ("generic", "x86-avx2", "x86-avx512"):
+        assert name in out
+    assert "<- native" in out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["compile", "missing.onnx"], "model file not found"),
+    (["compile", "bad.onnx"], "not a readable ONNX model"),
+    (["compile", "dyn.onnx"], "--input-shape"),
+    (["compile", "dyn.onnx", "--input-shape", "x=2"], "rank"),
+    (["compile", "lstm.onnx"], "'rnn' (op LSTM)"),
+    (["compile", "m.onnx", "--target", "vax"], "unknown target 'vax'"),
+    (["compile", "m.onnx", "-o", "m.dll"], "must end in .so"),
+    (["run", "missing.so"], "no compiled model"),
+    (["run", "m.onnx"], "cannot load"),
+    (["info", "m.onnx"], "not a sparsec library"),
+    (["run", "ok.so", "--input", "x=nothere.npy"], "cannot read input 'x'"),
+    (["run", "ok.so", "--input", "x"], "expected NAME=FILE.npy"),
+])
+def test_user_errors_are_one_line_without_traceback(workdir, argv, message):
+    Path("bad.onnx").write_bytes(b"garbage")
+    onnx.save(mlp(), "m.onnx")
+    onnx.save(model([helper.make_node("Relu", ["x"], ["y"])], [("x", ["n", 2])],
+                    [("y", ["n", 2])]), "dyn.onnx")
+    lstm = model([helper.make_node("LSTM", ["x", "w", "r"], ["y"], name="rnn", hidden_size=1)],
+                 [("x", [1, 1, 1])], [("y", [1, 1, 1, 1])],
+                 [("w", np.zeros((1, 4, 1), np.float32)), ("r", np.zeros((1, 4, 1), np.float32))])
+    onnx.save(lstm, "lstm.onnx")
+    main(["compile", "m.onnx", "--target", "generic", "-o", "ok.so"])
+    result = subprocess.run([sys.executable, "-m", "sparsec", *argv], capture_output=True,
+                            text=True)
+    assert result.returncode == 1
+    assert result.stderr.startswith("sparsec: error: ")
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr

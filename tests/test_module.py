@@ -1,0 +1,99 @@
+import threading
+
+import numpy as np
+import pytest
+
+import sparsec
+from sparsec.errors import InputError, LoadError, RuntimeFailure
+from tests.conftest import run_onnxruntime
+from tests.graphs import mlp
+
+
+@pytest.fixture
+def module(compiler):
+    return compiler.load(mlp(k=8, n=16, m=2), "generic")
+
+
+def test_run_matches_onnxruntime(module):
+    x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    (expected,) = run_onnxruntime(mlp(k=8, n=16, m=2), {"x": x})
+    np.testing.assert_allclose(module.run({"x": x})["y"], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(module(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_signature(module):
+    (spec,) = module.inputs
+    assert (spec.name, spec.shape, spec.dtype) == ("x", (2, 8), np.float32)
+    assert module.outputs[0].shape == (2, 16)
+    assert module.info["target"] == "generic" and module.target == "generic"
+    assert "x: float32[2, 8]" in repr(module)
+
+
+@pytest.mark.parametrize("feeds,message", [
+    ({}, "missing 'x'"),
+    ({"x": np.zeros((2, 8), np.float32), "z": 1}, "unknown 'z'"),
+    ({"x": np.zeros((2, 8), np.float64)}, "dtype float64, the model expects float32"),
+    ({"x": np.zeros((3, 8), np.float32)}, r"shape \(3, 8\), the model expects \(2, 8\)"),
+    ({"x": "text"}, "must be a numpy array"),
+])
+def test_bad_inputs_say_what_was_expected(module, feeds, message):
+    with pytest.raises(InputError, match=message):
+        module.run(feeds)
+
+
+def test_positional_arity(module):
+    with pytest.raises(InputError, match="takes 1 input"):
+        module(np.zeros((2, 8), np.float32), np.zeros((2, 8), np.float32))
+
+
+def test_non_contiguous_and_readonly_inputs_are_accepted(module):
+    x = np.random.default_rng(1).standard_normal((8, 2)).astype(np.float32).T
+    assert not x.flags.c_contiguous
+    expected = module.run({"x": np.ascontiguousarray(x)})["y"]
+    np.testing.assert_array_equal(module.run({"x": x})["y"], expected)
+    frozen = np.ascontiguousarray(x)
+    frozen.setflags(write=False)
+    np.testing.assert_array_equal(module.run({"x": frozen})["y"], expected)
+
+
+def test_close_twice_and_use_after_close(module):
+    module.close()
+    module.close()
+    with pytest.raises(RuntimeFailure, match="closed"):
+        module.run({"x": np.zeros((2, 8), np.float32)})
+
+
+def test_context_manager_closes(compiler):
+    path = compiler.compile(mlp(), "generic").library
+    with sparsec.load(path) as module:
+        module.run({"x": np.zeros((2, 8), np.float32)})
+    with pytest.raises(RuntimeFailure):
+        module.run({"x": np.zeros((2, 8), np.float32)})
+
+
+def test_threads_share_one_module(module):
+    rng = np.random.default_rng(2)
+    xs = [rng.standard_normal((2, 8)).astype(np.float32) for _ in range(8)]
+    expected = [module.run({"x": x})["y"] for x in xs]
+    failures = []
+
+    def work(i):
+        for _ in range(50):
+            if not np.array_equal(module.run({"x": xs[i]})["y"], expected[i]):
+                failures.append(i)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(LoadError, match="no compiled model"):
+        sparsec.load(tmp_path / "missing.so")
+    junk = tmp_path / "junk.so"
+    junk.write_bytes(b"not an ELF file")
+    with pytest.raises(LoadError, match="cannot load"):
+        sparsec.load(junk)
