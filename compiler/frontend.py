@@ -11,9 +11,9 @@ from pathlib import Path
 
 import onnx
 from onnx import external_data_helper, helper, numpy_helper, shape_inference
+
 from sparsec.compiler.ir import DTYPES, Graph, Node, Tensor
 from sparsec.compiler.ops import RUNTIME_OPS
-
 from sparsec.errors import FrontendError, ShapeError, UnsupportedOperatorError
 
 STANDARD_DOMAINS = ("", "ai.onnx")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from sparsec.compiler.ir import Graph
-
 from sparsec.errors import VerificationError
 
 

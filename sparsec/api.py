@@ -44,7 +44,8 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "nat
                   dump_ir: str | os.PathLike | None = None,
                   cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
                   verify_each: bool = False, keep_source: str | os.PathLike | None = None,
-                  extra_cflags: tuple[str, ...] = ()) -> CompileResult:
+                  extra_cflags: tuple[str, ...] = (),
+                  force_pattern: str | None = None) -> CompileResult:
     """Compile and return the library path, its C header, its model info and the final IR."""
     resolved = targets.resolve(target)
     if output is None:
@@ -56,7 +57,7 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "nat
         raise SparsecError(f"output {str(output)!r} must end in .so")
     graph = frontend.import_model(model, input_shapes)
     ctx = PassContext(cost=cost_model(resolved), verify_each=verify_each,
-                      dump_dir=Path(dump_ir) if dump_ir else None)
+                      dump_dir=Path(dump_ir) if dump_ir else None, force_pattern=force_pattern)
     graph = run_pipeline(graph, ctx)
     rendered = emit.emit(graph, resolved, __version__)
     builder.build(rendered, resolved, output,
@@ -75,7 +76,8 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str = "native",
     """Compile an ONNX model (path or ModelProto) into a shared library; returns its path.
 
     Options: input_shapes={"name": (1, 128)} pins dynamic dimensions; dump_ir=DIR writes the IR
-    after every pass; cache_dir/use_cache control the build cache.
+    after every pass; cache_dir/use_cache control the build cache; force_pattern="4x1" (or
+    "dense") overrides the cost model's choice for every weight.
     """
     return compile_model(model, target, output, **options).library
 

@@ -33,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass into DIR")
     p.add_argument("--report", action="store_true",
                    help="print per-layer sparsity, chosen kernel and why")
+    p.add_argument("--pattern", metavar="P", dest="force_pattern",
+                   help="store every weight as P (dense, 1x1, 4x1, 1x4, 1x16, 16x1, 4x4) "
+                        "instead of the cost model's choice")
     p.add_argument("--keep-source", metavar="DIR", help="also write model.c and weights.bin")
     p.add_argument("--no-cache", action="store_true", help="rebuild even if cached")
     p.add_argument("--cache-dir", help="build cache folder (default: ~/.cache/sparsec)")
@@ -71,7 +74,8 @@ def cmd_compile(args) -> int:
     result = compile_model(args.model, args.target, args.output,
                            input_shapes=parse_input_shapes(args.input_shape),
                            dump_ir=args.dump_ir, cache_dir=args.cache_dir,
-                           use_cache=not args.no_cache, keep_source=args.keep_source)
+                           use_cache=not args.no_cache, keep_source=args.keep_source,
+                           force_pattern=args.force_pattern)
     if args.report:
         print(format_layers(result.info))
     print(f"wrote {result.library} (target {result.info['target']}) and {result.header}")

@@ -34,6 +34,7 @@ class SparseKernelCost:
 class PassContext:
     cost: SparseKernelCost
     verify_each: bool = False
+    force_pattern: str | None = None  # "dense" or a block pattern for every weight
     dump_dir: Path | None = None
     log: list[str] = field(default_factory=list)
 

@@ -10,6 +10,7 @@ The choice is the cheapest by the target's cost model (`ctx.cost`); dense wins t
 from __future__ import annotations
 
 import numpy as np
+
 from sparsec.compiler.ir import (
     SPARSE_PATTERNS,
     Graph,
@@ -18,6 +19,7 @@ from sparsec.compiler.ir import (
     Tensor,
     block_shape,
 )
+from sparsec.errors import SparsecError
 
 NAME = "detect-sparsity"
 
@@ -35,7 +37,7 @@ def run(graph: Graph, ctx) -> Graph:
             weight = _store_transposed(graph, node, weight, shared=len(users[weight.name]) > 1)
             node.attrs["transB"] = 0
         if weight.sparsity is None:
-            weight.sparsity = analyse(weight.data, ctx.cost)
+            weight.sparsity = analyse(weight.data, ctx.cost, ctx.force_pattern)
     return graph
 
 
@@ -88,7 +90,9 @@ def predicted_costs(weight: np.ndarray, stats: dict[str, tuple[int, float]], cos
     return costs
 
 
-def analyse(weight: np.ndarray, cost) -> SparsityInfo:
+def analyse(weight: np.ndarray, cost, force: str | None = None) -> SparsityInfo:
+    """Statistics for every candidate block shape, and the choice: the cheapest by `cost`, or
+    `force` ("dense" or a pattern) when the user pinned one (benchmarks, kernel tests)."""
     nonzeros = int(np.count_nonzero(weight))
     density = nonzeros / weight.size if weight.size else 1.0
     stats = {}
@@ -97,20 +101,30 @@ def analyse(weight: np.ndarray, cost) -> SparsityInfo:
         blocks = block_counts(weight, rows, cols)
         stats[pattern] = (blocks, nonzeros / (blocks * rows * cols) if blocks else 1.0)
     costs = predicted_costs(weight, stats, cost)
-    best = min(costs, key=lambda p: (costs[p], p != "dense"))
-    ratio = costs[best] / costs["dense"] if costs["dense"] else 1.0
-    if best == "dense":
-        offered = [p for p in costs if p != "dense"]
-        if not offered:
-            reason = "the target offers no sparse kernel"
-        else:
-            runner_up = min(offered, key=costs.get)
-            reason = (f"dense is cheapest; best sparse {runner_up} would cost "
-                      f"{costs[runner_up] / max(costs['dense'], 1e-9):.2f}x dense "
-                      f"(density {density:.2f})")
+    relative = {p: c / costs["dense"] if costs["dense"] else 1.0 for p, c in costs.items()}
+    if force is not None:
+        if force not in costs:
+            raise SparsecError(f"pattern {force!r} was requested but the target has no kernel "
+                               f"for it; it offers: {', '.join(sorted(costs))}")
+        choice = force
+        reason = f"{force}: requested (predicted {relative[force]:.2f}x the dense kernel's work)"
+    else:
+        choice = min(costs, key=lambda p: (costs[p], p != "dense"))
+        reason = _reason(choice, stats, relative, density)
+    if choice == "dense":
         return SparsityInfo(density, stats, "dense", reason)
-    blocks, fill = stats[best]
-    reason = (f"{best}: {blocks} nonzero blocks, fill {fill:.0%}, predicted {ratio:.2f}x the "
-              "dense kernel's work")
-    rows, cols = block_shape(best)
-    return SparsityInfo(density, stats, best, reason, pack_blocks(weight, rows, cols))
+    rows, cols = block_shape(choice)
+    return SparsityInfo(density, stats, choice, reason, pack_blocks(weight, rows, cols))
+
+
+def _reason(choice: str, stats: dict, relative: dict, density: float) -> str:
+    if choice != "dense":
+        blocks, fill = stats[choice]
+        return (f"{choice}: {blocks} nonzero blocks, fill {fill:.0%}, predicted "
+                f"{relative[choice]:.2f}x the dense kernel's work")
+    offered = [p for p in relative if p != "dense"]
+    if not offered:
+        return "the target offers no sparse kernel"
+    runner_up = min(offered, key=relative.get)
+    return (f"dense is cheapest; best sparse {runner_up} would cost "
+            f"{relative[runner_up]:.2f}x dense (density {density:.2f})")

@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
-from sparsec.compiler.ir import DTYPES, Graph, Node, Tensor
 
+from sparsec.compiler.ir import DTYPES, Graph, Node, Tensor
 from sparsec.errors import FrontendError, ShapeError
 
 NAME = "fold-constants"

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
 from sparsec.compiler.ir import Graph, Node
 from sparsec.compiler.ops import ACTIVATIONS, DENSE
 

@@ -2,8 +2,8 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper
-from sparsec.compiler import frontend
 
+from sparsec.compiler import frontend
 from sparsec.errors import FrontendError, ShapeError, UnsupportedOperatorError
 from tests.graphs import mlp, model
 

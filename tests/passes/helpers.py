@@ -1,7 +1,6 @@
+from sparsec.api import cost_model
 from sparsec.codegen.targets import resolve
 from sparsec.compiler.passes import PassContext
-
-from sparsec.api import cost_model
 
 
 def context(target: str = "generic") -> PassContext:

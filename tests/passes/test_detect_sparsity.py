@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 from onnx import helper
+
 from sparsec.compiler import frontend
 from sparsec.compiler.ir import SPARSE_PATTERNS, block_shape
 from sparsec.compiler.passes import SparseKernelCost, detect_sparsity
 from sparsec.compiler.verify import verify
-
 from tests.graphs import mlp, model
 from tests.passes.helpers import context
 

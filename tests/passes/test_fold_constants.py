@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 from onnx import helper
+
 from sparsec.compiler import frontend
 from sparsec.compiler.passes import fold_constants
 from sparsec.compiler.verify import verify
-
 from sparsec.errors import ShapeError
 from tests.graphs import model
 from tests.passes.helpers import context

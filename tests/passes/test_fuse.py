@@ -1,9 +1,9 @@
 import numpy as np
 from onnx import helper
+
 from sparsec.compiler import frontend
 from sparsec.compiler.passes import detect_sparsity, fuse
 from sparsec.compiler.verify import verify
-
 from tests.graphs import mlp, model
 from tests.passes.helpers import context
 

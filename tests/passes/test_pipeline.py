@@ -1,9 +1,9 @@
 import pytest
+
 from sparsec.compiler import frontend
 from sparsec.compiler.ir import Node
 from sparsec.compiler.passes import PIPELINE, run_pipeline
 from sparsec.compiler.verify import verify
-
 from sparsec.errors import VerificationError
 from tests.graphs import mlp
 from tests.passes.helpers import context

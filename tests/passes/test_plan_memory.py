@@ -2,10 +2,10 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper
+
 from sparsec.compiler import frontend
 from sparsec.compiler.passes import plan_memory
 from sparsec.compiler.verify import verify
-
 from tests.graphs import model
 from tests.passes.helpers import context
 
