@@ -62,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     except SparsecError as exc:
         print(f"sparsec: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # unwritable output folder, full disk, ...
+        print(f"sparsec: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("sparsec: interrupted", file=sys.stderr)
         return 130

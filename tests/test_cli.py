@@ -70,6 +70,7 @@ def test_targets_lists_every_target(capsys):
     (["info", "m.onnx"], "not a sparsec library"),
     (["run", "ok.so", "--input", "x=nothere.npy"], "cannot read input 'x'"),
     (["run", "ok.so", "--input", "x"], "expected NAME=FILE.npy"),
+    (["compile", "m.onnx", "--target", "generic", "-o", "afile/m.so"], "afile"),
 ])
 def test_user_errors_are_one_line_without_traceback(workdir, argv, message):
     Path("bad.onnx").write_bytes(b"garbage")
@@ -81,6 +82,7 @@ def test_user_errors_are_one_line_without_traceback(workdir, argv, message):
                  [("w", np.zeros((1, 4, 1), np.float32)), ("r", np.zeros((1, 4, 1), np.float32))])
     onnx.save(lstm, "lstm.onnx")
     main(["compile", "m.onnx", "--target", "generic", "-o", "ok.so"])
+    Path("afile").write_text("a file where the output folder should be")
     result = subprocess.run([sys.executable, "-m", "sparsec", *argv], capture_output=True,
                             text=True)
     assert result.returncode == 1
