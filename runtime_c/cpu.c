@@ -38,6 +38,10 @@ uint32_t sparsec__host_features(void)
     if ((ebx >> 31) & 1) features |= SPARSEC_FEATURE_AVX512VL;
     if ((ecx >> 11) & 1) features |= SPARSEC_FEATURE_AVX512VNNI;
   }
+#ifdef SPARSEC_HIDE_FEATURES
+  /* Test builds pretend the CPU lacks these bits, to exercise the refusal path. */
+  features &= ~(uint32_t)(SPARSEC_HIDE_FEATURES);
+#endif
   return features;
 }
 #else

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import sparsec
+from sparsec.codegen import targets as target_table
 from sparsec.errors import InputError, LoadError, RuntimeFailure
 from tests.conftest import run_onnxruntime
 from tests.graphs import mlp
@@ -97,3 +98,25 @@ def test_load_errors(tmp_path):
     junk.write_bytes(b"not an ELF file")
     with pytest.raises(LoadError, match="cannot load"):
         sparsec.load(junk)
+
+
+def test_abi_rejects_null_pointers(module):
+    from sparsec.module import _ffi
+
+    ffi, lib = _ffi(), module._lib
+    assert lib.sparsec_run(module._context, ffi.NULL, ffi.NULL) == 3
+    assert "must not be NULL" in ffi.string(lib.sparsec_last_error(module._context)).decode()
+    nulls = ffi.new("void *[]", 1)
+    assert lib.sparsec_run(module._context, nulls, nulls) == 3
+    assert "input 0 is NULL" in ffi.string(lib.sparsec_last_error(module._context)).decode()
+    assert lib.sparsec_run(ffi.NULL, nulls, nulls) == 3
+    assert lib.sparsec_create(ffi.NULL) == 3
+    assert ffi.string(lib.sparsec_status_message(1)).decode().startswith("this CPU")
+
+
+@pytest.mark.skipif(target_table.host_arch() != "x86_64", reason="x86 feature bits")
+def test_library_for_missing_features_refuses_to_load(compiler):
+    # The test build hides AVX2 (bit 0) from the runtime's CPU check.
+    result = compiler.compile(mlp(), "x86-avx2", extra_cflags=("-DSPARSEC_HIDE_FEATURES=1",))
+    with pytest.raises(LoadError, match="lacks: avx2; rebuild it with --target native"):
+        sparsec.load(result.library)
