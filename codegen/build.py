@@ -18,7 +18,6 @@ from pathlib import Path
 
 from sparsec.codegen.emit import Rendered
 from sparsec.codegen.targets import BASE_CFLAGS, Target
-
 from sparsec.errors import BuildError
 
 RUNTIME_SOURCES = ("runtime.c", "cpu.c")

@@ -14,13 +14,13 @@ from importlib import resources
 
 import jinja2
 import numpy as np
+
 from sparsec.codegen import cnames
 from sparsec.codegen.kernels import KernelSpec, select
 from sparsec.codegen.params import CTYPES, KernelRequest, WeightSink
 from sparsec.codegen.targets import FEATURE_BITS, Target
 from sparsec.compiler.ir import Graph
 from sparsec.compiler.ops import DENSE
-
 from sparsec.errors import KernelNotFoundError, SparsecError
 
 BLOB_ALIGNMENT = 64

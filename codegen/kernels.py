@@ -15,7 +15,6 @@ from sparsec.codegen import params as kp
 from sparsec.codegen.targets import Target
 from sparsec.compiler.ir import SPARSE_PATTERNS, Graph, Node, block_shape
 from sparsec.compiler.ops import COPY_OPS, DENSE, ELEMENTWISE_BINARY, ELEMENTWISE_UNARY
-
 from sparsec.errors import KernelNotFoundError
 
 FLOAT = ("float32",)

@@ -192,6 +192,16 @@ def _build_graph(model: onnx.ModelProto, opset: int) -> Graph:
         tensors[init.name] = Tensor(init.name, tuple(data.shape),
                                     _dtype(init.data_type, f"initializer {init.name!r}"), data)
     inputs = [v.name for v in g.input if v.name not in tensors]
+    # Checked up front: otherwise a sequence or optional value only shows up later as a missing
+    # static shape, with advice (--input-shape) that cannot help.
+    for role, values in (("input", g.input), ("output", g.output)):
+        for value in values:
+            kind = value.type.WhichOneof("value")
+            if value.name not in tensors and kind not in (None, "tensor_type"):
+                kind = kind.removesuffix("_type").replace("_", " ")
+                raise UnsupportedOperatorError(
+                    f"graph {role} {value.name!r} has {kind} type; sparsec compiles tensors "
+                    "only (no sequences, maps, optionals or sparse tensors)")
     dynamic = []
     for value in list(g.input) + list(g.value_info) + list(g.output):
         if value.name in tensors or not value.type.HasField("tensor_type"):

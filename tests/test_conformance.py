@@ -1,0 +1,150 @@
+"""ONNX node conformance: onnx's own backend cases for every operator sparsec runs.
+
+The cases are generated in memory by `onnx.backend.test.loader.load_model_tests(kind="node")`,
+so they follow the installed (pinned) onnx release. A case is selected when at least one of its
+nodes is a run-time operator (`RUNTIME_OPS`) and every other node folds away, which is the rule
+the frontend itself applies. Each selected case is compiled for `generic` and for `native`, run
+on the case's inputs and compared with the case's expected outputs at the case's tolerances
+(integer and bool outputs exactly).
+
+sparsec prints Clip bounds into the kernel as literals, while the conformance models pass
+Clip's `min` and `max` as graph inputs. Those inputs are frozen into initializers holding the
+case's values, after checking that the model as given is refused with a clear error. (Reshape's
+`shape` input needs no such help: the models declare the output shape, so it is never read.)
+
+Cases that cannot pass are in EXCLUDED with the reason; they must be refused cleanly.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from sparsec.compiler.ops import RUNTIME_OPS
+from sparsec.errors import SparsecError
+
+STANDARD_DOMAINS = ("", "ai.onnx")
+
+# op -> positions of the inputs sparsec needs as compile-time constants
+COMPILE_TIME_INPUTS = {"Clip": (1, 2)}
+
+EXCLUDED = {
+    "test_identity_sequence": "the input and output are sequence(tensor); sparsec compiles "
+                              "tensors only",
+    "test_identity_opt": "the input and output are optional(sequence(tensor)); sparsec compiles "
+                         "tensors only",
+}
+
+TARGETS = ("generic", "native")
+
+
+@functools.lru_cache(maxsize=1)
+def all_cases() -> dict:
+    """Every generated node case by name; generating them takes seconds, so once per process."""
+    from onnx.backend.test.loader import load_model_tests
+
+    # Some generators of unrelated cases overflow on purpose (casts to narrow floats, log 0).
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        return {case.name: case for case in load_model_tests(kind="node")}
+
+
+def uses_runtime_ops(model: onnx.ModelProto) -> bool:
+    """Some node needs a kernel, and every node either has one or has only constant inputs."""
+    constant = {t.name for t in model.graph.initializer}
+    runtime = False
+    for node in model.graph.node:
+        if node.domain not in STANDARD_DOMAINS:
+            return False
+        if all(not name or name in constant for name in node.input):
+            constant.update(node.output)
+        elif node.op_type in RUNTIME_OPS:
+            runtime = True
+        else:
+            return False
+    return runtime
+
+
+@functools.lru_cache(maxsize=1)
+def selected_names() -> list[str]:
+    return sorted(name for name, case in all_cases().items()
+                  if case.model is not None and uses_runtime_ops(case.model))
+
+
+def case_params() -> list:
+    """Excluded cases are not run here; test_excluded_case_is_refused checks them instead."""
+    return [pytest.param(name, id=name) for name in selected_names() if name not in EXCLUDED]
+
+
+def frozen_inputs(model: onnx.ModelProto) -> set[str]:
+    graph_inputs = {value.name for value in model.graph.input}
+    return {node.input[i] for node in model.graph.node
+            for i in COMPILE_TIME_INPUTS.get(node.op_type, ())
+            if i < len(node.input) and node.input[i] in graph_inputs}
+
+
+def freeze(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
+           names: set[str]) -> onnx.ModelProto:
+    """A copy of `model` whose inputs `names` are initializers holding the fed values."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    kept = [value for value in model.graph.input if value.name not in names]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    model.graph.initializer.extend(numpy_helper.from_array(feeds[n], n) for n in sorted(names))
+    return model
+
+
+def as_array(value) -> np.ndarray:
+    if isinstance(value, onnx.TensorProto):
+        return numpy_helper.to_array(value)
+    return np.asarray(value)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name", case_params())
+def test_node_case(name, target, compiler):
+    case = all_cases()[name]
+    (inputs, expected), = case.data_sets
+    graph = case.model.graph
+    feeds = {value.name: as_array(data) for value, data in zip(graph.input, inputs)}
+    model, frozen = case.model, frozen_inputs(case.model)
+    if frozen:
+        with pytest.raises(SparsecError, match="computed at run time"):
+            compiler.compile(model, target)
+        model = freeze(model, feeds, frozen)
+        feeds = {n: a for n, a in feeds.items() if n not in frozen}
+
+    results = compiler.load(model, target).run(feeds)
+
+    assert list(results) == [value.name for value in graph.output]
+    for (output, actual), wanted in zip(results.items(), expected):
+        wanted = as_array(wanted)
+        assert (actual.dtype, actual.shape) == (wanted.dtype, wanted.shape), output
+        if np.issubdtype(wanted.dtype, np.floating):
+            np.testing.assert_allclose(actual, wanted, rtol=case.rtol, atol=case.atol,
+                                       err_msg=output)
+        else:
+            np.testing.assert_array_equal(actual, wanted, err_msg=output)
+
+
+@pytest.mark.parametrize("name", sorted(EXCLUDED))
+def test_excluded_case_is_refused(name, compiler):
+    """Cannot pass means a clear sparsec error at compile time, never a crash or a wrong run."""
+    with pytest.raises(SparsecError):
+        compiler.compile(all_cases()[name].model, "generic")
+
+
+def test_excluded_cases_are_selected_cases():
+    """An exclusion names a case this file would otherwise run, so the list cannot go stale."""
+    assert not set(EXCLUDED) - set(selected_names())
+
+
+def test_every_runtime_op_has_cases():
+    covered = {node.op_type for name in selected_names() if name not in EXCLUDED
+               for node in all_cases()[name].model.graph.node}
+    assert not RUNTIME_OPS - covered
