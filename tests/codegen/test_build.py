@@ -1,9 +1,9 @@
 import os
 
 import pytest
-from sparsec.codegen import build
 
 import sparsec
+from sparsec.codegen import build
 from sparsec.errors import BuildError
 from tests.graphs import mlp
 

@@ -2,6 +2,7 @@ import subprocess
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from sparsec.codegen import cnames
 from sparsec.codegen.build import find_compiler
 

@@ -1,7 +1,7 @@
 import pytest
+
 from sparsec.codegen import kernels, targets
 from sparsec.compiler.ops import DENSE, RUNTIME_OPS
-
 from sparsec.errors import UnsupportedTargetError
 
 
