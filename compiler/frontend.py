@@ -142,19 +142,24 @@ def _pin_input_shapes(model: onnx.ModelProto,
     return model
 
 
+def node_label(node: onnx.NodeProto, index: int) -> str:
+    """The node's name for messages; exporters often leave it empty, so say where it is."""
+    return node.name or f"<unnamed node {index}>"
+
+
 def _check_operators(model: onnx.ModelProto) -> None:
     """All unsupported nodes in one error: runtime ops need kernels, others must fold away."""
     constant = {t.name for t in model.graph.initializer}
     problems = []
-    for node in model.graph.node:
+    for index, node in enumerate(model.graph.node):
         if node.domain not in STANDARD_DOMAINS:
-            problems.append(f"node {node.name!r} (op {node.domain}.{node.op_type})")
+            problems.append(f"node {node_label(node, index)!r} (op {node.domain}.{node.op_type})")
             continue
         foldable = all(not name or name in constant for name in node.input)
         if foldable:
             constant.update(node.output)
         elif node.op_type not in RUNTIME_OPS:
-            problems.append(f"node {node.name!r} (op {node.op_type})")
+            problems.append(f"node {node_label(node, index)!r} (op {node.op_type})")
     if problems:
         raise UnsupportedOperatorError(
             f"{len(problems)} node(s) use operators sparsec cannot compile: "
@@ -219,9 +224,10 @@ def _build_graph(model: onnx.ModelProto, opset: int) -> Graph:
             "dimensions; pin them with --input-shape, e.g. --input-shape "
             f"{dynamic[0]}=1x128 (Python: input_shapes={{{dynamic[0]!r}: (1, 128)}})")
     nodes = []
-    for node in g.node:
+    for index, node in enumerate(g.node):
         attrs = {a.name: _attribute_value(a) for a in node.attribute}
-        nodes.append(Node(node.op_type, list(node.input), list(node.output), attrs, node.name))
+        nodes.append(Node(node.op_type, list(node.input), list(node.output), attrs,
+                          node_label(node, index)))
     graph = Graph(inputs=inputs, outputs=[v.name for v in g.output], nodes=nodes,
                   tensors=tensors, opset=opset)
     _require_shapes(graph)

@@ -142,3 +142,13 @@ def test_invalid_model_names_the_problem():
               [("y", [2])])
     with pytest.raises(FrontendError, match="not valid ONNX"):
         frontend.import_model(m)
+
+
+def test_unnamed_nodes_are_labelled_by_position():
+    m = model([helper.make_node("Relu", ["x"], ["a"]), helper.make_node("LSTM", ["a"], ["y"])],
+              [("x", [2])], [("y", [2])])
+    with pytest.raises(UnsupportedOperatorError, match=r"'<unnamed node 1>' \(op LSTM\)"):
+        frontend._check_operators(m)
+    graph = frontend.import_model(model([helper.make_node("Relu", ["x"], ["y"])],
+                                        [("x", [2])], [("y", [2])]))
+    assert graph.nodes[0].name == "<unnamed node 0>"
