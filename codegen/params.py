@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from sparsec.compiler.ir import Graph, Node, Tensor
 
+from sparsec.codegen.cnames import c_string_literal
+from sparsec.compiler.ir import Graph, Node, Tensor
 from sparsec.errors import KernelNotFoundError
 
 CTYPES = {"float32": "float", "float64": "double", "int8": "int8_t", "int16": "int16_t",
@@ -30,13 +31,15 @@ class WeightSink:
 class KernelRequest:
     """One node's view for a params function: the graph, the node, and the weight blob.
 
-    `args` collects the tensors the kernel function takes, in parameter order.
+    `args` collects the tensors the kernel function takes, in parameter order; `checked` marks
+    a kernel that validates run-time values and returns non-zero with a message on failure.
     """
 
     graph: Graph
     node: Node
     blob: WeightSink
     args: list[str] = field(default_factory=list)
+    checked: bool = False
 
     def input(self, index: int) -> Tensor | None:
         names = self.node.inputs
@@ -314,10 +317,19 @@ def clip_bounds(req: KernelRequest) -> tuple:
 
 
 def copy_params(req: KernelRequest) -> dict:
+    """A byte copy; a Reshape whose target shape is a run-time input also checks that shape,
+    since the compiled output shape cannot change."""
     x, y = req.input(0), req.output()
+    shape = req.input(1) if req.node.op == "Reshape" else None
     req.take(x)
+    req.checked = shape is not None and not shape.is_constant
+    if req.checked:
+        req.take(shape)
     req.take(y)
-    return {"nbytes": y.nbytes}
+    return {"nbytes": y.nbytes, "check_shape": req.checked, "input_dims": list(x.shape),
+            "output_dims": list(y.shape), "output_text": str(list(y.shape)),
+            "allowzero": int(req.node.attrs.get("allowzero", 0)),
+            "node_literal": c_string_literal(req.node.name)}
 
 
 def transpose_params(req: KernelRequest) -> dict:

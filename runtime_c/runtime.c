@@ -102,7 +102,8 @@ int sparsec_run(sparsec_context *context, const void *const *inputs, void *const
     }
   }
   context->error[0] = '\0';
-  sparsec__model_run(context->arena, inputs, outputs);
+  if (sparsec__model_run(context->arena, inputs, outputs, context->error, sizeof context->error))
+    return SPARSEC_ERROR_INPUT;
   return SPARSEC_OK;
 }
 
@@ -118,6 +119,7 @@ const char *sparsec_status_message(int status)
   case SPARSEC_ERROR_CPU: return "this CPU or OS lacks an instruction set the library needs";
   case SPARSEC_ERROR_NO_MEMORY: return "out of memory allocating the arena";
   case SPARSEC_ERROR_ARGUMENT: return "a NULL context, input or output pointer";
+  case SPARSEC_ERROR_INPUT: return "an input value the compiled model cannot accept";
   default: return "unknown status";
   }
 }

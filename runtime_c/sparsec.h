@@ -30,7 +30,8 @@ enum sparsec_status {
   SPARSEC_OK = 0,
   SPARSEC_ERROR_CPU = 1,       /* the CPU or OS lacks an instruction set the library needs */
   SPARSEC_ERROR_NO_MEMORY = 2, /* the arena could not be allocated */
-  SPARSEC_ERROR_ARGUMENT = 3   /* a NULL context, input or output pointer */
+  SPARSEC_ERROR_ARGUMENT = 3,  /* a NULL context, input or output pointer */
+  SPARSEC_ERROR_INPUT = 4      /* an input value the compiled shapes cannot accept */
 };
 
 /* SPARSEC_ABI_VERSION of the library. */

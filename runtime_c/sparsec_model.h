@@ -26,8 +26,10 @@ SPARSEC_HIDDEN extern const size_t sparsec__arena_bytes;
 SPARSEC_HIDDEN extern const size_t sparsec__num_inputs;
 SPARSEC_HIDDEN extern const size_t sparsec__num_outputs;
 SPARSEC_HIDDEN extern const char sparsec__model_info_json[];
-SPARSEC_HIDDEN void sparsec__model_run(unsigned char *arena, const void *const *inputs,
-                                       void *const *outputs);
+/* Returns 0, or non-zero after writing a message into `error` (an input value the compiled
+ * shapes cannot accept, such as a run-time Reshape target that disagrees with them). */
+SPARSEC_HIDDEN int sparsec__model_run(unsigned char *arena, const void *const *inputs,
+                                      void *const *outputs, char *error, size_t capacity);
 
 /* Features this CPU and OS offer, as SPARSEC_FEATURE_* bits (cpu.c). */
 SPARSEC_HIDDEN uint32_t sparsec__host_features(void);

@@ -20,6 +20,7 @@ import numpy as np
 from sparsec.errors import InputError, LoadError, RuntimeFailure
 
 ABI_VERSION = 1
+SPARSEC_ERROR_INPUT = 4
 _FFI = None
 _FFI_LOCK = threading.Lock()
 
@@ -128,6 +129,9 @@ class Module:
                 self._output_pointers[i] = ffi.from_buffer(array, require_writable=True)
             status = self._lib.sparsec_run(self._context, self._input_pointers,
                                            self._output_pointers)
+            if status == SPARSEC_ERROR_INPUT:
+                raise InputError(
+                    ffi.string(self._lib.sparsec_last_error(self._context)).decode())
             if status != 0:
                 raise RuntimeFailure(
                     f"{self.path}: run failed: "

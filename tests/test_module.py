@@ -120,3 +120,22 @@ def test_library_for_missing_features_refuses_to_load(compiler):
     result = compiler.compile(mlp(), "x86-avx2", extra_cflags=("-DSPARSEC_HIDE_FEATURES=1",))
     with pytest.raises(LoadError, match="lacks: avx2; rebuild it with --target native"):
         sparsec.load(result.library)
+
+
+def test_runtime_reshape_target_is_checked(compiler):
+    from onnx import helper
+
+    from tests.graphs import model
+
+    m = model([helper.make_node("Reshape", ["x", "shape"], ["y"], name="r")],
+              [("x", [2, 6])], [("y", [3, 4])])
+    m.graph.input.append(helper.make_tensor_value_info("shape", 7, [2]))
+    module = compiler.load(m, "generic")
+    x = np.arange(12, dtype=np.float32).reshape(2, 6)
+    for good in ([3, 4], [-1, 4], [3, -1]):
+        out = module.run({"x": x, "shape": np.array(good, np.int64)})["y"]
+        np.testing.assert_array_equal(out, x.reshape(3, 4))
+    for bad in ([4, 3], [-1, -1], [2, 6]):
+        with pytest.raises(InputError,
+                           match=r"Reshape node r: .* compiled for output shape \[3, 4\]"):
+            module.run({"x": x, "shape": np.array(bad, np.int64)})
