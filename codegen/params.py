@@ -139,8 +139,10 @@ def elementwise_loops(out_shape, operand_shapes) -> tuple[list[dict], list[str]]
 
 # --- activations and arithmetic as C statements ---------------------------------------------
 
-def activation_statements(op: str, params, dtype: str, var: str = "x") -> list[str]:
-    """C statements that apply an activation to `var` in place (NaN propagates as in ORT)."""
+def activation_statements(op: str, bounds: tuple[str, ...], dtype: str,
+                          var: str = "x") -> list[str]:
+    """C statements that apply an activation to `var` in place (NaN propagates as in ORT).
+    `bounds`: Clip's (min, max) as C expressions, literals or reads of run-time scalars."""
     ctype = CTYPES[dtype]
     zero = c_literal(0, dtype)
     one = c_literal(1, dtype)
@@ -154,7 +156,7 @@ def activation_statements(op: str, params, dtype: str, var: str = "x") -> list[s
     if op == "Tanh":
         return [f"{var} = tanh{suffix}({var});"]
     if op == "Clip":
-        low, high = (c_literal(b, dtype) for b in params)
+        low, high = bounds
         # max then min: with min > max every value becomes max, as ONNX specifies.
         return [f"{var} = {var} < {low} ? {low} : {var};",
                 f"{var} = {var} > {high} ? {high} : {var};"]
@@ -199,8 +201,10 @@ def _epilogue(req: KernelRequest, attrs: dict, dtype: str) -> dict:
     return {"alpha": c_float(attrs.get("alpha", 1.0), ctype),
             "scale_by_alpha": float(attrs.get("alpha", 1.0)) != 1.0,
             "beta": c_float(attrs.get("beta", 1.0), ctype),
-            "activation": activation_statements(attrs.get("activation", ""),
-                                                attrs.get("activation_params", ()), dtype, "v")}
+            "activation": activation_statements(
+                attrs.get("activation", ""),
+                tuple(c_literal(b, dtype) for b in attrs.get("activation_params", ())), dtype,
+                "v")}
 
 
 def dense_params(req: KernelRequest) -> dict:
@@ -288,32 +292,35 @@ def binary_params(req: KernelRequest) -> dict:
 
 def unary_params(req: KernelRequest) -> dict:
     x, y = req.input(0), req.output()
-    bounds = ()
-    if req.node.op == "Clip":
-        bounds = clip_bounds(req)
     req.take(x)
+    bounds, bound_args = clip_bounds(req) if req.node.op == "Clip" else ((), [])
     req.take(y)
-    return {"ctype": CTYPES[y.dtype], "count": y.size,
+    return {"ctype": CTYPES[y.dtype], "count": y.size, "bound_args": bound_args,
             "statements": activation_statements(req.node.op, bounds, y.dtype, "v")}
 
 
-def clip_bounds(req: KernelRequest) -> tuple:
+def clip_bounds(req: KernelRequest) -> tuple[tuple[str, str], list[str]]:
+    """Clip's bounds as C expressions: literals when known at compile time (attributes before
+    opset 11, constant inputs after), else reads of the run-time scalar inputs, which then
+    join the kernel's arguments (their parameter names are returned too)."""
     dtype = req.output().dtype
     info = np.finfo(dtype) if dtype.startswith("float") else np.iinfo(dtype)
     defaults = (-np.inf, np.inf) if dtype.startswith("float") else (info.min, info.max)
     if req.graph.opset < 11:
-        return (req.node.attrs.get("min", defaults[0]), req.node.attrs.get("max", defaults[1]))
-    bounds = []
-    for index, default in ((1, defaults[0]), (2, defaults[1])):
+        return (c_literal(req.node.attrs.get("min", defaults[0]), dtype),
+                c_literal(req.node.attrs.get("max", defaults[1]), dtype)), []
+    bounds, args = [], []
+    for index, default, param in ((1, defaults[0], "low"), (2, defaults[1], "high")):
         tensor = req.input(index)
         if tensor is None:
-            bounds.append(default)
+            bounds.append(c_literal(default, dtype))
         elif tensor.is_constant:
-            bounds.append(tensor.data.item())
+            bounds.append(c_literal(tensor.data.item(), dtype))
         else:
-            raise KernelNotFoundError(f"node {req.node.name!r} (op Clip): bounds computed at "
-                                      "run time are not supported; make min and max constants")
-    return tuple(bounds)
+            req.take(tensor)
+            args.append(param)
+            bounds.append(f"{param}[0]")
+    return tuple(bounds), args
 
 
 def copy_params(req: KernelRequest) -> dict:

@@ -7,11 +7,6 @@ the frontend itself applies. Each selected case is compiled for `generic` and fo
 on the case's inputs and compared with the case's expected outputs at the case's tolerances
 (integer and bool outputs exactly).
 
-sparsec prints Clip bounds into the kernel as literals, while the conformance models pass
-Clip's `min` and `max` as graph inputs. Those inputs are frozen into initializers holding the
-case's values, after checking that the model as given is refused with a clear error. (Reshape's
-`shape` input needs no such help: the models declare the output shape, so it is never read.)
-
 Cases that cannot pass are in EXCLUDED with the reason; they must be refused cleanly.
 """
 
@@ -29,9 +24,6 @@ from sparsec.compiler.ops import RUNTIME_OPS
 from sparsec.errors import SparsecError
 
 STANDARD_DOMAINS = ("", "ai.onnx")
-
-# op -> positions of the inputs sparsec needs as compile-time constants
-COMPILE_TIME_INPUTS = {"Clip": (1, 2)}
 
 EXCLUDED = {
     "test_identity_sequence": "the input and output are sequence(tensor); sparsec compiles "
@@ -81,24 +73,6 @@ def case_params() -> list:
     return [pytest.param(name, id=name) for name in selected_names() if name not in EXCLUDED]
 
 
-def frozen_inputs(model: onnx.ModelProto) -> set[str]:
-    graph_inputs = {value.name for value in model.graph.input}
-    return {node.input[i] for node in model.graph.node
-            for i in COMPILE_TIME_INPUTS.get(node.op_type, ())
-            if i < len(node.input) and node.input[i] in graph_inputs}
-
-
-def freeze(model: onnx.ModelProto, feeds: dict[str, np.ndarray],
-           names: set[str]) -> onnx.ModelProto:
-    """A copy of `model` whose inputs `names` are initializers holding the fed values."""
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    kept = [value for value in model.graph.input if value.name not in names]
-    del model.graph.input[:]
-    model.graph.input.extend(kept)
-    model.graph.initializer.extend(numpy_helper.from_array(feeds[n], n) for n in sorted(names))
-    return model
-
-
 def as_array(value) -> np.ndarray:
     if isinstance(value, onnx.TensorProto):
         return numpy_helper.to_array(value)
@@ -112,14 +86,7 @@ def test_node_case(name, target, compiler):
     (inputs, expected), = case.data_sets
     graph = case.model.graph
     feeds = {value.name: as_array(data) for value, data in zip(graph.input, inputs)}
-    model, frozen = case.model, frozen_inputs(case.model)
-    if frozen:
-        with pytest.raises(SparsecError, match="computed at run time"):
-            compiler.compile(model, target)
-        model = freeze(model, feeds, frozen)
-        feeds = {n: a for n, a in feeds.items() if n not in frozen}
-
-    results = compiler.load(model, target).run(feeds)
+    results = compiler.load(case.model, target).run(feeds)
 
     assert list(results) == [value.name for value in graph.output]
     for (output, actual), wanted in zip(results.items(), expected):
