@@ -8,8 +8,8 @@ Adding an ISA or a pattern is adding rows. Every operation has a portable `scala
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from sparsec.codegen import params as kp
 from sparsec.codegen.targets import Target
@@ -35,7 +35,10 @@ class KernelSpec:
     pattern: str = "any"  # "dense", a block pattern from SPARSE_PATTERNS, or "any"
     mr: int = 1  # rows of activations per register tile
     nr: int = 1  # outputs per register tile
-    block_cost: float = 0.0  # detect_sparsity's overhead per nonzero block (sparse rows only)
+    # Measured ns per activation row and unit of work (a weight element for dense rows, a
+    # nonzero block for sparse rows) by target name; "generic" stands in for targets not
+    # listed. Filled from `python benchmarks/kernels.py --calibrate`. Only Dense rows need it.
+    cost_ns: Mapping[str, float] = field(default_factory=dict)
     family: str = ""  # symbol stem: "f32_spmm" -> sparsec_f32_spmm_ukernel_...
 
     @property
@@ -74,28 +77,52 @@ def weight_pattern(graph: Graph, node: Node) -> str:
     return info.pattern if info is not None else "dense"
 
 
+def _cost(spec: KernelSpec, target: Target) -> float:
+    return spec.cost_ns.get(target.name, spec.cost_ns["generic"])
+
+
+def _dense_rows(target: Target, pattern: str) -> list[KernelSpec]:
+    return [k for k in KERNELS
+            if k.op == DENSE and k.pattern == pattern and k.isa in target.isas]
+
+
+def dense_cost(target: Target) -> float:
+    """ns per weight element and activation row of the dense kernel the target would use."""
+    best = max(_dense_rows(target, "dense"), key=lambda k: ISA_ORDER.index(k.isa))
+    return _cost(best, target)
+
+
 def sparse_costs(target: Target) -> dict[str, float]:
-    """Per-block overhead of each block pattern the target has a kernel for."""
-    costs: dict[str, tuple[int, float]] = {}
-    for k in KERNELS:
-        if k.op == DENSE and k.pattern in SPARSE_PATTERNS and k.isa in target.isas:
-            rank = ISA_ORDER.index(k.isa)
-            if k.pattern not in costs or rank > costs[k.pattern][0]:
-                costs[k.pattern] = (rank, k.block_cost)
-    return {p: c for p, (_, c) in costs.items()}
+    """ns per nonzero block and activation row, for each block pattern the target has."""
+    costs = {}
+    for pattern in SPARSE_PATTERNS:
+        rows = _dense_rows(target, pattern)
+        if rows:
+            costs[pattern] = _cost(max(rows, key=lambda k: ISA_ORDER.index(k.isa)), target)
+    return costs
 
 
-SCALAR_SPMM_BLOCK_COST = 4.0  # index load, pointer arithmetic and loop control per block, in
-# units of one vector FMA; from the scalar kernel's inner loop (see benchmarks/kernels.py)
+# Measured by `python benchmarks/kernels.py --calibrate` (ns per activation row and weight
+# element, or per nonzero block) on the 2-core AMD EPYC (Zen 5) development machine.
+SCALAR_GEMM_COST_NS = {"generic": 0.073, "x86-avx2": 0.041, "x86-avx512": 0.029}
+SCALAR_SPMM_COST_NS = {
+    "1x1": {"generic": 0.36, "x86-avx2": 0.37, "x86-avx512": 0.36},
+    "4x1": {"generic": 0.60, "x86-avx2": 0.50, "x86-avx512": 0.55},
+    "1x4": {"generic": 0.55, "x86-avx2": 0.49, "x86-avx512": 0.49},
+    "1x16": {"generic": 1.38, "x86-avx2": 0.82, "x86-avx512": 1.07},
+    "16x1": {"generic": 3.77, "x86-avx2": 3.44, "x86-avx512": 3.20},
+    "4x4": {"generic": 0.99, "x86-avx2": 0.92, "x86-avx512": 0.92},
+}
 
 KERNELS: list[KernelSpec] = [
-    KernelSpec(op=DENSE, dtypes=FLOAT, isa="scalar", pattern="dense", mr=1, nr=1,
-               family="f32_gemm", template="f32-gemm/scalar.c.j2", params=kp.dense_params),
+    KernelSpec(op=DENSE, dtypes=FLOAT, isa="scalar", pattern="dense", mr=4, nr=32,
+               family="f32_gemm", template="f32-gemm/scalar.c.j2", params=kp.dense_params,
+               cost_ns=SCALAR_GEMM_COST_NS),
     *[KernelSpec(op=DENSE, dtypes=FLOAT, isa="scalar", pattern=p, mr=4,
                  nr=block_shape(p)[1], family="f32_spmm", template="f32-spmm/scalar.c.j2",
-                 params=kp.spmm_params, block_cost=SCALAR_SPMM_BLOCK_COST)
+                 params=kp.spmm_params, cost_ns=SCALAR_SPMM_COST_NS[p])
       for p in SPARSE_PATTERNS],
-    KernelSpec(op="MatMul", dtypes=FLOAT, isa="scalar", family="f32_matmul",
+    KernelSpec(op="MatMul", dtypes=FLOAT, isa="scalar", mr=4, nr=32, family="f32_matmul",
                template="f32-gemm/scalar.c.j2", params=kp.matmul_params),
     *[KernelSpec(op=op, dtypes=NUMERIC, isa="scalar", family="x_binary",
                  template="x-elementwise/binary.c.j2", params=kp.binary_params)

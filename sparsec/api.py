@@ -16,12 +16,6 @@ from sparsec.compiler.passes import PassContext, SparseKernelCost, run_pipeline
 from sparsec.errors import SparsecError
 from sparsec.version import __version__
 
-# Abstract cost units of the portable kernels (see detect_sparsity and benchmarks/kernels.py):
-# a dense kernel streams one vector of outputs per FMA; a block kernel pays the same per vector
-# of a block row, plus the per-block overhead from the kernel table.
-DENSE_COST_PER_VECTOR = 1.0
-SPARSE_COST_PER_VECTOR = 1.0
-
 
 @dataclass
 class CompileResult:
@@ -32,10 +26,8 @@ class CompileResult:
 
 
 def cost_model(target: targets.Target) -> SparseKernelCost:
-    return SparseKernelCost(vector_width=target.vector_width_f32,
-                            dense_per_vector=DENSE_COST_PER_VECTOR,
-                            per_block=kernels.sparse_costs(target),
-                            per_vector=SPARSE_COST_PER_VECTOR)
+    return SparseKernelCost(dense_per_element=kernels.dense_cost(target),
+                            per_block=kernels.sparse_costs(target))
 
 
 def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "native",

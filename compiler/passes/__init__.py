@@ -16,18 +16,14 @@ from sparsec.compiler.verify import verify
 
 @dataclass(frozen=True)
 class SparseKernelCost:
-    """What the target's kernels charge, in abstract units per row of activations.
-
-    A dense kernel pays `dense_per_vector` for every `vector_width` outputs of every input row;
-    a block kernel pays `per_block` for each nonzero block plus `per_vector` for every vector of
-    each block row. The numbers come from the codegen kernel table, so this pass stays
-    independent of codegen.
+    """What the target's kernels cost per row of activations, in nanoseconds measured by
+    benchmarks/kernels.py: the dense kernel per weight element, a block kernel per nonzero
+    block. The numbers come from the codegen kernel table, so this pass stays independent of
+    codegen.
     """
 
-    vector_width: int
-    dense_per_vector: float
-    per_block: dict[str, float]  # pattern -> overhead per nonzero block
-    per_vector: float
+    dense_per_element: float
+    per_block: dict[str, float]  # pattern -> time per nonzero block
 
 
 @dataclass

@@ -78,15 +78,11 @@ def pack_blocks(weight: np.ndarray, rows: int, cols: int) -> PackedBlocks:
 
 
 def predicted_costs(weight: np.ndarray, stats: dict[str, tuple[int, float]], cost) -> dict:
-    k, n = weight.shape
-    vectors = -(-n // cost.vector_width)
-    costs = {"dense": k * vectors * cost.dense_per_vector}
+    """Predicted time per activation row of the dense kernel and of each offered pattern."""
+    costs = {"dense": weight.size * cost.dense_per_element}
     for pattern, (blocks, _fill) in stats.items():
-        if pattern not in cost.per_block:
-            continue
-        rows, cols = block_shape(pattern)
-        per_block = cost.per_block[pattern] + rows * -(-cols // cost.vector_width) * cost.per_vector
-        costs[pattern] = blocks * per_block
+        if pattern in cost.per_block:
+            costs[pattern] = blocks * cost.per_block[pattern]
     return costs
 
 

@@ -1,0 +1,61 @@
+"""Shared benchmark helpers: timing medians, onnxruntime sessions, and markdown tables."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def unset_openblas_overrides() -> None:
+    """OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE may be set on these machines and slow numpy down;
+    a numpy baseline must not carry that handicap. Affects this process only, and must run
+    before numpy is imported."""
+    for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+        os.environ.pop(name, None)
+
+
+def median_seconds(fn, *, min_runs: int = 10, min_time: float = 0.5) -> float:
+    fn()  # warm up caches and lazy initialisation
+    times = []
+    start = time.perf_counter()
+    while len(times) < min_runs or time.perf_counter() - start < min_time:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def ort_session(model_bytes: bytes, threads: int = 1):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def host_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs"
+
+
+def write_table(name: str, title: str, header: list[str], rows: list[list], notes: str) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    lines = [f"# {title}", "", f"Host: {host_description()}. {notes}", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    path = RESULTS / f"{name}.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
