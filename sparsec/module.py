@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 import threading
 from importlib import resources
 from pathlib import Path
@@ -23,6 +24,10 @@ ABI_VERSION = 1
 SPARSEC_ERROR_INPUT = 4
 _FFI = None
 _FFI_LOCK = threading.Lock()
+# Path -> identity of the file first loaded from it. The dynamic loader hands back a library
+# already loaded under the same path even if the file was rebuilt since, so a rebuilt file is
+# loaded through a private copy instead.
+_LOADED: dict[str, tuple[int, int, int, int]] = {}
 
 
 def _ffi() -> cffi.FFI:
@@ -48,7 +53,7 @@ class Module:
             raise LoadError(f"no compiled model at {self.path}")
         ffi = _ffi()
         try:
-            self._lib = ffi.dlopen(str(self.path.resolve()))
+            self._lib = _dlopen_current(ffi, self.path.resolve())
         except OSError as exc:
             raise LoadError(f"cannot load {self.path}: {exc}. Is it a sparsec library built "
                             "for this machine's architecture?") from None
@@ -88,6 +93,7 @@ class Module:
             if getattr(self, "_context", None) is not None:
                 self._lib.sparsec_destroy(self._context)
                 self._context = None
+                _ffi().dlclose(self._lib)
 
     def __del__(self):
         try:
@@ -154,6 +160,27 @@ class Module:
             raise InputError(f"inputs do not match the model: {'; '.join(parts)}. The model "
                              f"takes: {takes}")
         return [spec.check(feeds[spec.name]) for spec in self.inputs]
+
+
+def _dlopen_current(ffi: cffi.FFI, path: Path):
+    """dlopen `path`, making sure the code is that of the file as it is now."""
+    with _FFI_LOCK:
+        stat = path.stat()
+        identity = (stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        first = _LOADED.setdefault(str(path), identity)
+        if first == identity:
+            return ffi.dlopen(str(path))
+        try:  # beside the original: /tmp may be mounted noexec
+            fd, private = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".so",
+                                           dir=path.parent)
+        except OSError:
+            fd, private = tempfile.mkstemp(prefix=f"{path.stem}-", suffix=".so")
+        try:
+            with os.fdopen(fd, "wb") as copy:
+                copy.write(path.read_bytes())
+            return ffi.dlopen(private)
+        finally:
+            os.unlink(private)  # the mapping stays valid; nothing is left on disk
 
 
 class _TensorSpec:

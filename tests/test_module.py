@@ -139,3 +139,13 @@ def test_runtime_reshape_target_is_checked(compiler):
         with pytest.raises(InputError,
                            match=r"Reshape node r: .* compiled for output shape \[3, 4\]"):
             module.run({"x": x, "shape": np.array(bad, np.int64)})
+
+
+def test_rebuilt_library_at_the_same_path_loads_the_new_model(tmp_path, cache_dir):
+    path = tmp_path / "m.so"
+    first = sparsec.load(sparsec.compile(mlp(k=8, n=16), "generic", path, cache_dir=cache_dir))
+    second = sparsec.load(sparsec.compile(mlp(k=4, n=3), "generic", path, cache_dir=cache_dir))
+    assert first.inputs[0].shape == (2, 8) and second.inputs[0].shape == (2, 4)
+    assert second.run({"x": np.ones((2, 4), np.float32)})["y"].shape == (2, 3)
+    assert first.run({"x": np.ones((2, 8), np.float32)})["y"].shape == (2, 16)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.h", "m.so", "sparsec.h"]
