@@ -214,17 +214,22 @@ def _gemm_tile(req: KernelRequest) -> dict:
     return {"MR": 4, "NT": 32}
 
 
+def _activation_rows(a: Tensor, trans_a: int) -> tuple[int, int, int, int]:
+    """Rows M and depth K of a Dense input, with its element strides: a transposed 2-D A
+    (Gemm transA) is K x M; otherwise leading dimensions fold into rows."""
+    if trans_a:
+        k, m = a.shape
+        return m, k, 1, m
+    k = a.shape[-1]
+    m = a.size // k if k else int(np.prod(a.shape[:-1]))
+    return m, k, k, 1
+
+
 def dense_params(req: KernelRequest) -> dict:
     """Dense node, dense weight: Y = act(alpha * op(A) . op(B) + beta * C)."""
     node, a, b = req.node, req.input(0), req.input(1)
-    trans_a, trans_b = node.attrs.get("trans_a", 0), node.attrs.get("trans_b", 0)
-    if trans_a:
-        k, m = a.shape
-        a_sm, a_sk = 1, m
-    else:
-        k = a.shape[-1]
-        m = a.size // k if k else int(np.prod(a.shape[:-1]))
-        a_sm, a_sk = k, 1
+    m, k, a_sm, a_sk = _activation_rows(a, node.attrs.get("trans_a", 0))
+    trans_b = node.attrs.get("trans_b", 0)
     n = b.shape[0] if trans_b else b.shape[1]
     b_sk, b_sn = (1, k) if trans_b else (n, 1)
     req.take(a)
@@ -264,13 +269,7 @@ def spmm_params(req: KernelRequest) -> dict:
     """Dense node with a block-sparse weight: the pattern's tables go into the weight blob."""
     node, a = req.node, req.input(0)
     packed = req.input(1).sparsity.packed
-    if node.attrs.get("trans_a", 0):
-        k, m = a.shape
-        a_sm, a_sk = 1, m
-    else:
-        k = a.shape[-1]
-        m = a.size // k if k else int(np.prod(a.shape[:-1]))
-        a_sm, a_sk = k, 1
+    m, k, a_sm, a_sk = _activation_rows(a, node.attrs.get("trans_a", 0))
     n = req.input(1).shape[1]
     rows, cols = packed.rows, packed.cols
     req.take(a)
