@@ -116,6 +116,7 @@ def emit(graph: Graph, target: Target, version: str) -> Rendered:
     weights = blob.tobytes()
     symbol = "sparsec_weights_" + hashlib.sha256(weights).hexdigest()[:16]
     context = dict(version=version, target=target.name, weights_symbol=symbol,
+                   includes=target.includes,
                    required_features=features, arena_bytes=graph.memory.arena_bytes,
                    num_inputs=len(graph.inputs), num_outputs=len(graph.outputs),
                    info_literal=cnames.c_string_literal(json.dumps(info, ensure_ascii=True)),

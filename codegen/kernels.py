@@ -8,6 +8,7 @@ Adding an ISA or a pattern is adding rows. Every operation has a portable `scala
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -122,6 +123,14 @@ KERNELS: list[KernelSpec] = [
                  nr=block_shape(p)[1], family="f32_spmm", template="f32-spmm/scalar.c.j2",
                  params=kp.spmm_params, cost_ns=SCALAR_SPMM_COST_NS[p])
       for p in SPARSE_PATTERNS],
+    KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx2", pattern="1x16", mr=6, nr=16,
+               family="f32_spmm", template="f32-spmm/avx2.c.j2",
+               params=functools.partial(kp.spmm_columns_params, mr=6),
+               cost_ns={"generic": 0.40}),
+    KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx512f", pattern="1x16", mr=16, nr=16,
+               family="f32_spmm", template="f32-spmm/avx512f.c.j2",
+               params=functools.partial(kp.spmm_columns_params, mr=16),
+               cost_ns={"generic": 0.35}),
     KernelSpec(op="MatMul", dtypes=FLOAT, isa="scalar", mr=4, nr=32, family="f32_matmul",
                template="f32-gemm/scalar.c.j2", params=kp.matmul_params),
     *[KernelSpec(op=op, dtypes=NUMERIC, isa="scalar", family="x_binary",

@@ -285,6 +285,51 @@ def spmm_params(req: KernelRequest) -> dict:
     return params
 
 
+def column_blocks(packed, columns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Block-CSR by block rows -> by block columns: col_ptr, row index per block, values.
+
+    SIMD kernels that vectorise over a block's outputs walk one column block at a time, so
+    that its accumulators stay in registers."""
+    block_rows = np.repeat(np.arange(packed.row_ptr.size - 1), np.diff(packed.row_ptr))
+    order = np.lexsort((block_rows, packed.col_idx))
+    col_ptr = np.zeros(columns + 1, dtype=np.int32)
+    np.cumsum(np.bincount(packed.col_idx, minlength=columns), out=col_ptr[1:])
+    return col_ptr, block_rows[order].astype(np.int32), packed.values[order]
+
+
+def _vector_epilogue(attrs: dict, dtype: str = "float32") -> dict:
+    """Relu and Clip as vector min/max in SIMD epilogues; others as scalar statements."""
+    activation = attrs.get("activation", "")
+    if activation == "Relu":
+        return {"vector_activation": "relu", "activation": []}
+    if activation == "Clip":
+        low, high = (c_literal(b, dtype) for b in attrs["activation_params"])
+        return {"vector_activation": "clip", "low": low, "high": high, "activation": []}
+    return {"vector_activation": ""}
+
+
+def spmm_columns_params(req: KernelRequest, mr: int) -> dict:
+    """1xC-block weight for SIMD kernels that vectorise over a block's C outputs: column-block
+    CSR tables, MR rows of A per register tile."""
+    node, a, weight = req.node, req.input(0), req.input(1)
+    packed = weight.sparsity.packed
+    m, k, a_sm, a_sk = _activation_rows(a, node.attrs.get("trans_a", 0))
+    n = weight.shape[1]
+    blocks = -(-n // packed.cols)
+    col_ptr, k_idx, values = column_blocks(packed, blocks)
+    req.take(a)
+    params = {
+        "M": m, "K": k, "N": n, "a_sm": a_sm, "a_sk": a_sk, "NB": blocks, "MR": mr,
+        "n_tail": n - (blocks - 1) * packed.cols, "num_blocks": packed.num_blocks,
+        "col_ptr": req.blob.add(col_ptr), "k_idx": req.blob.add(k_idx),
+        "values": req.blob.add(values),
+        **_bias(req, m, n), **_epilogue(req, node.attrs, "float32"),
+        **_vector_epilogue(node.attrs),
+    }
+    req.take(req.output())
+    return params
+
+
 # --- elementwise, data movement, softmax -----------------------------------------------------
 
 def binary_params(req: KernelRequest) -> dict:

@@ -26,6 +26,7 @@ class Target:
     cflags: tuple[str, ...]  # extra flags for the model's code (the runtime stays baseline)
     features: tuple[str, ...]  # CPU features the library checks before it runs
     vector_bytes: int
+    includes: tuple[str, ...] = ()  # system headers the target's kernels need
 
     @property
     def vector_width_f32(self) -> int:
@@ -38,12 +39,14 @@ TARGETS: dict[str, Target] = {
         Target("generic", "portable C for any CPU the C compiler supports", "any",
                ("scalar",), (), (), 16),
         Target("x86-avx2", "x86-64 with AVX2 and FMA (Haswell, Zen 1 and later)", "x86_64",
-               ("scalar", "avx2"), ("-mavx2", "-mfma", "-mf16c"), ("avx2", "fma"), 32),
+               ("scalar", "avx2"), ("-mavx2", "-mfma", "-mf16c"), ("avx2", "fma"), 32,
+               ("immintrin.h",)),
         Target("x86-avx512", "x86-64 with AVX-512 F/BW/DQ/VL and VNNI (Ice Lake, Zen 4 and later)",
                "x86_64", ("scalar", "avx2", "avx512f", "avx512vnni"),
                ("-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512dq",
                 "-mavx512vl", "-mavx512vnni"),
-               ("avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni"), 64),
+               ("avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni"), 64,
+               ("immintrin.h",)),
     )
 }
 

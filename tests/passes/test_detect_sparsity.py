@@ -6,6 +6,7 @@ from sparsec.compiler import frontend
 from sparsec.compiler.ir import SPARSE_PATTERNS, block_shape
 from sparsec.compiler.passes import SparseKernelCost, detect_sparsity
 from sparsec.compiler.verify import verify
+from sparsec.errors import SparsecError
 from tests.graphs import mlp, model
 from tests.passes.helpers import context
 
@@ -38,17 +39,39 @@ def test_pack_blocks_round_trips(pattern):
     assert packed.num_blocks == detect_sparsity.block_counts(w, rows, cols)
 
 
-def test_dense_weight_stays_dense_and_sparse_weight_is_packed():
-    # On AVX-512 the dense kernel beats every block kernel on a full weight. (On generic SSE2
-    # a full weight in 4x4 blocks really is faster: benchmarks/kernels.py --densities 1.0.)
-    dense = detect_sparsity.run(frontend.import_model(mlp(k=64, n=64, density=1.0)),
-                                context("x86-avx512"))
-    assert dense.tensors["w"].sparsity.pattern == "dense"
-    assert "dense is cheapest" in dense.tensors["w"].sparsity.reason
+COST = SparseKernelCost(dense_per_element=0.02, per_block={"1x1": 0.4, "4x1": 0.5, "1x16": 0.4})
+
+
+def test_choice_follows_the_cost_model():
+    full = np.ones((64, 64), np.float32)
+    info = detect_sparsity.analyse(full, COST)
+    assert info.pattern == "dense" and info.packed is None
+    assert "dense is cheapest; best sparse 1x16 would cost" in info.reason
+    sparse = np.zeros((64, 64), np.float32)
+    sparse[::8, :16] = 1.0  # 8 full 1x16 blocks: 3.2 ns against 82 ns dense
+    info = detect_sparsity.analyse(sparse, COST)
+    assert info.pattern == "1x16" and info.packed.num_blocks == 8
+    assert info.reason.startswith("1x16: 8 nonzero blocks, fill 100%")
+
+
+def test_patterns_without_kernels_are_never_chosen():
+    w = np.zeros((64, 64), np.float32)
+    w[:16, 0] = 1.0  # ideal 16x1 blocks, but COST offers no 16x1 kernel
+    assert detect_sparsity.analyse(w, COST).pattern in ("1x1", "4x1", "1x16")
+
+
+def test_sparse_weight_is_packed_through_the_pass():
     sparse = detect_sparsity.run(frontend.import_model(mlp(k=64, n=64, density=0.02)), context())
     info = sparse.tensors["w"].sparsity
     assert info.pattern in SPARSE_PATTERNS and info.packed is not None
     assert "predicted" in info.reason
+
+
+def test_forced_pattern_overrides_the_choice():
+    info = detect_sparsity.analyse(np.ones((8, 8), np.float32), COST, force="4x1")
+    assert info.pattern == "4x1" and info.reason.startswith("4x1: requested")
+    with pytest.raises(SparsecError, match="no kernel for it"):
+        detect_sparsity.analyse(np.ones((8, 8), np.float32), COST, force="4x4")
 
 
 def test_no_sparse_kernels_means_dense():
