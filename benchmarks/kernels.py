@@ -123,7 +123,8 @@ def main() -> None:
                         + [f"{times[p][0]:.3f}" for p in ("dense",) + SPARSE_PATTERNS])
             print(rows[-1], flush=True)
     path = write_table(
-        f"kernels-{args.target}", f"Dense layer {args.m}x{args.k} . {args.k}x{args.n}, "
+        f"kernels-{args.target}-{args.block}",
+        f"Dense layer {args.m}x{args.k} . {args.k}x{args.n}, "
         f"weights pruned in {args.block} blocks, target {args.target}", header, rows,
         "1 thread; medians; numpy with OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset in its process."
         " Columns after 'auto vs ORT': sparsec with the storage forced.")

@@ -44,7 +44,8 @@ class KernelSpec:
 
     @property
     def symbol(self) -> str:
-        pattern = {"any": "", "dense": "", "1x1": "_u"}.get(self.pattern, f"_b{self.pattern}")
+        pattern = {"any": "", "dense": "", "runtime": "_rt", "1x1": "_u"}.get(
+            self.pattern, f"_b{self.pattern}")
         return f"sparsec_{self.family}_ukernel_{self.mr}x{self.nr}{pattern}__{self.isa}"
 
 
@@ -74,8 +75,10 @@ def select(graph: Graph, node: Node, target: Target) -> KernelSpec:
 def weight_pattern(graph: Graph, node: Node) -> str:
     if node.op != DENSE:
         return "any"
-    info = graph.tensors[node.inputs[1]].sparsity
-    return info.pattern if info is not None else "dense"
+    weight = graph.tensors[node.inputs[1]]
+    if not weight.is_constant or weight.sparsity is None:
+        return "runtime"  # a product of two activations (Gemm with a run-time B)
+    return weight.sparsity.pattern
 
 
 def _cost(spec: KernelSpec, target: Target) -> float:
@@ -123,6 +126,12 @@ KERNELS: list[KernelSpec] = [
                  nr=block_shape(p)[1], family="f32_spmm", template="f32-spmm/scalar.c.j2",
                  params=kp.spmm_params, cost_ns=SCALAR_SPMM_COST_NS[p])
       for p in SPARSE_PATTERNS],
+    KernelSpec(op=DENSE, dtypes=FLOAT, isa="scalar", pattern="runtime", mr=4, nr=32,
+               family="f32_gemm", template="f32-gemm/scalar.c.j2", params=kp.dense_params),
+    KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx512f", pattern="dense", mr=12, nr=32,
+               family="f32_gemm", template="f32-gemm/avx512f.c.j2",
+               params=functools.partial(kp.gemm_panels_params, mr=12, panel=32),
+               cost_ns={"generic": 0.0177}),
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx2", pattern="1x16", mr=6, nr=16,
                family="f32_spmm", template="f32-spmm/avx2.c.j2",
                params=functools.partial(kp.spmm_columns_params, mr=6),
@@ -133,13 +142,14 @@ KERNELS: list[KernelSpec] = [
                cost_ns={"generic": 0.35}),
     KernelSpec(op="MatMul", dtypes=FLOAT, isa="scalar", mr=4, nr=32, family="f32_matmul",
                template="f32-gemm/scalar.c.j2", params=kp.matmul_params),
-    *[KernelSpec(op=op, dtypes=NUMERIC, isa="scalar", family="x_binary",
+    *[KernelSpec(op=op, dtypes=NUMERIC, isa="scalar", family=f"x_{op.lower()}",
                  template="x-elementwise/binary.c.j2", params=kp.binary_params)
       for op in ELEMENTWISE_BINARY],
     *[KernelSpec(op=op, dtypes=FLOAT if op in ("Sigmoid", "Tanh") else NUMERIC, isa="scalar",
-                 family="x_unary", template="x-elementwise/unary.c.j2", params=kp.unary_params)
+                 family=f"x_{op.lower()}", template="x-elementwise/unary.c.j2",
+                 params=kp.unary_params)
       for op in ELEMENTWISE_UNARY],
-    *[KernelSpec(op=op, dtypes=ANY, isa="scalar", family="x_copy",
+    *[KernelSpec(op=op, dtypes=ANY, isa="scalar", family=f"x_{op.lower()}",
                  template="x-copy/scalar.c.j2", params=kp.copy_params) for op in COPY_OPS],
     KernelSpec(op="Transpose", dtypes=ANY, isa="scalar", family="x_transpose",
                template="x-transpose/scalar.c.j2", params=kp.transpose_params),

@@ -241,6 +241,27 @@ def dense_params(req: KernelRequest) -> dict:
     return params
 
 
+def gemm_panels_params(req: KernelRequest, mr: int, panel: int) -> dict:
+    """Dense node with a constant dense weight for SIMD kernels: B re-laid at compile time as
+    [N / panel][K][panel] so each k step loads one contiguous panel row."""
+    node, a, weight = req.node, req.input(0), req.input(1)
+    m, k, a_sm, a_sk = _activation_rows(a, node.attrs.get("trans_a", 0))
+    n = weight.shape[1]
+    panels = -(-n // panel)
+    padded = np.zeros((k, panels * panel), np.float32)
+    padded[:, :n] = weight.data
+    req.take(a)
+    params = {
+        "M": m, "K": k, "N": n, "a_sm": a_sm, "a_sk": a_sk, "MR": mr, "panels": panels,
+        "n_tail": n - (panels - 1) * panel,
+        "packed": req.blob.add(padded.reshape(k, panels, panel).transpose(1, 0, 2)),
+        **_bias(req, m, n), **_epilogue(req, node.attrs, "float32"),
+        **_vector_epilogue(node.attrs),
+    }
+    req.take(req.output())
+    return params
+
+
 def matmul_params(req: KernelRequest) -> dict:
     """numpy.matmul: 1-D operands promoted, batch dimensions broadcast."""
     a, b, y = req.input(0), req.input(1), req.output()

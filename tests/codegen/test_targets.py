@@ -39,3 +39,8 @@ def test_kernel_symbols_follow_the_naming_grammar():
     for k in kernels.KERNELS:
         assert k.symbol.startswith(f"sparsec_{k.family}_ukernel_{k.mr}x{k.nr}")
         assert k.symbol.endswith(f"__{k.isa}")
+
+
+def test_kernel_symbols_are_unique():
+    symbols = [k.symbol for k in kernels.KERNELS]
+    assert len(symbols) == len(set(symbols))
