@@ -104,8 +104,10 @@ def emit(graph: Graph, target: Target, version: str) -> Rendered:
         params = spec.params(request)
         fn = cnames.node_fn(node_index, spec.symbol)
         kernels.append({"source": env.get_template(spec.template).render(fn=fn, **params)})
-        calls.append({"fn": fn, "args": [cnames.tensor_var(index[n]) for n in request.args],
-                      "checked": request.checked})
+        args = [cnames.tensor_var(index[n]) for n in request.args]
+        if spec.scratch:
+            args.append(f"(float *)(arena + {graph.memory.scratch[node_index][0]})")
+        calls.append({"fn": fn, "args": args, "checked": request.checked})
         layers.append(_layer_info(graph, node, spec))
     used = [name for name in graph.tensors
             if any(cnames.tensor_var(index[name]) in c["args"] for c in calls)]

@@ -40,6 +40,8 @@ class KernelSpec:
     # nonzero block for sparse rows) by target name; "generic" stands in for targets not
     # listed. Filled from `python benchmarks/kernels.py --calibrate`. Only Dense rows need it.
     cost_ns: Mapping[str, float] = field(default_factory=dict)
+    # Bytes of arena scratch the kernel needs for a node; the pointer is its last argument.
+    scratch: Callable[[Graph, Node], int] | None = None
     family: str = ""  # symbol stem: "f32_spmm" -> sparsec_f32_spmm_ukernel_...
 
     @property
@@ -70,6 +72,15 @@ def select(graph: Graph, node: Node, target: Target) -> KernelSpec:
     raise KernelNotFoundError(
         f"no kernel for node {node.name!r} (op {node.op}, dtype {dtype}, pattern {pattern}) on "
         f"target {target.name}; tried: {', '.join(tried)}")
+
+
+def scratch_bytes(graph: Graph, node: Node, target: Target) -> int:
+    """Arena scratch the node's kernel on `target` needs while it runs (plan_memory asks)."""
+    try:
+        spec = select(graph, node, target)
+    except KernelNotFoundError:
+        return 0  # emit reports every node without a kernel at once
+    return spec.scratch(graph, node) if spec.scratch else 0
 
 
 def weight_pattern(graph: Graph, node: Node) -> str:
@@ -132,6 +143,12 @@ KERNELS: list[KernelSpec] = [
                family="f32_gemm", template="f32-gemm/avx512f.c.j2",
                params=functools.partial(kp.gemm_panels_params, mr=12, panel=32),
                cost_ns={"generic": 0.0177}),
+    *[KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx512f", pattern=p, mr=64, nr=1,
+                 family="f32_spmm", template="f32-spmm/avx512f-tokens.c.j2",
+                 params=functools.partial(kp.spmm_tokens_params, tokens=64),
+                 scratch=functools.partial(kp.spmm_tokens_scratch, tokens=64),
+                 cost_ns={"generic": cost})
+      for p, cost in (("1x1", 0.051), ("4x1", 0.20), ("16x1", 0.81))],
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx2", pattern="1x16", mr=6, nr=16,
                family="f32_spmm", template="f32-spmm/avx2.c.j2",
                params=functools.partial(kp.spmm_columns_params, mr=6),

@@ -318,6 +318,33 @@ def column_blocks(packed, columns: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     return col_ptr, block_rows[order].astype(np.int32), packed.values[order]
 
 
+def spmm_tokens_params(req: KernelRequest, tokens: int) -> dict:
+    """Rx1-block weight for SIMD kernels that vectorise over tokens: per-output-column CSR
+    (block row index and R values per block); the kernel transposes A tiles in scratch."""
+    node, a, weight = req.node, req.input(0), req.input(1)
+    packed = weight.sparsity.packed
+    m, k, a_sm, a_sk = _activation_rows(a, node.attrs.get("trans_a", 0))
+    n = weight.shape[1]
+    col_ptr, k_idx, values = column_blocks(packed, n)
+    req.take(a)
+    params = {
+        "M": m, "K": k, "N": n, "R": packed.rows, "KB": packed.row_ptr.size - 1, "T": tokens,
+        "a_sm": a_sm, "a_sk": a_sk, "num_blocks": packed.num_blocks,
+        "col_ptr": req.blob.add(col_ptr), "k_idx": req.blob.add(k_idx),
+        "values": req.blob.add(values), **_bias(req, m, n), **_epilogue(req, node.attrs, "float32"),
+    }
+    req.take(req.output())
+    return params
+
+
+def spmm_tokens_scratch(graph: Graph, node: Node, tokens: int) -> int:
+    """Bytes for the transposed A tile (block rows padded) and the transposed Y tile."""
+    weight = graph.tensors[node.inputs[1]]
+    k, n = weight.shape
+    rows = weight.sparsity.packed.rows
+    return 4 * tokens * (-(-k // rows) * rows + n)
+
+
 def _vector_epilogue(attrs: dict, dtype: str = "float32") -> dict:
     """Relu and Clip as vector min/max in SIMD epilogues; others as scalar statements."""
     activation = attrs.get("activation", "")

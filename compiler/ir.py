@@ -105,6 +105,7 @@ class MemoryPlan:
     offsets: dict[str, int]
     arena_bytes: int
     alignment: int
+    scratch: dict[int, tuple[int, int]] = field(default_factory=dict)  # node -> (offset, bytes)
 
 
 @dataclass

@@ -41,23 +41,25 @@ def verify(graph: Graph, after: str = "import") -> None:
 
 
 def _memory_problems(graph: Graph) -> list[str]:
-    """Two tensors may share arena bytes only if their lifetimes do not overlap."""
+    """Two regions (tensors, kernel scratch) may share arena bytes only if their lifetimes do
+    not overlap."""
     from sparsec.compiler.passes.plan_memory import live_ranges
 
     ranges = live_ranges(graph)
     plan = graph.memory
+    regions = [(repr(name), offset, graph.tensors[name].nbytes, *ranges[name])
+               for name, offset in plan.offsets.items()]
+    regions += [(f"scratch of node %{index}", offset, size, index, index)
+                for index, (offset, size) in plan.scratch.items()]
+    regions.sort(key=lambda region: region[1])
     problems = []
-    placed = sorted(plan.offsets.items(), key=lambda kv: kv[1])
-    for name, offset in placed:
-        end = offset + graph.tensors[name].nbytes
-        if offset % plan.alignment or end > plan.arena_bytes:
-            problems.append(f"{name!r} placed at {offset} is misaligned or outside the arena")
-    for i, (a, a_off) in enumerate(placed):
-        a_end = a_off + graph.tensors[a].nbytes
-        for b, b_off in placed[i + 1:]:
-            if b_off >= a_end:
+    for label, offset, size, _, _ in regions:
+        if offset % plan.alignment or offset + size > plan.arena_bytes:
+            problems.append(f"{label} placed at {offset} is misaligned or outside the arena")
+    for i, (a, a_off, a_size, a0, a1) in enumerate(regions):
+        for b, b_off, _, b0, b1 in regions[i + 1:]:
+            if b_off >= a_off + a_size:
                 break
-            (a0, a1), (b0, b1) = ranges[a], ranges[b]
             if a0 <= b1 and b0 <= a1:
-                problems.append(f"{a!r} and {b!r} share arena bytes while both are live")
+                problems.append(f"{a} and {b} share arena bytes while both are live")
     return problems

@@ -49,7 +49,8 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "nat
         raise SparsecError(f"output {str(output)!r} must end in .so")
     graph = frontend.import_model(model, input_shapes)
     ctx = PassContext(cost=cost_model(resolved), verify_each=verify_each,
-                      dump_dir=Path(dump_ir) if dump_ir else None, force_pattern=force_pattern)
+                      dump_dir=Path(dump_ir) if dump_ir else None, force_pattern=force_pattern,
+                      scratch_bytes=lambda g, n: kernels.scratch_bytes(g, n, resolved))
     graph = run_pipeline(graph, ctx)
     rendered = emit.emit(graph, resolved, __version__)
     builder.build(rendered, resolved, output,

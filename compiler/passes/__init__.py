@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sparsec.compiler.ir import Graph
+from sparsec.compiler.ir import Graph, Node
 from sparsec.compiler.passes import detect_sparsity, fold_constants, fuse, plan_memory
 from sparsec.compiler.verify import verify
 
@@ -31,6 +31,9 @@ class PassContext:
     cost: SparseKernelCost
     verify_each: bool = False
     force_pattern: str | None = None  # "dense" or a block pattern for every weight
+    # Bytes of arena scratch a node's kernel needs while it runs (from codegen's kernel
+    # table, so this package stays independent of codegen); None: no kernel needs any.
+    scratch_bytes: Callable[[Graph, Node], int] | None = None
     dump_dir: Path | None = None
     log: list[str] = field(default_factory=list)
 

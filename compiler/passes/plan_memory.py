@@ -2,9 +2,11 @@
 
 Requires: the final node order (run last).
 Establishes: `graph.memory` maps each intermediate (produced by a node, neither a graph input nor
-a graph output, not a constant) to a 64-byte-aligned offset; tensors whose lifetimes overlap never
-share bytes; `arena_bytes` is the whole arena. Graph inputs and outputs live in the caller's
-buffers, constants in the library's read-only data, so a run allocates nothing.
+a graph output, not a constant) to a 64-byte-aligned offset, and each node whose kernel needs
+scratch (`ctx.scratch_bytes`) to a scratch region live only while that node runs; regions whose
+lifetimes overlap never share bytes; `arena_bytes` is the whole arena. Graph inputs and
+outputs live in the caller's buffers, constants in the library's read-only data, so a run
+allocates nothing.
 """
 
 from __future__ import annotations
@@ -41,22 +43,38 @@ def _align(value: int) -> int:
 
 def run(graph: Graph, ctx) -> Graph:
     graph = graph.copy()
-    ranges = live_ranges(graph)
-    # Largest first: big tensors claim low offsets, small ones fill the gaps between them.
-    order = sorted(ranges, key=lambda n: (-graph.tensors[n].nbytes, ranges[n][0]))
+    ranges = {("tensor", name): span for name, span in live_ranges(graph).items()}
+    sizes = {key: graph.tensors[key[1]].nbytes for key in ranges}
+    if getattr(ctx, "scratch_bytes", None) is not None:
+        for index, node in enumerate(graph.nodes):
+            size = ctx.scratch_bytes(graph, node)
+            if size:
+                ranges[("scratch", index)] = (index, index)
+                sizes[("scratch", index)] = size
+    offsets = first_fit(ranges, sizes)
+    arena = max((offsets[key] + _align(max(sizes[key], 1)) for key in offsets), default=0)
+    graph.memory = MemoryPlan(
+        {name: off for (kind, name), off in offsets.items() if kind == "tensor"}, arena,
+        ALIGNMENT, {index: (off, sizes[("scratch", index)])
+                    for (kind, index), off in offsets.items() if kind == "scratch"})
+    return graph
+
+
+def first_fit(ranges: dict, sizes: dict) -> dict:
+    """Offsets for regions with (first, last) node lifetimes: largest first, each at the
+    lowest aligned offset clear of every placed region whose lifetime overlaps its own."""
+    order = sorted(ranges, key=lambda key: (-sizes[key], ranges[key][0], str(key)))
     placed: list[tuple[int, int, int, int]] = []  # (offset, end, first, last)
     offsets = {}
-    for name in order:
-        first, last = ranges[name]
-        size = _align(max(graph.tensors[name].nbytes, 1))
+    for key in order:
+        first, last = ranges[key]
+        size = _align(max(sizes[key], 1))
         conflicts = sorted((off, end) for off, end, f, l in placed if f <= last and first <= l)
         offset = 0
         for off, end in conflicts:
             if offset + size <= off:
                 break
             offset = max(offset, end)
-        offsets[name] = offset
+        offsets[key] = offset
         placed.append((offset, offset + size, first, last))
-    arena = max((end for _, end, _, _ in placed), default=0)
-    graph.memory = MemoryPlan(offsets, arena, ALIGNMENT)
-    return graph
+    return offsets

@@ -43,3 +43,13 @@ def test_live_tensors_never_overlap(widths):
     verify(graph, "plan")  # checks alignment, bounds and overlap of live tensors
     sizes = sum(-(-graph.tensors[n].nbytes // 64) * 64 for n in graph.memory.offsets)
     assert graph.memory.arena_bytes <= sizes
+
+
+def test_kernel_scratch_lives_only_during_its_node():
+    ctx = context()
+    ctx.scratch_bytes = lambda graph, node: 1000 if graph.nodes.index(node) == 1 else 0
+    graph = plan_memory.run(frontend.import_model(chain([16, 64, 64, 16])), ctx)
+    verify(graph, "plan")
+    (offset, size), = graph.memory.scratch.values()
+    assert list(graph.memory.scratch) == [1] and size == 1000
+    assert graph.memory.arena_bytes >= 2 * 256 + 1024
