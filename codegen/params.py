@@ -332,6 +332,7 @@ def spmm_tokens_params(req: KernelRequest, tokens: int) -> dict:
         "a_sm": a_sm, "a_sk": a_sk, "num_blocks": packed.num_blocks,
         "col_ptr": req.blob.add(col_ptr), "k_idx": req.blob.add(k_idx),
         "values": req.blob.add(values), **_bias(req, m, n), **_epilogue(req, node.attrs, "float32"),
+        **_vector_epilogue(node.attrs),
     }
     req.take(req.output())
     return params
@@ -346,14 +347,16 @@ def spmm_tokens_scratch(graph: Graph, node: Node, tokens: int) -> int:
 
 
 def _vector_epilogue(attrs: dict, dtype: str = "float32") -> dict:
-    """Relu and Clip as vector min/max in SIMD epilogues; others as scalar statements."""
+    """Relu and Clip as vector min/max in SIMD epilogues; the others (`after_store`) as scalar
+    statements over the stored values. `activation` keeps the full scalar form for tails."""
     activation = attrs.get("activation", "")
     if activation == "Relu":
-        return {"vector_activation": "relu", "activation": []}
+        return {"vector_activation": "relu", "after_store": []}
     if activation == "Clip":
         low, high = (c_literal(b, dtype) for b in attrs["activation_params"])
-        return {"vector_activation": "clip", "low": low, "high": high, "activation": []}
-    return {"vector_activation": ""}
+        return {"vector_activation": "clip", "low": low, "high": high, "after_store": []}
+    return {"vector_activation": "",
+            "after_store": activation_statements(activation, (), dtype, "v")}
 
 
 def spmm_columns_params(req: KernelRequest, mr: int) -> dict:

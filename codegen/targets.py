@@ -46,7 +46,7 @@ TARGETS: dict[str, Target] = {
                ("-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512dq",
                 "-mavx512vl", "-mavx512vnni"),
                ("avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni"), 64,
-               ("immintrin.h",)),
+               ("immintrin.h", "sparsec_avx512.h")),
     )
 }
 

@@ -138,6 +138,8 @@ def kernel_cases(draw) -> KernelCase:
                          activation="Sigmoid"))
 @example(case=KernelCase("fully_dense_blocks", m=9, k=35, n=35, density=1.0,
                          activation="Clip"))
+@example(case=KernelCase("full_token_tiles", m=130, k=37, n=35, density=0.3,
+                         activation="Relu"))  # 64-token tiles with K and N tails
 def test_dense_row_matches_numpy(row: KernelSpec, case: KernelCase, compiler):
     rng = np.random.default_rng(case.seed)
     weight = weight_for(case, block_of(row), rng)
