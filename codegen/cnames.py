@@ -21,7 +21,7 @@ def node_fn(index: int, kernel_symbol: str) -> str:
     return f"{kernel_symbol}__node{int(index)}"
 
 
-def c_string_literal(text: str, chunk: int = 200) -> str:
+def c_string_literal(text: str, chunk: int = 200, *, in_macro: bool = False) -> str:
     """A C string literal holding `text` as UTF-8, safe against every lexical trap.
 
     Everything but a conservative set of printable ASCII is written as a three-digit octal
@@ -32,6 +32,7 @@ def c_string_literal(text: str, chunk: int = 200) -> str:
     atoms = [chr(b) if chr(b) in _SAFE else f"\\{b:03o}" for b in text.encode("utf-8")]
     if not atoms:
         return '""'
-    # Split between atoms, never inside an escape.
-    return "\n    ".join('"' + "".join(atoms[i:i + chunk]) + '"'
+    # Split between atoms, never inside an escape; a #define continues with backslash-newline.
+    joiner = " \\\n    " if in_macro else "\n    "
+    return joiner.join('"' + "".join(atoms[i:i + chunk]) + '"'
                            for i in range(0, len(atoms), chunk))

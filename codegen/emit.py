@@ -21,13 +21,9 @@ from sparsec.codegen.params import CTYPES, KernelRequest, WeightSink
 from sparsec.codegen.targets import FEATURE_BITS, Target
 from sparsec.compiler.ir import Graph
 from sparsec.compiler.ops import DENSE
-from sparsec.errors import KernelNotFoundError, SparsecError
+from sparsec.errors import KernelNotFoundError, TemplateError
 
 BLOB_ALIGNMENT = 64
-
-
-class TemplateError(SparsecError):
-    """A template's `require(...)` failed: a kernel was asked for parameters it cannot take."""
 
 
 def _require(condition: bool, message: str) -> str:
@@ -100,6 +96,8 @@ def emit(graph: Graph, target: Target, version: str) -> Rendered:
     index = {name: i for i, name in enumerate(graph.tensors)}
     kernels, calls, layers = [], [], []
     for node_index, (node, spec) in enumerate(zip(graph.nodes, specs)):
+        if all(graph.tensors[out].size == 0 for out in node.outputs if out):
+            continue  # nothing to compute, and kernels assume at least one element
         request = KernelRequest(graph, node, blob)
         params = spec.params(request)
         fn = cnames.node_fn(node_index, spec.symbol)
@@ -209,7 +207,8 @@ def _header_tensors(graph: Graph, names: list[str]) -> list[dict]:
     result = []
     for position, name in enumerate(names):
         t = graph.tensors[name]
-        result.append({"index": position, "name_literal": cnames.c_string_literal(name),
+        result.append({"index": position,
+                       "name_literal": cnames.c_string_literal(name, in_macro=True),
                        "dtype_literal": cnames.c_string_literal(t.dtype),
                        "ctype": CTYPES[t.dtype], "shape": list(t.shape), "elements": t.size})
     return result

@@ -68,9 +68,14 @@ def select(graph: Graph, node: Node, target: Target) -> KernelSpec:
     fitting = [k for k in candidates(node, pattern, dtype) if k.isa in target.isas]
     if fitting:
         return max(fitting, key=lambda k: ISA_ORDER.index(k.isa))
+    op = node.attrs.get("source_op", node.op)  # the ONNX op the user wrote, not fuse's Dense
+    dtypes = sorted({d for k in KERNELS if k.op == node.op for d in k.dtypes})
+    if dtype not in dtypes:
+        raise KernelNotFoundError(f"node {node.name!r} (op {op}) works on {dtype}; sparsec runs "
+                                  f"{op} on {', '.join(dtypes) or 'no dtype'} only")
     tried = [k.symbol for k in KERNELS if k.op == node.op] or ["no kernel for this op"]
     raise KernelNotFoundError(
-        f"no kernel for node {node.name!r} (op {node.op}, dtype {dtype}, pattern {pattern}) on "
+        f"no kernel for node {node.name!r} (op {op}, dtype {dtype}, weights {pattern}) on "
         f"target {target.name}; tried: {', '.join(tried)}")
 
 

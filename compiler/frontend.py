@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
 from onnx import external_data_helper, helper, numpy_helper, shape_inference
 
@@ -17,6 +18,9 @@ from sparsec.compiler.ops import RUNTIME_OPS
 from sparsec.errors import FrontendError, ShapeError, UnsupportedOperatorError
 
 STANDARD_DOMAINS = ("", "ai.onnx")
+MAX_TENSOR_BYTES = 1 << 36
+"""64 GiB: far above any real activation or weight, far below sizes that overflow C's size_t
+arithmetic in generated kernels, so an absurd shape from a hostile file stops here."""
 
 
 def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
@@ -38,10 +42,17 @@ def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
 def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     """Read a model file, pulling in external data only from inside the model's own folder."""
     if isinstance(source, onnx.ModelProto):
+        if any(external_data_helper.uses_external_data(t)
+               for t in external_data_helper._get_all_tensors(source)):
+            raise FrontendError("this ModelProto keeps tensors in external files, which would "
+                                "be read relative to the current directory; pass the model's "
+                                "file path instead, so sparsec reads them from its folder")
         return source
     path = Path(source)
     if not path.is_file():
         raise FrontendError(f"model file not found: {path}")
+    if path.stat().st_size == 0:
+        raise FrontendError(f"{path} is empty, not an ONNX model")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises several unrelated types for corrupt files
@@ -193,7 +204,7 @@ def _build_graph(model: onnx.ModelProto, opset: int) -> Graph:
     g = model.graph
     tensors: dict[str, Tensor] = {}
     for init in g.initializer:
-        data = numpy_helper.to_array(init)
+        data = _tensor_data(init, f"initializer {init.name!r}")
         tensors[init.name] = Tensor(init.name, tuple(data.shape),
                                     _dtype(init.data_type, f"initializer {init.name!r}"), data)
     inputs = [v.name for v in g.input if v.name not in tensors]
@@ -231,18 +242,36 @@ def _build_graph(model: onnx.ModelProto, opset: int) -> Graph:
     graph = Graph(inputs=inputs, outputs=[v.name for v in g.output], nodes=nodes,
                   tensors=tensors, opset=opset)
     _require_shapes(graph)
+    check_sizes(graph)
     return graph
+
+
+def check_sizes(graph: Graph) -> None:
+    for tensor in graph.tensors.values():
+        if tensor.nbytes > MAX_TENSOR_BYTES:
+            raise ShapeError(f"tensor {tensor.name!r} of shape {list(tensor.shape)} would take "
+                             f"{tensor.nbytes} bytes, more than sparsec's limit of "
+                             f"{MAX_TENSOR_BYTES} bytes; check the model's shapes")
 
 
 def _attribute_value(attr: onnx.AttributeProto):
     value = helper.get_attribute_value(attr)
     if isinstance(value, onnx.TensorProto):
-        return numpy_helper.to_array(value)
+        return _tensor_data(value, f"attribute {attr.name!r}")
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     if isinstance(value, list) and value and isinstance(value[0], bytes):
         return [v.decode("utf-8", errors="replace") for v in value]
     return value
+
+
+def _tensor_data(tensor: onnx.TensorProto, what: str) -> np.ndarray:
+    """The values of a stored tensor; data that disagrees with its dims is the model's fault."""
+    try:
+        return numpy_helper.to_array(tensor)
+    except Exception as exc:
+        raise FrontendError(f"{what} declares dims {list(tensor.dims)} but its data does not "
+                            f"match them ({_first_line(exc)})") from None
 
 
 def _require_shapes(graph: Graph) -> None:

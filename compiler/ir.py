@@ -7,6 +7,7 @@ model and are untrusted: they are dictionary keys and message text here, never C
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,7 +83,7 @@ class Tensor:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)  # Python ints: a hostile shape cannot wrap around
 
     @property
     def nbytes(self) -> int:

@@ -47,6 +47,9 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "nat
     output = Path(output)
     if output.suffix != ".so":
         raise SparsecError(f"output {str(output)!r} must end in .so")
+    if output.stem == "sparsec":
+        raise SparsecError("output sparsec.so would put the model header where the ABI header "
+                           "sparsec.h goes; choose another name")
     graph = frontend.import_model(model, input_shapes)
     ctx = PassContext(cost=cost_model(resolved), verify_each=verify_each,
                       dump_dir=Path(dump_ir) if dump_ir else None, force_pattern=force_pattern,

@@ -30,6 +30,10 @@ class KernelNotFoundError(SparsecError):
     """No kernel in the table implements a node for the chosen target."""
 
 
+class TemplateError(SparsecError):
+    """A template's `require(...)` failed: a kernel was asked for parameters it cannot take."""
+
+
 class BuildError(SparsecError):
     """The C compiler failed or is missing."""
 

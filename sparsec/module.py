@@ -199,6 +199,8 @@ class _TensorSpec:
             else:
                 raise InputError(f"input {self.name!r} must be a numpy array, got "
                                  f"{type(value).__name__}")
+        if value.dtype != self.dtype and value.dtype.newbyteorder("=") == self.dtype:
+            value = value.astype(self.dtype)  # same values, other byte order: convert
         if value.dtype != self.dtype:
             raise InputError(f"input {self.name!r} has dtype {value.dtype.name}, the model "
                              f"expects {self.dtype.name}; convert with "

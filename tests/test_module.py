@@ -149,3 +149,36 @@ def test_rebuilt_library_at_the_same_path_loads_the_new_model(tmp_path, cache_di
     assert second.run({"x": np.ones((2, 4), np.float32)})["y"].shape == (2, 3)
     assert first.run({"x": np.ones((2, 8), np.float32)})["y"].shape == (2, 16)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.h", "m.so", "sparsec.h"]
+
+
+def test_zero_size_outputs_compute_nothing(compiler):
+    from onnx import helper
+
+    from tests.graphs import model
+
+    m = model([helper.make_node("MatMul", ["a", "b"], ["y"])], [("a", [0, 3, 4]), ("b", [4, 5])],
+              [("y", [0, 3, 5])])
+    module = compiler.load(m, "generic")
+    out = module.run({"a": np.zeros((0, 3, 4), np.float32), "b": np.ones((4, 5), np.float32)})
+    assert out["y"].shape == (0, 3, 5)
+
+
+def test_other_byte_order_is_converted(module):
+    x = np.random.default_rng(3).standard_normal((2, 8)).astype(np.float32)
+    np.testing.assert_array_equal(module.run({"x": x.astype(">f4")})["y"],
+                                  module.run({"x": x})["y"])
+
+
+def test_integer_matmul_names_the_op_and_the_supported_dtypes(compiler):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "w"], ["y"], name="mm")], "g",
+        [helper.make_tensor_value_info("a", TensorProto.INT32, [2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [2, 2])],
+        [helper.make_tensor("w", TensorProto.INT32, [2, 2], [1, 2, 3, 4])])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(sparsec.KernelNotFoundError,
+                       match=r"node 'mm' \(op MatMul\) works on int32; sparsec runs MatMul on "
+                             r"float32 only"):
+        compiler.compile(m, "generic")

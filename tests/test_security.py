@@ -87,3 +87,29 @@ def test_colliding_names_stay_distinct(compiler):
     out = module.run({"a.b": np.array([5, 6, 7], np.float32),
                       "a_b": np.array([1, 2, 3], np.float32)})
     np.testing.assert_array_equal(out["a-b"], [4, 4, 4])
+
+
+def test_generated_header_compiles_and_spells_hostile_names(compiler, tmp_path):
+    import subprocess
+
+    from sparsec.codegen.build import find_compiler
+
+    result = compiler.compile(hostile_model(), "generic")
+    program = tmp_path / "names.c"
+    program.write_text(
+        "#include <stdio.h>\n"
+        "#include \"sparsec.h\"\n"
+        f"#include \"{result.header.name}\"\n"
+        "int main(void) {\n"
+        "  fputs(SPARSEC_MODEL_INPUT0_NAME, stdout); fputc(0, stdout);\n"
+        "  fputs(SPARSEC_MODEL_INPUT1_NAME, stdout); fputc(0, stdout);\n"
+        "  fputs(SPARSEC_MODEL_OUTPUT0_NAME, stdout); fputc(0, stdout);\n"
+        "  fputs(SPARSEC_MODEL_OUTPUT1_NAME, stdout); fputc(0, stdout);\n"
+        "  return 0;\n}\n")
+    exe = tmp_path / "names"
+    subprocess.run([find_compiler(), "-std=c11", "-Wall", "-Werror", "-trigraphs",
+                    "-I", str(result.header.parent), str(program), "-o", str(exe)],
+                   check=True, capture_output=True)
+    printed = subprocess.run([str(exe)], check=True, capture_output=True).stdout.split(b"\0")
+    assert printed[:4] == [n.encode() for n in (HOSTILE[0], HOSTILE[9], HOSTILE[8],
+                                                HOSTILE[10])]

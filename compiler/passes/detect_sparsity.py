@@ -27,6 +27,7 @@ NAME = "detect-sparsity"
 def run(graph: Graph, ctx) -> Graph:
     graph = graph.copy()
     users = graph.consumers()
+    copies: dict[str, str] = {}  # weight -> its transposed copy, when the original stays too
     for node in graph.nodes:
         if node.op not in ("MatMul", "Gemm") or len(node.inputs) < 2:
             continue
@@ -34,20 +35,25 @@ def run(graph: Graph, ctx) -> Graph:
         if not weight.is_constant or weight.dtype != "float32" or len(weight.shape) != 2:
             continue
         if node.op == "Gemm" and node.attrs.get("transB", 0):
-            weight = _store_transposed(graph, node, weight, shared=len(users[weight.name]) > 1)
+            shared = len(users[weight.name]) > 1 or weight.name in graph.outputs
+            weight = _store_transposed(graph, node, weight, shared, copies)
             node.attrs["transB"] = 0
         if weight.sparsity is None:
             weight.sparsity = analyse(weight.data, ctx.cost, ctx.force_pattern)
     return graph
 
 
-def _store_transposed(graph: Graph, node, weight: Tensor, shared: bool) -> Tensor:
+def _store_transposed(graph: Graph, node, weight: Tensor, shared: bool,
+                      copies: dict[str, str]) -> Tensor:
     name = weight.name
-    if shared:  # another node still reads the N x K original
+    if shared:  # another node or the graph's outputs still read the N x K original
+        if name in copies:  # a Gemm before this one transposed the same weight
+            node.inputs[1] = copies[name]
+            return graph.tensors[copies[name]]
         name = f"{weight.name}::transposed"
         while name in graph.tensors:
             name += "'"
-        node.inputs[1] = name
+        copies[weight.name] = node.inputs[1] = name
     data = np.ascontiguousarray(weight.data.T)
     graph.tensors[name] = Tensor(name, tuple(data.shape), weight.dtype, data)
     return graph.tensors[name]

@@ -58,14 +58,14 @@ def matmul_to_dense(graph: Graph, node: Node, uses: Uses) -> Rewrite | None:
     if not weight.is_constant or len(weight.shape) != 2 or len(a.shape) < 2:
         return None
     return Rewrite(Node(DENSE, [node.inputs[0], node.inputs[1], ""], list(node.outputs),
-                        _dense_attrs(), node.name), ())
+                        _dense_attrs(source_op="MatMul"), node.name), ())
 
 
 def gemm_to_dense(graph: Graph, node: Node, uses: Uses) -> Rewrite | None:
     if node.op != "Gemm":
         return None
     inputs = list(node.inputs) + [""] * (3 - len(node.inputs))
-    attrs = _dense_attrs(alpha=float(node.attrs.get("alpha", 1.0)),
+    attrs = _dense_attrs(source_op="Gemm", alpha=float(node.attrs.get("alpha", 1.0)),
                          beta=float(node.attrs.get("beta", 1.0)),
                          trans_a=int(node.attrs.get("transA", 0)),
                          trans_b=int(node.attrs.get("transB", 0)))
@@ -122,9 +122,9 @@ def clip_bounds(graph: Graph, node: Node) -> tuple[float, float] | None:
     return tuple(bounds)
 
 
-def _dense_attrs(alpha=1.0, beta=1.0, trans_a=0, trans_b=0) -> dict:
+def _dense_attrs(source_op: str, alpha=1.0, beta=1.0, trans_a=0, trans_b=0) -> dict:
     return {"alpha": alpha, "beta": beta, "trans_a": trans_a, "trans_b": trans_b,
-            "activation": "", "activation_params": ()}
+            "activation": "", "activation_params": (), "source_op": source_op}
 
 
 RULES = [

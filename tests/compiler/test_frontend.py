@@ -152,3 +152,44 @@ def test_unnamed_nodes_are_labelled_by_position():
     graph = frontend.import_model(model([helper.make_node("Relu", ["x"], ["y"])],
                                         [("x", [2])], [("y", [2])]))
     assert graph.nodes[0].name == "<unnamed node 0>"
+
+
+def test_absurd_shapes_are_refused_before_anything_is_sized():
+    m = model([helper.make_node("Transpose", ["x"], ["y"])], [("x", [2**62 + 1, 4])],
+              [("y", [4, 2**62 + 1])])
+    with pytest.raises(ShapeError, match="more than sparsec's limit"):
+        frontend.import_model(m)
+
+
+def test_initializer_data_longer_than_its_dims_is_an_error():
+    m = mlp()
+    bias = next(t for t in m.graph.initializer if t.name == "b")
+    bias.raw_data = np.zeros(17, np.float32).tobytes()
+    with pytest.raises(FrontendError, match=r"initializer 'b' declares dims \[16\]"):
+        frontend.import_model(m)
+
+
+def test_model_proto_with_external_data_is_refused(tmp_path, monkeypatch):
+    m = mlp()
+    weight = next(t for t in m.graph.initializer if t.name == "w")
+    weight.ClearField("raw_data")
+    weight.data_location = onnx.TensorProto.EXTERNAL
+    entry = weight.external_data.add()
+    entry.key, entry.value = "location", "secret.bin"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "secret.bin").write_bytes(b"\0" * 512)
+    with pytest.raises(FrontendError, match="pass the model's file path"):
+        frontend.import_model(m)
+
+
+def test_external_data_through_a_symlink_out_of_the_folder_is_refused(tmp_path):
+    m = mlp(k=32, n=32)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    onnx.save(m, str(folder / "m.onnx"), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="weights.data", size_threshold=0)
+    real = tmp_path / "weights.data"
+    (folder / "weights.data").rename(real)
+    (folder / "weights.data").symlink_to(real)
+    with pytest.raises(FrontendError, match="outside the model's folder"):
+        frontend.import_model(folder / "m.onnx")

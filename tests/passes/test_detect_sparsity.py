@@ -100,3 +100,15 @@ def test_shared_transposed_weight_gets_its_own_copy():
     assert graph.nodes[0].inputs[1] != "w" and graph.nodes[1].inputs[1] == "w"
     np.testing.assert_array_equal(graph.tensors["w"].data, w)
     np.testing.assert_array_equal(graph.tensors[graph.nodes[0].inputs[1]].data, w.T)
+
+
+def test_transposed_weight_that_is_an_output_keeps_its_original():
+    w = np.arange(20, dtype=np.float32).reshape(5, 4)
+    nodes = [helper.make_node("Gemm", ["x", "w"], ["y"], transB=1),
+             helper.make_node("Gemm", ["x", "w"], ["z"], transB=1)]
+    m = model(nodes, [("x", [2, 4])], [("y", [2, 5]), ("z", [2, 5]), ("w", [5, 4])],
+              [("w", w)])
+    graph = detect_sparsity.run(frontend.import_model(m), context())
+    verify(graph, "detect")
+    np.testing.assert_array_equal(graph.tensors["w"].data, w)
+    assert graph.nodes[0].inputs[1] == graph.nodes[1].inputs[1] == "w::transposed"

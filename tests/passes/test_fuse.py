@@ -19,7 +19,7 @@ def test_matmul_bias_relu_become_one_dense():
     graph = fused(mlp(k=4, n=4, density=1.0))
     assert graph.to_text().splitlines()[4:6] == [
         "  %0 Dense('x', 'w', 'b') -> 'y'  {activation='Relu', activation_params=[], alpha=1.0, "
-        "beta=1.0, trans_a=0, trans_b=0}  # node 'mm'",
+        "beta=1.0, source_op='MatMul', trans_a=0, trans_b=0}  # node 'mm'",
         "  output 'y': float32[2x4]",
     ]
 
