@@ -12,6 +12,7 @@ import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from sparsec.codegen import matrix_params as mp
 from sparsec.codegen import params as kp
 from sparsec.codegen.targets import Target
 from sparsec.compiler.ir import SPARSE_PATTERNS, Graph, Node, block_shape
@@ -136,34 +137,34 @@ SCALAR_SPMM_COST_NS = {
 
 KERNELS: list[KernelSpec] = [
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="scalar", pattern="dense", mr=4, nr=32,
-               family="f32_gemm", template="f32-gemm/scalar.c.j2", params=kp.dense_params,
+               family="f32_gemm", template="f32-gemm/scalar.c.j2", params=mp.dense_params,
                cost_ns=SCALAR_GEMM_COST_NS),
     *[KernelSpec(op=DENSE, dtypes=FLOAT, isa="scalar", pattern=p, mr=4,
                  nr=block_shape(p)[1], family="f32_spmm", template="f32-spmm/scalar.c.j2",
-                 params=kp.spmm_params, cost_ns=SCALAR_SPMM_COST_NS[p])
+                 params=mp.spmm_params, cost_ns=SCALAR_SPMM_COST_NS[p])
       for p in SPARSE_PATTERNS],
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="scalar", pattern="runtime", mr=4, nr=32,
-               family="f32_gemm", template="f32-gemm/scalar.c.j2", params=kp.dense_params),
+               family="f32_gemm", template="f32-gemm/scalar.c.j2", params=mp.dense_params),
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx512f", pattern="dense", mr=12, nr=32,
                family="f32_gemm", template="f32-gemm/avx512f.c.j2",
-               params=functools.partial(kp.gemm_panels_params, mr=12, panel=32),
+               params=functools.partial(mp.gemm_panels_params, mr=12, panel=32),
                cost_ns={"generic": 0.0177}),
     *[KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx512f", pattern=p, mr=64, nr=1,
                  family="f32_spmm", template="f32-spmm/avx512f-tokens.c.j2",
-                 params=functools.partial(kp.spmm_tokens_params, tokens=64),
-                 scratch=functools.partial(kp.spmm_tokens_scratch, tokens=64),
+                 params=functools.partial(mp.spmm_tokens_params, tokens=64),
+                 scratch=functools.partial(mp.spmm_tokens_scratch, tokens=64),
                  cost_ns={"generic": cost})
       for p, cost in (("1x1", 0.051), ("4x1", 0.20), ("16x1", 0.81))],
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx2", pattern="1x16", mr=6, nr=16,
                family="f32_spmm", template="f32-spmm/avx2.c.j2",
-               params=functools.partial(kp.spmm_columns_params, mr=6),
+               params=functools.partial(mp.spmm_columns_params, mr=6),
                cost_ns={"generic": 0.40}),
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx512f", pattern="1x16", mr=16, nr=16,
                family="f32_spmm", template="f32-spmm/avx512f.c.j2",
-               params=functools.partial(kp.spmm_columns_params, mr=16),
+               params=functools.partial(mp.spmm_columns_params, mr=16),
                cost_ns={"generic": 0.35}),
     KernelSpec(op="MatMul", dtypes=FLOAT, isa="scalar", mr=4, nr=32, family="f32_matmul",
-               template="f32-gemm/scalar.c.j2", params=kp.matmul_params),
+               template="f32-gemm/scalar.c.j2", params=mp.matmul_params),
     *[KernelSpec(op=op, dtypes=NUMERIC, isa="scalar", family=f"x_{op.lower()}",
                  template="x-elementwise/binary.c.j2", params=kp.binary_params)
       for op in ELEMENTWISE_BINARY],

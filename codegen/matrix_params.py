@@ -1,0 +1,222 @@
+"""Template parameters for the matrix kernels (Dense and MatMul), computed per node.
+
+Weights are re-laid here at compile time in the form each kernel walks: block-CSR by rows for
+the portable kernel, by columns for SIMD kernels, 32-column panels for the dense SIMD GEMM.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sparsec.codegen.params import (
+    CTYPES,
+    KernelRequest,
+    activation_statements,
+    broadcast_strides,
+    c_float,
+    c_literal,
+)
+from sparsec.compiler.ir import Graph, Node, Tensor
+from sparsec.errors import KernelNotFoundError
+
+
+def _bias(req: KernelRequest, rows: int, cols: int) -> dict:
+    """Per-element bias strides for C broadcast to rows x cols (Gemm semantics)."""
+    bias = req.input(2)
+    if not req.take(bias):
+        return {"has_bias": False}
+    shape = (1, 1) + tuple(bias.shape)
+    bias_rows, bias_cols = shape[-2], shape[-1]
+    if (bias.size != bias_rows * bias_cols or bias_rows not in (1, rows)
+            or bias_cols not in (1, cols)):
+        raise KernelNotFoundError(f"node {req.node.name!r}: bias of shape {bias.shape} does not "
+                                  f"broadcast to {rows}x{cols}")
+    return {"has_bias": True, "bias_sm": bias_cols if bias_rows > 1 else 0,
+            "bias_sn": 1 if bias_cols > 1 else 0}
+
+
+def _epilogue(req: KernelRequest, attrs: dict, dtype: str) -> dict:
+    ctype = CTYPES[dtype]
+    return {"alpha": c_float(attrs.get("alpha", 1.0), ctype),
+            "scale_by_alpha": float(attrs.get("alpha", 1.0)) != 1.0,
+            "beta": c_float(attrs.get("beta", 1.0), ctype),
+            "activation": activation_statements(
+                attrs.get("activation", ""),
+                tuple(c_literal(b, dtype) for b in attrs.get("activation_params", ())), dtype,
+                "v")}
+
+
+def _gemm_tile(req: KernelRequest) -> dict:
+    """4 rows x 32 columns of accumulators: 8 independent AVX-512 FMA chains (enough to hide
+    FMA latency on two pipes), 16 AVX2 registers; SSE spills some, still the fastest measured
+    (benchmarks/kernels.py: 16 columns ran 2.4x slower with AVX-512)."""
+    return {"MR": 4, "NT": 32}
+
+
+def _activation_rows(a: Tensor, trans_a: int) -> tuple[int, int, int, int]:
+    """Rows M and depth K of a Dense input, with its element strides: a transposed 2-D A
+    (Gemm transA) is K x M; otherwise leading dimensions fold into rows."""
+    if trans_a:
+        k, m = a.shape
+        return m, k, 1, m
+    k = a.shape[-1]
+    m = a.size // k if k else int(np.prod(a.shape[:-1]))
+    return m, k, k, 1
+
+
+def dense_params(req: KernelRequest) -> dict:
+    """Dense node, dense weight: Y = act(alpha * op(A) . op(B) + beta * C)."""
+    node, a, b = req.node, req.input(0), req.input(1)
+    m, k, a_sm, a_sk = _activation_rows(a, node.attrs.get("trans_a", 0))
+    trans_b = node.attrs.get("trans_b", 0)
+    n = b.shape[0] if trans_b else b.shape[1]
+    b_sk, b_sn = (1, k) if trans_b else (n, 1)
+    req.take(a)
+    req.take(b)
+    params = {"ctype": CTYPES[a.dtype], "M": m, "K": k, "N": n, "a_sm": a_sm, "a_sk": a_sk,
+              "b_sk": b_sk, "b_sn": b_sn, "batches": [], **_gemm_tile(req), **_bias(req, m, n),
+              **_epilogue(req, node.attrs, a.dtype)}
+    req.take(req.output())
+    return params
+
+
+def gemm_panels_params(req: KernelRequest, mr: int, panel: int) -> dict:
+    """Dense node with a constant dense weight for SIMD kernels: B re-laid at compile time as
+    [N / panel][K][panel] so each k step loads one contiguous panel row."""
+    node, a, weight = req.node, req.input(0), req.input(1)
+    m, k, a_sm, a_sk = _activation_rows(a, node.attrs.get("trans_a", 0))
+    n = weight.shape[1]
+    panels = -(-n // panel)
+    padded = np.zeros((k, panels * panel), np.float32)
+    padded[:, :n] = weight.data
+    req.take(a)
+    params = {
+        "M": m, "K": k, "N": n, "a_sm": a_sm, "a_sk": a_sk, "MR": mr, "panels": panels,
+        "n_tail": n - (panels - 1) * panel,
+        "packed": req.blob.add(padded.reshape(k, panels, panel).transpose(1, 0, 2)),
+        **_bias(req, m, n), **_epilogue(req, node.attrs, "float32"),
+        **_vector_epilogue(node.attrs),
+    }
+    req.take(req.output())
+    return params
+
+
+def matmul_params(req: KernelRequest) -> dict:
+    """numpy.matmul: 1-D operands promoted, batch dimensions broadcast."""
+    a, b, y = req.input(0), req.input(1), req.output()
+    a_shape = (1,) + a.shape if len(a.shape) == 1 else a.shape
+    b_shape = b.shape + (1,) if len(b.shape) == 1 else b.shape
+    m, k, n = a_shape[-2], a_shape[-1], b_shape[-1]
+    batch_shape = tuple(np.broadcast_shapes(a_shape[:-2], b_shape[:-2]))
+    a_batch = broadcast_strides(a_shape[:-2], batch_shape)
+    b_batch = broadcast_strides(b_shape[:-2], batch_shape)
+    batches = []
+    for index in np.ndindex(*batch_shape):
+        batches.append((sum(i * s for i, s in zip(index, a_batch)) * m * k,
+                        sum(i * s for i, s in zip(index, b_batch)) * k * n,
+                        len(batches) * m * n))
+    req.take(a)
+    req.take(b)
+    params = {"ctype": CTYPES[a.dtype], "M": m, "K": k, "N": n, "a_sm": k, "a_sk": 1,
+              "b_sk": n, "b_sn": 1, "batches": batches if len(batches) > 1 else [],
+              **_gemm_tile(req),
+              "has_bias": False, **_epilogue(req, {}, a.dtype)}
+    req.take(y)
+    return params
+
+
+def spmm_params(req: KernelRequest) -> dict:
+    """Dense node with a block-sparse weight: the pattern's tables go into the weight blob."""
+    node, a = req.node, req.input(0)
+    packed = req.input(1).sparsity.packed
+    m, k, a_sm, a_sk = _activation_rows(a, node.attrs.get("trans_a", 0))
+    n = req.input(1).shape[1]
+    rows, cols = packed.rows, packed.cols
+    req.take(a)
+    params = {
+        "M": m, "K": k, "N": n, "R": rows, "C": cols, "a_sm": a_sm, "a_sk": a_sk,
+        "KB": -(-k // rows), "NB": -(-n // cols), "k_tail": k - (-(-k // rows) - 1) * rows,
+        "n_tail": n - (-(-n // cols) - 1) * cols, "MR": 4, "num_blocks": packed.num_blocks,
+        "row_ptr": req.blob.add(packed.row_ptr), "col_idx": req.blob.add(packed.col_idx),
+        "values": req.blob.add(packed.values),
+        **_bias(req, m, n), **_epilogue(req, node.attrs, "float32"),
+    }
+    req.take(req.output())
+    return params
+
+
+def column_blocks(packed, columns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Block-CSR by block rows -> by block columns: col_ptr, row index per block, values.
+
+    SIMD kernels that vectorise over a block's outputs walk one column block at a time, so
+    that its accumulators stay in registers."""
+    block_rows = np.repeat(np.arange(packed.row_ptr.size - 1), np.diff(packed.row_ptr))
+    order = np.lexsort((block_rows, packed.col_idx))
+    col_ptr = np.zeros(columns + 1, dtype=np.int32)
+    np.cumsum(np.bincount(packed.col_idx, minlength=columns), out=col_ptr[1:])
+    return col_ptr, block_rows[order].astype(np.int32), packed.values[order]
+
+
+def spmm_tokens_params(req: KernelRequest, tokens: int) -> dict:
+    """Rx1-block weight for SIMD kernels that vectorise over tokens: per-output-column CSR
+    (block row index and R values per block); the kernel transposes A tiles in scratch."""
+    node, a, weight = req.node, req.input(0), req.input(1)
+    packed = weight.sparsity.packed
+    m, k, a_sm, a_sk = _activation_rows(a, node.attrs.get("trans_a", 0))
+    n = weight.shape[1]
+    col_ptr, k_idx, values = column_blocks(packed, n)
+    req.take(a)
+    params = {
+        "M": m, "K": k, "N": n, "R": packed.rows, "KB": packed.row_ptr.size - 1, "T": tokens,
+        "a_sm": a_sm, "a_sk": a_sk, "num_blocks": packed.num_blocks,
+        "col_ptr": req.blob.add(col_ptr), "k_idx": req.blob.add(k_idx),
+        "values": req.blob.add(values), **_bias(req, m, n), **_epilogue(req, node.attrs, "float32"),
+        **_vector_epilogue(node.attrs),
+    }
+    req.take(req.output())
+    return params
+
+
+def spmm_tokens_scratch(graph: Graph, node: Node, tokens: int) -> int:
+    """Bytes for the transposed A tile (block rows padded) and the transposed Y tile."""
+    weight = graph.tensors[node.inputs[1]]
+    k, n = weight.shape
+    rows = weight.sparsity.packed.rows
+    return 4 * tokens * (-(-k // rows) * rows + n)
+
+
+def _vector_epilogue(attrs: dict, dtype: str = "float32") -> dict:
+    """Relu and Clip as vector min/max in SIMD epilogues; the others (`after_store`) as scalar
+    statements over the stored values. `activation` keeps the full scalar form for tails."""
+    activation = attrs.get("activation", "")
+    if activation == "Relu":
+        return {"vector_activation": "relu", "after_store": []}
+    if activation == "Clip":
+        low, high = (c_literal(b, dtype) for b in attrs["activation_params"])
+        return {"vector_activation": "clip", "low": low, "high": high, "after_store": []}
+    return {"vector_activation": "",
+            "after_store": activation_statements(activation, (), dtype, "v")}
+
+
+def spmm_columns_params(req: KernelRequest, mr: int) -> dict:
+    """1xC-block weight for SIMD kernels that vectorise over a block's C outputs: column-block
+    CSR tables, MR rows of A per register tile."""
+    node, a, weight = req.node, req.input(0), req.input(1)
+    packed = weight.sparsity.packed
+    m, k, a_sm, a_sk = _activation_rows(a, node.attrs.get("trans_a", 0))
+    n = weight.shape[1]
+    blocks = -(-n // packed.cols)
+    col_ptr, k_idx, values = column_blocks(packed, blocks)
+    req.take(a)
+    params = {
+        "M": m, "K": k, "N": n, "a_sm": a_sm, "a_sk": a_sk, "NB": blocks, "MR": mr,
+        "n_tail": n - (blocks - 1) * packed.cols, "num_blocks": packed.num_blocks,
+        "col_ptr": req.blob.add(col_ptr), "k_idx": req.blob.add(k_idx),
+        "values": req.blob.add(values),
+        **_bias(req, m, n), **_epilogue(req, node.attrs, "float32"),
+        **_vector_epilogue(node.attrs),
+    }
+    req.take(req.output())
+    return params
+
+
