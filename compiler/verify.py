@@ -40,12 +40,22 @@ def verify(graph: Graph, after: str = "import") -> None:
         raise VerificationError(f"IR invalid after {after}: " + "; ".join(problems[:20]))
 
 
+def _lifetimes(graph: Graph) -> dict[str, tuple[int, int]]:
+    """First and last node touching each tensor, computed here independently of plan_memory,
+    so a liveness bug there cannot hide from this check."""
+    spans: dict[str, tuple[int, int]] = {}
+    for index, node in enumerate(graph.nodes):
+        for name in [*node.inputs, *node.outputs]:
+            if name:
+                first = spans.get(name, (index, index))[0]
+                spans[name] = (first, index)
+    return spans
+
+
 def _memory_problems(graph: Graph) -> list[str]:
     """Two regions (tensors, kernel scratch) may share arena bytes only if their lifetimes do
     not overlap."""
-    from sparsec.compiler.passes.plan_memory import live_ranges
-
-    ranges = live_ranges(graph)
+    ranges = _lifetimes(graph)
     plan = graph.memory
     regions = [(repr(name), offset, graph.tensors[name].nbytes, *ranges[name])
                for name, offset in plan.offsets.items()]

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import helper
@@ -6,6 +7,7 @@ from onnx import helper
 from sparsec.compiler import frontend
 from sparsec.compiler.passes import plan_memory
 from sparsec.compiler.verify import verify
+from sparsec.errors import VerificationError
 from tests.graphs import model
 from tests.passes.helpers import context
 
@@ -53,3 +55,29 @@ def test_kernel_scratch_lives_only_during_its_node():
     (offset, size), = graph.memory.scratch.values()
     assert list(graph.memory.scratch) == [1] and size == 1000
     assert graph.memory.arena_bytes >= 2 * 256 + 1024
+
+
+def fan_out_graph():
+    """x -> a; a feeds b and the very last node, so a lives across everything in between."""
+    w = np.ones((32, 32), np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["a"]),
+             helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("Sigmoid", ["b"], ["c"]),
+             helper.make_node("Tanh", ["c"], ["d"]),
+             helper.make_node("Add", ["d", "a"], ["y"])]
+    return model(nodes, [("x", [4, 32])], [("y", [4, 32])], [("w", w)])
+
+
+def test_long_lived_tensor_is_not_overwritten():
+    graph = plan_memory.run(frontend.import_model(fan_out_graph()), context())
+    verify(graph, "plan")
+    offsets = graph.memory.offsets
+    assert offsets["a"] not in (offsets["b"], offsets["c"], offsets["d"])
+    assert offsets["b"] == offsets["d"], "b is dead when d is born"
+
+
+def test_verifier_catches_overlapping_live_tensors():
+    graph = plan_memory.run(frontend.import_model(fan_out_graph()), context())
+    graph.memory.offsets["c"] = graph.memory.offsets["a"]
+    with pytest.raises(VerificationError, match="share arena bytes while both are live"):
+        verify(graph, "plan")
