@@ -154,7 +154,7 @@ KERNELS: list[KernelSpec] = [
                  params=functools.partial(mp.spmm_tokens_params, tokens=64),
                  scratch=functools.partial(mp.spmm_tokens_scratch, tokens=64),
                  cost_ns={"generic": cost})
-      for p, cost in (("1x1", 0.051), ("4x1", 0.20), ("16x1", 0.81))],
+      for p, cost in (("1x1", 0.039), ("4x1", 0.154), ("16x1", 0.63))],
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx2", pattern="1x16", mr=6, nr=16,
                family="f32_spmm", template="f32-spmm/avx2.c.j2",
                params=functools.partial(mp.spmm_columns_params, mr=6),
