@@ -21,7 +21,7 @@ from sparsec.codegen.targets import BASE_CFLAGS, Target
 from sparsec.errors import BuildError
 
 RUNTIME_SOURCES = ("runtime.c", "cpu.c")
-RUNTIME_HEADERS = ("sparsec.h", "sparsec_model.h", "sparsec_avx512.h")
+RUNTIME_HEADERS = ("sparsec.h", "sparsec_model.h", "sparsec_avx2.h", "sparsec_avx512.h")
 
 
 def runtime_dir() -> Path:

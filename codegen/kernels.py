@@ -145,6 +145,10 @@ KERNELS: list[KernelSpec] = [
       for p in SPARSE_PATTERNS],
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="scalar", pattern="runtime", mr=4, nr=32,
                family="f32_gemm", template="f32-gemm/scalar.c.j2", params=mp.dense_params),
+    KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx2", pattern="dense", mr=6, nr=16,
+               family="f32_gemm", template="f32-gemm/avx2.c.j2",
+               params=functools.partial(mp.gemm_panels_params, mr=6, panel=16),
+               cost_ns={"generic": 0.0183}),
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx512f", pattern="dense", mr=12, nr=32,
                family="f32_gemm", template="f32-gemm/avx512f.c.j2",
                params=functools.partial(mp.gemm_panels_params, mr=12, panel=32),
@@ -155,6 +159,12 @@ KERNELS: list[KernelSpec] = [
                  scratch=functools.partial(mp.spmm_tokens_scratch, tokens=64),
                  cost_ns={"generic": cost})
       for p, cost in (("1x1", 0.039), ("4x1", 0.154), ("16x1", 0.63))],
+    *[KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx2", pattern=p, mr=32, nr=1,
+                 family="f32_spmm", template="f32-spmm/avx2-tokens.c.j2",
+                 params=functools.partial(mp.spmm_tokens_params, tokens=32),
+                 scratch=functools.partial(mp.spmm_tokens_scratch, tokens=32),
+                 cost_ns={"generic": cost})
+      for p, cost in (("1x1", 0.044), ("4x1", 0.174), ("16x1", 0.64))],
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx2", pattern="1x16", mr=6, nr=16,
                family="f32_spmm", template="f32-spmm/avx2.c.j2",
                params=functools.partial(mp.spmm_columns_params, mr=6),

@@ -40,13 +40,13 @@ TARGETS: dict[str, Target] = {
                ("scalar",), (), (), 16),
         Target("x86-avx2", "x86-64 with AVX2 and FMA (Haswell, Zen 1 and later)", "x86_64",
                ("scalar", "avx2"), ("-mavx2", "-mfma", "-mf16c"), ("avx2", "fma"), 32,
-               ("immintrin.h",)),
+               ("immintrin.h", "sparsec_avx2.h")),
         Target("x86-avx512", "x86-64 with AVX-512 F/BW/DQ/VL and VNNI (Ice Lake, Zen 4 and later)",
                "x86_64", ("scalar", "avx2", "avx512f", "avx512vnni"),
                ("-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512dq",
                 "-mavx512vl", "-mavx512vnni"),
                ("avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni"), 64,
-               ("immintrin.h", "sparsec_avx512.h")),
+               ("immintrin.h", "sparsec_avx2.h", "sparsec_avx512.h")),
     )
 }
 
