@@ -96,9 +96,14 @@ def _read_inputs(module, specs: list[str], seed: int) -> dict:
             feeds[name] = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise SparsecError(f"cannot read input {name!r} from {path}: {exc}") from None
+    known = [t.name for t in module.inputs]
+    unknown = [name for name in feeds if name not in known]
+    if unknown:
+        raise SparsecError(f"--input names {', '.join(map(repr, unknown))}, not an input of "
+                           f"this model; its inputs are: {', '.join(map(repr, known))}")
     rng = np.random.default_rng(seed)
     for spec in module.inputs:
-        if spec.name not in feeds and spec.name not in [s.partition("=")[0] for s in specs]:
+        if spec.name not in feeds:
             feeds[spec.name] = _random_input(rng, spec)
             print(f"input {spec.name!r}: random {spec.describe()} (seed {seed})")
     return feeds

@@ -70,6 +70,7 @@ def test_targets_lists_every_target(capsys):
     (["info", "m.onnx"], "not a sparsec library"),
     (["run", "ok.so", "--input", "x=nothere.npy"], "cannot read input 'x'"),
     (["run", "ok.so", "--input", "x"], "expected NAME=FILE.npy"),
+    (["run", "ok.so", "--input", "z=x.npy"], "'z', not an input of this model"),
     (["compile", "m.onnx", "--target", "generic", "-o", "afile/m.so"], "afile"),
 ])
 def test_user_errors_are_one_line_without_traceback(workdir, argv, message):
@@ -83,6 +84,7 @@ def test_user_errors_are_one_line_without_traceback(workdir, argv, message):
     onnx.save(lstm, "lstm.onnx")
     main(["compile", "m.onnx", "--target", "generic", "-o", "ok.so"])
     Path("afile").write_text("a file where the output folder should be")
+    np.save("x.npy", np.zeros((2, 8), np.float32))
     result = subprocess.run([sys.executable, "-m", "sparsec", *argv], capture_output=True,
                             text=True)
     assert result.returncode == 1
