@@ -63,7 +63,7 @@ def calibrate(args, tmp: str) -> None:
         out = Path(tmp) / f"calibrate-{pattern}-{units}.so"
         result = sparsec.compile_model(layer_model(w, args.m), args.target, out,
                                        force_pattern=pattern)
-        with sparsec.load(result.library) as module:
+        with sparsec.load(result.library, threads=1) as module:
             seconds = median_seconds(lambda: module.run({"x": x}))
         return 1e9 * seconds / (units * args.m)
 
@@ -111,7 +111,7 @@ def main() -> None:
             for pattern in (None, "dense") + SPARSE_PATTERNS:
                 out = Path(tmp) / f"{pattern}-{density}.so"
                 result = sparsec.compile_model(model, args.target, out, force_pattern=pattern)
-                module = sparsec.load(result.library)
+                module = sparsec.load(result.library, threads=1)
                 got = module.run({"x": x})["y"]
                 assert np.allclose(got, np.maximum(x @ w, 0), rtol=1e-3, atol=1e-3)
                 times[pattern] = (1e3 * median_seconds(lambda: module.run({"x": x})),

@@ -20,7 +20,7 @@ from sparsec.codegen.emit import Rendered
 from sparsec.codegen.targets import BASE_CFLAGS, Target
 from sparsec.errors import BuildError
 
-RUNTIME_SOURCES = ("runtime.c", "cpu.c")
+RUNTIME_SOURCES = ("runtime.c", "cpu.c", "threads.c")
 RUNTIME_HEADERS = ("sparsec.h", "sparsec_model.h", "sparsec_avx2.h", "sparsec_avx512.h")
 
 
@@ -96,7 +96,7 @@ def compile_commands(compiler: str, target: Target, workdir: Path, output: Path,
         runtime_objects.append(str(obj))
     commands.append([*base, *target.cflags, "-c", "model.c", "-o", "model.o"])
     commands.append([compiler, "-shared", *extra_flags, *runtime_objects, "model.o",
-                     "-o", str(output), "-lm"])
+                     "-o", str(output), "-lm", "-pthread"])
     return commands
 
 

@@ -105,6 +105,8 @@ def emit(graph: Graph, target: Target, version: str) -> Rendered:
         args = [cnames.tensor_var(index[n]) for n in request.args]
         if spec.scratch:
             args.append(f"(float *)(arena + {graph.memory.scratch[node_index][0]})")
+        if spec.parallel:
+            args.append("pool")
         calls.append({"fn": fn, "args": args, "checked": request.checked})
         layers.append(_layer_info(graph, node, spec))
     used = [name for name in graph.tensors

@@ -43,6 +43,8 @@ class KernelSpec:
     cost_ns: Mapping[str, float] = field(default_factory=dict)
     # Bytes of arena scratch the kernel needs for a node; the pointer is its last argument.
     scratch: Callable[[Graph, Node], int] | None = None
+    parallel: bool = False  # the kernel splits its work over the run context's threads
+
     family: str = ""  # symbol stem: "f32_spmm" -> sparsec_f32_spmm_ukernel_...
 
     @property
@@ -146,11 +148,11 @@ KERNELS: list[KernelSpec] = [
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="scalar", pattern="runtime", mr=4, nr=32,
                family="f32_gemm", template="f32-gemm/scalar.c.j2", params=mp.dense_params),
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx2", pattern="dense", mr=6, nr=16,
-               family="f32_gemm", template="f32-gemm/avx2.c.j2",
+               family="f32_gemm", template="f32-gemm/avx2.c.j2", parallel=True,
                params=functools.partial(mp.gemm_panels_params, mr=6, panel=16),
                cost_ns={"generic": 0.0183}),
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx512f", pattern="dense", mr=12, nr=32,
-               family="f32_gemm", template="f32-gemm/avx512f.c.j2",
+               family="f32_gemm", template="f32-gemm/avx512f.c.j2", parallel=True,
                params=functools.partial(mp.gemm_panels_params, mr=12, panel=32),
                cost_ns={"generic": 0.0177}),
     *[KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx512f", pattern=p, mr=64, nr=1,
@@ -166,11 +168,11 @@ KERNELS: list[KernelSpec] = [
                  cost_ns={"generic": cost})
       for p, cost in (("1x1", 0.044), ("4x1", 0.174), ("16x1", 0.64))],
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx2", pattern="1x16", mr=6, nr=16,
-               family="f32_spmm", template="f32-spmm/avx2.c.j2",
+               family="f32_spmm", template="f32-spmm/avx2.c.j2", parallel=True,
                params=functools.partial(mp.spmm_columns_params, mr=6),
                cost_ns={"generic": 0.40}),
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx512f", pattern="1x16", mr=16, nr=16,
-               family="f32_spmm", template="f32-spmm/avx512f.c.j2",
+               family="f32_spmm", template="f32-spmm/avx512f.c.j2", parallel=True,
                params=functools.partial(mp.spmm_columns_params, mr=16),
                cost_ns={"generic": 0.35}),
     KernelSpec(op="MatMul", dtypes=FLOAT, isa="scalar", mr=4, nr=32, family="f32_matmul",

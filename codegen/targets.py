@@ -12,8 +12,9 @@ from pathlib import Path
 
 from sparsec.errors import UnsupportedTargetError
 
-BASE_CFLAGS = ("-O3", "-std=c11", "-fPIC", "-fvisibility=hidden", "-fno-math-errno",
-               "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-unused-function")
+BASE_CFLAGS = ("-O3", "-std=c11", "-pthread", "-fPIC", "-fvisibility=hidden",
+               "-fno-math-errno", "-Wall", "-Wextra", "-Wno-unused-parameter",
+               "-Wno-unused-function")
 """-fno-math-errno lets sqrtf/expf inline; results are unchanged (errno is never read)."""
 
 

@@ -1,5 +1,6 @@
 /* runtime.c: the exported ABI of sparsec.h around the generated model code.
  * No globals: all mutable state lives in a run context. */
+#define _DEFAULT_SOURCE 1 /* sysconf(_SC_NPROCESSORS_ONLN) */
 #define SPARSEC_BUILDING_LIBRARY 1
 #include "sparsec.h"
 #include "sparsec_model.h"
@@ -7,11 +8,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define ARENA_ALIGNMENT 64
 
 struct sparsec_context {
   unsigned char *arena;
+  sparsec_pool *pool;
   char error[512];
 };
 
@@ -51,8 +54,17 @@ int sparsec_cpu_check(char *message, size_t capacity)
 
 int sparsec_create(sparsec_context **out)
 {
+  return sparsec_create_threads(out, 0);
+}
+
+int sparsec_create_threads(sparsec_context **out, int threads)
+{
   if (!out)
     return SPARSEC_ERROR_ARGUMENT;
+  if (threads <= 0) {
+    const long online = sysconf(_SC_NPROCESSORS_ONLN);
+    threads = online > 0 ? (int)online : 1;
+  }
   *out = NULL;
   if (sparsec_cpu_check(NULL, 0) != SPARSEC_OK)
     return SPARSEC_ERROR_CPU;
@@ -68,6 +80,12 @@ int sparsec_create(sparsec_context **out)
       return SPARSEC_ERROR_NO_MEMORY;
     }
   }
+  context->pool = sparsec__pool_create((size_t)threads);
+  if (!context->pool) {
+    free(context->arena);
+    free(context);
+    return SPARSEC_ERROR_NO_MEMORY;
+  }
   *out = context;
   return SPARSEC_OK;
 }
@@ -76,6 +94,7 @@ void sparsec_destroy(sparsec_context *context)
 {
   if (!context)
     return;
+  sparsec__pool_destroy(context->pool);
   free(context->arena);
   free(context);
 }
@@ -102,9 +121,15 @@ int sparsec_run(sparsec_context *context, const void *const *inputs, void *const
     }
   }
   context->error[0] = '\0';
-  if (sparsec__model_run(context->arena, inputs, outputs, context->error, sizeof context->error))
+  if (sparsec__model_run(context->arena, inputs, outputs, context->error, sizeof context->error,
+                         context->pool))
     return SPARSEC_ERROR_INPUT;
   return SPARSEC_OK;
+}
+
+int sparsec_threads(const sparsec_context *context)
+{
+  return context ? (int)sparsec__pool_threads(context->pool) : 0;
 }
 
 const char *sparsec_last_error(const sparsec_context *context)

@@ -45,8 +45,15 @@ SPARSEC_API const char *sparsec_model_info(void);
  * SPARSEC_ERROR_CPU. Safe to call on any CPU: it runs before any specialised code. */
 SPARSEC_API int sparsec_cpu_check(char *message, size_t capacity);
 
-/* Creates a run context in *out. Checks the CPU first. */
+/* Creates a run context in *out with one thread per online CPU. Checks the CPU first. */
 SPARSEC_API int sparsec_create(sparsec_context **out);
+
+/* The same with `threads` threads (the caller's included); threads <= 0 means one per online
+ * CPU. The threads live as long as the context and sleep between runs. */
+SPARSEC_API int sparsec_create_threads(sparsec_context **out, int threads);
+
+/* How many threads a context runs with. */
+SPARSEC_API int sparsec_threads(const sparsec_context *context);
 
 /* Frees a context and its arena. NULL is allowed. */
 SPARSEC_API void sparsec_destroy(sparsec_context *context);

@@ -26,10 +26,22 @@ SPARSEC_HIDDEN extern const size_t sparsec__arena_bytes;
 SPARSEC_HIDDEN extern const size_t sparsec__num_inputs;
 SPARSEC_HIDDEN extern const size_t sparsec__num_outputs;
 SPARSEC_HIDDEN extern const char sparsec__model_info_json[];
+/* The run context's threads (threads.c). A parallel region runs task(args, i) for every
+ * i < count on the pool's workers and the caller, and returns when all are done; a NULL pool
+ * runs them in order on the caller. */
+typedef struct sparsec_pool sparsec_pool;
+typedef void (*sparsec_task)(void *args, size_t index);
+SPARSEC_HIDDEN sparsec_pool *sparsec__pool_create(size_t threads);
+SPARSEC_HIDDEN void sparsec__pool_destroy(sparsec_pool *pool);
+SPARSEC_HIDDEN size_t sparsec__pool_threads(const sparsec_pool *pool);
+SPARSEC_HIDDEN void sparsec__parallel(sparsec_pool *pool, size_t count, sparsec_task task,
+                                      void *args);
+
 /* Returns 0, or non-zero after writing a message into `error` (an input value the compiled
  * shapes cannot accept, such as a run-time Reshape target that disagrees with them). */
 SPARSEC_HIDDEN int sparsec__model_run(unsigned char *arena, const void *const *inputs,
-                                      void *const *outputs, char *error, size_t capacity);
+                                      void *const *outputs, char *error, size_t capacity,
+                                      sparsec_pool *pool);
 
 /* Features this CPU and OS offer, as SPARSEC_FEATURE_* bits (cpu.c). */
 SPARSEC_HIDDEN uint32_t sparsec__host_features(void);

@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="an input array (repeatable); omitted inputs get seeded random values")
     p.add_argument("--out", metavar="FILE.npz", help="save outputs instead of printing them")
     p.add_argument("--seed", type=int, default=0, help="seed for generated inputs")
+    p.add_argument("--threads", type=int, help="threads to run with (default: one per CPU)")
 
     p = sub.add_parser("info", help="describe a compiled library")
     p.add_argument("library")
@@ -120,7 +121,7 @@ def _random_input(rng, spec) -> np.ndarray:
 def cmd_run(args) -> int:
     from sparsec.module import load
 
-    with load(args.library) as module:
+    with load(args.library, threads=args.threads) as module:
         outputs = module.run(_read_inputs(module, args.input, args.seed))
     if args.out:
         np.savez(args.out, **outputs)

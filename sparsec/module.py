@@ -47,7 +47,7 @@ def _ffi() -> cffi.FFI:
 class Module:
     """A compiled model: `run({name: array}) -> {name: array}`, or call it with positionals."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, threads: int | None = None):
         self.path = Path(path)
         if not self.path.is_file():
             raise LoadError(f"no compiled model at {self.path}")
@@ -70,12 +70,15 @@ class Module:
         self.info = json.loads(ffi.string(self._lib.sparsec_model_info()).decode())
         self.inputs = [_TensorSpec(t) for t in self.info["inputs"]]
         self.outputs = [_TensorSpec(t) for t in self.info["outputs"]]
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise LoadError(f"threads must be a positive integer, got {threads!r}")
         context = ffi.new("sparsec_context **")
-        status = self._lib.sparsec_create(context)
+        status = self._lib.sparsec_create_threads(context, threads or 0)
         if status != 0:
             raise LoadError(f"{self.path}: cannot create a run context: "
                             f"{ffi.string(self._lib.sparsec_status_message(status)).decode()}")
         self._context = context[0]
+        self.threads = self._lib.sparsec_threads(self._context)
         self._lock = threading.Lock()
         self._input_pointers = ffi.new("void *[]", max(len(self.inputs), 1))
         self._output_pointers = ffi.new("void *[]", max(len(self.outputs), 1))
@@ -215,6 +218,6 @@ class _TensorSpec:
         return value
 
 
-def load(path: str | os.PathLike) -> Module:
-    """Load a compiled model library."""
-    return Module(path)
+def load(path: str | os.PathLike, threads: int | None = None) -> Module:
+    """Load a compiled model library; `threads` defaults to one per online CPU."""
+    return Module(path, threads)

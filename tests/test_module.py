@@ -182,3 +182,43 @@ def test_integer_matmul_names_the_op_and_the_supported_dtypes(compiler):
                        match=r"node 'mm' \(op MatMul\) works on int32; sparsec runs MatMul on "
                              r"float32 only"):
         compiler.compile(m, "generic")
+
+
+STRESS = """
+import sys
+import numpy as np
+import sparsec
+path = sys.argv[1]
+x = np.random.default_rng(0).standard_normal((40, 64)).astype(np.float32)
+with sparsec.load(path, threads=1) as serial:
+    expected = serial.run({"x": x})["y"]
+for threads in (2, 3, 4):
+    for _ in range(20):  # create/destroy cycles start and join the pool each time
+        with sparsec.load(path, threads=threads) as module:
+            assert module.threads == threads
+            for _ in range(50):
+                assert np.array_equal(module.run({"x": x})["y"], expected)
+print("ok")
+"""
+
+
+def test_thread_pool_gives_serial_results_and_never_hangs(compiler, tmp_path):
+    import subprocess
+    import sys
+
+    # A 1x16 model runs its kernel as a parallel region; a deadlock fails by timeout here
+    # instead of hanging the suite.
+    path = compiler.compile(mlp(k=64, n=64, m=40, density=0.2), "native",
+                            force_pattern="1x16").library
+    script = tmp_path / "stress.py"
+    script.write_text(STRESS)
+    result = subprocess.run([sys.executable, str(script), str(path)], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_threads_argument_is_validated(compiler):
+    path = compiler.compile(mlp(), "generic").library
+    with pytest.raises(LoadError, match="threads must be a positive integer"):
+        sparsec.load(path, threads=0)
+    assert sparsec.load(path, threads=3).threads == 3

@@ -1,0 +1,110 @@
+"""Sparse matrix kernels on transformer-sized layers, against dense onnxruntime and numpy.
+
+    python benchmarks/spmm.py [--target native] [--quick]
+
+For (M, K, N) in the shapes below (M = tokens), sparsity 70/80/90 %, weights pruned in 4x1
+blocks, 1x16 blocks or unstructured: median latency of a compiled one-MatMul model (the
+storage sparsec chooses itself), onnxruntime's dense MatMul on the same file, and numpy
+(OpenBLAS; OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset for this process). Reports ratios
+measured in the same run and the fraction of one core's measured FMA peak (benchmarks/peak.c)
+achieved on the nonzero FLOPs (1 thread), and sparsec's speedup on 2 threads (onnxruntime
+keeps 1 thread: the ratios compare single cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import median_seconds, ort_session, unset_openblas_overrides, write_table
+
+unset_openblas_overrides()
+
+import numpy as np
+from kernels import pruned_weight
+from onnx import TensorProto, helper, numpy_helper
+
+import sparsec
+from sparsec.codegen import build, targets
+
+SHAPES = [(128, 768, 768), (128, 768, 3072), (128, 3072, 768), (128, 1024, 4096),
+          (128, 4096, 1024)]
+SPARSITIES = (0.7, 0.8, 0.9)
+PATTERNS = {"4x1": "4x1", "1x16": "1x16", "unstructured": "1x1"}
+
+
+def matmul_model(w: np.ndarray, m: int):
+    k, n = w.shape
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "spmm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
+                              [numpy_helper.from_array(w, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def peak_gflops(target: targets.Target, workdir: Path) -> float:
+    """One core's fp32 FMA peak with the target's vector flags."""
+    flags = [f for f in target.cflags if f in ("-mavx2", "-mfma", "-mavx512f")]
+    if target.arch != "x86_64" or not flags:
+        flags = ["-mavx2", "-mfma"]
+    exe = workdir / "peak"
+    subprocess.run([build.find_compiler(), "-O2", *flags, str(Path(__file__).parent / "peak.c"),
+                    "-o", str(exe)], check=True)
+    return float(subprocess.run([str(exe)], check=True, capture_output=True,
+                                text=True).stdout.split()[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", default="native")
+    parser.add_argument("--quick", action="store_true", help="first shape and 90 %% only")
+    args = parser.parse_args()
+    target = targets.resolve(args.target)
+    shapes = SHAPES[:1] if args.quick else SHAPES
+    sparsities = (0.9,) if args.quick else SPARSITIES
+    rng = np.random.default_rng(0)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        peak = peak_gflops(target, Path(tmp))
+        print(f"peak: {peak:.0f} GFLOP/s per core")
+        for m, k, n in shapes:
+            x = rng.standard_normal((m, k)).astype(np.float32)
+            for sparsity in sparsities:
+                for label, block in PATTERNS.items():
+                    w = pruned_weight(rng, k, n, 1 - sparsity, block)
+                    model = matmul_model(w, m)
+                    session = ort_session(model.SerializeToString())
+                    ort_ms = 1e3 * median_seconds(lambda: session.run(None, {"x": x}))
+                    np_ms = 1e3 * median_seconds(lambda: x @ w)
+                    result = sparsec.compile_model(model, target.name,
+                                                   Path(tmp) / f"{m}-{k}-{n}-{label}.so")
+                    with sparsec.load(result.library, threads=1) as module:
+                        got = module.run({"x": x})["y"]
+                        np.testing.assert_allclose(got, x @ w, rtol=1e-3, atol=1e-3)
+                        ms = 1e3 * median_seconds(lambda: module.run({"x": x}))
+                    with sparsec.load(result.library, threads=2) as module:
+                        ms2 = 1e3 * median_seconds(lambda: module.run({"x": x}))
+                    nonzero_gflops = 2 * m * np.count_nonzero(w) / (ms * 1e6)
+                    layer = result.info["layers"][0]
+                    rows.append([f"{m}x{k}x{n}", f"{sparsity:.0%}", label, layer["pattern"],
+                                 f"{ms:.3f}", f"{ort_ms:.3f}", f"{np_ms:.3f}",
+                                 f"{ort_ms / ms:.2f}x", f"{np_ms / ms:.2f}x",
+                                 f"{nonzero_gflops:.0f}", f"{nonzero_gflops / peak:.0%}",
+                                 f"{ms2:.3f}", f"{ms / ms2:.2f}x"])
+                    print(rows[-1], flush=True)
+    path = write_table(
+        f"spmm-{target.name}", f"Sparse MatMul, target {target.name}, 1 thread",
+        ["M x K x N", "sparsity", "pruned as", "sparsec storage", "sparsec ms", "ORT ms",
+         "numpy ms", "vs ORT", "vs numpy", "nonzero GFLOP/s", "of peak", "2 threads ms",
+         "2 vs 1 thread"], rows,
+        f"Medians; peak {peak:.0f} GFLOP/s per core measured by benchmarks/peak.c; numpy with "
+        "OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset in its process.")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
