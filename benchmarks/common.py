@@ -13,10 +13,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def unset_openblas_overrides() -> None:
     """OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE may be set on these machines and slow numpy down;
-    a numpy baseline must not carry that handicap. Affects this process only, and must run
-    before numpy is imported."""
+    a numpy baseline must not carry that handicap. numpy runs on one thread, like the other
+    single-thread columns. Affects this process only, and must run before numpy is imported."""
     for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
         os.environ.pop(name, None)
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
 
 
 def median_seconds(fn, *, min_runs: int = 10, min_time: float = 0.5) -> float:

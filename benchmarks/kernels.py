@@ -126,7 +126,8 @@ def main() -> None:
         f"kernels-{args.target}-{args.block}",
         f"Dense layer {args.m}x{args.k} . {args.k}x{args.n}, "
         f"weights pruned in {args.block} blocks, target {args.target}", header, rows,
-        "1 thread; medians; numpy with OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset in its process."
+        "1 thread; medians; numpy on 1 thread with OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset in "
+        "its process."
         " Columns after 'auto vs ORT': sparsec with the storage forced.")
     print(f"wrote {path}")
 

@@ -97,12 +97,13 @@ def main() -> None:
                                  f"{ms2:.3f}", f"{ms / ms2:.2f}x"])
                     print(rows[-1], flush=True)
     path = write_table(
-        f"spmm-{target.name}", f"Sparse MatMul, target {target.name}, 1 thread",
+        f"spmm-{target.name}", f"Sparse MatMul, target {target.name}",
         ["M x K x N", "sparsity", "pruned as", "sparsec storage", "sparsec ms", "ORT ms",
          "numpy ms", "vs ORT", "vs numpy", "nonzero GFLOP/s", "of peak", "2 threads ms",
          "2 vs 1 thread"], rows,
-        f"Medians; peak {peak:.0f} GFLOP/s per core measured by benchmarks/peak.c; numpy with "
-        "OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset in its process.")
+        f"Medians; peak {peak:.0f} GFLOP/s per core measured by benchmarks/peak.c; numpy on 1 "
+        "thread with OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE unset in its process; onnxruntime on "
+        "1 thread.")
     print(f"wrote {path}")
 
 
