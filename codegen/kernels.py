@@ -156,14 +156,14 @@ KERNELS: list[KernelSpec] = [
                params=functools.partial(mp.gemm_panels_params, mr=12, panel=32),
                cost_ns={"generic": 0.0177}),
     *[KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx512f", pattern=p, mr=64, nr=1,
-                 family="f32_spmm", template="f32-spmm/avx512f-tokens.c.j2",
-                 params=functools.partial(mp.spmm_tokens_params, tokens=64),
+                 family="f32_spmm", template="f32-spmm/x86-tokens.c.j2", parallel=True,
+                 params=functools.partial(mp.spmm_tokens_params, tokens=64, isa="avx512f"),
                  scratch=functools.partial(mp.spmm_tokens_scratch, tokens=64),
                  cost_ns={"generic": cost})
       for p, cost in (("1x1", 0.039), ("4x1", 0.154), ("16x1", 0.63))],
     *[KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx2", pattern=p, mr=32, nr=1,
-                 family="f32_spmm", template="f32-spmm/avx2-tokens.c.j2",
-                 params=functools.partial(mp.spmm_tokens_params, tokens=32),
+                 family="f32_spmm", template="f32-spmm/x86-tokens.c.j2", parallel=True,
+                 params=functools.partial(mp.spmm_tokens_params, tokens=32, isa="avx2"),
                  scratch=functools.partial(mp.spmm_tokens_scratch, tokens=32),
                  cost_ns={"generic": cost})
       for p, cost in (("1x1", 0.044), ("4x1", 0.174), ("16x1", 0.64))],

@@ -157,7 +157,22 @@ def column_blocks(packed, columns: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     return col_ptr, block_rows[order].astype(np.int32), packed.values[order]
 
 
-def spmm_tokens_params(req: KernelRequest, tokens: int) -> dict:
+# Names the token-tile template (f32-spmm/x86-tokens.c.j2) uses for each ISA.
+TOKEN_TILE_ISAS = {
+    "avx512f": {"name": "AVX-512F", "lanes": 16, "vec": "__m512", "zero": "_mm512_setzero_ps",
+                "broadcast": "_mm512_set1_ps(*({}))", "load": "_mm512_load_ps",
+                "store": "_mm512_store_ps", "fmadd": "_mm512_fmadd_ps", "add": "_mm512_add_ps",
+                "transpose": "sparsec_transpose16x16", "epilogue": "avx512-epilogue.j2",
+                "mask_type": "__mmask16", "full_mask": "(__mmask16)0xffff"},
+    "avx2": {"name": "AVX2", "lanes": 8, "vec": "__m256", "zero": "_mm256_setzero_ps",
+             "broadcast": "_mm256_broadcast_ss({})", "load": "_mm256_load_ps",
+             "store": "_mm256_store_ps", "fmadd": "_mm256_fmadd_ps", "add": "_mm256_add_ps",
+             "transpose": "sparsec_transpose8x8", "epilogue": "avx2-epilogue.j2",
+             "mask_type": "__m256i", "full_mask": "_mm256_set1_epi32(-1)"},
+}
+
+
+def spmm_tokens_params(req: KernelRequest, tokens: int, isa: str) -> dict:
     """Rx1-block weight for SIMD kernels that vectorise over tokens: per-output-column CSR
     (block row index and R values per block); the kernel transposes A tiles in scratch."""
     node, a, weight = req.node, req.input(0), req.input(1)
@@ -167,6 +182,7 @@ def spmm_tokens_params(req: KernelRequest, tokens: int) -> dict:
     col_ptr, k_idx, values = column_blocks(packed, n)
     req.take(a)
     params = {
+        "isa": TOKEN_TILE_ISAS[isa],
         "M": m, "K": k, "N": n, "R": packed.rows, "KB": packed.row_ptr.size - 1, "T": tokens,
         "a_sm": a_sm, "a_sk": a_sk, "num_blocks": packed.num_blocks,
         "col_ptr": req.blob.add(col_ptr), "k_idx": req.blob.add(k_idx),

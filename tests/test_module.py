@@ -189,7 +189,7 @@ import sys
 import numpy as np
 import sparsec
 path = sys.argv[1]
-x = np.random.default_rng(0).standard_normal((40, 64)).astype(np.float32)
+x = np.random.default_rng(0).standard_normal((70, 64)).astype(np.float32)
 with sparsec.load(path, threads=1) as serial:
     expected = serial.run({"x": x})["y"]
 for threads in (2, 3, 4):
@@ -202,14 +202,15 @@ print("ok")
 """
 
 
-def test_thread_pool_gives_serial_results_and_never_hangs(compiler, tmp_path):
+@pytest.mark.parametrize("pattern", ["1x16", "4x1", "dense"])
+def test_thread_pool_gives_serial_results_and_never_hangs(compiler, tmp_path, pattern):
     import subprocess
     import sys
 
-    # A 1x16 model runs its kernel as a parallel region; a deadlock fails by timeout here
-    # instead of hanging the suite.
-    path = compiler.compile(mlp(k=64, n=64, m=40, density=0.2), "native",
-                            force_pattern="1x16").library
+    # On x86 these kernels run as parallel regions (4x1: two per 64-token tile, one of
+    # them a tail tile here); a deadlock fails by timeout instead of hanging the suite.
+    path = compiler.compile(mlp(k=64, n=64, m=70, density=0.2), "native",
+                            force_pattern=pattern).library
     script = tmp_path / "stress.py"
     script.write_text(STRESS)
     result = subprocess.run([sys.executable, str(script), str(path)], capture_output=True,
