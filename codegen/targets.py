@@ -29,10 +29,6 @@ class Target:
     vector_bytes: int
     includes: tuple[str, ...] = ()  # system headers the target's kernels need
 
-    @property
-    def vector_width_f32(self) -> int:
-        return self.vector_bytes // 4
-
 
 TARGETS: dict[str, Target] = {
     t.name: t
