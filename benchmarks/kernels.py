@@ -1,7 +1,8 @@
 """One Dense layer (M x K times K x N, bias, ReLU) at several densities and block patterns.
 
     python benchmarks/kernels.py [--target generic] [--m 128] [--k 768] [--n 768]
-    python benchmarks/kernels.py --calibrate [--target T]   # the kernel table's cost_ns
+    python benchmarks/kernels.py --calibrate [--target T] [--quantize dynamic]
+        # the kernel table's cost_ns (fp32 rows, or the int8 rows with --quantize)
 
 For each density: onnxruntime and numpy on the same pruned weight (dense kernels, they cannot
 skip zeros), and sparsec with every storage (dense and each block pattern, forced with
@@ -26,6 +27,7 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 import sparsec
+from sparsec.codegen import kernels, targets
 from sparsec.compiler.ir import SPARSE_PATTERNS, block_shape
 from sparsec.compiler.passes.detect_sparsity import block_counts
 
@@ -62,20 +64,21 @@ def calibrate(args, tmp: str) -> None:
     def per_unit(w, pattern, units):
         out = Path(tmp) / f"calibrate-{pattern}-{units}.so"
         result = sparsec.compile_model(layer_model(w, args.m), args.target, out,
-                                       force_pattern=pattern)
+                                       force_pattern=pattern, quantize=args.quantize)
         with sparsec.load(result.library, threads=1) as module:
             seconds = median_seconds(lambda: module.run({"x": x}))
         return 1e9 * seconds / (units * args.m)
 
     dense_w = rng.standard_normal((args.k, args.n)).astype(np.float32)
     costs = {"dense": per_unit(dense_w, "dense", dense_w.size)}
-    for pattern in SPARSE_PATTERNS:
+    weights = "int8" if args.quantize else "float32"
+    for pattern in kernels.sparse_costs(targets.resolve(args.target), weights):
         samples = []
         for density in (0.2, 0.1, 0.05):
             w = pruned_weight(rng, args.k, args.n, density, pattern)
             samples.append(per_unit(w, pattern, block_counts(w, *block_shape(pattern))))
         costs[pattern] = float(np.median(samples))
-    print(f"target {args.target}, ns per activation row and unit:")
+    print(f"target {args.target}, {weights} weights, ns per activation row and unit:")
     for name, value in costs.items():
         print(f"  {name:>5}: {value:.4g}")
 
@@ -90,6 +93,8 @@ def main() -> None:
     parser.add_argument("--block", default="4x1", help="block shape the weights are pruned in")
     parser.add_argument("--calibrate", action="store_true",
                         help="measure the kernel table's cost_ns for --target and print them")
+    parser.add_argument("--quantize", choices=["dynamic"],
+                        help="with --calibrate: the int8 rows (weights quantized)")
     args = parser.parse_args()
     if args.calibrate:
         with tempfile.TemporaryDirectory() as tmp:

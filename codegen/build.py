@@ -94,7 +94,10 @@ def compile_commands(compiler: str, target: Target, workdir: Path, output: Path,
         obj = workdir / (Path(source).stem + ".o")
         commands.append([*base, "-c", str(runtime_dir() / source), "-o", str(obj)])
         runtime_objects.append(str(obj))
-    commands.append([*base, *target.cflags, "-c", "model.c", "-o", "model.o"])
+    # Extra flags last, so that they can override the target's (tests build AVX-VNNI kernels
+    # with -mno-avxvnni to run them through their EVEX twins).
+    commands.append([compiler, *BASE_CFLAGS, *include, *target.cflags, *extra_flags,
+                     "-c", "model.c", "-o", "model.o"])
     commands.append([compiler, "-shared", *extra_flags, *runtime_objects, "model.o",
                      "-o", str(output), "-lm", "-pthread"])
     return commands

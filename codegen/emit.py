@@ -174,7 +174,7 @@ def _layer_info(graph: Graph, node, spec: KernelSpec) -> dict:
     layer = {"node": node.name, "op": node.op, "kernel": spec.symbol}
     if node.op == DENSE:
         weight = graph.tensors[node.inputs[1]]
-        layer.update(weight=weight.name, shape=list(weight.shape),
+        layer.update(weight=weight.name, shape=list(weight.shape), weight_dtype=weight.dtype,
                      activation=node.attrs.get("activation", "") or None,
                      bias=bool(node.inputs[2]))
         info = weight.sparsity

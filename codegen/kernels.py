@@ -12,6 +12,7 @@ import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from sparsec.codegen import int8_params as qp
 from sparsec.codegen import matrix_params as mp
 from sparsec.codegen import params as kp
 from sparsec.codegen.targets import Target
@@ -24,7 +25,7 @@ INTEGER = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint
 NUMERIC = ("float32", "float64") + INTEGER
 ANY = NUMERIC + ("bool",)
 
-ISA_ORDER = ("scalar", "avx2", "avx512f", "avx512vnni")  # oldest to shiniest
+ISA_ORDER = ("scalar", "avx2", "avxvnni", "avx512f", "avx512vnni")  # oldest to shiniest
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class KernelSpec:
     # Bytes of arena scratch the kernel needs for a node; the pointer is its last argument.
     scratch: Callable[[Graph, Node], int] | None = None
     parallel: bool = False  # the kernel splits its work over the run context's threads
+    weight_dtype: str = "float32"  # Dense rows: the constant weight's dtype (int8: quantized)
 
     family: str = ""  # symbol stem: "f32_spmm" -> sparsec_f32_spmm_ukernel_...
 
@@ -54,21 +56,28 @@ class KernelSpec:
         return f"sparsec_{self.family}_ukernel_{self.mr}x{self.nr}{pattern}__{self.isa}"
 
 
+def weight_dtype(graph: Graph, node: Node) -> str:
+    if node.op != DENSE:
+        return "float32"
+    return graph.tensors[node.inputs[1]].dtype
+
+
 def node_dtype(graph: Graph, node: Node) -> str:
     names = [n for n in node.inputs if n] or node.outputs
     return graph.tensors[names[0]].dtype
 
 
-def candidates(node: Node, pattern: str, dtype: str) -> list[KernelSpec]:
+def candidates(node: Node, pattern: str, dtype: str, weights: str) -> list[KernelSpec]:
     return [k for k in KERNELS if k.op == node.op and dtype in k.dtypes
-            and k.pattern in ("any", pattern)]
+            and k.pattern in ("any", pattern) and k.weight_dtype == weights]
 
 
 def select(graph: Graph, node: Node, target: Target) -> KernelSpec:
     """The row for `node` with the shiniest ISA the target has; an error lists what was tried."""
     dtype = node_dtype(graph, node)
     pattern = weight_pattern(graph, node)
-    fitting = [k for k in candidates(node, pattern, dtype) if k.isa in target.isas]
+    weights = weight_dtype(graph, node)
+    fitting = [k for k in candidates(node, pattern, dtype, weights) if k.isa in target.isas]
     if fitting:
         return max(fitting, key=lambda k: ISA_ORDER.index(k.isa))
     op = node.attrs.get("source_op", node.op)  # the ONNX op the user wrote, not fuse's Dense
@@ -78,7 +87,8 @@ def select(graph: Graph, node: Node, target: Target) -> KernelSpec:
                                   f"{op} on {', '.join(dtypes) or 'no dtype'} only")
     tried = [k.symbol for k in KERNELS if k.op == node.op] or ["no kernel for this op"]
     raise KernelNotFoundError(
-        f"no kernel for node {node.name!r} (op {op}, dtype {dtype}, weights {pattern}) on "
+        f"no kernel for node {node.name!r} (op {op}, dtype {dtype}, {weights} weights "
+        f"{pattern}) on "
         f"target {target.name}; tried: {', '.join(tried)}")
 
 
@@ -104,22 +114,22 @@ def _cost(spec: KernelSpec, target: Target) -> float:
     return spec.cost_ns.get(target.name, spec.cost_ns["generic"])
 
 
-def _dense_rows(target: Target, pattern: str) -> list[KernelSpec]:
-    return [k for k in KERNELS
-            if k.op == DENSE and k.pattern == pattern and k.isa in target.isas]
+def _dense_rows(target: Target, pattern: str, weights: str) -> list[KernelSpec]:
+    return [k for k in KERNELS if k.op == DENSE and k.pattern == pattern
+            and k.weight_dtype == weights and k.isa in target.isas]
 
 
-def dense_cost(target: Target) -> float:
+def dense_cost(target: Target, weights: str = "float32") -> float:
     """ns per weight element and activation row of the dense kernel the target would use."""
-    best = max(_dense_rows(target, "dense"), key=lambda k: ISA_ORDER.index(k.isa))
+    best = max(_dense_rows(target, "dense", weights), key=lambda k: ISA_ORDER.index(k.isa))
     return _cost(best, target)
 
 
-def sparse_costs(target: Target) -> dict[str, float]:
+def sparse_costs(target: Target, weights: str = "float32") -> dict[str, float]:
     """ns per nonzero block and activation row, for each block pattern the target has."""
     costs = {}
     for pattern in SPARSE_PATTERNS:
-        rows = _dense_rows(target, pattern)
+        rows = _dense_rows(target, pattern, weights)
         if rows:
             costs[pattern] = _cost(max(rows, key=lambda k: ISA_ORDER.index(k.isa)), target)
     return costs
@@ -175,6 +185,23 @@ KERNELS: list[KernelSpec] = [
                family="f32_spmm", template="f32-spmm/avx512f.c.j2", parallel=True,
                params=functools.partial(mp.spmm_columns_params, mr=16),
                cost_ns={"generic": 0.35}),
+    # int8 weights (--quantize dynamic): every row walks 4x1 groups; "dense" keeps them all.
+    # A sparse row's cost is per kept group, a dense row's per weight element.
+    *[KernelSpec(op=DENSE, dtypes=FLOAT, weight_dtype="int8", isa="scalar", pattern=p, mr=1,
+                 nr=1, family="qs8_dense", template="i8-dense/scalar.c.j2",
+                 params=qp.int8_dense_params, scratch=qp.int8_scalar_scratch,
+                 cost_ns={"generic": cost})
+      for p, cost in (("dense", 0.39), ("4x1", 2.5))],
+    *[KernelSpec(op=DENSE, dtypes=FLOAT, weight_dtype="int8", isa=isa, pattern=p, mr=tokens,
+                 nr=1, family="qs8_dense", template="i8-dense/x86-vnni-tokens.c.j2",
+                 parallel=True,
+                 params=functools.partial(qp.int8_dense_params, tokens=tokens, isa=isa),
+                 scratch=functools.partial(qp.int8_tokens_scratch, tokens=tokens),
+                 cost_ns={"generic": cost})
+      # AVX-VNNI's numbers are AVX-512 VNNI's doubled (half the lanes): no host here has it.
+      for isa, tokens, costs in (("avx512vnni", 64, (0.0099, 0.044)),
+                                 ("avxvnni", 32, (0.020, 0.088)))
+      for p, cost in zip(("dense", "4x1"), costs)],
     KernelSpec(op="MatMul", dtypes=FLOAT, isa="scalar", mr=4, nr=32, family="f32_matmul",
                template="f32-gemm/scalar.c.j2", params=mp.matmul_params),
     *[KernelSpec(op=op, dtypes=NUMERIC, isa="scalar", family=f"x_{op.lower()}",

@@ -38,6 +38,10 @@ TARGETS: dict[str, Target] = {
         Target("x86-avx2", "x86-64 with AVX2 and FMA (Haswell, Zen 1 and later)", "x86_64",
                ("scalar", "avx2"), ("-mavx2", "-mfma", "-mf16c"), ("avx2", "fma"), 32,
                ("immintrin.h", "sparsec_avx2.h")),
+        Target("x86-avxvnni", "x86-64 with AVX2, FMA and AVX-VNNI (Alder Lake, Zen 5 and later)",
+               "x86_64", ("scalar", "avx2", "avxvnni"),
+               ("-mavx2", "-mfma", "-mf16c", "-mavxvnni"), ("avx2", "fma", "avxvnni"), 32,
+               ("immintrin.h", "sparsec_avx2.h")),
         Target("x86-avx512", "x86-64 with AVX-512 F/BW/DQ/VL and VNNI (Ice Lake, Zen 4 and later)",
                "x86_64", ("scalar", "avx2", "avx512f", "avx512vnni"),
                ("-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512dq",
@@ -49,7 +53,7 @@ TARGETS: dict[str, Target] = {
 
 # Feature bits shared with runtime_c/cpu.c: the library reports missing ones by these names.
 FEATURE_BITS = {"avx2": 0, "fma": 1, "avx512f": 2, "avx512bw": 3, "avx512dq": 4, "avx512vl": 5,
-                "avx512vnni": 6}
+                "avx512vnni": 6, "avxvnni": 7}
 
 
 def host_arch() -> str:
@@ -69,6 +73,8 @@ def host_features() -> frozenset[str]:
             flags = set(line.split(":", 1)[1].split())
             if "avx512_vnni" in flags:
                 flags.add("avx512vnni")
+            if "avx_vnni" in flags:
+                flags.add("avxvnni")
             return frozenset(flags)
     return frozenset()
 

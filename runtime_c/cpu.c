@@ -31,6 +31,7 @@ uint32_t sparsec__host_features(void)
     features |= SPARSEC_FEATURE_AVX2;
   if (fma)
     features |= SPARSEC_FEATURE_FMA;
+  const unsigned max_subleaf = eax;
   if (os_avx512) {
     if ((ebx >> 16) & 1) features |= SPARSEC_FEATURE_AVX512F;
     if ((ebx >> 17) & 1) features |= SPARSEC_FEATURE_AVX512DQ;
@@ -38,6 +39,9 @@ uint32_t sparsec__host_features(void)
     if ((ebx >> 31) & 1) features |= SPARSEC_FEATURE_AVX512VL;
     if ((ecx >> 11) & 1) features |= SPARSEC_FEATURE_AVX512VNNI;
   }
+  /* AVX-VNNI (VEX-encoded, 256-bit) sits in leaf 7 subleaf 1, EAX bit 4. */
+  if (max_subleaf >= 1 && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && ((eax >> 4) & 1))
+    features |= SPARSEC_FEATURE_AVXVNNI;
 #ifdef SPARSEC_HIDE_FEATURES
   /* Test builds pretend the CPU lacks these bits, to exercise the refusal path. */
   features &= ~(uint32_t)(SPARSEC_HIDE_FEATURES);

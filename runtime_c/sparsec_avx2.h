@@ -30,4 +30,30 @@ static inline void sparsec_transpose8x8(const float *src, size_t src_stride, flo
   }
 }
 
+/* 32 floats -> their 32 u8 codes in order, as sparsec_quantize_u8x64 (AVX-512) computes
+ * them. The two saturating packs interleave 128-bit lanes; the final permute restores the
+ * order of the four 8-float groups. */
+static inline __m256i sparsec_quantize_u8x32(const float *x, __m256 scale, __m256 low,
+                                             __m256 high, __m256i zero_point)
+{
+  __m256i codes[4];
+  for (int i = 0; i < 4; i++) {
+    __m256 v = _mm256_div_ps(_mm256_loadu_ps(x + 8 * i), scale);
+    v = _mm256_min_ps(_mm256_max_ps(v, low), high);
+    codes[i] = _mm256_add_epi32(_mm256_cvtps_epi32(v), zero_point);
+  }
+  const __m256i bytes = _mm256_packus_epi16(_mm256_packus_epi32(codes[0], codes[1]),
+                                            _mm256_packus_epi32(codes[2], codes[3]));
+  return _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+/* vpdpbusd on 256 bits. Test builds define SPARSEC_AVXVNNI_AS_AVX512VL to run AVX-VNNI kernels
+ * on AVX-512 hosts without AVX-VNNI, through the same operation's EVEX encoding (AVX-512 VL +
+ * VNNI); model.c then requires those features instead. */
+#ifdef SPARSEC_AVXVNNI_AS_AVX512VL
+#define sparsec_dpbusd256 _mm256_dpbusd_epi32
+#else
+#define sparsec_dpbusd256 _mm256_dpbusd_avx_epi32
+#endif
+
 #endif /* SPARSEC_AVX2_H */

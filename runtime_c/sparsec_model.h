@@ -16,10 +16,11 @@ enum {
   SPARSEC_FEATURE_AVX512BW = 1u << 3,
   SPARSEC_FEATURE_AVX512DQ = 1u << 4,
   SPARSEC_FEATURE_AVX512VL = 1u << 5,
-  SPARSEC_FEATURE_AVX512VNNI = 1u << 6
+  SPARSEC_FEATURE_AVX512VNNI = 1u << 6,
+  SPARSEC_FEATURE_AVXVNNI = 1u << 7
 };
 #define SPARSEC_FEATURE_NAMES \
-  { "avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni" }
+  { "avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni", "avxvnni" }
 
 SPARSEC_HIDDEN extern const uint32_t sparsec__required_features;
 SPARSEC_HIDDEN extern const size_t sparsec__arena_bytes;

@@ -25,9 +25,9 @@ class CompileResult:
     graph: Graph
 
 
-def cost_model(target: targets.Target) -> SparseKernelCost:
-    return SparseKernelCost(dense_per_element=kernels.dense_cost(target),
-                            per_block=kernels.sparse_costs(target))
+def cost_model(target: targets.Target, weight_dtype: str = "float32") -> SparseKernelCost:
+    return SparseKernelCost(dense_per_element=kernels.dense_cost(target, weight_dtype),
+                            per_block=kernels.sparse_costs(target, weight_dtype))
 
 
 def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "native",
@@ -37,7 +37,8 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "nat
                   cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
                   verify_each: bool = False, keep_source: str | os.PathLike | None = None,
                   extra_cflags: tuple[str, ...] = (),
-                  force_pattern: str | None = None) -> CompileResult:
+                  force_pattern: str | None = None,
+                  quantize: str | None = None) -> CompileResult:
     """Compile and return the library path, its C header, its model info and the final IR."""
     resolved = targets.resolve(target)
     if output is None:
@@ -53,6 +54,7 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "nat
     graph = frontend.import_model(model, input_shapes)
     ctx = PassContext(cost=cost_model(resolved), verify_each=verify_each,
                       dump_dir=Path(dump_ir) if dump_ir else None, force_pattern=force_pattern,
+                      quantize=quantize, int8_cost=cost_model(resolved, "int8"),
                       scratch_bytes=lambda g, n: kernels.scratch_bytes(g, n, resolved))
     graph = run_pipeline(graph, ctx)
     rendered = emit.emit(graph, resolved, __version__)
@@ -73,7 +75,8 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str = "native",
 
     Options: input_shapes={"name": (1, 128)} pins dynamic dimensions; dump_ir=DIR writes the IR
     after every pass; cache_dir/use_cache control the build cache; force_pattern="4x1" (or
-    "dense") overrides the cost model's choice for every weight.
+    "dense") overrides the cost model's choice for every weight; quantize="dynamic" runs the
+    matrix products in int8 (weights per output channel, activations per tensor at run time).
     """
     return compile_model(model, target, output, **options).library
 

@@ -36,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pattern", metavar="P", dest="force_pattern",
                    help="store every weight as P (dense, 1x1, 4x1, 1x4, 1x16, 16x1, 4x4) "
                         "instead of the cost model's choice")
+    p.add_argument("--quantize", choices=["dynamic"],
+                   help="dynamic: int8 matrix products (weights per output channel at compile "
+                        "time, activations per tensor at run time, as onnxruntime's "
+                        "DynamicQuantizeLinear)")
+    p.add_argument("--dtype", choices=["float32", "int8"], default="float32",
+                   help="int8 is --quantize dynamic (default: float32, the model's own)")
     p.add_argument("--keep-source", metavar="DIR", help="also write model.c and weights.bin")
     p.add_argument("--no-cache", action="store_true", help="rebuild even if cached")
     p.add_argument("--cache-dir", help="build cache folder (default: ~/.cache/sparsec)")
@@ -80,7 +86,8 @@ def cmd_compile(args) -> int:
                            input_shapes=parse_input_shapes(args.input_shape),
                            dump_ir=args.dump_ir, cache_dir=args.cache_dir,
                            use_cache=not args.no_cache, keep_source=args.keep_source,
-                           force_pattern=args.force_pattern)
+                           force_pattern=args.force_pattern,
+                           quantize=args.quantize or ("dynamic" if args.dtype == "int8" else None))
     if args.report:
         print(format_layers(result.info))
     print(f"wrote {result.library} (target {result.info['target']}) and {result.header}")
@@ -134,17 +141,18 @@ def cmd_run(args) -> int:
 
 
 def format_layers(info: dict) -> str:
-    rows = [("layer", "weight K x N", "density", "pattern", "kernel", "why")]
+    rows = [("layer", "weight K x N", "dtype", "density", "pattern", "kernel", "why")]
     for layer in info["layers"]:
         if "shape" not in layer:
             continue
         rows.append((layer["node"] or "?", "x".join(map(str, layer["shape"])),
+                     layer.get("weight_dtype", "float32"),
                      f"{layer['density']:.3f}" if "density" in layer else "-",
                      layer.get("pattern", "dense"), layer["kernel"], layer.get("reason", "")))
     if len(rows) == 1:
         return "no matrix layers"
-    widths = [max(len(str(r[i])) for r in rows) for i in range(5)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5]
+    widths = [max(len(str(r[i])) for r in rows) for i in range(6)]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r[:6], widths)) + "  " + r[6]
              for r in rows]
     return "\n".join(lines)
 

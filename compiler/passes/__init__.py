@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sparsec.compiler.ir import Graph, Node
-from sparsec.compiler.passes import detect_sparsity, fold_constants, fuse, plan_memory
+from sparsec.compiler.passes import detect_sparsity, fold_constants, fuse, plan_memory, quantize
 from sparsec.compiler.verify import verify
 
 
@@ -31,6 +31,8 @@ class PassContext:
     cost: SparseKernelCost
     verify_each: bool = False
     force_pattern: str | None = None  # "dense" or a block pattern for every weight
+    quantize: str | None = None  # "dynamic": int8 weights, activations quantized at run time
+    int8_cost: SparseKernelCost | None = None  # the target's int8 kernels, for quantize
     # Bytes of arena scratch a node's kernel needs while it runs (from codegen's kernel
     # table, so this package stays independent of codegen); None: no kernel needs any.
     scratch_bytes: Callable[[Graph, Node], int] | None = None
@@ -45,6 +47,8 @@ PIPELINE: list[tuple[str, Callable[[Graph, PassContext], Graph], str]] = [
      "measure every weight and pick its block pattern (or dense) by the target's cost"),
     (fuse.NAME, fuse.run,
      "fold bias and activation into the matrix kernels' epilogues"),
+    (quantize.NAME, quantize.run,
+     "on request, int8 weights per output channel for the VNNI kernels"),
     (plan_memory.NAME, plan_memory.run,
      "place every intermediate in one arena, sized at compile time"),
 ]

@@ -72,7 +72,7 @@ def pack_blocks(weight: np.ndarray, rows: int, cols: int) -> PackedBlocks:
     """Block-CSR over K x N: per block row, the block columns that hold a nonzero."""
     k, n = weight.shape
     kb, nb = -(-k // rows), -(-n // cols)
-    padded = np.zeros((kb * rows, nb * cols), dtype=np.float32)
+    padded = np.zeros((kb * rows, nb * cols), dtype=weight.dtype)
     padded[:k, :n] = weight
     tiles = padded.reshape(kb, rows, nb, cols).transpose(0, 2, 1, 3)  # kb, nb, R, C
     nonzero = tiles.any(axis=(2, 3))

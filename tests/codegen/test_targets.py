@@ -10,7 +10,7 @@ def test_native_is_runnable_here():
 
 
 def test_unknown_target_lists_choices():
-    with pytest.raises(UnsupportedTargetError, match="generic, x86-avx2, x86-avx512"):
+    with pytest.raises(UnsupportedTargetError, match="generic, x86-avx2, x86-avxvnni, x86-avx512"):
         targets.resolve("riscv")
 
 

@@ -3,5 +3,6 @@ from sparsec.codegen.targets import resolve
 from sparsec.compiler.passes import PassContext
 
 
-def context(target: str = "generic") -> PassContext:
-    return PassContext(cost=cost_model(resolve(target)), verify_each=True)
+def context(target: str = "generic", quantize: str | None = None) -> PassContext:
+    return PassContext(cost=cost_model(resolve(target)), verify_each=True, quantize=quantize,
+                       int8_cost=cost_model(resolve(target), "int8"))

@@ -1,0 +1,100 @@
+"""Template parameters for the int8 Dense kernels (weights quantized by the `quantize` pass).
+
+Every int8 kernel walks the weight as 4x1 groups, the shape of one VNNI step (4 consecutive K
+of one output channel in a 32-bit lane): per output column, the block rows that hold a nonzero
+group and the group's 4 signed bytes. A "dense" weight keeps every group, so the dense int8
+kernel is the same loop without skipping. Column sums of the codes fold the activations' zero
+point out of the integer product: sum_k (x_k - zp) w_k = sum_k x_k w_k - zp * colsum.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sparsec.codegen.matrix_params import (
+    TOKEN_TILE_ISAS,
+    _activation_rows,
+    _bias,
+    _epilogue,
+    _vector_epilogue,
+)
+from sparsec.codegen.params import KernelRequest
+from sparsec.compiler.ir import Graph, Node
+
+GROUP = 4  # K values per 32-bit lane of vpdpbusd
+
+# What the VNNI token-tile template needs beyond the fp32 token-tile names, per ISA.
+VNNI_ISAS = {
+    "avx512vnni": {**TOKEN_TILE_ISAS["avx512f"], "name": "AVX-512 VNNI", "ivec": "__m512i",
+                   "izero": "_mm512_setzero_si512", "iload": "_mm512_load_si512",
+                   "iset1": "_mm512_set1_epi32", "isub": "_mm512_sub_epi32",
+                   "dpbusd": "sparsec_dpbusd512", "cvt": "_mm512_cvtepi32_ps",
+                   "mul": "_mm512_mul_ps", "set1": "_mm512_set1_ps", "min": "_mm512_min_ps",
+                   "max": "_mm512_max_ps", "loadu": "_mm512_loadu_ps",
+                   "istore": "_mm512_store_si512", "iadd": "_mm512_add_epi32",
+                   "storeu": "_mm512_storeu_ps", "quantize": "sparsec_quantize_u8x64"},
+    "avxvnni": {**TOKEN_TILE_ISAS["avx2"], "name": "AVX-VNNI", "ivec": "__m256i",
+                "izero": "_mm256_setzero_si256", "iload": "_mm256_load_si256",
+                "iset1": "_mm256_set1_epi32", "isub": "_mm256_sub_epi32",
+                "dpbusd": "sparsec_dpbusd256", "cvt": "_mm256_cvtepi32_ps",
+                "mul": "_mm256_mul_ps", "set1": "_mm256_set1_ps", "min": "_mm256_min_ps",
+                "max": "_mm256_max_ps", "loadu": "_mm256_loadu_ps",
+                "istore": "_mm256_store_si256", "iadd": "_mm256_add_epi32",
+                "storeu": "_mm256_storeu_ps", "quantize": "sparsec_quantize_u8x32"},
+}
+
+
+def groups_by_column(codes: np.ndarray, keep_all: bool) -> tuple[np.ndarray, ...]:
+    """Per output column: col_ptr (N+1), the block row of each kept 4x1 group, and each
+    group's 4 codes (zero padded past K) as one int32 lane."""
+    k, n = codes.shape
+    kb = -(-k // GROUP)
+    padded = np.zeros((kb * GROUP, n), dtype=np.int8)
+    padded[:k] = codes
+    groups = padded.reshape(kb, GROUP, n).transpose(2, 0, 1)  # n, kb, 4
+    keep = np.ones((n, kb), bool) if keep_all else groups.any(axis=2)
+    columns, rows = np.nonzero(keep)  # column-major order: columns ascending, rows within
+    col_ptr = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(np.bincount(columns, minlength=n), out=col_ptr[1:])
+    lanes = np.ascontiguousarray(groups[columns, rows]).view(np.int32).reshape(-1)
+    return col_ptr, rows.astype(np.int32), lanes
+
+
+def int8_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "") -> dict:
+    """Dense node with int8 codes (input 1) and per-column scales (input 3). `tokens` and `isa`
+    pick the VNNI token-tile form; without them, the portable kernel's parameters."""
+    node, a, codes = req.node, req.input(0), req.input(1)
+    scales = req.input(3)
+    m, k, a_sm, a_sk = _activation_rows(a, node.attrs.get("trans_a", 0))
+    n = codes.shape[1]
+    keep_all = codes.sparsity is None or codes.sparsity.pattern == "dense"
+    col_ptr, k_idx, lanes = groups_by_column(codes.data, keep_all)
+    colsum = codes.data.astype(np.int32).sum(axis=0, dtype=np.int32)
+    req.take(a)
+    params = {
+        "M": m, "K": k, "N": n, "KB": -(-k // GROUP), "a_sm": a_sm, "a_sk": a_sk,
+        "num_groups": int(k_idx.size), "dense": keep_all,
+        "col_ptr": req.blob.add(col_ptr), "k_idx": req.blob.add(k_idx),
+        "values": req.blob.add(lanes), "colsum": req.blob.add(colsum),
+        "wscale": req.blob.add(scales.data.astype(np.float32)),
+        **_bias(req, m, n), **_epilogue(req, node.attrs, "float32"),
+        **_vector_epilogue(node.attrs),
+    }
+    if tokens:
+        params.update(isa=VNNI_ISAS[isa], T=tokens)
+    req.take(req.output())
+    return params
+
+
+def int8_scalar_scratch(graph: Graph, node: Node) -> int:
+    """The whole activation matrix as u8 codes, rows padded to whole groups."""
+    a = graph.tensors[node.inputs[0]]
+    k, n = graph.tensors[node.inputs[1]].shape
+    m = a.size // k if k else 0
+    return m * -(-k // GROUP) * GROUP
+
+
+def int8_tokens_scratch(graph: Graph, node: Node, tokens: int) -> int:
+    """One token tile of u8 codes in VNNI order ([K/4][T][4]) and the fp32 Y tile ([N][T])."""
+    k, n = graph.tensors[node.inputs[1]].shape
+    return -(-k // GROUP) * GROUP * tokens + 4 * n * tokens

@@ -1,0 +1,85 @@
+"""Dynamic int8 quantization of the matrix products (`--quantize dynamic`, `--dtype int8`).
+
+Requires: fuse (Dense nodes with their epilogues) and detect_sparsity (K x N weights).
+Establishes, when `ctx.quantize == "dynamic"`: every Dense node with a constant float32 weight
+reads instead an int8 weight (symmetric, per output channel: `scale[n] = max|W[:, n]| / 127`,
+`q = round-half-even(W / scale)`, so codes lie in [-127, 127]) and, as input 3, the float32
+`scale[N]`. Its activations are quantized when the kernel runs, per tensor, asymmetric uint8,
+exactly as ONNX's DynamicQuantizeLinear does it, so the result equals onnxruntime running
+DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul(scale_x * scale_w) -> bias.
+The int8 weight gets its own `SparsityInfo`, chosen by the int8 kernels' costs: rounding can
+turn small weights into zeros, and the VNNI kernels work on 4x1 groups of weights.
+
+Codes stop at +-127 rather than -128 so the weights are symmetric; VNNI's u8 x s8 products
+(at most 255 * 127 * 4 per lane and step) cannot overflow int32 below K = 16,000.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sparsec.compiler.ir import Graph, Tensor
+from sparsec.compiler.ops import DENSE
+from sparsec.compiler.passes.detect_sparsity import analyse
+from sparsec.errors import SparsecError
+
+NAME = "quantize"
+MODES = ("dynamic",)
+MAX_DEPTH = 16_000  # K beyond which a u8 x s8 int32 accumulator could overflow
+
+
+def quantize_weight(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-column int8 codes and float32 scales; an all-zero column gets scale 1.
+    A column so tiny that max / 127 underflows gets the smallest subnormal as its step."""
+    absmax = np.max(np.abs(weight), axis=0, initial=0).astype(np.float32)
+    scale = (absmax / np.float32(127)).astype(np.float32)
+    scale[(scale == 0) & (absmax > 0)] = np.finfo(np.float32).smallest_subnormal
+    scale[absmax == 0] = 1.0
+    codes = np.clip(np.rint(weight / scale), -127, 127).astype(np.int8)
+    return codes, scale
+
+
+def run(graph: Graph, ctx) -> Graph:
+    if ctx.quantize is None:
+        return graph
+    if ctx.quantize not in MODES:
+        raise SparsecError(f"unknown quantization {ctx.quantize!r}; choose one of: "
+                           + ", ".join(MODES))
+    graph = graph.copy()
+    done: dict[str, tuple[str, str]] = {}  # float weight -> its codes and scales (shared weights)
+    for node in graph.nodes:
+        if node.op != DENSE:
+            continue
+        weight = graph.tensors[node.inputs[1]]
+        if not weight.is_constant or weight.dtype != "float32" or len(weight.shape) != 2:
+            continue
+        if not np.all(np.isfinite(weight.data)):
+            raise SparsecError(f"node {node.name!r}: weight {weight.name!r} holds inf or NaN, "
+                               "which int8 cannot represent; compile it without --quantize")
+        if weight.shape[0] > MAX_DEPTH:
+            raise SparsecError(f"node {node.name!r}: K = {weight.shape[0]} exceeds {MAX_DEPTH}, "
+                               "where int32 accumulation of u8 x s8 products could overflow; "
+                               "compile it without --quantize")
+        if weight.name not in done:
+            done[weight.name] = _add_quantized(graph, weight, ctx)
+        codes, scales = done[weight.name]
+        node.inputs[1] = codes
+        node.inputs[2:] = [node.inputs[2], scales]
+        node.attrs["quantize"] = "dynamic"
+        ctx.log.append(f"{NAME}: {node.name or node.outputs[0]}: int8 weights, "
+                       f"{graph.tensors[codes].sparsity.reason}")
+    graph.remove_unused()
+    return graph
+
+
+def _add_quantized(graph: Graph, weight: Tensor, ctx) -> tuple[str, str]:
+    codes, scales = quantize_weight(weight.data)
+    names = []
+    for suffix, data in (("int8", codes), ("scale", scales)):
+        name = f"{weight.name}::{suffix}"
+        while name in graph.tensors:
+            name += "'"
+        graph.tensors[name] = Tensor(name, tuple(data.shape), str(data.dtype), data)
+        names.append(name)
+    graph.tensors[names[0]].sparsity = analyse(codes, ctx.int8_cost, ctx.force_pattern)
+    return names[0], names[1]

@@ -1,0 +1,168 @@
+"""Kernel tests for the int8 Dense rows (`--quantize dynamic`): bit-exact against a numpy
+integer reference of the same quantization (tests/quantization.py).
+
+Each row gets one-node graphs (MatMul, maybe a bias Add and an exact activation) compiled with
+the row's storage forced. Integer sums are exact and the float steps are the same IEEE
+operations in the same order, so the comparison is equality, not a tolerance.
+
+Rows run natively where the host has their ISA. AVX-VNNI rows on a host with AVX-512 VNNI but
+without AVX-VNNI run through the same instruction's EVEX encoding (`evex-twin`: the kernel's
+source is unchanged, see runtime_c/sparsec_avx2.h); elsewhere they are compile-only. The test
+ids say which.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from onnx import helper
+
+import sparsec
+from sparsec.codegen import targets
+from sparsec.codegen.kernels import KERNELS, KernelSpec
+from sparsec.compiler.ops import DENSE
+from tests.graphs import model
+from tests.quantization import dense_int8
+
+ROWS = [k for k in KERNELS if k.op == DENSE and k.weight_dtype == "int8"]
+EVEX_TWIN_FLAGS = ("-mavx512vl", "-mavx512vnni", "-mno-avxvnni",
+                   "-DSPARSEC_AVXVNNI_AS_AVX512VL")
+CLIP = (-0.5, 0.75)
+
+
+def target_of(row: KernelSpec) -> targets.Target:
+    return next(t for t in targets.TARGETS.values() if row.isa in t.isas)
+
+
+def mode_of(row: KernelSpec) -> str:
+    target = target_of(row)
+    if targets.can_execute(target):
+        return "native"
+    have = targets.host_features()
+    if row.isa == "avxvnni" and targets.host_arch() == "x86_64" and {
+            "avx2", "fma", "avx512vl", "avx512vnni"} <= have:
+        return "evex-twin"
+    return "compile-only"
+
+
+PARAMS = [pytest.param(row, id=f"{row.symbol}:{mode_of(row)}") for row in ROWS]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    m: int
+    k: int
+    n: int
+    density: float  # probability that a 4x1 group is kept
+    bias: bool = True
+    activation: str = ""
+    inputs: str = "normal"  # normal, positive, negative, zero, wide
+    seed: int = 0
+
+
+def weight_for(case: Case, rng) -> np.ndarray:
+    kb = -(-case.k // 4)
+    keep = np.repeat(rng.random((kb, case.n)) < case.density, 4, 0)[:case.k]
+    return (rng.standard_normal((case.k, case.n)) * keep).astype(np.float32)
+
+
+def inputs_for(case: Case, rng) -> np.ndarray:
+    x = rng.standard_normal((case.m, case.k)).astype(np.float32)
+    return {"normal": x, "positive": np.abs(x) + 0.25, "negative": -np.abs(x) - 0.25,
+            "zero": np.zeros_like(x), "wide": x * np.float32(1e4)}[case.inputs]
+
+
+def one_node_model(case: Case, weight, bias):
+    nodes, inits, last = [helper.make_node("MatMul", ["x", "w"], ["p"])], [("w", weight)], "p"
+    if case.bias:
+        nodes.append(helper.make_node("Add", ["p", "b"], ["a"]))
+        inits.append(("b", bias))
+        last = "a"
+    if case.activation:
+        extra = ["lo", "hi"] if case.activation == "Clip" else []
+        inits += list(zip(extra, (np.float32(b) for b in CLIP)))
+        nodes.append(helper.make_node(case.activation, [last, *extra], ["y"]))
+        last = "y"
+    return model(nodes, [("x", [case.m, case.k])], [(last, [case.m, case.n])], inits)
+
+
+def reference(case: Case, x, weight, bias) -> np.ndarray:
+    y = dense_int8(x, weight, bias if case.bias else None)
+    if case.activation == "Relu":
+        return np.maximum(y, np.float32(0))
+    if case.activation == "Clip":
+        return np.minimum(np.maximum(y, np.float32(CLIP[0])), np.float32(CLIP[1]))
+    return y
+
+
+SIZES = st.one_of(st.sampled_from([1, 3, 4, 5, 16, 17, 33, 64, 65]), st.integers(1, 70))
+
+
+@st.composite
+def cases(draw) -> Case:
+    return Case("drawn", draw(SIZES), draw(SIZES), draw(SIZES),
+                density=draw(st.one_of(st.sampled_from([0.0, 0.1, 0.5, 1.0]),
+                                       st.floats(0.0, 1.0))),
+                bias=draw(st.booleans()), activation=draw(st.sampled_from(["", "Relu", "Clip"])),
+                inputs=draw(st.sampled_from(["normal", "normal", "positive", "negative", "wide"])),
+                seed=draw(st.integers(0, 2**32 - 1)))
+
+
+@pytest.mark.parametrize("row", PARAMS)
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(case=cases())
+@example(case=Case("k_eq_1", m=5, k=1, n=17, density=1.0))
+@example(case=Case("k_tail", m=4, k=35, n=16, density=0.5, activation="Relu"))
+@example(case=Case("n_tail", m=4, k=64, n=37, density=0.5))
+@example(case=Case("empty_columns", m=5, k=49, n=20, density=0.05))
+@example(case=Case("all_zero_weight", m=6, k=20, n=20, density=0.0, activation="Clip"))
+@example(case=Case("all_zero_input", m=6, k=20, n=20, density=1.0, inputs="zero"))
+@example(case=Case("positive_input_zero_point_0", m=9, k=70, n=35, density=0.7,
+                   inputs="positive"))
+@example(case=Case("negative_input_zero_point_255", m=9, k=70, n=35, density=0.7,
+                   inputs="negative"))
+@example(case=Case("full_token_tiles", m=130, k=130, n=35, density=0.3, activation="Relu"))
+def test_int8_row_matches_integer_reference(row: KernelSpec, case: Case, compiler):
+    rng = np.random.default_rng(case.seed)
+    weight = weight_for(case, rng)
+    bias = rng.standard_normal(case.n).astype(np.float32)
+    x = inputs_for(case, rng)
+    mode = mode_of(row)
+    result = compiler.compile(one_node_model(case, weight, bias), target_of(row).name,
+                              force_pattern=row.pattern, quantize="dynamic",
+                              extra_cflags=EVEX_TWIN_FLAGS if mode == "evex-twin" else ())
+
+    (layer,) = result.info["layers"]
+    assert layer["kernel"] == row.symbol, layer["reason"]
+    assert layer["weight_dtype"] == "int8"
+    if mode == "compile-only":
+        return
+    (actual,) = sparsec.load(result.library).run({"x": x}).values()
+    expected = reference(case, x, weight, bias)
+    differ = actual != expected
+    assert not differ.any(), (
+        f"{case.name}: {int(differ.sum())} of {differ.size} outputs differ, first at "
+        f"{np.argwhere(differ)[0].tolist()}: {actual[differ][0]!r} != {expected[differ][0]!r}")
+
+
+@pytest.mark.parametrize("row", [p for p in PARAMS if "compile-only" not in p.id])
+def test_nan_and_inf_inputs_stay_defined(row: KernelSpec, compiler):
+    """NaN and inf are outside int8's range: the result is unspecified (as in onnxruntime),
+    but the kernel must not reach C's undefined float-to-int conversion or crash."""
+    case = Case("nan", m=70, k=68, n=20, density=0.5)
+    rng = np.random.default_rng(3)
+    x = inputs_for(case, rng)
+    x[3, 5], x[10, 7], x[69, 67] = np.nan, np.inf, -np.inf
+    mode = mode_of(row)
+    result = compiler.compile(one_node_model(case, weight_for(case, rng), np.zeros(20, "f4")),
+                              target_of(row).name, force_pattern=row.pattern,
+                              quantize="dynamic",
+                              extra_cflags=EVEX_TWIN_FLAGS if mode == "evex-twin" else ())
+    (actual,) = sparsec.load(result.library).run({"x": x}).values()
+    assert actual.shape == (70, 20)

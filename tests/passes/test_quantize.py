@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from onnx import helper
+
+from sparsec.compiler import frontend
+from sparsec.compiler.passes import detect_sparsity, fuse, quantize
+from sparsec.compiler.verify import verify
+from sparsec.errors import SparsecError
+from tests.graphs import mlp, model
+from tests.passes.helpers import context
+
+
+def quantized(m, mode="dynamic"):
+    ctx = context(quantize=mode)
+    before = fuse.run(detect_sparsity.run(frontend.import_model(m), ctx), ctx)
+    after = quantize.run(before, ctx)
+    verify(after, "quantize")
+    return before, after
+
+
+def test_dense_reads_int8_codes_and_scales():
+    before, after = quantized(mlp(k=8, n=4, density=0.5))
+    (node,) = after.nodes
+    assert node.op == "Dense" and node.attrs["quantize"] == "dynamic"
+    codes, scales = (after.tensors[name] for name in (node.inputs[1], node.inputs[3]))
+    assert codes.dtype == "int8" and codes.shape == (8, 4)
+    assert scales.dtype == "float32" and scales.shape == (4,)
+    assert codes.sparsity is not None
+    assert before.nodes[0].inputs[1] not in after.tensors  # the fp32 weight is gone
+    assert node.inputs[2] == before.nodes[0].inputs[2]  # the bias stays
+
+
+def test_without_quantize_the_graph_is_unchanged():
+    before, after = quantized(mlp(k=8, n=4, density=0.5), mode=None)
+    assert after.to_text() == before.to_text()
+
+
+def test_shared_weight_is_quantized_once():
+    w = np.arange(16, dtype=np.float32).reshape(4, 4) - 8
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("MatMul", ["h", "w"], ["y"])]
+    _, after = quantized(model(nodes, [("x", [2, 4])], [("y", [2, 4])], [("w", w)]))
+    assert after.nodes[0].inputs[1] == after.nodes[1].inputs[1]
+    assert sum(t.dtype == "int8" for t in after.tensors.values()) == 1
+
+
+def test_weight_with_inf_is_refused():
+    w = np.ones((4, 4), np.float32)
+    w[1, 2] = np.inf
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["y"], name="proj")]
+    with pytest.raises(SparsecError, match="node 'proj'.*inf or NaN.*without --quantize"):
+        quantized(model(nodes, [("x", [2, 4])], [("y", [2, 4])], [("w", w)]))
+
+
+@settings(max_examples=50, deadline=None)
+@given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2, max_side=20),
+                  elements=st.floats(-1e6, 1e6, width=32)))
+def test_codes_are_symmetric_and_within_half_a_step(w):
+    codes, scale = quantize.quantize_weight(w)
+    assert codes.dtype == np.int8 and np.all(np.abs(codes.astype(int)) <= 127)
+    assert np.all(scale > 0)
+    # the largest magnitude of each column maps to +-127 (unless its step is not a normal float)
+    full_range = np.max(np.abs(w), axis=0, initial=0) / 127 >= np.finfo(np.float32).tiny
+    assert np.all(np.max(np.abs(codes.astype(int)), axis=0)[full_range] == 127)
+    error = np.abs(codes * scale.astype(np.float64) - w)
+    assert np.all(error <= scale * (0.5 + 1e-5))

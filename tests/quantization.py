@@ -1,0 +1,66 @@
+"""numpy references for sparsec's dynamic int8 quantization, written from the ONNX definitions
+(DynamicQuantizeLinear, MatMulInteger) independently of the compiler's code, and the same
+computation as an ONNX graph for onnxruntime."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
+F32 = np.float32
+
+
+def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, F32, int]:
+    """DynamicQuantizeLinear: u8 codes, scale, zero point (all-zero input: scale 1, as ORT)."""
+    low, high = min(F32(np.min(x, initial=0)), F32(0)), max(F32(np.max(x, initial=0)), F32(0))
+    scale = F32(1) if high == low else F32((high - low) / F32(255))
+    zero_point = int(np.rint(np.clip(F32(0) - low / scale, 0, 255)))
+    codes = np.clip(np.rint(x.astype(F32) / scale) + zero_point, 0, 255).astype(np.uint8)
+    return codes, scale, zero_point
+
+
+def quantize_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per output column: codes in [-127, 127], scale = max|w| / 127 (1 for a zero
+    column, the smallest subnormal where the division underflows)."""
+    absmax = np.max(np.abs(w), axis=0, initial=0).astype(F32)
+    scale = (absmax / F32(127)).astype(F32)
+    scale[(scale == 0) & (absmax > 0)] = np.finfo(F32).smallest_subnormal
+    scale[absmax == 0] = 1
+    return np.clip(np.rint(w / scale), -127, 127).astype(np.int8), scale
+
+
+def dense_int8(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """float32(sum (xq - zp) wq) * (sx * sw) [+ bias], each step in float32 as onnxruntime
+    computes Cast -> Mul -> Add; the integer sum is exact."""
+    codes, scale, zero_point = quantize_activations(x)
+    wq, wscale = quantize_weights(w)
+    acc = (codes.astype(np.int64) - zero_point) @ wq.astype(np.int64)
+    assert np.all(np.abs(acc) < 2**31), "the kernels accumulate in int32"
+    y = acc.astype(np.int32).astype(F32) * (scale * wscale).astype(F32)
+    return y if bias is None else (y + bias.astype(F32)).astype(F32)
+
+
+def onnx_dense_int8(w: np.ndarray, bias: np.ndarray | None, m: int, activation: str = ""):
+    """The same layer for onnxruntime: DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul
+    (sx * sw) -> Add bias -> activation, on an fp32 input x of shape (m, K)."""
+    k, n = w.shape
+    wq, wscale = quantize_weights(w)
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xzp"]),
+             helper.make_node("MatMulInteger", ["xq", "wq", "xzp"], ["acc"]),
+             helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["xs", "ws"], ["scale"]),
+             helper.make_node("Mul", ["accf", "scale"], ["y0"])]
+    inits = [numpy_helper.from_array(wq, "wq"), numpy_helper.from_array(wscale, "ws")]
+    last = "y0"
+    if bias is not None:
+        nodes.append(helper.make_node("Add", [last, "b"], ["y1"]))
+        inits.append(numpy_helper.from_array(bias.astype(F32), "b"))
+        last = "y1"
+    if activation:
+        nodes.append(helper.make_node(activation, [last], ["y"]))
+        last = "y"
+    graph = helper.make_graph(nodes, "dense_int8",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+                              [helper.make_tensor_value_info(last, TensorProto.FLOAT, [m, n])],
+                              inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
