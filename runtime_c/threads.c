@@ -1,5 +1,5 @@
-/* threads.c: the run context's thread pool. Workers are created with the context and sleep
- * between parallel regions; a region hands out task indices through one atomic counter, and
+/* threads.c: the run context's thread pool. Workers are created with the context, spin
+ * briefly after a parallel region in case another follows, then sleep; a region hands out task indices through one atomic counter, and
  * the calling thread works too. Nothing is allocated while a model runs. */
 #define _POSIX_C_SOURCE 200809L
 #include "sparsec_model.h"
@@ -14,14 +14,29 @@ struct sparsec_pool {
   pthread_mutex_t mutex;
   pthread_cond_t start;
   pthread_cond_t finished;
-  unsigned long generation; /* bumped under the mutex for each region */
-  int stop;
+  atomic_ulong generation; /* bumped for each region, then broadcast under the mutex */
+  atomic_int stop;
   sparsec_task task;
   void *args;
   size_t count;
   atomic_size_t next;
-  size_t busy; /* workers not yet done with the current region */
+  atomic_size_t busy; /* workers not yet done with the current region */
 };
+
+/* How long a worker (or the caller) spins before it sleeps on a condition variable: about
+ * 50-100 us. A model runs its regions back to back, microseconds apart; waking a sleeping
+ * thread costs tens of microseconds (more in a VM), which made a 2-thread run of a small
+ * layer slower than one thread. Idle between runs, the threads sleep and cost nothing. */
+#define SPIN_ROUNDS 20000
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ volatile("yield");
+#endif
+}
 
 static void run_tasks(sparsec_pool *pool)
 {
@@ -39,20 +54,32 @@ static void *worker_main(void *arg)
   /* Regions are counted from 0, the generation when the pool was made: a worker that starts
    * late must still join the regions already begun, or the caller waits for it forever. */
   unsigned long seen = 0;
-  pthread_mutex_lock(&pool->mutex);
   for (;;) {
-    while (pool->generation == seen && !pool->stop)
-      pthread_cond_wait(&pool->start, &pool->mutex);
-    if (pool->stop)
+    unsigned long now = atomic_load_explicit(&pool->generation, memory_order_acquire);
+    for (int spin = 0; now == seen && spin < SPIN_ROUNDS; spin++) {
+      if (atomic_load_explicit(&pool->stop, memory_order_relaxed))
+        break;
+      cpu_relax();
+      now = atomic_load_explicit(&pool->generation, memory_order_acquire);
+    }
+    if (now == seen) {
+      pthread_mutex_lock(&pool->mutex);
+      while ((now = atomic_load_explicit(&pool->generation, memory_order_acquire)) == seen
+             && !atomic_load_explicit(&pool->stop, memory_order_relaxed))
+        pthread_cond_wait(&pool->start, &pool->mutex);
+      pthread_mutex_unlock(&pool->mutex);
+    }
+    if (atomic_load_explicit(&pool->stop, memory_order_relaxed))
       break;
-    seen = pool->generation;
-    pthread_mutex_unlock(&pool->mutex);
+    seen = now;
     run_tasks(pool);
-    pthread_mutex_lock(&pool->mutex);
-    if (--pool->busy == 0)
+    if (atomic_fetch_sub_explicit(&pool->busy, 1, memory_order_acq_rel) == 1) {
+      /* The last worker out wakes the caller if it went to sleep (it checks under the mutex). */
+      pthread_mutex_lock(&pool->mutex);
       pthread_cond_signal(&pool->finished);
+      pthread_mutex_unlock(&pool->mutex);
+    }
   }
-  pthread_mutex_unlock(&pool->mutex);
   return NULL;
 }
 
@@ -70,7 +97,10 @@ sparsec_pool *sparsec__pool_create(size_t threads)
   pthread_mutex_init(&pool->mutex, NULL);
   pthread_cond_init(&pool->start, NULL);
   pthread_cond_init(&pool->finished, NULL);
+  atomic_init(&pool->generation, 0);
+  atomic_init(&pool->stop, 0);
   atomic_init(&pool->next, 0);
+  atomic_init(&pool->busy, 0);
   for (size_t i = 0; i < pool->workers; i++) {
     if (pthread_create(&pool->threads[i], NULL, worker_main, pool) != 0) {
       pool->workers = i; /* run with the workers that did start */
@@ -85,7 +115,7 @@ void sparsec__pool_destroy(sparsec_pool *pool)
   if (!pool)
     return;
   pthread_mutex_lock(&pool->mutex);
-  pool->stop = 1;
+  atomic_store(&pool->stop, 1);
   pthread_cond_broadcast(&pool->start);
   pthread_mutex_unlock(&pool->mutex);
   for (size_t i = 0; i < pool->workers; i++)
@@ -109,18 +139,25 @@ void sparsec__parallel(sparsec_pool *pool, size_t count, sparsec_task task, void
       task(args, i);
     return;
   }
-  pthread_mutex_lock(&pool->mutex);
+  /* Every worker has finished the previous region (busy reached 0), so these plain fields
+   * are ours until the release below publishes them. */
   pool->task = task;
   pool->args = args;
   pool->count = count;
   atomic_store_explicit(&pool->next, 0, memory_order_relaxed);
-  pool->busy = pool->workers;
-  pool->generation++;
+  atomic_store_explicit(&pool->busy, pool->workers, memory_order_relaxed);
+  atomic_fetch_add_explicit(&pool->generation, 1, memory_order_release);
+  pthread_mutex_lock(&pool->mutex); /* wakes workers that gave up spinning */
   pthread_cond_broadcast(&pool->start);
   pthread_mutex_unlock(&pool->mutex);
   run_tasks(pool);
+  for (int spin = 0; spin < SPIN_ROUNDS; spin++) {
+    if (atomic_load_explicit(&pool->busy, memory_order_acquire) == 0)
+      return;
+    cpu_relax();
+  }
   pthread_mutex_lock(&pool->mutex);
-  while (pool->busy)
+  while (atomic_load_explicit(&pool->busy, memory_order_acquire) != 0)
     pthread_cond_wait(&pool->finished, &pool->mutex);
   pthread_mutex_unlock(&pool->mutex);
 }
