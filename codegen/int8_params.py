@@ -44,6 +44,18 @@ VNNI_ISAS = {
 }
 
 
+TILE_BYTES = 64 * 1024  # activation codes per tile beyond which halving the tile measured faster
+
+
+def token_tile(k: int, tokens: int, lanes: int) -> int:
+    """Tokens per tile: the row's width, halved while the tile's codes (K x T bytes) exceed
+    TILE_BYTES and stay a whole number of vectors; benchmarks/spmm.py --dtype int8 at K = 3072
+    and 4096 ran 10 % faster with 32 tokens than with 64, at K <= 1024 no faster."""
+    while tokens > 2 * lanes and -(-k // GROUP) * GROUP * tokens > TILE_BYTES:
+        tokens //= 2
+    return tokens
+
+
 def groups_by_column(codes: np.ndarray, keep_all: bool) -> tuple[np.ndarray, ...]:
     """Per output column: col_ptr (N+1), the block row of each kept 4x1 group, and each
     group's 4 codes (zero padded past K) as one int32 lane."""
@@ -81,7 +93,10 @@ def int8_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "") -> dic
         **_vector_epilogue(node.attrs),
     }
     if tokens:
-        params.update(isa=VNNI_ISAS[isa], T=tokens)
+        tokens = token_tile(k, tokens, VNNI_ISAS[isa]["lanes"])
+        # One stream per column: (byte offset of the group's row in the tile, its 4 codes).
+        pairs = np.stack([k_idx * (GROUP * tokens), lanes], axis=1).astype(np.int32)
+        params.update(isa=VNNI_ISAS[isa], T=tokens, pairs=req.blob.add(pairs))
     req.take(req.output())
     return params
 
@@ -94,7 +109,8 @@ def int8_scalar_scratch(graph: Graph, node: Node) -> int:
     return m * -(-k // GROUP) * GROUP
 
 
-def int8_tokens_scratch(graph: Graph, node: Node, tokens: int) -> int:
+def int8_tokens_scratch(graph: Graph, node: Node, tokens: int, isa: str) -> int:
     """One token tile of u8 codes in VNNI order ([K/4][T][4]) and the fp32 Y tile ([N][T])."""
     k, n = graph.tensors[node.inputs[1]].shape
+    tokens = token_tile(k, tokens, VNNI_ISAS[isa]["lanes"])
     return -(-k // GROUP) * GROUP * tokens + 4 * n * tokens

@@ -128,6 +128,7 @@ def cases(draw) -> Case:
 @example(case=Case("negative_input_zero_point_255", m=9, k=70, n=35, density=0.7,
                    inputs="negative"))
 @example(case=Case("full_token_tiles", m=130, k=130, n=35, density=0.3, activation="Relu"))
+@example(case=Case("deep_k_halves_the_tile", m=70, k=1100, n=20, density=0.3))
 def test_int8_row_matches_integer_reference(row: KernelSpec, case: Case, compiler):
     rng = np.random.default_rng(case.seed)
     weight = weight_for(case, rng)
