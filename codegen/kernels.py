@@ -170,13 +170,13 @@ KERNELS: list[KernelSpec] = [
                  params=functools.partial(mp.spmm_tokens_params, tokens=64, isa="avx512f"),
                  scratch=functools.partial(mp.spmm_tokens_scratch, tokens=64),
                  cost_ns={"generic": cost})
-      for p, cost in (("1x1", 0.039), ("4x1", 0.154), ("16x1", 0.63))],
+      for p, cost in (("1x1", 0.034), ("4x1", 0.129), ("16x1", 0.53))],
     *[KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx2", pattern=p, mr=32, nr=1,
                  family="f32_spmm", template="f32-spmm/x86-tokens.c.j2", parallel=True,
                  params=functools.partial(mp.spmm_tokens_params, tokens=32, isa="avx2"),
                  scratch=functools.partial(mp.spmm_tokens_scratch, tokens=32),
                  cost_ns={"generic": cost})
-      for p, cost in (("1x1", 0.044), ("4x1", 0.174), ("16x1", 0.64))],
+      for p, cost in (("1x1", 0.042), ("4x1", 0.149), ("16x1", 0.575))],
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx2", pattern="1x16", mr=6, nr=16,
                family="f32_spmm", template="f32-spmm/avx2.c.j2", parallel=True,
                params=functools.partial(mp.spmm_columns_params, mr=6),

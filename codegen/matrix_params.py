@@ -172,6 +172,13 @@ TOKEN_TILE_ISAS = {
 }
 
 
+# K chunking of the token-tile kernels: rows of the transposed A tile per chunk at 64 tokens
+# (64 rows x 64 tokens x 4 bytes = 16 KB, half an L1), and output columns per parallel task
+# (the columns that share each chunk while it is in L1).
+L1_TILE_ROWS = 64
+COLUMNS_PER_TASK = 128
+
+
 def spmm_tokens_params(req: KernelRequest, tokens: int, isa: str) -> dict:
     """Rx1-block weight for SIMD kernels that vectorise over tokens: per-output-column CSR
     (block row index and R values per block); the kernel transposes A tiles in scratch."""
@@ -180,9 +187,25 @@ def spmm_tokens_params(req: KernelRequest, tokens: int, isa: str) -> dict:
     m, k, a_sm, a_sk = _activation_rows(a, node.attrs.get("trans_a", 0))
     n = weight.shape[1]
     col_ptr, k_idx, values = column_blocks(packed, n)
+    block_rows = packed.row_ptr.size - 1
+    lanes = TOKEN_TILE_ISAS[isa]["lanes"]
+    chunk = max(1, L1_TILE_ROWS * 64 // (tokens * packed.rows))  # block rows per K chunk
+    chunks = max(1, -(-block_rows // chunk))
+    per_task = -(-COLUMNS_PER_TASK // lanes) * lanes
+    tasks = -(-n // per_task)
+    # Blocks in the order the kernel walks them: by task (column range), K chunk, column,
+    # then block row; segment s = (task * chunks + chunk) * per_task + column in the task.
+    columns = np.repeat(np.arange(n), np.diff(col_ptr))
+    segment = ((columns // per_task * chunks + k_idx // chunk) * per_task
+               + columns % per_task)
+    order = np.argsort(segment, kind="stable")
+    segment_ptr = np.zeros(tasks * chunks * per_task + 1, np.int32)
+    np.cumsum(np.bincount(segment, minlength=tasks * chunks * per_task), out=segment_ptr[1:])
+    k_idx, values = k_idx[order], values[order]
     req.take(a)
     params = {
-        "isa": TOKEN_TILE_ISAS[isa],
+        "isa": TOKEN_TILE_ISAS[isa], "KC": chunk, "CHUNKS": chunks,
+        "CT": per_task, "segment_ptr": req.blob.add(segment_ptr),
         "M": m, "K": k, "N": n, "R": packed.rows, "KB": packed.row_ptr.size - 1, "T": tokens,
         "a_sm": a_sm, "a_sk": a_sk, "num_blocks": packed.num_blocks,
         "col_ptr": req.blob.add(col_ptr), "k_idx": req.blob.add(k_idx),

@@ -142,6 +142,8 @@ def kernel_cases(draw) -> KernelCase:
                          activation="Clip"))
 @example(case=KernelCase("full_token_tiles", m=130, k=37, n=35, density=0.3,
                          activation="Relu"))  # 64-token tiles with K and N tails
+@example(case=KernelCase("k_chunks_and_column_tasks", m=70, k=150, n=140, density=0.3,
+                         fill=0.5))  # token kernels: 3 K chunks in L1, 2 column ranges
 def test_dense_row_matches_numpy(row: KernelSpec, case: KernelCase, compiler):
     rng = np.random.default_rng(case.seed)
     weight = weight_for(case, block_of(row), rng)
