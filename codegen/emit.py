@@ -175,6 +175,8 @@ def _layer_info(graph: Graph, node, spec: KernelSpec) -> dict:
     if node.op == DENSE:
         weight = graph.tensors[node.inputs[1]]
         layer.update(weight=weight.name, shape=list(weight.shape), weight_dtype=weight.dtype,
+                     layouts={"input": graph.tensors[node.inputs[0]].layout,
+                              "output": graph.tensors[node.outputs[0]].layout},
                      activation=node.attrs.get("activation", "") or None,
                      bias=bool(node.inputs[2]))
         info = weight.sparsity

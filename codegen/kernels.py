@@ -18,6 +18,7 @@ from sparsec.codegen import params as kp
 from sparsec.codegen.targets import Target
 from sparsec.compiler.ir import SPARSE_PATTERNS, Graph, Node, block_shape
 from sparsec.compiler.ops import COPY_OPS, DENSE, ELEMENTWISE_BINARY, ELEMENTWISE_UNARY
+from sparsec.compiler.passes import LayoutSupport
 from sparsec.errors import KernelNotFoundError
 
 FLOAT = ("float32",)
@@ -46,6 +47,9 @@ class KernelSpec:
     scratch: Callable[[Graph, Node], int] | None = None
     parallel: bool = False  # the kernel splits its work over the run context's threads
     weight_dtype: str = "float32"  # Dense rows: the constant weight's dtype (int8: quantized)
+    # Reads its activations and writes its output feature-major (K x rows) as well as
+    # row-major; its params function looks at the tensors' layouts.
+    feature_major: bool = False
 
     family: str = ""  # symbol stem: "f32_spmm" -> sparsec_f32_spmm_ukernel_...
 
@@ -99,6 +103,15 @@ def scratch_bytes(graph: Graph, node: Node, target: Target) -> int:
     except KernelNotFoundError:
         return 0  # emit reports every node without a kernel at once
     return spec.scratch(graph, node) if spec.scratch else 0
+
+
+def layout_support(graph: Graph, node: Node, target: Target) -> LayoutSupport:
+    """What choose_layouts may ask of the node's kernel on `target`."""
+    try:
+        spec = select(graph, node, target)
+    except KernelNotFoundError:
+        return LayoutSupport()
+    return LayoutSupport(spec.feature_major, spec.feature_major)
 
 
 def weight_pattern(graph: Graph, node: Node) -> str:
@@ -167,12 +180,14 @@ KERNELS: list[KernelSpec] = [
                cost_ns={"generic": 0.0177}),
     *[KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx512f", pattern=p, mr=64, nr=1,
                  family="f32_spmm", template="f32-spmm/x86-tokens.c.j2", parallel=True,
+                 feature_major=True,
                  params=functools.partial(mp.spmm_tokens_params, tokens=64, isa="avx512f"),
                  scratch=functools.partial(mp.spmm_tokens_scratch, tokens=64),
                  cost_ns={"generic": cost})
       for p, cost in (("1x1", 0.034), ("4x1", 0.129), ("16x1", 0.53))],
     *[KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx2", pattern=p, mr=32, nr=1,
                  family="f32_spmm", template="f32-spmm/x86-tokens.c.j2", parallel=True,
+                 feature_major=True,
                  params=functools.partial(mp.spmm_tokens_params, tokens=32, isa="avx2"),
                  scratch=functools.partial(mp.spmm_tokens_scratch, tokens=32),
                  cost_ns={"generic": cost})

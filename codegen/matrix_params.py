@@ -16,7 +16,7 @@ from sparsec.codegen.params import (
     c_float,
     c_literal,
 )
-from sparsec.compiler.ir import Graph, Node, Tensor
+from sparsec.compiler.ir import FEATURE_MAJOR, Graph, Node, Tensor
 from sparsec.errors import KernelNotFoundError
 
 
@@ -163,12 +163,16 @@ TOKEN_TILE_ISAS = {
                 "broadcast": "_mm512_set1_ps(*({}))", "load": "_mm512_load_ps",
                 "store": "_mm512_store_ps", "fmadd": "_mm512_fmadd_ps", "add": "_mm512_add_ps",
                 "transpose": "sparsec_transpose16x16", "epilogue": "avx512-epilogue.j2",
-                "mask_type": "__mmask16", "full_mask": "(__mmask16)0xffff"},
+                "mask_type": "__mmask16", "full_mask": "(__mmask16)0xffff",
+                "set1": "_mm512_set1_ps", "mul": "_mm512_mul_ps", "max": "_mm512_max_ps",
+                "min": "_mm512_min_ps", "loadu": "_mm512_loadu_ps", "storeu": "_mm512_storeu_ps"},
     "avx2": {"name": "AVX2", "lanes": 8, "vec": "__m256", "zero": "_mm256_setzero_ps",
              "broadcast": "_mm256_broadcast_ss({})", "load": "_mm256_load_ps",
              "store": "_mm256_store_ps", "fmadd": "_mm256_fmadd_ps", "add": "_mm256_add_ps",
              "transpose": "sparsec_transpose8x8", "epilogue": "avx2-epilogue.j2",
-             "mask_type": "__m256i", "full_mask": "_mm256_set1_epi32(-1)"},
+             "mask_type": "__m256i", "full_mask": "_mm256_set1_epi32(-1)",
+             "set1": "_mm256_set1_ps", "mul": "_mm256_mul_ps", "max": "_mm256_max_ps",
+             "min": "_mm256_min_ps", "loadu": "_mm256_loadu_ps", "storeu": "_mm256_storeu_ps"},
 }
 
 
@@ -185,6 +189,8 @@ def spmm_tokens_params(req: KernelRequest, tokens: int, isa: str) -> dict:
     node, a, weight = req.node, req.input(0), req.input(1)
     packed = weight.sparsity.packed
     m, k, a_sm, a_sk = _activation_rows(a, node.attrs.get("trans_a", 0))
+    if a.layout == FEATURE_MAJOR:  # choose_layouts: the producer wrote A^T (K x M)
+        a_sm, a_sk = 1, m
     n = weight.shape[1]
     col_ptr, k_idx, values = column_blocks(packed, n)
     block_rows = packed.row_ptr.size - 1
@@ -211,6 +217,7 @@ def spmm_tokens_params(req: KernelRequest, tokens: int, isa: str) -> dict:
         "col_ptr": req.blob.add(col_ptr), "k_idx": req.blob.add(k_idx),
         "values": req.blob.add(values), **_bias(req, m, n), **_epilogue(req, node.attrs, "float32"),
         **_vector_epilogue(node.attrs),
+        "y_feature_major": req.output().layout == FEATURE_MAJOR,
     }
     req.take(req.output())
     return params

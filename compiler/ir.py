@@ -28,6 +28,9 @@ DTYPES = {
     13: "uint64",
 }
 
+FEATURE_MAJOR = "feature-major"
+"""Layout of an activation stored transposed: features outermost, tokens contiguous."""
+
 SPARSE_PATTERNS = ("1x1", "4x1", "1x4", "1x16", "16x1", "4x4")
 """Candidate block shapes RxC over a K x N weight: R consecutive input rows x C output columns."""
 
@@ -74,7 +77,7 @@ class Tensor:
     shape: tuple[int, ...]
     dtype: str
     data: np.ndarray | None = None
-    layout: str = "row-major"
+    layout: str = "row-major"  # or FEATURE_MAJOR: a [.., K] activation stored as K x rows
     sparsity: SparsityInfo | None = None
 
     @property
@@ -197,6 +200,8 @@ def format_graph(graph: Graph) -> str:
         lines.append(f"  %{i} {node.op}({ins}) -> {outs}" + (f"  {{{attrs}}}" if attrs else "")
                      + (f"  # node {node.name!r}" if node.name else ""))
     lines += [f"  output {_format_tensor(graph.tensors[n])}" for n in graph.outputs]
+    lines += [f"  layout {name!r}: {t.layout}" for name, t in graph.tensors.items()
+              if t.layout != "row-major" and name not in graph.outputs]
     if graph.memory is not None:
         lines.append(f"  arena {graph.memory.arena_bytes} bytes")
         for name, offset in sorted(graph.memory.offsets.items(), key=lambda kv: kv[1]):

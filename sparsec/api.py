@@ -38,7 +38,7 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "nat
                   verify_each: bool = False, keep_source: str | os.PathLike | None = None,
                   extra_cflags: tuple[str, ...] = (),
                   force_pattern: str | None = None,
-                  quantize: str | None = None) -> CompileResult:
+                  quantize: str | None = None, layouts: bool = True) -> CompileResult:
     """Compile and return the library path, its C header, its model info and the final IR."""
     resolved = targets.resolve(target)
     if output is None:
@@ -55,7 +55,9 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "nat
     ctx = PassContext(cost=cost_model(resolved), verify_each=verify_each,
                       dump_dir=Path(dump_ir) if dump_ir else None, force_pattern=force_pattern,
                       quantize=quantize, int8_cost=cost_model(resolved, "int8"),
-                      scratch_bytes=lambda g, n: kernels.scratch_bytes(g, n, resolved))
+                      scratch_bytes=lambda g, n: kernels.scratch_bytes(g, n, resolved),
+                      layouts=(lambda g, n: kernels.layout_support(g, n, resolved))
+                      if layouts else None)
     graph = run_pipeline(graph, ctx)
     rendered = emit.emit(graph, resolved, __version__)
     builder.build(rendered, resolved, output,
@@ -76,7 +78,8 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str = "native",
     Options: input_shapes={"name": (1, 128)} pins dynamic dimensions; dump_ir=DIR writes the IR
     after every pass; cache_dir/use_cache control the build cache; force_pattern="4x1" (or
     "dense") overrides the cost model's choice for every weight; quantize="dynamic" runs the
-    matrix products in int8 (weights per output channel, activations per tensor at run time).
+    matrix products in int8 (weights per output channel, activations per tensor at run time);
+    layouts=False keeps every activation row-major (choose_layouts off).
     """
     return compile_model(model, target, output, **options).library
 

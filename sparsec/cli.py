@@ -140,6 +140,13 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _layout_note(layer: dict) -> str:
+    transposed = [side for side, layout in layer.get("layouts", {}).items()
+                  if layout != "row-major"]
+    return f"; {' and '.join(transposed)} {'is' if len(transposed) == 1 else 'are'} " \
+        "feature-major (no transpose between token-tile kernels)" if transposed else ""
+
+
 def format_layers(info: dict) -> str:
     rows = [("layer", "weight K x N", "dtype", "density", "pattern", "kernel", "why")]
     for layer in info["layers"]:
@@ -148,7 +155,8 @@ def format_layers(info: dict) -> str:
         rows.append((layer["node"] or "?", "x".join(map(str, layer["shape"])),
                      layer.get("weight_dtype", "float32"),
                      f"{layer['density']:.3f}" if "density" in layer else "-",
-                     layer.get("pattern", "dense"), layer["kernel"], layer.get("reason", "")))
+                     layer.get("pattern", "dense"), layer["kernel"],
+                     layer.get("reason", "") + _layout_note(layer)))
     if len(rows) == 1:
         return "no matrix layers"
     widths = [max(len(str(r[i])) for r in rows) for i in range(6)]

@@ -10,7 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sparsec.compiler.ir import Graph, Node
-from sparsec.compiler.passes import detect_sparsity, fold_constants, fuse, plan_memory, quantize
+from sparsec.compiler.passes import (
+    choose_layouts,
+    detect_sparsity,
+    fold_constants,
+    fuse,
+    plan_memory,
+    quantize,
+)
 from sparsec.compiler.verify import verify
 
 
@@ -26,6 +33,14 @@ class SparseKernelCost:
     per_block: dict[str, float]  # pattern -> time per nonzero block
 
 
+@dataclass(frozen=True)
+class LayoutSupport:
+    """Which activation layouts a node's kernel handles besides row-major (codegen knows)."""
+
+    reads_feature_major: bool = False  # its activations (input 0) stored K x rows
+    writes_feature_major: bool = False  # its output stored N x rows
+
+
 @dataclass
 class PassContext:
     cost: SparseKernelCost
@@ -36,6 +51,9 @@ class PassContext:
     # Bytes of arena scratch a node's kernel needs while it runs (from codegen's kernel
     # table, so this package stays independent of codegen); None: no kernel needs any.
     scratch_bytes: Callable[[Graph, Node], int] | None = None
+    # The layouts a node's kernel on the target can read and write (codegen's kernel table);
+    # None: row-major everywhere.
+    layouts: Callable[[Graph, Node], LayoutSupport] | None = None
     dump_dir: Path | None = None
     log: list[str] = field(default_factory=list)
 
@@ -49,6 +67,8 @@ PIPELINE: list[tuple[str, Callable[[Graph, PassContext], Graph], str]] = [
      "fold bias and activation into the matrix kernels' epilogues"),
     (quantize.NAME, quantize.run,
      "on request, int8 weights per output channel for the VNNI kernels"),
+    (choose_layouts.NAME, choose_layouts.run,
+     "hand activations between token-tile kernels over transposed, skipping two transposes"),
     (plan_memory.NAME, plan_memory.run,
      "place every intermediate in one arena, sized at compile time"),
 ]
