@@ -103,8 +103,9 @@ def emit(graph: Graph, target: Target, version: str) -> Rendered:
         fn = cnames.node_fn(node_index, spec.symbol)
         kernels.append({"source": env.get_template(spec.template).render(fn=fn, **params)})
         args = [cnames.tensor_var(index[n]) for n in request.args]
-        if spec.scratch:
-            args.append(f"(float *)(arena + {graph.memory.scratch[node_index][0]})")
+        if spec.scratch:  # a kernel that needs no scratch for this node gets NULL
+            region = graph.memory.scratch.get(node_index)
+            args.append(f"(float *)(arena + {region[0]})" if region else "NULL")
         if spec.parallel:
             args.append("pool")
         calls.append({"fn": fn, "args": args, "checked": request.checked})

@@ -199,6 +199,7 @@ KERNELS: list[KernelSpec] = [
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx512f", pattern="1x16", mr=16, nr=16,
                family="f32_spmm", template="f32-spmm/avx512f.c.j2", parallel=True,
                params=functools.partial(mp.spmm_columns_params, mr=16),
+               scratch=functools.partial(mp.spmm_columns_scratch, mr=16),
                cost_ns={"generic": 0.35}),
     # int8 weights (--quantize dynamic): every row walks 4x1 groups; "dense" keeps them all.
     # A sparse row's cost is per kept group, a dense row's per weight element.
