@@ -96,7 +96,9 @@ def int8_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "") -> dic
         tokens = token_tile(k, tokens, VNNI_ISAS[isa]["lanes"])
         # One stream per column: (byte offset of the group's row in the tile, its 4 codes).
         pairs = np.stack([k_idx * (GROUP * tokens), lanes], axis=1).astype(np.int32)
-        params.update(isa=VNNI_ISAS[isa], T=tokens, pairs=req.blob.add(pairs))
+        # The range pass splits A into slices of at least 4096 floats (at most 8 slices).
+        params.update(isa=VNNI_ISAS[isa], T=tokens, pairs=req.blob.add(pairs),
+                      SLICES=max(1, min(8, m * k // 4096)))
     req.take(req.output())
     return params
 
@@ -110,7 +112,9 @@ def int8_scalar_scratch(graph: Graph, node: Node) -> int:
 
 
 def int8_tokens_scratch(graph: Graph, node: Node, tokens: int, isa: str) -> int:
-    """One token tile of u8 codes in VNNI order ([K/4][T][4]) and the fp32 Y tile ([N][T])."""
+    """Per token tile: u8 codes in VNNI order ([K/4][T][4]) and the fp32 Y tile ([N][T])."""
     k, n = graph.tensors[node.inputs[1]].shape
+    a = graph.tensors[node.inputs[0]]
     tokens = token_tile(k, tokens, VNNI_ISAS[isa]["lanes"])
-    return -(-k // GROUP) * GROUP * tokens + 4 * n * tokens
+    tiles = max(1, -(-(a.size // k if k else 0) // tokens))
+    return tiles * (-(-k // GROUP) * GROUP * tokens + 4 * n * tokens)

@@ -1,6 +1,6 @@
 /* runtime.c: the exported ABI of sparsec.h around the generated model code.
  * No globals: all mutable state lives in a run context. */
-#define _DEFAULT_SOURCE 1 /* sysconf(_SC_NPROCESSORS_ONLN) */
+#define _GNU_SOURCE 1 /* sysconf(_SC_NPROCESSORS_ONLN), sched_getaffinity */
 #define SPARSEC_BUILDING_LIBRARY 1
 #include "sparsec.h"
 #include "sparsec_model.h"
@@ -9,6 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sched.h>
+#endif
 
 #define ARENA_ALIGNMENT 64
 
@@ -57,14 +60,62 @@ int sparsec_create(sparsec_context **out)
   return sparsec_create_threads(out, 0);
 }
 
+#ifdef __linux__
+static long read_topology(int cpu, const char *field)
+{
+  char path[96];
+  long value = -1;
+  snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu%d/topology/%s", cpu, field);
+  FILE *file = fopen(path, "r");
+  if (file) {
+    if (fscanf(file, "%ld", &value) != 1)
+      value = -1;
+    fclose(file);
+  }
+  return value;
+}
+#endif
+
+/* One thread per physical core this process may run on: SMT siblings share a core's vector
+ * units, and the kernels keep those busy. Linux sysfs topology within the affinity mask;
+ * elsewhere, or when the topology is unreadable, the CPUs available. */
+static int default_threads(void)
+{
+  const long online = sysconf(_SC_NPROCESSORS_ONLN);
+  const int fallback = online > 0 ? (int)online : 1;
+#ifdef __linux__
+  cpu_set_t allowed;
+  if (sched_getaffinity(0, sizeof allowed, &allowed) != 0)
+    return fallback;
+  static const int max_cores = 1024;
+  long seen[1024];
+  int cores = 0;
+  for (int cpu = 0; cpu < CPU_SETSIZE && cores < max_cores; cpu++) {
+    if (!CPU_ISSET(cpu, &allowed))
+      continue;
+    const long core = read_topology(cpu, "core_id");
+    const long package = read_topology(cpu, "physical_package_id");
+    if (core < 0 || package < 0)
+      return CPU_COUNT(&allowed);
+    const long key = package * 1048576 + core;
+    int known = 0;
+    for (int i = 0; i < cores && !known; i++)
+      known = seen[i] == key;
+    if (!known)
+      seen[cores++] = key;
+  }
+  return cores > 0 ? cores : fallback;
+#else
+  return fallback;
+#endif
+}
+
 int sparsec_create_threads(sparsec_context **out, int threads)
 {
   if (!out)
     return SPARSEC_ERROR_ARGUMENT;
-  if (threads <= 0) {
-    const long online = sysconf(_SC_NPROCESSORS_ONLN);
-    threads = online > 0 ? (int)online : 1;
-  }
+  if (threads <= 0)
+    threads = default_threads();
   *out = NULL;
   if (sparsec_cpu_check(NULL, 0) != SPARSEC_OK)
     return SPARSEC_ERROR_CPU;

@@ -48,8 +48,9 @@ SPARSEC_API int sparsec_cpu_check(char *message, size_t capacity);
 /* Creates a run context in *out with one thread per online CPU. Checks the CPU first. */
 SPARSEC_API int sparsec_create(sparsec_context **out);
 
-/* The same with `threads` threads (the caller's included); threads <= 0 means one per online
- * CPU. The threads live as long as the context and sleep between runs. */
+/* The same with `threads` threads (the caller's included); threads <= 0 means one per physical
+ * core the process may run on (Linux; elsewhere one per online CPU). The threads live as long
+ * as the context and sleep between runs. */
 SPARSEC_API int sparsec_create_threads(sparsec_context **out, int threads);
 
 /* How many threads a context runs with. */

@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="an input array (repeatable); omitted inputs get seeded random values")
     p.add_argument("--out", metavar="FILE.npz", help="save outputs instead of printing them")
     p.add_argument("--seed", type=int, default=0, help="seed for generated inputs")
-    p.add_argument("--threads", type=int, help="threads to run with (default: one per CPU)")
+    p.add_argument("--threads", type=int,
+                   help="threads to run with (default: one per physical core)")
 
     p = sub.add_parser("info", help="describe a compiled library")
     p.add_argument("library")

@@ -219,5 +219,5 @@ class _TensorSpec:
 
 
 def load(path: str | os.PathLike, threads: int | None = None) -> Module:
-    """Load a compiled model library; `threads` defaults to one per online CPU."""
+    """Load a compiled model library; `threads` defaults to one per physical core."""
     return Module(path, threads)

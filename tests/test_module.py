@@ -1,4 +1,6 @@
+import os
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -223,3 +225,22 @@ def test_threads_argument_is_validated(compiler):
     with pytest.raises(LoadError, match="threads must be a positive integer"):
         sparsec.load(path, threads=0)
     assert sparsec.load(path, threads=3).threads == 3
+
+
+def physical_cores() -> int:
+    """Distinct (package, core) pairs among the CPUs this process may use, read from sysfs
+    here independently of runtime.c."""
+    cores = set()
+    for cpu in os.sched_getaffinity(0):
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        cores.add((topology.joinpath("physical_package_id").read_text().strip(),
+                   topology.joinpath("core_id").read_text().strip()))
+    return len(cores)
+
+
+@pytest.mark.skipif(not Path("/sys/devices/system/cpu/cpu0/topology/core_id").exists(),
+                    reason="no Linux sysfs CPU topology on this host")
+def test_default_threads_is_one_per_physical_core(compiler):
+    path = compiler.compile(mlp(), "generic").library
+    with sparsec.load(path) as module:
+        assert module.threads == physical_cores()

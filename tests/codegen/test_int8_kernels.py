@@ -144,7 +144,8 @@ def test_int8_row_matches_integer_reference(row: KernelSpec, case: Case, compile
     assert layer["weight_dtype"] == "int8"
     if mode == "compile-only":
         return
-    (actual,) = sparsec.load(result.library).run({"x": x}).values()
+    # 2 threads: a tile per thread when M spans two token tiles, split by columns otherwise
+    (actual,) = sparsec.load(result.library, threads=2).run({"x": x}).values()
     expected = reference(case, x, weight, bias)
     differ = actual != expected
     assert not differ.any(), (
