@@ -17,13 +17,21 @@ from sparsec.codegen import matrix_params as mp
 from sparsec.codegen import params as kp
 from sparsec.codegen.targets import Target
 from sparsec.compiler.ir import SPARSE_PATTERNS, Graph, Node, block_shape
-from sparsec.compiler.ops import COPY_OPS, DENSE, ELEMENTWISE_BINARY, ELEMENTWISE_UNARY
+from sparsec.compiler.ops import (
+    COPY_OPS,
+    DENSE,
+    ELEMENTWISE_BINARY,
+    ELEMENTWISE_UNARY,
+    FLOAT_ONLY,
+)
 from sparsec.compiler.passes import LayoutSupport
 from sparsec.errors import KernelNotFoundError
 
 FLOAT = ("float32",)
 INTEGER = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
-NUMERIC = ("float32", "float64") + INTEGER
+FLOATS = ("float32", "float64")
+NUMERIC = FLOATS + INTEGER
+SIGNED = FLOATS + ("int8", "int16", "int32", "int64")
 ANY = NUMERIC + ("bool",)
 
 ISA_ORDER = ("scalar", "avx2", "avxvnni", "avx512f", "avx512vnni")  # oldest to shiniest
@@ -220,10 +228,12 @@ KERNELS: list[KernelSpec] = [
       for p, cost in zip(("dense", "4x1"), costs)],
     KernelSpec(op="MatMul", dtypes=FLOAT, isa="scalar", mr=4, nr=32, family="f32_matmul",
                template="f32-gemm/scalar.c.j2", params=mp.matmul_params),
-    *[KernelSpec(op=op, dtypes=NUMERIC, isa="scalar", family=f"x_{op.lower()}",
-                 template="x-elementwise/binary.c.j2", params=kp.binary_params)
+    *[KernelSpec(op=op, dtypes=FLOATS + ("int32", "int64") if op == "Pow" else NUMERIC,
+                 isa="scalar", family=f"x_{op.lower()}", template="x-elementwise/binary.c.j2",
+                 params=kp.binary_params)
       for op in ELEMENTWISE_BINARY],
-    *[KernelSpec(op=op, dtypes=FLOAT if op in ("Sigmoid", "Tanh") else NUMERIC, isa="scalar",
+    *[KernelSpec(op=op, dtypes=FLOATS if op in FLOAT_ONLY else SIGNED if op == "Neg" else NUMERIC,
+                 isa="scalar",
                  family=f"x_{op.lower()}", template="x-elementwise/unary.c.j2",
                  params=kp.unary_params)
       for op in ELEMENTWISE_UNARY],
@@ -231,6 +241,10 @@ KERNELS: list[KernelSpec] = [
                  template="x-copy/scalar.c.j2", params=kp.copy_params) for op in COPY_OPS],
     KernelSpec(op="Transpose", dtypes=ANY, isa="scalar", family="x_transpose",
                template="x-transpose/scalar.c.j2", params=kp.transpose_params),
+    KernelSpec(op="ReduceMean", dtypes=FLOATS, isa="scalar", family="x_reducemean",
+               template="x-reduce/mean.c.j2", params=kp.reduce_mean_params),
+    KernelSpec(op="LayerNormalization", dtypes=FLOATS, isa="scalar", family="x_layernorm",
+               template="f32-layernorm/scalar.c.j2", params=kp.layer_norm_params),
     KernelSpec(op="Softmax", dtypes=FLOAT, isa="scalar", family="f32_softmax",
                template="f32-softmax/scalar.c.j2", params=kp.softmax_params),
 ]

@@ -160,14 +160,35 @@ def activation_statements(op: str, bounds: tuple[str, ...], dtype: str,
         # max then min: with min > max every value becomes max, as ONNX specifies.
         return [f"{var} = {var} < {low} ? {low} : {var};",
                 f"{var} = {var} > {high} ? {high} : {var};"]
+    if op in ("Sqrt", "Erf", "Exp"):
+        return [f"{var} = {op.lower()}{suffix}({var});"]
+    if op == "Neg":
+        if dtype.startswith("float"):
+            return [f"{var} = -{var};"]
+        wide = "uint64_t" if dtype.endswith("64") else "uint32_t"  # INT_MIN wraps, no UB
+        return [f"{var} = ({ctype})(({wide})0 - ({wide}){var});"]
+    if op == "Gelu":  # approximate="none": x/2 (1 + erf(x / sqrt 2))
+        half, root_half = c_literal(0.5, dtype), c_literal(np.sqrt(0.5), dtype)
+        return [f"{var} = {half} * {var} * ({one} + erf{suffix}({var} * {root_half}));"]
+    if op == "GeluTanh":  # approximate="tanh": x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+        half, scale = c_literal(0.5, dtype), c_literal(np.sqrt(2 / np.pi), dtype)
+        cubic = c_literal(0.044715, dtype)
+        return [f"{var} = {half} * {var} * ({one} + tanh{suffix}({scale} * ({var} + {cubic} * "
+                f"{var} * {var} * {var})));"]
     raise KernelNotFoundError(f"no activation {op!r}")
 
 
 def binary_expression(op: str, dtype: str, a: str, b: str) -> str:
     """`a OP b` with ONNX semantics; integers wrap (unsigned arithmetic, never C's UB) and
     integer division by zero gives 0 instead of trapping."""
-    symbol = {"Add": "+", "Sub": "-", "Mul": "*", "Div": "/"}[op]
     ctype = CTYPES[dtype]
+    if op == "Pow":  # an exponent of another type converts to the base's
+        if dtype.startswith("float"):
+            return f"pow{'f' if ctype == 'float' else ''}({a}, ({ctype}){b})"
+        # integer base: pow in double, as onnxruntime, saturated instead of C's undefined
+        # float-to-int conversion out of range
+        return f"({ctype})sparsec__saturate_i64(pow((double){a}, (double){b}))"
+    symbol = {"Add": "+", "Sub": "-", "Mul": "*", "Div": "/"}[op]
     if dtype in ("float32", "float64"):
         return f"{a} {symbol} {b}"
     wide = "uint64_t" if dtype.endswith("64") else "uint32_t"
@@ -186,7 +207,8 @@ def binary_params(req: KernelRequest) -> dict:
     loops, (y_index, a_index, b_index) = elementwise_loops(y.shape, [a.shape, b.shape])
     for tensor in (a, b, y):
         req.take(tensor)
-    return {"ctype": CTYPES[y.dtype], "loops": loops, "y_index": y_index,
+    return {"ctype": CTYPES[y.dtype], "b_ctype": CTYPES[b.dtype], "loops": loops,
+            "y_index": y_index,
             "expression": binary_expression(req.node.op, y.dtype, f"a[{a_index}]",
                                             f"b[{b_index}]")}
 
@@ -196,8 +218,17 @@ def unary_params(req: KernelRequest) -> dict:
     req.take(x)
     bounds, bound_args = clip_bounds(req) if req.node.op == "Clip" else ((), [])
     req.take(y)
+    op = req.node.op
+    if op == "Gelu":
+        approximate = req.node.attrs.get("approximate", "none")
+        if isinstance(approximate, bytes):
+            approximate = approximate.decode()
+        if approximate not in ("none", "tanh"):
+            raise KernelNotFoundError(f"node {req.node.name!r}: Gelu approximate="
+                                      f"{approximate!r}; ONNX defines 'none' and 'tanh'")
+        op = "GeluTanh" if approximate == "tanh" else "Gelu"
     return {"ctype": CTYPES[y.dtype], "count": y.size, "bound_args": bound_args,
-            "statements": activation_statements(req.node.op, bounds, y.dtype, "v")}
+            "statements": activation_statements(op, bounds, y.dtype, "v")}
 
 
 def clip_bounds(req: KernelRequest) -> tuple[tuple[str, str], list[str]]:
@@ -266,3 +297,78 @@ def softmax_params(req: KernelRequest) -> dict:
     req.take(x)
     req.take(y)
     return {"outer": outer, "length": length, "inner": inner}
+
+
+# --- reductions and normalisation -------------------------------------------------------------
+
+def reduce_axes(req: KernelRequest) -> list[int]:
+    """ReduceMean's axes: the attribute (opset < 18) or the constant second input; none means
+    all, unless noop_with_empty_axes."""
+    x, node = req.input(0), req.node
+    rank = len(x.shape)
+    axes_input = req.input(1)
+    if axes_input is not None:
+        if not axes_input.is_constant:
+            raise KernelNotFoundError(f"node {node.name!r}: ReduceMean axes must be constant "
+                                      "(the output shape is compiled in)")
+        axes = [int(a) for a in axes_input.data.reshape(-1)]
+    else:
+        axes = list(node.attrs.get("axes", []))
+    if not axes:
+        return [] if node.attrs.get("noop_with_empty_axes", 0) else list(range(rank))
+    return sorted({a + rank if a < 0 else a for a in axes})
+
+
+def reduce_mean_params(req: KernelRequest) -> dict:
+    x, y = req.input(0), req.output()
+    axes = reduce_axes(req)
+    kept = [d for d in range(len(x.shape)) if d not in axes]
+    x_strides = contiguous_strides(x.shape)
+    y_strides = contiguous_strides(tuple(x.shape[d] for d in kept))
+    outer = [{"var": f"o{i}", "extent": x.shape[d]} for i, d in enumerate(kept)]
+    inner = [{"var": f"r{i}", "extent": x.shape[d]} for i, d in enumerate(axes)]
+    x_terms = [f"o{i} * {x_strides[d]}" for i, d in enumerate(kept)]
+    x_terms += [f"r{i} * {x_strides[d]}" for i, d in enumerate(axes)]
+    y_terms = [f"o{i} * {y_strides[i]}" for i in range(len(kept))]
+    req.take(x)
+    req.take(y)
+    count = int(np.prod([x.shape[d] for d in axes])) if axes else 1
+    return {"ctype": CTYPES[y.dtype], "outer": outer, "inner": inner,
+            "x_index": " + ".join(x_terms) or "0", "y_index": " + ".join(y_terms) or "0",
+            "count": count}
+
+
+def layer_norm_params(req: KernelRequest) -> dict:
+    """LayerNormalization (opset 17): normalise over axes axis.. (default -1); the optional
+    Mean and InvStdDev outputs (float32, one per row) when the model names them."""
+    x, scale, bias, y = req.input(0), req.input(1), req.input(2), req.output()
+    node = req.node
+    extras = [req.graph.tensors[name] if name else None
+              for name in (list(node.outputs[1:3]) + ["", ""])[:2]]
+    for tensor in extras:
+        if tensor is not None and tensor.dtype != "float32":
+            raise KernelNotFoundError(f"node {node.name!r}: LayerNormalization stash_type "
+                                      f"{tensor.dtype}; sparsec computes float32 statistics")
+    rank = len(x.shape)
+    axis = node.attrs.get("axis", -1)
+    axis = axis + rank if axis < 0 else axis
+    normalized = tuple(x.shape[axis:])
+    length = int(np.prod(normalized))
+    rows = x.size // length if length else 0
+
+    def index(tensor):
+        strides = broadcast_strides(tensor.shape, normalized)
+        digits = contiguous_strides(normalized)
+        terms = [f"(j / {d} % {n}) * {s}" for d, n, s in zip(digits, normalized, strides) if s]
+        return " + ".join(terms) or "0"
+
+    req.take(x)
+    req.take(scale)
+    has_bias = req.take(bias)
+    req.take(y)
+    has_mean, has_inverse = (req.take(tensor) for tensor in extras)
+    return {"ctype": CTYPES[y.dtype], "rows": rows, "length": length,
+            "has_mean": has_mean, "has_inverse": has_inverse,
+            "epsilon": c_literal(node.attrs.get("epsilon", 1e-5), "float64"),
+            "has_bias": has_bias, "scale_index": index(scale),
+            "bias_index": index(bias) if has_bias else "0"}

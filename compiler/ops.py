@@ -7,12 +7,14 @@ Any other standard operator is accepted only where every input is a compile-time
 
 from __future__ import annotations
 
-ELEMENTWISE_BINARY = ("Add", "Sub", "Mul", "Div")
-ELEMENTWISE_UNARY = ("Relu", "Sigmoid", "Tanh", "Clip")
+ELEMENTWISE_BINARY = ("Add", "Sub", "Mul", "Div", "Pow")
+ELEMENTWISE_UNARY = ("Relu", "Sigmoid", "Tanh", "Clip", "Sqrt", "Erf", "Exp", "Neg", "Gelu")
+FLOAT_ONLY = ("Sigmoid", "Tanh", "Sqrt", "Erf", "Exp", "Gelu")  # libm functions
 COPY_OPS = ("Identity", "Reshape", "Flatten")
 
 RUNTIME_OPS = frozenset(
-    ("MatMul", "Gemm", "Transpose", "Softmax") + ELEMENTWISE_BINARY + ELEMENTWISE_UNARY + COPY_OPS
+    ("MatMul", "Gemm", "Transpose", "Softmax", "ReduceMean", "LayerNormalization")
+    + ELEMENTWISE_BINARY + ELEMENTWISE_UNARY + COPY_OPS
 )
 
 # Ops that only fuse creates; they never come from a model.

@@ -22,6 +22,19 @@ enum {
 #define SPARSEC_FEATURE_NAMES \
   { "avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni", "avxvnni" }
 
+/* A double as int64: NaN gives 0, values beyond the range the nearest bound (C leaves the
+ * plain conversion of those undefined). */
+static inline int64_t sparsec__saturate_i64(double value)
+{
+  if (value != value)
+    return 0;
+  if (value >= 9223372036854775807.0)
+    return INT64_MAX;
+  if (value <= -9223372036854775808.0)
+    return INT64_MIN;
+  return (int64_t)value;
+}
+
 SPARSEC_HIDDEN extern const uint32_t sparsec__required_features;
 SPARSEC_HIDDEN extern const size_t sparsec__arena_bytes;
 SPARSEC_HIDDEN extern const size_t sparsec__num_inputs;

@@ -25,7 +25,13 @@ from sparsec.errors import SparsecError
 
 STANDARD_DOMAINS = ("", "ai.onnx")
 
+_RUNTIME_AXES = ("ReduceMean's axes are a graph input here; the compiled output shape needs "
+                 "them at compile time (exports pass constants, which fold)")
 EXCLUDED = {
+    **{f"test_reduce_mean_{variant}": _RUNTIME_AXES for variant in (
+        "default_axes_keepdims_example", "default_axes_keepdims_random",
+        "do_not_keepdims_example", "do_not_keepdims_random", "keepdims_example",
+        "keepdims_random", "negative_axes_keepdims_example", "negative_axes_keepdims_random")},
     "test_identity_sequence": "the input and output are sequence(tensor); sparsec compiles "
                               "tensors only",
     "test_identity_opt": "the input and output are optional(sequence(tensor)); sparsec compiles "

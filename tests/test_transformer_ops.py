@@ -1,0 +1,83 @@
+"""The operators a BERT-style encoder adds, as exported (constant axes, opset 17 attributes),
+against onnxruntime on every target. The node conformance cases cover them too, but there
+ReduceMean's axes are graph inputs, which a compiled shape cannot take."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import helper
+
+from tests.conftest import TARGET_PARAMS, run_onnxruntime
+from tests.graphs import model
+
+# float32 results of short sums and libm calls; onnxruntime sums in float, sparsec in
+# double: both are within a few eps of the exact value.
+RTOL, ATOL = 1e-5, 1e-6
+
+
+def check(compiler, target, onnx_model, feeds):
+    result = compiler.compile(onnx_model, target)
+    if not compiler.can_run(target):
+        return
+    import sparsec
+
+    actual = sparsec.load(result.library).run(feeds)
+    for got, wanted in zip(actual.values(), run_onnxruntime(onnx_model, feeds)):
+        np.testing.assert_allclose(got, wanted, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("target", TARGET_PARAMS)
+@settings(max_examples=5, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(shape=st.lists(st.integers(1, 6), min_size=1, max_size=4), data=st.data())
+def test_reduce_mean_constant_axes(target, shape, data, compiler):
+    rank = len(shape)
+    axes = data.draw(st.lists(st.integers(-rank, rank - 1), max_size=rank, unique_by=lambda a:
+                              a % rank))
+    keepdims = data.draw(st.integers(0, 1))
+    kept = [d for d in range(rank) if axes and d % rank not in {a % rank for a in axes}]
+    out = [1 if (not axes or d % rank in {a % rank for a in axes}) else shape[d]
+           for d in range(rank)] if keepdims else [shape[d] for d in kept]
+    attrs = {"keepdims": keepdims, **({"axes": axes} if axes else {})}
+    onnx_model = model([helper.make_node("ReduceMean", ["x"], ["y"], **attrs)],
+                       [("x", shape)], [("y", out)])
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    check(compiler, target, onnx_model, {"x": x})
+
+
+@pytest.mark.parametrize("target", TARGET_PARAMS)
+@pytest.mark.parametrize("axis,scale_shape", [(-1, (16,)), (1, (4, 16)), (-1, (1,))])
+def test_layer_normalization_as_exported(target, axis, scale_shape, compiler):
+    rng = np.random.default_rng(1)
+    scale = rng.standard_normal(scale_shape).astype(np.float32)
+    bias = rng.standard_normal(scale_shape).astype(np.float32)
+    onnx_model = model([helper.make_node("LayerNormalization", ["x", "s", "b"], ["y"],
+                                         axis=axis, epsilon=1e-12)],
+                       [("x", [2, 4, 16])], [("y", [2, 4, 16])], [("s", scale), ("b", bias)])
+    check(compiler, target, onnx_model, {"x": rng.standard_normal((2, 4, 16)).astype("f4")})
+
+
+@pytest.mark.parametrize("target", TARGET_PARAMS)
+def test_layer_norm_written_out_and_gelu_with_erf(target, compiler):
+    """What torch exports before LayerNormalization and Gelu existed: ReduceMean, Sub, Pow,
+    Sqrt, Div; x * 0.5 * (1 + erf(x / sqrt 2))."""
+    rng = np.random.default_rng(2)
+    c = {"two": np.float32(2), "eps": np.float32(1e-12), "half": np.float32(0.5),
+         "one": np.float32(1), "root2": np.float32(np.sqrt(2))}
+    nodes = [helper.make_node("ReduceMean", ["x"], ["mu"], axes=[-1]),
+             helper.make_node("Sub", ["x", "mu"], ["d"]),
+             helper.make_node("Pow", ["d", "two"], ["d2"]),
+             helper.make_node("ReduceMean", ["d2"], ["var"], axes=[-1]),
+             helper.make_node("Add", ["var", "eps"], ["ve"]),
+             helper.make_node("Sqrt", ["ve"], ["sd"]),
+             helper.make_node("Div", ["d", "sd"], ["n"]),
+             helper.make_node("Div", ["n", "root2"], ["z"]),
+             helper.make_node("Erf", ["z"], ["e"]),
+             helper.make_node("Add", ["e", "one"], ["e1"]),
+             helper.make_node("Mul", ["n", "e1"], ["g"]),
+             helper.make_node("Mul", ["g", "half"], ["y"])]
+    onnx_model = model(nodes, [("x", [3, 5, 32])], [("y", [3, 5, 32])], list(c.items()))
+    check(compiler, target, onnx_model, {"x": rng.standard_normal((3, 5, 32)).astype("f4")})
