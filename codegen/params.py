@@ -182,6 +182,8 @@ def binary_expression(op: str, dtype: str, a: str, b: str) -> str:
     """`a OP b` with ONNX semantics; integers wrap (unsigned arithmetic, never C's UB) and
     integer division by zero gives 0 instead of trapping."""
     ctype = CTYPES[dtype]
+    if op == "Equal":  # bool output (uint8 0/1)
+        return f"(uint8_t)({a} == {b})"
     if op == "Pow":  # an exponent of another type converts to the base's
         if dtype.startswith("float"):
             return f"pow{'f' if ctype == 'float' else ''}({a}, ({ctype}){b})"
@@ -207,9 +209,9 @@ def binary_params(req: KernelRequest) -> dict:
     loops, (y_index, a_index, b_index) = elementwise_loops(y.shape, [a.shape, b.shape])
     for tensor in (a, b, y):
         req.take(tensor)
-    return {"ctype": CTYPES[y.dtype], "b_ctype": CTYPES[b.dtype], "loops": loops,
-            "y_index": y_index,
-            "expression": binary_expression(req.node.op, y.dtype, f"a[{a_index}]",
+    return {"ctype": CTYPES[a.dtype], "b_ctype": CTYPES[b.dtype], "y_ctype": CTYPES[y.dtype],
+            "loops": loops, "y_index": y_index,
+            "expression": binary_expression(req.node.op, a.dtype, f"a[{a_index}]",
                                             f"b[{b_index}]")}
 
 
@@ -259,13 +261,17 @@ def copy_params(req: KernelRequest) -> dict:
     """A byte copy; a Reshape whose target shape is a run-time input also checks that shape,
     since the compiled output shape cannot change."""
     x, y = req.input(0), req.output()
+    axes = req.input(1) if req.node.op in ("Squeeze", "Unsqueeze") else None
+    check_axes = req.node.op if axes is not None and not axes.is_constant else ""
     shape = req.input(1) if req.node.op == "Reshape" else None
     req.take(x)
-    req.checked = shape is not None and not shape.is_constant
+    req.checked = bool(check_axes) or (shape is not None and not shape.is_constant)
     if req.checked:
-        req.take(shape)
+        req.take(axes if check_axes else shape)
     req.take(y)
-    return {"nbytes": y.nbytes, "check_shape": req.checked, "input_dims": list(x.shape),
+    return {"nbytes": y.nbytes, "check_shape": req.checked and not check_axes,
+            "check_axes": check_axes, "axes_count": axes.size if check_axes else 0,
+            "input_dims": list(x.shape),
             "output_dims": list(y.shape), "output_text": str(list(y.shape)),
             "allowzero": int(req.node.attrs.get("allowzero", 0)),
             "node_literal": c_string_literal(req.node.name)}
@@ -372,3 +378,49 @@ def layer_norm_params(req: KernelRequest) -> dict:
             "epsilon": c_literal(node.attrs.get("epsilon", 1e-5), "float64"),
             "has_bias": has_bias, "scale_index": index(scale),
             "bias_index": index(bias) if has_bias else "0"}
+
+
+# --- gather, cast, where -----------------------------------------------------------------------
+
+def gather_params(req: KernelRequest) -> dict:
+    data, indices, y = req.input(0), req.input(1), req.output()
+    rank = len(data.shape)
+    axis = req.node.attrs.get("axis", 0)
+    axis = axis + rank if axis < 0 else axis
+    req.checked = True
+    for tensor in (data, indices, y):
+        req.take(tensor)
+    return {"itype": CTYPES[indices.dtype], "outer": int(np.prod(data.shape[:axis])),
+            "axis_dim": data.shape[axis], "count": indices.size,
+            "inner_bytes": int(np.prod(data.shape[axis + 1:])) * np.dtype(data.dtype).itemsize,
+            "node_literal": c_string_literal(req.node.name)}
+
+
+def cast_expression(source: str, target: str) -> str:
+    ctype = CTYPES[target]
+    if target == "bool":
+        return "(uint8_t)(v != 0)"
+    if source.startswith("float") and not target.startswith("float"):
+        if target == "uint64":  # beyond int64: saturate in double first
+            return ("(uint64_t)(v != v || v <= 0 ? 0 : v >= 18446744073709551615.0 ? "
+                    "UINT64_MAX : (uint64_t)v)")
+        return f"({ctype})sparsec__saturate_i64((double)v)"
+    return f"({ctype})v"
+
+
+def cast_params(req: KernelRequest) -> dict:
+    x, y = req.input(0), req.output()
+    req.take(x)
+    req.take(y)
+    return {"x_ctype": CTYPES[x.dtype], "y_ctype": CTYPES[y.dtype], "count": y.size,
+            "expression": cast_expression(x.dtype, y.dtype)}
+
+
+def where_params(req: KernelRequest) -> dict:
+    condition, a, b, y = req.input(0), req.input(1), req.input(2), req.output()
+    loops, (y_index, c_index, a_index, b_index) = elementwise_loops(
+        y.shape, [condition.shape, a.shape, b.shape])
+    for tensor in (condition, a, b, y):
+        req.take(tensor)
+    return {"ctype": CTYPES[y.dtype], "loops": loops, "y_index": y_index, "c_index": c_index,
+            "a_index": a_index, "b_index": b_index}

@@ -10,10 +10,11 @@ from __future__ import annotations
 ELEMENTWISE_BINARY = ("Add", "Sub", "Mul", "Div", "Pow")
 ELEMENTWISE_UNARY = ("Relu", "Sigmoid", "Tanh", "Clip", "Sqrt", "Erf", "Exp", "Neg", "Gelu")
 FLOAT_ONLY = ("Sigmoid", "Tanh", "Sqrt", "Erf", "Exp", "Gelu")  # libm functions
-COPY_OPS = ("Identity", "Reshape", "Flatten")
+COPY_OPS = ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
 
 RUNTIME_OPS = frozenset(
-    ("MatMul", "Gemm", "Transpose", "Softmax", "ReduceMean", "LayerNormalization")
+    ("MatMul", "Gemm", "Transpose", "Softmax", "ReduceMean", "LayerNormalization", "Gather",
+     "Cast", "Where", "Equal")
     + ELEMENTWISE_BINARY + ELEMENTWISE_UNARY + COPY_OPS
 )
 

@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from onnx import helper
+from onnx import TensorProto, helper, numpy_helper
+from onnx import helper as h
 
+import sparsec
+from sparsec.errors import InputError
 from tests.conftest import TARGET_PARAMS, run_onnxruntime
 from tests.graphs import model
 
@@ -22,8 +25,6 @@ def check(compiler, target, onnx_model, feeds):
     result = compiler.compile(onnx_model, target)
     if not compiler.can_run(target):
         return
-    import sparsec
-
     actual = sparsec.load(result.library).run(feeds)
     for got, wanted in zip(actual.values(), run_onnxruntime(onnx_model, feeds)):
         np.testing.assert_allclose(got, wanted, rtol=RTOL, atol=ATOL)
@@ -81,3 +82,35 @@ def test_layer_norm_written_out_and_gelu_with_erf(target, compiler):
              helper.make_node("Mul", ["g", "half"], ["y"])]
     onnx_model = model(nodes, [("x", [3, 5, 32])], [("y", [3, 5, 32])], list(c.items()))
     check(compiler, target, onnx_model, {"x": rng.standard_normal((3, 5, 32)).astype("f4")})
+
+
+def test_gather_embeddings_and_bad_index(compiler):
+    """input_ids -> embedding rows; an index outside the table stops the run with a message."""
+    table = np.random.default_rng(3).standard_normal((10, 4)).astype(np.float32)
+    graph = h.make_graph([h.make_node("Gather", ["table", "ids"], ["y"], name="embed")], "g",
+                         [h.make_tensor_value_info("ids", TensorProto.INT64, [1, 5])],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 4])],
+                         [onnx_tensor(table, "table")])
+    onnx_model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    module = sparsec.load(compiler.compile(onnx_model, "generic").library)
+    ids = np.array([[0, 3, 9, -1, 2]], np.int64)
+    np.testing.assert_array_equal(module.run({"ids": ids})["y"], table[ids])
+    with pytest.raises(InputError, match=r"Gather node embed: index 10 at position 1"):
+        module.run({"ids": np.array([[0, 10, 1, 1, 1]], np.int64)})
+
+
+def test_unsqueeze_with_run_time_axes_is_checked(compiler):
+    graph = h.make_graph([h.make_node("Unsqueeze", ["x", "axes"], ["y"], name="u")], "g",
+                         [h.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4]),
+                          h.make_tensor_value_info("axes", TensorProto.INT64, [1])],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, [3, 1, 4])])
+    onnx_model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    module = sparsec.load(compiler.compile(onnx_model, "generic").library)
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert module.run({"x": x, "axes": np.array([-2])})["y"].shape == (3, 1, 4)
+    with pytest.raises(InputError, match="Unsqueeze node u: the axes input"):
+        module.run({"x": x, "axes": np.array([0])})
+
+
+def onnx_tensor(array, name):
+    return numpy_helper.from_array(array, name)
