@@ -5,6 +5,9 @@
 mlp_sparse.onnx: a 3-layer MLP (64 -> 256 -> 256 -> 10, batch 4) with ReLU, its weights
 magnitude-pruned to 90 % in 1x16 blocks, 4x1 blocks and unstructured respectively, so one small
 model exercises dense-vs-sparse selection and several block patterns.
+
+tiny_bert.onnx (+ tiny_bert_inputs.npz): a 2-layer, hidden-64 BERT encoder in the form
+Hugging Face exports take, its Linears pruned to 90 % in 4x1 blocks (see tiny_bert.py).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from tiny_bert import tiny_bert, tiny_bert_inputs
 
 HERE = Path(__file__).resolve().parent
 OPSET = 17
@@ -67,6 +71,9 @@ def main() -> None:
     np.save(HERE / "mlp_input.npy",
             np.random.default_rng(1).standard_normal((4, 64)).astype(np.float32))
     print(f"wrote {HERE / 'mlp_sparse.onnx'} and {HERE / 'mlp_input.npy'}")
+    onnx.save(tiny_bert(), str(HERE / "tiny_bert.onnx"))
+    np.savez(HERE / "tiny_bert_inputs.npz", **tiny_bert_inputs())
+    print(f"wrote {HERE / 'tiny_bert.onnx'} and {HERE / 'tiny_bert_inputs.npz'}")
 
 
 if __name__ == "__main__":
