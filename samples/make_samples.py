@@ -6,7 +6,7 @@ mlp_sparse.onnx: a 3-layer MLP (64 -> 256 -> 256 -> 10, batch 4) with ReLU, its 
 magnitude-pruned to 90 % in 1x16 blocks, 4x1 blocks and unstructured respectively, so one small
 model exercises dense-vs-sparse selection and several block patterns.
 
-tiny_bert.onnx (+ tiny_bert_inputs.npz): a 2-layer, hidden-64 BERT encoder in the form
+tiny_bert.onnx (+ tiny_bert_input_ids.npy, tiny_bert_attention_mask.npy): a 2-layer, hidden-64 BERT encoder in the form
 Hugging Face exports take, its Linears pruned to 90 % in 4x1 blocks (see tiny_bert.py).
 """
 
@@ -72,8 +72,9 @@ def main() -> None:
             np.random.default_rng(1).standard_normal((4, 64)).astype(np.float32))
     print(f"wrote {HERE / 'mlp_sparse.onnx'} and {HERE / 'mlp_input.npy'}")
     onnx.save(tiny_bert(), str(HERE / "tiny_bert.onnx"))
-    np.savez(HERE / "tiny_bert_inputs.npz", **tiny_bert_inputs())
-    print(f"wrote {HERE / 'tiny_bert.onnx'} and {HERE / 'tiny_bert_inputs.npz'}")
+    for name, value in tiny_bert_inputs().items():
+        np.save(HERE / f"tiny_bert_{name}.npy", value)
+    print(f"wrote {HERE / 'tiny_bert.onnx'} and its inputs tiny_bert_*.npy")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 @pytest.fixture(scope="module")
 def bert():
     model = onnx.load(str(SAMPLES / "tiny_bert.onnx"))
-    feeds = dict(np.load(SAMPLES / "tiny_bert_inputs.npz"))
+    feeds = {name: np.load(SAMPLES / f"tiny_bert_{name}.npy")
+             for name in ("input_ids", "attention_mask")}
     (expected,) = run_onnxruntime(model, feeds)
     return model, feeds, expected
 
