@@ -35,6 +35,35 @@ static inline int64_t sparsec__saturate_i64(double value)
   return (int64_t)value;
 }
 
+/* e^x without a libm call, branch-free so that loops over it vectorise (glibc's expf is a
+ * call per element, and its underflow path for the -FLT_MAX of attention masks is slow):
+ * x = n ln2 + r with ln2 in two parts (Cephes), e^r by Cephes' degree-6 polynomial, 2^n put
+ * into the exponent bits. Within 2 ulp of e^x for x in [-87.3, 88.7] (checked against float64
+ * by tests/test_softmax.py); below that 0, above it inf; NaN stays NaN. */
+static inline float sparsec__expf(float x)
+{
+  const float low = -87.33654f, high = 88.72283f;
+  /* NaN computes with 0 (converting NaN to int is undefined) and is returned as it came */
+  const float clamped = x != x ? 0.0f : (x < low ? low : (x > high ? high : x));
+  const float shifter = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
+  const float n = (clamped * 1.44269504088896341f + shifter) - shifter;
+  float r = clamped - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float poly = p * r * r + r + 1.0f;
+  /* 2^n as n + 127 in the exponent field; n <= 128 here, so split it to stay in range */
+  const int32_t half = (int32_t)n >> 1;
+  union { uint32_t bits; float value; } a = { (uint32_t)(half + 127) << 23 },
+                                         b = { (uint32_t)((int32_t)n - half + 127) << 23 };
+  const float result = poly * a.value * b.value;
+  return x != x ? x : (x < low ? 0.0f : (x > high ? __builtin_inff() : result));
+}
+
 SPARSEC_HIDDEN extern const uint32_t sparsec__required_features;
 SPARSEC_HIDDEN extern const size_t sparsec__arena_bytes;
 SPARSEC_HIDDEN extern const size_t sparsec__num_inputs;

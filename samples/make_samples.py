@@ -6,8 +6,9 @@ mlp_sparse.onnx: a 3-layer MLP (64 -> 256 -> 256 -> 10, batch 4) with ReLU, its 
 magnitude-pruned to 90 % in 1x16 blocks, 4x1 blocks and unstructured respectively, so one small
 model exercises dense-vs-sparse selection and several block patterns.
 
-tiny_bert.onnx (+ tiny_bert_input_ids.npy, tiny_bert_attention_mask.npy): a 2-layer, hidden-64 BERT encoder in the form
-Hugging Face exports take, its Linears pruned to 90 % in 4x1 blocks (see tiny_bert.py).
+tiny_bert.onnx (+ tiny_bert_input_ids.npy, tiny_bert_attention_mask.npy): a 2-layer,
+hidden-64 BERT encoder in the form Hugging Face exports take, its Linears pruned to 90 % in
+4x1 blocks (see tiny_bert.py).
 """
 
 from __future__ import annotations

@@ -1,0 +1,85 @@
+"""sparsec__expf (runtime_c/sparsec_model.h), the exponential behind Softmax, against float64,
+and Softmax through a compiled model against a float64 reference."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+from onnx import helper
+
+import sparsec
+from sparsec.codegen import build
+from tests.conftest import TARGET_PARAMS
+from tests.graphs import model
+
+HARNESS = r"""
+#include "sparsec_model.h"
+#include <stdio.h>
+#include <string.h>
+int main(void) {
+  float x;
+  while (fread(&x, sizeof x, 1, stdin) == 1) {
+    const float y = sparsec__expf(x);
+    fwrite(&y, sizeof y, 1, stdout);
+  }
+  return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def expf(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("expf")
+    (folder / "harness.c").write_text(HARNESS)
+    exe = folder / "harness"
+    subprocess.run([build.find_compiler(), "-O2", "-std=c11", "-I", str(build.runtime_dir()),
+                    str(folder / "harness.c"), "-o", str(exe)], check=True)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        out = subprocess.run([str(exe)], input=x.astype(np.float32).tobytes(),
+                             capture_output=True, check=True).stdout
+        return np.frombuffer(out, dtype=np.float32)
+
+    return run
+
+
+def ulps(actual: np.ndarray, exact: np.ndarray) -> np.ndarray:
+    spacing = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    return np.abs(actual.astype(np.float64) - exact) / spacing
+
+
+def test_expf_within_two_ulp(expf):
+    x = np.concatenate([np.linspace(-87.3, 88.7, 200_001, dtype=np.float32),
+                        np.random.default_rng(0).uniform(-20, 0, 100_000).astype(np.float32)])
+    error = ulps(expf(x), np.exp(x.astype(np.float64)))
+    assert error.max() <= 2.0, f"{error.max():.2f} ulp at x = {x[np.argmax(error)]!r}"
+
+
+def test_expf_edges(expf):
+    x = np.array([-np.inf, -3.4e38, -104.0, -87.4, 0.0, 89.0, np.inf, np.nan], np.float32)
+    y = expf(x)
+    assert list(y[:4]) == [0.0, 0.0, 0.0, 0.0]
+    assert y[4] == 1.0 and np.isinf(y[5]) and np.isinf(y[6]) and np.isnan(y[7])
+
+
+@pytest.mark.parametrize("target", TARGET_PARAMS)
+def test_softmax_with_masked_scores(target, compiler):
+    """Attention rows: scores plus a -FLT_MAX mask on some positions."""
+    rng = np.random.default_rng(1)
+    x = (3 * rng.standard_normal((4, 128))).astype(np.float32)
+    x[:, 100:] += np.finfo(np.float32).min
+    onnx_model = model([helper.make_node("Softmax", ["x"], ["y"], axis=-1)],
+                       [("x", [4, 128])], [("y", [4, 128])])
+    result = compiler.compile(onnx_model, target)
+    if not compiler.can_run(target):
+        return
+    y = sparsec.load(result.library).run({"x": x})["y"]
+    exact = np.exp(x.astype(np.float64) - x.max(axis=1, keepdims=True))
+    exact /= exact.sum(axis=1, keepdims=True)
+    # 2 ulp for each exponential, 128 in-order additions (at most 128 eps relative), one
+    # division: bound (3 + 128) eps relative
+    eps = float(np.finfo(np.float32).eps)
+    assert np.all(np.abs(y - exact) <= (3 + 128) * eps * exact + 1e-45)
+    assert np.all(y[:, 100:] == 0)
