@@ -16,7 +16,7 @@ import jinja2
 import numpy as np
 
 from sparsec.codegen import cnames
-from sparsec.codegen.kernels import KernelSpec, select
+from sparsec.codegen.kernels import PARALLEL_MIN_NS, KernelSpec, runs_parallel, select
 from sparsec.codegen.params import CTYPES, KernelRequest, WeightSink
 from sparsec.codegen.targets import FEATURE_BITS, Target
 from sparsec.compiler.ir import Graph
@@ -88,7 +88,10 @@ def select_all(graph: Graph, target: Target) -> list[KernelSpec]:
     return specs
 
 
-def emit(graph: Graph, target: Target, version: str) -> Rendered:
+def emit(graph: Graph, target: Target, version: str,
+         parallel_min_ns: float = PARALLEL_MIN_NS) -> Rendered:
+    """`parallel_min_ns`: parallel kernels predicted faster than this run on the caller's
+    thread (0: every parallel kernel uses the pool, as the tests want)."""
     assert graph.memory is not None, "plan_memory must run before emit"
     env = environment()
     specs = select_all(graph, target)
@@ -106,10 +109,13 @@ def emit(graph: Graph, target: Target, version: str) -> Rendered:
         if spec.scratch:  # a kernel that needs no scratch for this node gets NULL
             region = graph.memory.scratch.get(node_index)
             args.append(f"(float *)(arena + {region[0]})" if region else "NULL")
-        if spec.parallel:
-            args.append("pool")
+        if spec.parallel:  # NULL runs the kernel's tasks on the calling thread
+            args.append("pool" if runs_parallel(graph, node, spec, target, parallel_min_ns)
+                        else "NULL")
         calls.append({"fn": fn, "args": args, "checked": request.checked})
         layers.append(_layer_info(graph, node, spec))
+        if spec.parallel:
+            layers[-1]["threads"] = "pool" if args[-1] == "pool" else "caller"
     used = [name for name in graph.tensors
             if any(cnames.tensor_var(index[name]) in c["args"] for c in calls)]
     pointers = [_pointer(graph, name, index[name], blob) for name in used]

@@ -131,6 +131,32 @@ def weight_pattern(graph: Graph, node: Node) -> str:
     return weight.sparsity.pattern
 
 
+PARALLEL_MIN_NS = 30_000.0
+"""A parallel kernel predicted to run shorter than this runs on the calling thread alone:
+handing a region to the pool and waiting for it costs microseconds, and a worker spinning
+beside serial work slowed the tiny BERT's 2-thread run to 0.7x of one thread."""
+
+
+def predicted_ns(graph: Graph, node: Node, spec: KernelSpec, target: Target) -> float | None:
+    """The cost model's time for a Dense node's kernel (None when it has no estimate)."""
+    if node.op != DENSE or not spec.cost_ns:
+        return None
+    weight = graph.tensors[node.inputs[1]]
+    k = weight.shape[0]
+    rows = graph.tensors[node.inputs[0]].size // k if k else 0
+    info = weight.sparsity
+    if info is None or info.pattern == "dense" or spec.pattern == "dense":
+        return rows * weight.size * _cost(spec, target)
+    blocks, _fill = info.block_stats[info.pattern]
+    return rows * blocks * _cost(spec, target)
+
+
+def runs_parallel(graph: Graph, node: Node, spec: KernelSpec, target: Target,
+                  minimum_ns: float = PARALLEL_MIN_NS) -> bool:
+    predicted = predicted_ns(graph, node, spec, target)
+    return spec.parallel and (predicted is None or predicted >= minimum_ns)
+
+
 def _cost(spec: KernelSpec, target: Target) -> float:
     return spec.cost_ns.get(target.name, spec.cost_ns["generic"])
 

@@ -38,7 +38,8 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "nat
                   verify_each: bool = False, keep_source: str | os.PathLike | None = None,
                   extra_cflags: tuple[str, ...] = (),
                   force_pattern: str | None = None,
-                  quantize: str | None = None, layouts: bool = True) -> CompileResult:
+                  quantize: str | None = None, layouts: bool = True,
+                  parallel_min_ns: float | None = None) -> CompileResult:
     """Compile and return the library path, its C header, its model info and the final IR."""
     resolved = targets.resolve(target)
     if output is None:
@@ -59,7 +60,8 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "nat
                       layouts=(lambda g, n: kernels.layout_support(g, n, resolved))
                       if layouts else None)
     graph = run_pipeline(graph, ctx)
-    rendered = emit.emit(graph, resolved, __version__)
+    rendered = emit.emit(graph, resolved, __version__,
+                         kernels.PARALLEL_MIN_NS if parallel_min_ns is None else parallel_min_ns)
     builder.build(rendered, resolved, output,
                   cache_dir=Path(cache_dir) if cache_dir else None, use_cache=use_cache,
                   extra_flags=tuple(extra_cflags),
@@ -79,7 +81,8 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str = "native",
     after every pass; cache_dir/use_cache control the build cache; force_pattern="4x1" (or
     "dense") overrides the cost model's choice for every weight; quantize="dynamic" runs the
     matrix products in int8 (weights per output channel, activations per tensor at run time);
-    layouts=False keeps every activation row-major (choose_layouts off).
+    layouts=False keeps every activation row-major (choose_layouts off); parallel_min_ns: the
+    predicted time below which a layer runs on one thread (default kernels.PARALLEL_MIN_NS).
     """
     return compile_model(model, target, output, **options).library
 

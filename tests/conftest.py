@@ -48,6 +48,9 @@ class Compiler:
         self.count += 1
         output = self.workdir / f"model{self.count}.so"
         options.setdefault("verify_each", True)
+        # Every parallel kernel through the pool, however small: the tests' layers are tiny,
+        # and the threaded code paths must run (production leaves small layers on one thread).
+        options.setdefault("parallel_min_ns", 0)
         return sparsec.compile_model(model, target, output, cache_dir=self.cache_dir, **options)
 
     def load(self, model, target: str = "generic", **options) -> sparsec.Module:
