@@ -160,6 +160,8 @@ def activation_statements(op: str, bounds: tuple[str, ...], dtype: str,
         # max then min: with min > max every value becomes max, as ONNX specifies.
         return [f"{var} = {var} < {low} ? {low} : {var};",
                 f"{var} = {var} > {high} ? {high} : {var};"]
+    if op == "Erf" and ctype == "float":  # inline and vectorisable (runtime_c/sparsec_model.h)
+        return [f"{var} = sparsec__erff({var});"]
     if op in ("Sqrt", "Erf", "Exp"):
         return [f"{var} = {op.lower()}{suffix}({var});"]
     if op == "Neg":
@@ -169,7 +171,8 @@ def activation_statements(op: str, bounds: tuple[str, ...], dtype: str,
         return [f"{var} = ({ctype})(({wide})0 - ({wide}){var});"]
     if op == "Gelu":  # approximate="none": x/2 (1 + erf(x / sqrt 2))
         half, root_half = c_literal(0.5, dtype), c_literal(np.sqrt(0.5), dtype)
-        return [f"{var} = {half} * {var} * ({one} + erf{suffix}({var} * {root_half}));"]
+        erf = "sparsec__erff" if ctype == "float" else "erf"
+        return [f"{var} = {half} * {var} * ({one} + {erf}({var} * {root_half}));"]
     if op == "GeluTanh":  # approximate="tanh": x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
         half, scale = c_literal(0.5, dtype), c_literal(np.sqrt(2 / np.pi), dtype)
         cubic = c_literal(0.044715, dtype)

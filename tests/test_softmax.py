@@ -1,8 +1,9 @@
-"""sparsec__expf (runtime_c/sparsec_model.h), the exponential behind Softmax, against float64,
-and Softmax through a compiled model against a float64 reference."""
+"""sparsec__expf and sparsec__erff (runtime_c/sparsec_model.h), behind Softmax, Erf and Gelu,
+against float64, and Softmax through a compiled model against a float64 reference."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 
 import numpy as np
@@ -21,7 +22,7 @@ HARNESS = r"""
 int main(void) {
   float x;
   while (fread(&x, sizeof x, 1, stdin) == 1) {
-    const float y = sparsec__expf(x);
+    const float y = FUNCTION(x);
     fwrite(&y, sizeof y, 1, stdout);
   }
   return 0;
@@ -29,13 +30,12 @@ int main(void) {
 """
 
 
-@pytest.fixture(scope="module")
-def expf(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("expf")
+def harness(folder, function: str):
     (folder / "harness.c").write_text(HARNESS)
     exe = folder / "harness"
-    subprocess.run([build.find_compiler(), "-O2", "-std=c11", "-I", str(build.runtime_dir()),
-                    str(folder / "harness.c"), "-o", str(exe)], check=True)
+    subprocess.run([build.find_compiler(), "-O2", "-std=c11", f"-DFUNCTION={function}", "-I",
+                    str(build.runtime_dir()), str(folder / "harness.c"), "-o", str(exe)],
+                   check=True)
 
     def run(x: np.ndarray) -> np.ndarray:
         out = subprocess.run([str(exe)], input=x.astype(np.float32).tobytes(),
@@ -43,6 +43,16 @@ def expf(tmp_path_factory):
         return np.frombuffer(out, dtype=np.float32)
 
     return run
+
+
+@pytest.fixture(scope="module")
+def expf(tmp_path_factory):
+    return harness(tmp_path_factory.mktemp("expf"), "sparsec__expf")
+
+
+@pytest.fixture(scope="module")
+def erff(tmp_path_factory):
+    return harness(tmp_path_factory.mktemp("erff"), "sparsec__erff")
 
 
 def ulps(actual: np.ndarray, exact: np.ndarray) -> np.ndarray:
@@ -62,6 +72,19 @@ def test_expf_edges(expf):
     y = expf(x)
     assert list(y[:4]) == [0.0, 0.0, 0.0, 0.0]
     assert y[4] == 1.0 and np.isinf(y[5]) and np.isinf(y[6]) and np.isnan(y[7])
+
+
+def test_erff_within_four_ulp(erff):
+    x = np.concatenate([np.linspace(-6, 6, 200_001, dtype=np.float32),
+                        np.geomspace(1e-30, 0.5, 10_000).astype(np.float32)])
+    exact = np.array([math.erf(float(v)) for v in x])
+    error = ulps(erff(x), exact)
+    assert error.max() <= 4.0, f"{error.max():.2f} ulp at x = {x[np.argmax(error)]!r}"
+
+
+def test_erff_edges(erff):
+    y = erff(np.array([-np.inf, -10.0, 0.0, -0.0, 10.0, np.inf, np.nan], np.float32))
+    assert list(y[:6]) == [-1.0, -1.0, 0.0, 0.0, 1.0, 1.0] and np.isnan(y[6])
 
 
 @pytest.mark.parametrize("target", TARGET_PARAMS)
