@@ -427,3 +427,33 @@ def where_params(req: KernelRequest) -> dict:
         req.take(tensor)
     return {"ctype": CTYPES[y.dtype], "loops": loops, "y_index": y_index, "c_index": c_index,
             "a_index": a_index, "b_index": b_index}
+
+
+def concat_params(req: KernelRequest) -> dict:
+    y = req.output()
+    rank = len(y.shape)
+    axis = req.node.attrs.get("axis", 0)
+    axis = axis + rank if axis < 0 else axis
+    itemsize = np.dtype(y.dtype).itemsize
+    inner = int(np.prod(y.shape[axis + 1:]))
+    slabs = []
+    for index in range(len(req.node.inputs)):
+        x = req.input(index)
+        req.take(x)
+        slabs.append(x.shape[axis] * inner * itemsize)
+    req.take(y)
+    return {"outer": int(np.prod(y.shape[:axis])), "slabs": slabs, "row_bytes": sum(slabs)}
+
+
+def expand_params(req: KernelRequest) -> dict:
+    x, shape, y = req.input(0), req.input(1), req.output()
+    loops, (y_index, x_index) = elementwise_loops(y.shape, [x.shape])
+    req.take(x)
+    req.checked = not shape.is_constant
+    if req.checked:
+        req.take(shape)
+    req.take(y)
+    return {"ctype": CTYPES[y.dtype], "loops": loops, "y_index": y_index, "x_index": x_index,
+            "check": req.checked, "shape_count": shape.size, "input_dims": list(x.shape),
+            "output_dims": list(y.shape), "output_text": str(list(y.shape)),
+            "node_literal": c_string_literal(req.node.name)}

@@ -114,3 +114,17 @@ def test_unsqueeze_with_run_time_axes_is_checked(compiler):
 
 def onnx_tensor(array, name):
     return numpy_helper.from_array(array, name)
+
+
+def test_expand_with_run_time_shape_is_checked(compiler):
+    graph = h.make_graph([h.make_node("Expand", ["x", "shape"], ["y"], name="e")], "g",
+                         [h.make_tensor_value_info("x", TensorProto.FLOAT, [3, 1]),
+                          h.make_tensor_value_info("shape", TensorProto.INT64, [2])],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, [3, 4])])
+    onnx_model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    module = sparsec.load(compiler.compile(onnx_model, "generic").library)
+    x = np.arange(3, dtype=np.float32).reshape(3, 1)
+    np.testing.assert_array_equal(module.run({"x": x, "shape": np.array([1, 4])})["y"],
+                                  np.broadcast_to(x, (3, 4)))
+    with pytest.raises(InputError, match="Expand node e: the shape input"):
+        module.run({"x": x, "shape": np.array([3, 5])})
