@@ -273,6 +273,8 @@ KERNELS: list[KernelSpec] = [
                template="x-concat/scalar.c.j2", params=kp.concat_params),
     KernelSpec(op="Expand", dtypes=ANY, isa="scalar", family="x_expand",
                template="x-expand/scalar.c.j2", params=kp.expand_params),
+    KernelSpec(op="Slice", dtypes=ANY, isa="scalar", family="x_slice",
+               template="x-slice/scalar.c.j2", params=kp.slice_params),
     KernelSpec(op="Cast", dtypes=ANY, isa="scalar", family="x_cast",
                template="x-cast/scalar.c.j2", params=kp.cast_params),
     KernelSpec(op="Where", dtypes=("bool",), isa="scalar", family="x_where",

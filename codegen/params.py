@@ -457,3 +457,21 @@ def expand_params(req: KernelRequest) -> dict:
             "check": req.checked, "shape_count": shape.size, "input_dims": list(x.shape),
             "output_dims": list(y.shape), "output_text": str(list(y.shape)),
             "node_literal": c_string_literal(req.node.name)}
+
+
+def slice_params(req: KernelRequest) -> dict:
+    """Slice-10+: every bound is an input, read by the kernel (constants from the blob)."""
+    x, y = req.input(0), req.output()
+    starts, ends, axes, steps = (req.input(i) for i in (1, 2, 3, 4))
+    if req.graph.opset < 10:
+        raise KernelNotFoundError(f"node {req.node.name!r}: Slice before opset 10 (bounds as "
+                                  "attributes) is not supported")
+    req.checked = True
+    for tensor in (x, starts, ends, axes, steps, y):
+        req.take(tensor)
+    loops = [{"var": f"i{d}", "extent": dim} for d, dim in enumerate(y.shape)]
+    return {"ctype": CTYPES[y.dtype], "itype": CTYPES[starts.dtype], "count": starts.size,
+            "has_axes": axes is not None, "has_steps": steps is not None,
+            "input_dims": list(x.shape), "output_dims": list(y.shape),
+            "x_strides": contiguous_strides(x.shape), "loops": loops,
+            "node_literal": c_string_literal(req.node.name)}

@@ -14,7 +14,7 @@ COPY_OPS = ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
 
 RUNTIME_OPS = frozenset(
     ("MatMul", "Gemm", "Transpose", "Softmax", "ReduceMean", "LayerNormalization", "Gather",
-     "Cast", "Where", "Equal", "Concat", "Expand")
+     "Cast", "Where", "Equal", "Concat", "Expand", "Slice")
     + ELEMENTWISE_BINARY + ELEMENTWISE_UNARY + COPY_OPS
 )
 

@@ -128,3 +128,18 @@ def test_expand_with_run_time_shape_is_checked(compiler):
                                   np.broadcast_to(x, (3, 4)))
     with pytest.raises(InputError, match="Expand node e: the shape input"):
         module.run({"x": x, "shape": np.array([3, 5])})
+
+
+def test_slice_bounds_at_run_time_are_checked(compiler):
+    graph = h.make_graph([h.make_node("Slice", ["x", "starts", "ends"], ["y"], name="s")], "g",
+                         [h.make_tensor_value_info("x", TensorProto.FLOAT, [6, 4]),
+                          h.make_tensor_value_info("starts", TensorProto.INT64, [1]),
+                          h.make_tensor_value_info("ends", TensorProto.INT64, [1])],
+                         [h.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])])
+    onnx_model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+    module = sparsec.load(compiler.compile(onnx_model, "generic").library)
+    x = np.arange(24, dtype=np.float32).reshape(6, 4)
+    got = module.run({"x": x, "starts": np.array([-3]), "ends": np.array([-1])})["y"]
+    np.testing.assert_array_equal(got, x[-3:-1])
+    with pytest.raises(InputError, match="Slice node s: axis 0 gives 3 elements"):
+        module.run({"x": x, "starts": np.array([0]), "ends": np.array([3])})
