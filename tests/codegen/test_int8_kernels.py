@@ -31,6 +31,14 @@ from tests.quantization import dense_int8
 ROWS = [k for k in KERNELS if k.op == DENSE and k.weight_dtype == "int8"]
 EVEX_TWIN_FLAGS = ("-mavx512vl", "-mavx512vnni", "-mno-avxvnni",
                    "-DSPARSEC_AVXVNNI_AS_AVX512VL")
+
+
+def compile_row(compiler, row: KernelSpec, onnx_model):
+    """The row's storage forced, int8, warnings as errors; AVX-VNNI rows as their EVEX twin
+    where the host runs that."""
+    twin = EVEX_TWIN_FLAGS if mode_of(row) == "evex-twin" else ()
+    return compiler.compile(onnx_model, target_of(row).name, force_pattern=row.pattern,
+                            quantize="dynamic", extra_cflags=("-Werror", *twin))
 CLIP = (-0.5, 0.75)
 
 
@@ -135,9 +143,7 @@ def test_int8_row_matches_integer_reference(row: KernelSpec, case: Case, compile
     bias = rng.standard_normal(case.n).astype(np.float32)
     x = inputs_for(case, rng)
     mode = mode_of(row)
-    result = compiler.compile(one_node_model(case, weight, bias), target_of(row).name,
-                              force_pattern=row.pattern, quantize="dynamic",
-                              extra_cflags=EVEX_TWIN_FLAGS if mode == "evex-twin" else ())
+    result = compile_row(compiler, row, one_node_model(case, weight, bias))
 
     (layer,) = result.info["layers"]
     assert layer["kernel"] == row.symbol, layer["reason"]
@@ -161,10 +167,7 @@ def test_nan_and_inf_inputs_stay_defined(row: KernelSpec, compiler):
     rng = np.random.default_rng(3)
     x = inputs_for(case, rng)
     x[3, 5], x[10, 7], x[69, 67] = np.nan, np.inf, -np.inf
-    mode = mode_of(row)
-    result = compiler.compile(one_node_model(case, weight_for(case, rng), np.zeros(20, "f4")),
-                              target_of(row).name, force_pattern=row.pattern,
-                              quantize="dynamic",
-                              extra_cflags=EVEX_TWIN_FLAGS if mode == "evex-twin" else ())
+    result = compile_row(compiler, row,
+                         one_node_model(case, weight_for(case, rng), np.zeros(20, "f4")))
     (actual,) = sparsec.load(result.library).run({"x": x}).values()
     assert actual.shape == (70, 20)

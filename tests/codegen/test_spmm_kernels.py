@@ -152,7 +152,7 @@ def test_dense_row_matches_numpy(row: KernelSpec, case: KernelCase, compiler):
     target = oldest_target_with(row.isa)
 
     result = compiler.compile(one_node_model(case, weight, bias), target.name,
-                              force_pattern=row.pattern)
+                              force_pattern=row.pattern, extra_cflags=("-Werror",))
 
     (layer,) = result.info["layers"]
     assert layer["kernel"] == row.symbol, layer["reason"]
