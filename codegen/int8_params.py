@@ -86,19 +86,24 @@ def int8_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "") -> dic
     params = {
         "M": m, "K": k, "N": n, "KB": -(-k // GROUP), "a_sm": a_sm, "a_sk": a_sk,
         "num_groups": int(k_idx.size), "dense": keep_all,
-        "col_ptr": req.blob.add(col_ptr), "k_idx": req.blob.add(k_idx),
-        "values": req.blob.add(lanes), "colsum": req.blob.add(colsum),
-        "wscale": req.blob.add(scales.data.astype(np.float32)),
+        "colsum": req.blob.add(colsum), "wscale": req.blob.add(scales.data.astype(np.float32)),
         **_bias(req, m, n), **_epilogue(req, node.attrs, "float32"),
         **_vector_epilogue(node.attrs),
     }
-    if tokens:
+    # Each form stores only the tables it reads.
+    if not tokens:
+        params.update(col_ptr=req.blob.add(col_ptr), k_idx=req.blob.add(k_idx),
+                      values=req.blob.add(lanes))
+    else:
         tokens = token_tile(k, tokens, VNNI_ISAS[isa]["lanes"])
-        # One stream per column: (byte offset of the group's row in the tile, its 4 codes).
-        pairs = np.stack([k_idx * (GROUP * tokens), lanes], axis=1).astype(np.int32)
         # The range pass splits A into slices of at least 4096 floats (at most 8 slices).
-        params.update(isa=VNNI_ISAS[isa], T=tokens, pairs=req.blob.add(pairs),
-                      SLICES=max(1, min(8, m * k // 4096)))
+        params.update(isa=VNNI_ISAS[isa], T=tokens, SLICES=max(1, min(8, m * k // 4096)),
+                      y_feature_major=False)
+        if keep_all:  # column-major codes, KB lanes per column: the loop needs no index
+            params.update(values=req.blob.add(lanes))
+        else:  # one stream per column: (byte offset of the group's row in the tile, codes)
+            pairs = np.stack([k_idx * (GROUP * tokens), lanes], axis=1).astype(np.int32)
+            params.update(col_ptr=req.blob.add(col_ptr), pairs=req.blob.add(pairs))
     req.take(req.output())
     return params
 

@@ -1,11 +1,9 @@
 """numpy references for sparsec's dynamic int8 quantization, written from the ONNX definitions
-(DynamicQuantizeLinear, MatMulInteger) independently of the compiler's code, and the same
-computation as an ONNX graph for onnxruntime."""
+(DynamicQuantizeLinear, MatMulInteger) independently of the compiler's code."""
 
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
 
 F32 = np.float32
 
@@ -38,29 +36,3 @@ def dense_int8(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None) -> np.ndar
     assert np.all(np.abs(acc) < 2**31), "the kernels accumulate in int32"
     y = acc.astype(np.int32).astype(F32) * (scale * wscale).astype(F32)
     return y if bias is None else (y + bias.astype(F32)).astype(F32)
-
-
-def onnx_dense_int8(w: np.ndarray, bias: np.ndarray | None, m: int, activation: str = ""):
-    """The same layer for onnxruntime: DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul
-    (sx * sw) -> Add bias -> activation, on an fp32 input x of shape (m, K)."""
-    k, n = w.shape
-    wq, wscale = quantize_weights(w)
-    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xzp"]),
-             helper.make_node("MatMulInteger", ["xq", "wq", "xzp"], ["acc"]),
-             helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
-             helper.make_node("Mul", ["xs", "ws"], ["scale"]),
-             helper.make_node("Mul", ["accf", "scale"], ["y0"])]
-    inits = [numpy_helper.from_array(wq, "wq"), numpy_helper.from_array(wscale, "ws")]
-    last = "y0"
-    if bias is not None:
-        nodes.append(helper.make_node("Add", [last, "b"], ["y1"]))
-        inits.append(numpy_helper.from_array(bias.astype(F32), "b"))
-        last = "y1"
-    if activation:
-        nodes.append(helper.make_node(activation, [last], ["y"]))
-        last = "y"
-    graph = helper.make_graph(nodes, "dense_int8",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
-                              [helper.make_tensor_value_info(last, TensorProto.FLOAT, [m, n])],
-                              inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
