@@ -6,8 +6,8 @@ Default model: samples/tiny_bert.onnx. For each model: median latency of onnxrun
 sparsec (fp32, and int8 with --quantize dynamic when --quantize is given) on 1 and 2 threads,
 the ratios measured in the same run, the largest absolute difference from onnxruntime's fp32
 output, and the compile time. Inputs: float inputs standard normal; int64 inputs named like
-an attention mask get ones (the last 10 % of positions zero), other integer inputs token ids
-below 100; all seeded. Writes benchmarks/results/e2e-TARGET.md.
+an attention mask get ones (the last 10 % of positions zero), token type ids zeros, other
+integer inputs token ids below 100; all seeded. Writes benchmarks/results/e2e-TARGET.md.
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ def make_inputs(model: onnx.ModelProto, rng) -> dict[str, np.ndarray]:
             mask = np.ones(shape, dtype)
             mask[..., int(shape[-1] * 0.9):] = 0
             feeds[value.name] = mask
+        elif "token_type" in value.name:  # a single segment, as in sentence embedding
+            feeds[value.name] = np.zeros(shape, dtype)
         else:
             feeds[value.name] = rng.integers(0, 100, shape).astype(dtype)
     return feeds

@@ -18,11 +18,15 @@ from sparsec.codegen import params as kp
 from sparsec.codegen.targets import Target
 from sparsec.compiler.ir import SPARSE_PATTERNS, Graph, Node, block_shape
 from sparsec.compiler.ops import (
+    ADD_LAYER_NORM,
+    ATTENTION,
+    COMPARISONS,
     COPY_OPS,
     DENSE,
     ELEMENTWISE_BINARY,
     ELEMENTWISE_UNARY,
     FLOAT_ONLY,
+    LOGICAL_BINARY,
 )
 from sparsec.compiler.passes import LayoutSupport
 from sparsec.errors import KernelNotFoundError
@@ -252,13 +256,21 @@ KERNELS: list[KernelSpec] = [
       for isa, tokens, costs in (("avx512vnni", 64, (0.0048, 0.046)),
                                  ("avxvnni", 32, (0.0096, 0.092)))
       for p, cost in zip(("dense", "4x1"), costs)],
+    # Vectors of 4 where the target has no SIMD ISA: GCC lowers them to what the machine has.
+    *[KernelSpec(op=ATTENTION, dtypes=FLOAT, isa=isa, mr=8, nr=vector, family="f32_attention",
+                 template="f32-attention/vector.c.j2", parallel=True,
+                 params=functools.partial(mp.attention_params, vector=vector,
+                                          registers=registers))
+      for isa, vector, registers in (("scalar", 4, 12), ("avx2", 8, 12),
+                                     ("avx512f", 16, 24))],
     KernelSpec(op="MatMul", dtypes=FLOAT, isa="scalar", mr=4, nr=32, family="f32_matmul",
                template="f32-gemm/scalar.c.j2", params=mp.matmul_params),
     *[KernelSpec(op=op, dtypes=FLOATS + ("int32", "int64") if op == "Pow" else NUMERIC,
                  isa="scalar", family=f"x_{op.lower()}", template="x-elementwise/binary.c.j2",
                  params=kp.binary_params)
       for op in ELEMENTWISE_BINARY],
-    *[KernelSpec(op=op, dtypes=FLOATS if op in FLOAT_ONLY else SIGNED if op == "Neg" else NUMERIC,
+    *[KernelSpec(op=op, dtypes=FLOATS if op in FLOAT_ONLY else SIGNED if op == "Neg"
+                 else ("bool",) if op == "Not" else NUMERIC,
                  isa="scalar",
                  family=f"x_{op.lower()}", template="x-elementwise/unary.c.j2",
                  params=kp.unary_params)
@@ -279,12 +291,18 @@ KERNELS: list[KernelSpec] = [
                template="x-cast/scalar.c.j2", params=kp.cast_params),
     KernelSpec(op="Where", dtypes=("bool",), isa="scalar", family="x_where",
                template="x-elementwise/where.c.j2", params=kp.where_params),
-    KernelSpec(op="Equal", dtypes=ANY, isa="scalar", family="x_equal",
-               template="x-elementwise/binary.c.j2", params=kp.binary_params),
+    *[KernelSpec(op=op, dtypes=ANY if op == "Equal" else NUMERIC, isa="scalar",
+                 family=f"x_{op.lower()}", template="x-elementwise/binary.c.j2",
+                 params=kp.binary_params) for op in COMPARISONS],
+    *[KernelSpec(op=op, dtypes=("bool",), isa="scalar", family=f"x_{op.lower()}",
+                 template="x-elementwise/binary.c.j2", params=kp.binary_params)
+      for op in LOGICAL_BINARY],
     KernelSpec(op="ReduceMean", dtypes=FLOATS, isa="scalar", family="x_reducemean",
                template="x-reduce/mean.c.j2", params=kp.reduce_mean_params),
-    KernelSpec(op="LayerNormalization", dtypes=FLOATS, isa="scalar", family="x_layernorm",
-               template="f32-layernorm/scalar.c.j2", params=kp.layer_norm_params),
+    *[KernelSpec(op=op, dtypes=FLOATS, isa="scalar", family=family,
+                 template="f32-layernorm/scalar.c.j2", params=kp.layer_norm_params)
+      for op, family in (("LayerNormalization", "x_layernorm"),
+                         (ADD_LAYER_NORM, "x_addlayernorm"))],
     KernelSpec(op="Softmax", dtypes=FLOAT, isa="scalar", family="f32_softmax",
                template="f32-softmax/scalar.c.j2", params=kp.softmax_params),
 ]

@@ -285,3 +285,30 @@ def spmm_columns_params(req: KernelRequest, mr: int) -> dict:
     return params
 
 
+
+
+def attention_params(req: KernelRequest, vector: int, registers: int) -> dict:
+    """Fused attention on `vector`-float vectors; the context product keeps MR x D/vector
+    accumulators within `registers` vector registers (the rest hold V's row and a broadcast)."""
+    a, b, v, mask, y = req.input(0), req.input(1), req.input(2), req.input(3), req.output()
+    m, k, n, d = a.shape[-2], a.shape[-1], b.shape[-1], v.shape[-1]
+    batch_shape = a.shape[:-2]
+    mask_shape = (1,) * (len(y.shape) - len(mask.shape)) + mask.shape if mask else None
+    mask_batch = broadcast_strides(mask_shape[:-2], batch_shape) if mask else ()
+    mask_rows, mask_cols = (mask_shape[-2], mask_shape[-1]) if mask else (1, 1)
+    offsets = []
+    for index, position in enumerate(np.ndindex(*batch_shape)):
+        mask_offset = (sum(i * s for i, s in zip(position, mask_batch)) * mask_rows * mask_cols
+                       if mask else 0)
+        offsets.append((index * m * k, index * k * n, index * n * d, mask_offset, index * m * d))
+    for tensor in (a, b, v, mask):
+        req.take(tensor)
+    req.take(y)
+    scale_op = req.node.attrs.get("scale_op", "")
+    scale = c_float(req.node.attrs.get("scale", 1.0))
+    columns = max(d // vector, 1)
+    return {"VL": vector, "MR": max(1, min(8, registers // columns)), "M": m, "K": k, "N": n,
+            "D": d, "offsets": offsets, "a_sm": k, "a_sk": 1, "b_sk": n, "v_sn": d, "y_sm": d,
+            "has_mask": mask is not None,
+            "mask_sm": mask_cols if mask_rows > 1 else 0, "mask_sn": 1 if mask_cols > 1 else 0,
+            "scale": {"Mul": f"t * {scale}", "Div": f"t / {scale}", "": ""}[scale_op]}

@@ -13,6 +13,7 @@ import numpy as np
 
 from sparsec.codegen.cnames import c_string_literal
 from sparsec.compiler.ir import Graph, Node, Tensor
+from sparsec.compiler.ops import ADD_LAYER_NORM
 from sparsec.errors import KernelNotFoundError
 
 CTYPES = {"float32": "float", "float64": "double", "int8": "int8_t", "int16": "int16_t",
@@ -164,6 +165,8 @@ def activation_statements(op: str, bounds: tuple[str, ...], dtype: str,
         return [f"{var} = sparsec__erff({var});"]
     if op in ("Sqrt", "Erf", "Exp"):
         return [f"{var} = {op.lower()}{suffix}({var});"]
+    if op == "Not":  # bool is a 0/1 byte
+        return [f"{var} = ({ctype})!{var};"]
     if op == "Neg":
         if dtype.startswith("float"):
             return [f"{var} = -{var};"]
@@ -185,8 +188,12 @@ def binary_expression(op: str, dtype: str, a: str, b: str) -> str:
     """`a OP b` with ONNX semantics; integers wrap (unsigned arithmetic, never C's UB) and
     integer division by zero gives 0 instead of trapping."""
     ctype = CTYPES[dtype]
-    if op == "Equal":  # bool output (uint8 0/1)
-        return f"(uint8_t)({a} == {b})"
+    comparison = {"Equal": "==", "Greater": ">", "Less": "<", "GreaterOrEqual": ">=",
+                  "LessOrEqual": "<="}.get(op)
+    if comparison:  # bool output (uint8 0/1); NaN compares false, as in ONNX
+        return f"(uint8_t)({a} {comparison} {b})"
+    if op in ("And", "Or", "Xor"):  # bool operands are 0/1 bytes
+        return f"(uint8_t)({a} {dict(And='&', Or='|', Xor='^')[op]} {b})"
     if op == "Pow":  # an exponent of another type converts to the base's
         if dtype.startswith("float"):
             return f"pow{'f' if ctype == 'float' else ''}({a}, ({ctype}){b})"
@@ -349,9 +356,12 @@ def reduce_mean_params(req: KernelRequest) -> dict:
 
 def layer_norm_params(req: KernelRequest) -> dict:
     """LayerNormalization (opset 17): normalise over axes axis.. (default -1); the optional
-    Mean and InvStdDev outputs (float32, one per row) when the model names them."""
-    x, scale, bias, y = req.input(0), req.input(1), req.input(2), req.output()
+    Mean and InvStdDev outputs (float32, one per row) when the model names them. AddLayerNorm
+    (fuse's residual Add + LayerNormalization) takes the two summands first."""
     node = req.node
+    residual = node.op == ADD_LAYER_NORM
+    first = 2 if residual else 1
+    x, scale, bias, y = req.input(0), req.input(first), req.input(first + 1), req.output()
     extras = [req.graph.tensors[name] if name else None
               for name in (list(node.outputs[1:3]) + ["", ""])[:2]]
     for tensor in extras:
@@ -372,13 +382,15 @@ def layer_norm_params(req: KernelRequest) -> dict:
         return " + ".join(terms) or "0"
 
     req.take(x)
+    if residual:
+        req.take(req.input(1))
     req.take(scale)
     has_bias = req.take(bias)
     req.take(y)
     has_mean, has_inverse = (req.take(tensor) for tensor in extras)
-    return {"ctype": CTYPES[y.dtype], "rows": rows, "length": length,
+    return {"ctype": CTYPES[y.dtype], "rows": rows, "length": length, "residual": residual,
             "has_mean": has_mean, "has_inverse": has_inverse,
-            "epsilon": c_literal(node.attrs.get("epsilon", 1e-5), "float64"),
+            "epsilon": c_literal(node.attrs.get("epsilon", 1e-5), y.dtype),
             "has_bias": has_bias, "scale_index": index(scale),
             "bias_index": index(bias) if has_bias else "0"}
 

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import external_data_helper, helper, numpy_helper, shape_inference
+from onnx import external_data_helper, helper, numpy_helper
 
+from sparsec.compiler import static_shapes
 from sparsec.compiler.ir import DTYPES, Graph, Node, Tensor
-from sparsec.compiler.ops import RUNTIME_OPS
+from sparsec.compiler.ops import RUNTIME_OPS, SHAPE_OPS
 from sparsec.errors import FrontendError, ShapeError, UnsupportedOperatorError
 
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -100,11 +101,7 @@ def import_model(source: str | os.PathLike | onnx.ModelProto,
     except Exception as exc:
         raise FrontendError(f"the model is not valid ONNX: {_first_line(exc)}") from None
     _check_operators(model)
-    try:
-        model = shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
-    except Exception as exc:
-        raise ShapeError(f"shape inference failed: {_first_line(exc)}") from None
-    return _build_graph(model, opset)
+    return _build_graph(static_shapes.resolve(model, opset), opset)
 
 
 def _first_line(exc: Exception) -> str:
@@ -166,7 +163,8 @@ def _check_operators(model: onnx.ModelProto) -> None:
         if node.domain not in STANDARD_DOMAINS:
             problems.append(f"node {node_label(node, index)!r} (op {node.domain}.{node.op_type})")
             continue
-        foldable = all(not name or name in constant for name in node.input)
+        foldable = node.op_type in SHAPE_OPS or all(not name or name in constant
+                                                     for name in node.input)
         if foldable:
             constant.update(node.output)
         elif node.op_type not in RUNTIME_OPS:

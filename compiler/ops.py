@@ -8,17 +8,31 @@ Any other standard operator is accepted only where every input is a compile-time
 from __future__ import annotations
 
 ELEMENTWISE_BINARY = ("Add", "Sub", "Mul", "Div", "Pow")
-ELEMENTWISE_UNARY = ("Relu", "Sigmoid", "Tanh", "Clip", "Sqrt", "Erf", "Exp", "Neg", "Gelu")
+COMPARISONS = ("Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual")  # -> bool
+LOGICAL_BINARY = ("And", "Or", "Xor")  # bool x bool -> bool
+# Need only their input's shape, which is static: fold_constants evaluates them away.
+SHAPE_OPS = ("Shape", "Size")
+ELEMENTWISE_UNARY = ("Relu", "Sigmoid", "Tanh", "Clip", "Sqrt", "Erf", "Exp", "Neg", "Gelu",
+                     "Not")
 FLOAT_ONLY = ("Sigmoid", "Tanh", "Sqrt", "Erf", "Exp", "Gelu")  # libm functions
 COPY_OPS = ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
 
 RUNTIME_OPS = frozenset(
     ("MatMul", "Gemm", "Transpose", "Softmax", "ReduceMean", "LayerNormalization", "Gather",
-     "Cast", "Where", "Equal", "Concat", "Expand", "Slice")
-    + ELEMENTWISE_BINARY + ELEMENTWISE_UNARY + COPY_OPS
+     "Cast", "Where", "Concat", "Expand", "Slice")
+    + ELEMENTWISE_BINARY + COMPARISONS + LOGICAL_BINARY + ELEMENTWISE_UNARY + COPY_OPS
 )
 
 # Ops that only fuse creates; they never come from a model.
 DENSE = "Dense"  # act(alpha * X . W + beta * bias), W 2-D; X's leading dims flattened into rows
+
+# softmax(scale(A . B) + mask) . V over the batch dimensions, one kernel that keeps the score
+# rows in L1: inputs A [..., M, K], B [..., K, N], V [..., N, D], mask (broadcasts to the
+# scores [..., M, N]) or ""; attrs scale_op ("Mul", "Div" or "") and scale (a float).
+ATTENTION = "Attention"
+
+# LayerNormalization of a + b (a residual Add whose only reader is the LayerNormalization):
+# inputs a, b (same shape), scale, bias or ""; attrs as LayerNormalization's.
+ADD_LAYER_NORM = "AddLayerNorm"
 
 ACTIVATIONS = ("Relu", "Sigmoid", "Tanh", "Clip")

@@ -18,6 +18,7 @@
 struct sparsec_context {
   unsigned char *arena;
   sparsec_pool *pool;
+  uint64_t *layer_ns; /* per-layer time when the library is profiled, else NULL */
   char error[512];
 };
 
@@ -131,8 +132,12 @@ int sparsec_create_threads(sparsec_context **out, int threads)
       return SPARSEC_ERROR_NO_MEMORY;
     }
   }
+  if (sparsec__profiled_layers)
+    context->layer_ns = calloc(sparsec__profiled_layers, sizeof *context->layer_ns);
   context->pool = sparsec__pool_create((size_t)threads);
-  if (!context->pool) {
+  if (!context->pool || (sparsec__profiled_layers && !context->layer_ns)) {
+    sparsec__pool_destroy(context->pool);
+    free(context->layer_ns);
     free(context->arena);
     free(context);
     return SPARSEC_ERROR_NO_MEMORY;
@@ -146,8 +151,18 @@ void sparsec_destroy(sparsec_context *context)
   if (!context)
     return;
   sparsec__pool_destroy(context->pool);
+  free(context->layer_ns);
   free(context->arena);
   free(context);
+}
+
+size_t sparsec_profile(const sparsec_context *context, double *ms, size_t capacity)
+{
+  if (!context || !context->layer_ns)
+    return 0;
+  for (size_t i = 0; i < sparsec__profiled_layers && i < capacity; i++)
+    ms[i] = (double)context->layer_ns[i] * 1e-6;
+  return sparsec__profiled_layers;
 }
 
 int sparsec_run(sparsec_context *context, const void *const *inputs, void *const *outputs)
@@ -173,7 +188,7 @@ int sparsec_run(sparsec_context *context, const void *const *inputs, void *const
   }
   context->error[0] = '\0';
   if (sparsec__model_run(context->arena, inputs, outputs, context->error, sizeof context->error,
-                         context->pool))
+                         context->pool, context->layer_ns))
     return SPARSEC_ERROR_INPUT;
   return SPARSEC_OK;
 }

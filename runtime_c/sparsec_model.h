@@ -35,6 +35,16 @@ static inline int64_t sparsec__saturate_i64(double value)
   return (int64_t)value;
 }
 
+/* a * b + c, in one rounding where the target has fused multiply-add (x86 FMA, every AArch64):
+ * the models build as ISO C, in which GCC never contracts a * b + c by itself, and a
+ * polynomial's chain of separate multiplies and adds takes twice the instructions. Loops over
+ * it still vectorise (GCC maps __builtin_fmaf onto vfmadd*ps). Elsewhere two roundings. */
+#if defined(__FMA__) || defined(__aarch64__)
+#define SPARSEC_FMADD(a, b, c) __builtin_fmaf((a), (b), (c))
+#else
+#define SPARSEC_FMADD(a, b, c) ((a) * (b) + (c))
+#endif
+
 /* e^x without a libm call, branch-free so that loops over it vectorise (glibc's expf is a
  * call per element, and its underflow path for the -FLT_MAX of attention masks is slow):
  * x = n ln2 + r with ln2 in two parts (Cephes), e^r by Cephes' degree-6 polynomial, 2^n put
@@ -46,16 +56,16 @@ static inline float sparsec__expf(float x)
   /* NaN computes with 0 (converting NaN to int is undefined) and is returned as it came */
   const float clamped = x != x ? 0.0f : (x < low ? low : (x > high ? high : x));
   const float shifter = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
-  const float n = (clamped * 1.44269504088896341f + shifter) - shifter;
-  float r = clamped - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
+  const float n = SPARSEC_FMADD(clamped, 1.44269504088896341f, shifter) - shifter;
+  float r = SPARSEC_FMADD(n, -0.693359375f, clamped);
+  r = SPARSEC_FMADD(n, 2.12194440e-4f, r);
   float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float poly = p * r * r + r + 1.0f;
+  p = SPARSEC_FMADD(p, r, 1.3981999507e-3f);
+  p = SPARSEC_FMADD(p, r, 8.3334519073e-3f);
+  p = SPARSEC_FMADD(p, r, 4.1665795894e-2f);
+  p = SPARSEC_FMADD(p, r, 1.6666665459e-1f);
+  p = SPARSEC_FMADD(p, r, 5.0000001201e-1f);
+  const float poly = SPARSEC_FMADD(p, r * r, r + 1.0f);
   /* 2^n as n + 127 in the exponent field; n <= 128 here, so split it to stay in range */
   const int32_t half = (int32_t)n >> 1;
   union { uint32_t bits; float value; } a = { (uint32_t)(half + 127) << 23 },
@@ -75,26 +85,26 @@ static inline float sparsec__erff(float x)
   const float a2 = a * a;
   /* 2/sqrt(pi) sum_n (-1)^n a^(2n) / (n! (2n + 1)), n = 0..7 */
   float series = -1.49256504e-5f;
-  series = series * a2 + 1.20553330e-4f;
-  series = series * a2 - 8.54832702e-4f;
-  series = series * a2 + 5.22397763e-3f;
-  series = series * a2 - 2.68661706e-2f;
-  series = series * a2 + 1.12837917e-1f;
-  series = series * a2 - 3.76126389e-1f;
-  series = series * a2 + 1.12837917e+0f;
+  series = SPARSEC_FMADD(series, a2, 1.20553330e-4f);
+  series = SPARSEC_FMADD(series, a2, -8.54832702e-4f);
+  series = SPARSEC_FMADD(series, a2, 5.22397763e-3f);
+  series = SPARSEC_FMADD(series, a2, -2.68661706e-2f);
+  series = SPARSEC_FMADD(series, a2, 1.12837917e-1f);
+  series = SPARSEC_FMADD(series, a2, -3.76126389e-1f);
+  series = SPARSEC_FMADD(series, a2, 1.12837917e+0f);
   const float small = series * a;
   const float t = 1.0f / (1.0f + 0.5f * a);
   float p = 0.17087277f;
-  p = p * t - 0.82215223f;
-  p = p * t + 1.48851587f;
-  p = p * t - 1.13520398f;
-  p = p * t + 0.27886807f;
-  p = p * t - 0.18628806f;
-  p = p * t + 0.09678418f;
-  p = p * t + 0.37409196f;
-  p = p * t + 1.00002368f;
-  p = p * t - 1.26551223f;
-  const float large = 1.0f - t * sparsec__expf(p - a2);
+  p = SPARSEC_FMADD(p, t, -0.82215223f);
+  p = SPARSEC_FMADD(p, t, 1.48851587f);
+  p = SPARSEC_FMADD(p, t, -1.13520398f);
+  p = SPARSEC_FMADD(p, t, 0.27886807f);
+  p = SPARSEC_FMADD(p, t, -0.18628806f);
+  p = SPARSEC_FMADD(p, t, 0.09678418f);
+  p = SPARSEC_FMADD(p, t, 0.37409196f);
+  p = SPARSEC_FMADD(p, t, 1.00002368f);
+  p = SPARSEC_FMADD(p, t, -1.26551223f);
+  const float large = SPARSEC_FMADD(-t, sparsec__expf(p - a2), 1.0f);
   const float magnitude = a < 0.5f ? small : large;
   return x < 0.0f ? -magnitude : magnitude; /* NaN: neither branch changes it */
 }
@@ -104,6 +114,23 @@ SPARSEC_HIDDEN extern const size_t sparsec__arena_bytes;
 SPARSEC_HIDDEN extern const size_t sparsec__num_inputs;
 SPARSEC_HIDDEN extern const size_t sparsec__num_outputs;
 SPARSEC_HIDDEN extern const char sparsec__model_info_json[];
+/* Layers timed by sparsec__model_run when built with -DSPARSEC_PROFILE, else 0. */
+SPARSEC_HIDDEN extern const size_t sparsec__profiled_layers;
+
+#ifdef SPARSEC_PROFILE
+#include <time.h>
+static inline uint64_t sparsec__now_ns(void)
+{
+  struct timespec now; /* model.c asks for POSIX when profiling */
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+}
+#define SPARSEC_LAYER_BEGIN { const uint64_t sparsec__start_ns = sparsec__now_ns();
+#define SPARSEC_LAYER_END(i) layer_ns[i] += sparsec__now_ns() - sparsec__start_ns; }
+#else
+#define SPARSEC_LAYER_BEGIN {
+#define SPARSEC_LAYER_END(i) }
+#endif
 /* The run context's threads (threads.c). A parallel region runs task(args, i) for every
  * i < count on the pool's workers and the caller, and returns when all are done; a NULL pool
  * runs them in order on the caller. */
@@ -116,10 +143,11 @@ SPARSEC_HIDDEN void sparsec__parallel(sparsec_pool *pool, size_t count, sparsec_
                                       void *args);
 
 /* Returns 0, or non-zero after writing a message into `error` (an input value the compiled
- * shapes cannot accept, such as a run-time Reshape target that disagrees with them). */
+ * shapes cannot accept, such as a run-time Reshape target that disagrees with them).
+ * layer_ns: sparsec__profiled_layers counters that each layer's time is added to. */
 SPARSEC_HIDDEN int sparsec__model_run(unsigned char *arena, const void *const *inputs,
                                       void *const *outputs, char *error, size_t capacity,
-                                      sparsec_pool *pool);
+                                      sparsec_pool *pool, uint64_t *layer_ns);
 
 /* Features this CPU and OS offer, as SPARSEC_FEATURE_* bits (cpu.c). */
 SPARSEC_HIDDEN uint32_t sparsec__host_features(void);

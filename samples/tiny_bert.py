@@ -49,15 +49,19 @@ class Builder:
         return self.node("Add", [self.node("MatMul", [x, w], f"{prefix}/MatMul"), b],
                          f"{prefix}/Add")
 
-    def layer_norm(self, x: str, prefix: str) -> str:
+    def layer_norm(self, x: str, prefix: str, width: int) -> str:
         gamma = self.const(f"{prefix}.weight",
-                           (1 + 0.1 * self.rng.standard_normal(HIDDEN)).astype(np.float32))
-        beta = self.param(f"{prefix}.bias", (HIDDEN,), 0.1)
+                           (1 + 0.1 * self.rng.standard_normal(width)).astype(np.float32))
+        beta = self.param(f"{prefix}.bias", (width,), 0.1)
         return self.node("LayerNormalization", [x, gamma, beta], f"{prefix}/LayerNorm",
                          axis=-1, epsilon=1e-12)
 
 
-def tiny_bert(seed: int = 0) -> onnx.ModelProto:
+def tiny_bert(seed: int = 0, hidden: int = HIDDEN, num_heads: int = HEADS, ffn: int = FFN,
+              layers: int = LAYERS, vocab: int = VOCAB, seq: int = SEQ) -> onnx.ModelProto:
+    """The sample with its defaults; tests draw other sizes (hidden and ffn multiples of 4)."""
+    HIDDEN, FFN, VOCAB, SEQ = hidden, ffn, vocab, seq  # the sizes under their usual names
+    HEADS, HEAD = num_heads, hidden // num_heads
     b = Builder(seed)
     words = b.param("embeddings.word_embeddings.weight", (VOCAB, HIDDEN), 0.5)
     positions = b.param("embeddings.position_embeddings.weight", (SEQ, HIDDEN), 0.5)
@@ -65,7 +69,7 @@ def tiny_bert(seed: int = 0) -> onnx.ModelProto:
     x = b.node("Add", [b.node("Gather", [words, "input_ids"], "embeddings/word"),
                        b.node("Gather", [positions, position_ids], "embeddings/position")],
                "embeddings/sum")
-    x = b.layer_norm(x, "embeddings.LayerNorm")
+    x = b.layer_norm(x, "embeddings.LayerNorm", HIDDEN)
 
     # (1 - mask) * min: 0 where attended, a large negative number where masked
     mask = b.node("Unsqueeze", ["attention_mask", b.const("axes_1_2", np.array([1, 2]))],
@@ -78,7 +82,7 @@ def tiny_bert(seed: int = 0) -> onnx.ModelProto:
     heads_shape = b.const("heads_shape", np.array([1, SEQ, HEADS, HEAD], np.int64))
     hidden_shape = b.const("hidden_shape", np.array([1, SEQ, HIDDEN], np.int64))
     scale = b.const("sqrt_head", np.float32(np.sqrt(HEAD)))
-    for i in range(LAYERS):
+    for i in range(layers):
         p = f"encoder.layer.{i}"
 
         def heads(t: str, name: str, perm: list[int]) -> str:
@@ -97,7 +101,7 @@ def tiny_bert(seed: int = 0) -> onnx.ModelProto:
         context = b.node("Reshape", [context, hidden_shape], f"{p}/context/Reshape")
         attention = b.linear(context, HIDDEN, HIDDEN, f"{p}.attention.output.dense")
         x = b.layer_norm(b.node("Add", [attention, x], f"{p}/attention/residual"),
-                         f"{p}.attention.output.LayerNorm")
+                         f"{p}.attention.output.LayerNorm", HIDDEN)
         h = b.linear(x, HIDDEN, FFN, f"{p}.intermediate.dense")
         erf = b.node("Erf", [b.node("Div", [h, b.const(f"{p}.root2", np.float32(np.sqrt(2)))],
                                     f"{p}/gelu/Div")], f"{p}/gelu/Erf")
@@ -106,7 +110,7 @@ def tiny_bert(seed: int = 0) -> onnx.ModelProto:
                    f"{p}/gelu/Mul_1")
         out = b.linear(h, FFN, HIDDEN, f"{p}.output.dense")
         x = b.layer_norm(b.node("Add", [out, x], f"{p}/output/residual"),
-                         f"{p}.output.LayerNorm")
+                         f"{p}.output.LayerNorm", HIDDEN)
     b.nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"], name="/output"))
     graph = helper.make_graph(
         b.nodes, "tiny_bert",
@@ -121,10 +125,11 @@ def tiny_bert(seed: int = 0) -> onnx.ModelProto:
     return model
 
 
-def tiny_bert_inputs(seed: int = 1) -> dict[str, np.ndarray]:
-    """Token ids and a mask with the last 28 positions padded."""
+def tiny_bert_inputs(seed: int = 1, vocab: int = VOCAB, seq: int = SEQ,
+                     padded: int = 28) -> dict[str, np.ndarray]:
+    """Token ids and a mask with the last `padded` positions padded."""
     rng = np.random.default_rng(seed)
-    mask = np.ones((1, SEQ), np.int64)
-    mask[:, 100:] = 0
-    return {"input_ids": rng.integers(0, VOCAB, (1, SEQ)).astype(np.int64),
+    mask = np.ones((1, seq), np.int64)
+    mask[:, seq - padded:] = 0
+    return {"input_ids": rng.integers(0, vocab, (1, seq)).astype(np.int64),
             "attention_mask": mask}

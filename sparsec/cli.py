@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
                         "DynamicQuantizeLinear)")
     p.add_argument("--dtype", choices=["float32", "int8"], default="float32",
                    help="int8 is --quantize dynamic (default: float32, the model's own)")
+    p.add_argument("--profile", action="store_true",
+                   help="time every layer at run time (see `sparsec run --profile`)")
     p.add_argument("--keep-source", metavar="DIR", help="also write model.c and weights.bin")
     p.add_argument("--no-cache", action="store_true", help="rebuild even if cached")
     p.add_argument("--cache-dir", help="build cache folder (default: ~/.cache/sparsec)")
@@ -54,6 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for generated inputs")
     p.add_argument("--threads", type=int,
                    help="threads to run with (default: one per physical core)")
+    p.add_argument("--repeat", type=int, default=1, metavar="N", help="run N times")
+    p.add_argument("--profile", action="store_true",
+                   help="print the time per layer and per operator (needs a library compiled "
+                        "with --profile)")
 
     p = sub.add_parser("info", help="describe a compiled library")
     p.add_argument("library")
@@ -88,7 +94,8 @@ def cmd_compile(args) -> int:
                            dump_ir=args.dump_ir, cache_dir=args.cache_dir,
                            use_cache=not args.no_cache, keep_source=args.keep_source,
                            force_pattern=args.force_pattern,
-                           quantize=args.quantize or ("dynamic" if args.dtype == "int8" else None))
+                           quantize=args.quantize or ("dynamic" if args.dtype == "int8" else None),
+                           profile=args.profile)
     if args.report:
         print(format_layers(result.info))
     print(f"wrote {result.library} (target {result.info['target']}) and {result.header}")
@@ -129,8 +136,14 @@ def _random_input(rng, spec) -> np.ndarray:
 def cmd_run(args) -> int:
     from sparsec.module import load
 
+    if args.repeat < 1:
+        raise SparsecError(f"--repeat must be at least 1, got {args.repeat}")
     with load(args.library, threads=args.threads) as module:
-        outputs = module.run(_read_inputs(module, args.input, args.seed))
+        feeds = _read_inputs(module, args.input, args.seed)
+        for _ in range(args.repeat):
+            outputs = module.run(feeds)
+        if args.profile:
+            print(format_profile(module.profile(), args.repeat))
     if args.out:
         np.savez(args.out, **outputs)
         print(f"wrote {', '.join(outputs)} to {args.out}")
@@ -139,6 +152,24 @@ def cmd_run(args) -> int:
         print(f"{name}: {value.dtype.name}{list(value.shape)}")
         print(np.array2string(value, threshold=200, precision=6))
     return 0
+
+
+def format_profile(layers: list[dict], runs: int, top: int = 15) -> str:
+    """Time per operator kind, then the slowest layers; milliseconds per run."""
+    total = sum(layer["ms"] for layer in layers) / runs
+    by_op: dict[str, list[float]] = {}
+    for layer in layers:
+        by_op.setdefault(layer["op"], []).append(layer["ms"] / runs)
+    lines = [f"{total:.3f} ms per run in {len(layers)} layers", "",
+             f"{'op':<20} {'layers':>6} {'ms':>9} {'share':>6}"]
+    for op, times in sorted(by_op.items(), key=lambda item: -sum(item[1])):
+        lines.append(f"{op:<20} {len(times):>6} {sum(times):>9.3f} "
+                     f"{100 * sum(times) / total if total else 0:>5.1f}%")
+    lines += ["", f"{'slowest layers':<56} {'kernel':<28} {'ms':>8}"]
+    for layer in sorted(layers, key=lambda layer: -layer["ms"])[:top]:
+        lines.append(f"{(layer['node'] or '?')[-56:]:<56} {layer['kernel'][:28]:<28} "
+                     f"{layer['ms'] / runs:>8.3f}")
+    return "\n".join(lines)
 
 
 def _layout_note(layer: dict) -> str:

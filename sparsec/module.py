@@ -20,7 +20,7 @@ import numpy as np
 
 from sparsec.errors import InputError, LoadError, RuntimeFailure
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 SPARSEC_ERROR_INPUT = 4
 _FFI = None
 _FFI_LOCK = threading.Lock()
@@ -123,6 +123,20 @@ class Module:
         results = self.run({spec.name: a for spec, a in zip(self.inputs, arrays)})
         values = tuple(results[t.name] for t in self.outputs)
         return values[0] if len(values) == 1 else values
+
+    def profile(self) -> list[dict]:
+        """Each layer of the model info with `ms`, its time summed over this module's runs.
+        Needs a library compiled with profile=True (`sparsec compile --profile`)."""
+        layers = self.info["layers"]
+        ms = _ffi().new("double[]", max(len(layers), 1))
+        with self._lock:
+            if self._context is None:
+                raise RuntimeFailure(f"{self.path}: the module is closed")
+            count = self._lib.sparsec_profile(self._context, ms, len(layers))
+        if count == 0:
+            raise RuntimeFailure(f"{self.path} was compiled without profiling; compile it with "
+                               "`sparsec compile --profile` (Python: profile=True)")
+        return [dict(layer, ms=ms[i]) for i, layer in enumerate(layers[:count])]
 
     def run(self, feeds: dict) -> dict:
         """Run once: `feeds` maps every input name to an array of its shape and dtype."""

@@ -91,3 +91,13 @@ def test_user_errors_are_one_line_without_traceback(workdir, argv, message):
     assert result.stderr.startswith("sparsec: error: ")
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_profile_times_every_layer(workdir, capsys):
+    assert main(["compile", str(SAMPLE), "--target", "native", "-o", "p.so", "--profile"]) == 0
+    assert main(["run", "p.so", "--repeat", "3", "--profile", "--out", "o.npz"]) == 0
+    out = capsys.readouterr().out
+    assert "ms per run in" in out and "Dense" in out and "slowest layers" in out
+    main(["compile", str(SAMPLE), "--target", "native", "-o", "plain.so"])
+    assert main(["run", "plain.so", "--profile", "--out", "o.npz"]) == 1
+    assert "compiled without profiling" in capsys.readouterr().err

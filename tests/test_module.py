@@ -259,3 +259,21 @@ def test_small_layers_stay_on_the_calling_thread(compiler):
     assert kernels.PARALLEL_MIN_NS > 0
     assert [layer["threads"] for layer in parallel] == ["pool"] * len(parallel)
     assert all(layer.get("threads") in (None, "caller") for layer in default.info["layers"])
+
+
+def test_profile_sums_each_layers_time_over_runs(compiler):
+    module = compiler.load(mlp(k=16, n=8, m=4), "native", profile=True)
+    x = np.ones((4, 16), np.float32)
+    assert [layer["ms"] for layer in module.profile()] == [0.0] * len(module.info["layers"])
+    module.run({"x": x})
+    once = [layer["ms"] for layer in module.profile()]
+    module.run({"x": x})
+    twice = module.profile()
+    assert [layer["node"] for layer in twice] == [layer["node"] for layer in module.info["layers"]]
+    assert all(t["ms"] >= o > 0 for t, o in zip(twice, once))
+    module.close()
+    with pytest.raises(RuntimeFailure, match="closed"):
+        module.profile()
+    plain = compiler.load(mlp(k=16, n=8, m=4), "native")
+    with pytest.raises(RuntimeFailure, match="without profiling"):
+        plain.profile()

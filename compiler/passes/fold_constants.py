@@ -1,8 +1,9 @@
 """Evaluate every node whose inputs are all compile-time constants.
 
-Requires: an imported graph (any standard op may appear with all-constant inputs).
-Establishes: no node has only constant inputs; every folded value is a constant tensor whose
-shape agrees with what shape inference declared for it.
+Requires: an imported graph with static shapes (any standard op may appear with all-constant
+inputs).
+Establishes: no node has only constant inputs and no Shape or Size node remains; every folded
+value is a constant tensor whose shape agrees with what shape inference declared for it.
 
 Evaluation uses onnx's own reference implementation, so folding follows the ONNX
 specification op by op without a second, hand-written interpreter to keep in step.
@@ -15,6 +16,7 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from sparsec.compiler.ir import DTYPES, Graph, Node, Tensor
+from sparsec.compiler.ops import SHAPE_OPS
 from sparsec.errors import FrontendError, ShapeError
 
 NAME = "fold-constants"
@@ -26,7 +28,9 @@ def run(graph: Graph, ctx) -> Graph:
     graph = graph.copy()
     kept = []
     for node in graph.nodes:
-        if all(not name or graph.tensors[name].is_constant for name in node.inputs):
+        if node.op in SHAPE_OPS:
+            _fold_shape(graph, node)
+        elif all(not name or graph.tensors[name].is_constant for name in node.inputs):
             _fold(graph, node)
         else:
             kept.append(node)
@@ -57,6 +61,17 @@ def _fold(graph: Graph, node: Node) -> None:
             raise ShapeError(f"node {node.name!r} (op {node.op}) evaluates {name!r} to shape "
                              f"{value.shape}, but the model declares {declared.shape}")
         graph.tensors[name] = Tensor(name, tuple(value.shape), str(value.dtype), value)
+
+
+def _fold_shape(graph: Graph, node: Node) -> None:
+    """Shape and Size read only the input's shape, which is static after import."""
+    shape = graph.tensors[node.inputs[0]].shape
+    if node.op == "Size":
+        value = np.array(int(np.prod(shape, dtype=np.int64)), np.int64)
+    else:  # Python slicing clamps start/end exactly as Shape-15 specifies
+        start, end = node.attrs.get("start", 0), node.attrs.get("end", len(shape))
+        value = np.array(shape[start:end], np.int64)
+    graph.tensors[node.outputs[0]] = Tensor(node.outputs[0], value.shape, "int64", value)
 
 
 def _attr_for_onnx(value):

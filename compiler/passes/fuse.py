@@ -3,7 +3,10 @@
 Requires: detect_sparsity has run (weights are K x N with sparsity info).
 Establishes: every MatMul with a constant 2-D weight and every Gemm is a `Dense` node
 `act(alpha * op(A) . B + beta * C)`; no Add of a constant per-column bias and no activation
-(Relu, Sigmoid, Tanh, constant Clip) follows a Dense whose epilogue could absorb it.
+(Relu, Sigmoid, Tanh, constant Clip, Gelu, and GELU written with Erf) follows a Dense whose
+epilogue could absorb it; every
+scaled, masked softmax between two batched MatMuls (attention) is one `Attention` node; an Add
+read only by a LayerNormalization is part of an `AddLayerNorm` node.
 Fusion never hides a value the graph returns: an intermediate that is a graph output or has
 several readers stays materialised.
 """
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sparsec.compiler.ir import Graph, Node
-from sparsec.compiler.ops import ACTIVATIONS, DENSE
+from sparsec.compiler.ops import ACTIVATIONS, ADD_LAYER_NORM, ATTENTION, DENSE
 
 NAME = "fuse"
 
@@ -97,12 +100,18 @@ def absorb_activation(graph: Graph, node: Node, uses: Uses) -> Rewrite | None:
     if node.op != DENSE or node.attrs["activation"]:
         return None
     act = uses.sole_reader(node.outputs[0])
-    if act is None or act.op not in ACTIVATIONS:
+    if act is None or act.op not in ACTIVATIONS + ("Gelu",):
         return None
     params = clip_bounds(graph, act) if act.op == "Clip" else ()
     if params is None:
         return None
-    attrs = dict(node.attrs, activation=act.op, activation_params=params)
+    activation = act.op
+    if act.op == "Gelu":
+        approximate = act.attrs.get("approximate", "none")
+        if approximate not in ("none", "tanh"):
+            return None  # the kernel reports the bad attribute
+        activation = "GeluTanh" if approximate == "tanh" else "Gelu"
+    attrs = dict(node.attrs, activation=activation, activation_params=params)
     return Rewrite(Node(DENSE, list(node.inputs), list(act.outputs), attrs, node.name), (id(act),))
 
 
@@ -122,6 +131,152 @@ def clip_bounds(graph: Graph, node: Node) -> tuple[float, float] | None:
     return tuple(bounds)
 
 
+def fuse_attention(graph: Graph, node: Node, uses: Uses) -> Rewrite | None:
+    """MatMul(A, B) [-> Mul/Div by a constant scalar] [-> Add mask] -> Softmax(last axis)
+    -> MatMul(., V): one Attention node, when every intermediate has that single reader."""
+    if node.op != "MatMul" or not _batched_float(graph, node):
+        return None
+    scores = graph.tensors[node.outputs[0]]
+    absorbed, current = [], node
+    scale_op, scale = "", 1.0
+    step = uses.sole_reader(current.outputs[0])
+    if step is not None and step.op in ("Mul", "Div"):
+        other = _other_input(step, current.outputs[0])
+        value = graph.tensors[other] if other else None
+        if (value is not None and value.is_constant and value.size == 1
+                and value.dtype == "float32" and (step.op == "Mul" or step.inputs[0] != other)
+                and len(value.shape) <= len(scores.shape)):
+            scale_op, scale = step.op, float(value.data.reshape(()))
+            absorbed.append(step)
+            current, step = step, uses.sole_reader(step.outputs[0])
+    mask = ""
+    if step is not None and step.op == "Add":
+        other = _other_input(step, current.outputs[0])
+        value = graph.tensors[other] if other else None
+        if value is not None and value.dtype == "float32" and _broadcasts_to(value.shape,
+                                                                              scores.shape):
+            mask = other
+            absorbed.append(step)
+            current, step = step, uses.sole_reader(step.outputs[0])
+    if step is None or step.op != "Softmax" or not _softmax_over_last_axis(graph, step):
+        return None
+    absorbed.append(step)
+    context = uses.sole_reader(step.outputs[0])
+    if context is None or context.op != "MatMul" or context.inputs[0] != step.outputs[0] \
+            or context.inputs[1] == step.outputs[0] or not _batched_float(graph, context):
+        return None
+    if graph.tensors[context.inputs[1]].shape[:-2] != scores.shape[:-2]:
+        return None
+    attrs = {"scale_op": scale_op, "scale": scale, "source_op": "MatMul+Softmax+MatMul"}
+    fused = Node(ATTENTION, [node.inputs[0], node.inputs[1], context.inputs[1], mask],
+                 list(context.outputs), attrs, node.name)
+    return Rewrite(fused, tuple(id(n) for n in absorbed + [context]))
+
+
+def absorb_residual_add(graph: Graph, node: Node, uses: Uses) -> Rewrite | None:
+    """Add of two equal-shape tensors whose only reader is a LayerNormalization (the residual
+    connection before every norm of a transformer): one AddLayerNorm, no summed tensor."""
+    if node.op != "Add" or len(node.inputs) != 2:
+        return None
+    norm = uses.sole_reader(node.outputs[0])
+    a, b = (graph.tensors[name] for name in node.inputs)
+    if (norm is None or norm.op != "LayerNormalization" or norm.inputs[0] != node.outputs[0]
+            or a.shape != b.shape or a.dtype != b.dtype or a.is_constant or b.is_constant
+            or any(out for out in norm.outputs[1:])):
+        return None
+    inputs = [node.inputs[0], node.inputs[1], *norm.inputs[1:3]]
+    inputs += [""] * (4 - len(inputs))
+    return Rewrite(Node(ADD_LAYER_NORM, inputs, norm.outputs[:1], dict(norm.attrs), norm.name),
+                   (id(norm),))
+
+
+def gelu_from_erf(graph: Graph, node: Node, uses: Uses) -> Rewrite | None:
+    """x * 0.5 * (1 + erf(x / sqrt 2)) as exporters write GELU (Div or Mul by 1/sqrt 2, the
+    two Muls in either order): one Gelu node. Matched at the Erf."""
+    if node.op != "Erf":
+        return None
+    producers = graph.producers()
+    scaled = producers.get(node.inputs[0])
+    if scaled is None or uses.sole_reader(scaled.outputs[0]) is not node:
+        return None
+    x = _scaled_input(graph, scaled, np.sqrt(2.0))
+    if x is None or graph.tensors[x].dtype != "float32":
+        return None
+    plus_one = uses.sole_reader(node.outputs[0])
+    if plus_one is None or plus_one.op != "Add" or not _is_constant(
+            graph, _other_input(plus_one, node.outputs[0]), 1.0):
+        return None
+    first = uses.sole_reader(plus_one.outputs[0])
+    if first is None or first.op != "Mul":
+        return None
+    other = _other_input(first, plus_one.outputs[0])
+    if other == x:  # (x * (1 + erf)) * 0.5
+        last = uses.sole_reader(first.outputs[0])
+        if last is None or last.op != "Mul" or not _is_constant(
+                graph, _other_input(last, first.outputs[0]), 0.5):
+            return None
+        absorbed = (scaled, plus_one, first, last)
+    else:  # (x * 0.5) * (1 + erf)
+        half = producers.get(other)
+        if (half is None or half.op != "Mul" or uses.sole_reader(half.outputs[0]) is not first
+                or _other_input(half, x) is None
+                or not _is_constant(graph, _other_input(half, x), 0.5)):
+            return None
+        last = first
+        absorbed = (scaled, plus_one, half, first)
+    if graph.tensors[last.outputs[0]].shape != graph.tensors[x].shape:
+        return None
+    gelu = Node("Gelu", [x], list(last.outputs), {"approximate": "none"}, node.name)
+    return Rewrite(gelu, tuple(id(n) for n in absorbed))
+
+
+def _scaled_input(graph: Graph, node: Node, divisor: float) -> str | None:
+    """The x of `x / divisor` or `x * (1 / divisor)` (float32 constants, to rounding)."""
+    if node.op == "Div" and _is_constant(graph, node.inputs[1], divisor):
+        return node.inputs[0]
+    if node.op == "Mul":
+        for x, c in (node.inputs, node.inputs[::-1]):
+            if _is_constant(graph, c, 1 / divisor):
+                return x
+    return None
+
+
+def _is_constant(graph: Graph, name: str | None, value: float) -> bool:
+    """A scalar constant equal to `value` rounded to float32 (within one ulp: exporters
+    round sqrt(2) and 1/sqrt(2) either way)."""
+    tensor = graph.tensors.get(name) if name else None
+    if tensor is None or not tensor.is_constant or tensor.size != 1:
+        return False
+    stored = np.float32(tensor.data.reshape(()))
+    return bool(abs(stored - np.float32(value)) <= np.spacing(np.float32(value)))
+
+
+def _batched_float(graph: Graph, node: Node) -> bool:
+    """A matrix product of float32 operands with equal batch dimensions (none broadcast)."""
+    a, b = (graph.tensors[name] for name in node.inputs[:2])
+    return (a.dtype == b.dtype == "float32" and len(a.shape) >= 3 and a.shape[:-2] == b.shape[:-2]
+            and a.shape[-1] == b.shape[-2] and 0 not in a.shape + b.shape)
+
+
+def _other_input(node: Node, name: str) -> str | None:
+    if len(node.inputs) != 2 or node.inputs[0] == node.inputs[1]:
+        return None
+    return node.inputs[1] if node.inputs[0] == name else node.inputs[0]
+
+
+def _broadcasts_to(shape: tuple, target: tuple) -> bool:
+    if len(shape) > len(target):
+        return False
+    return all(s in (1, t) for s, t in zip(shape[::-1], target[::-1]))
+
+
+def _softmax_over_last_axis(graph: Graph, node: Node) -> bool:
+    rank = len(graph.tensors[node.inputs[0]].shape)
+    # before opset 13 Softmax flattened to 2-D at `axis` (default 1): per-row only at rank - 1
+    axis = int(node.attrs.get("axis", -1 if graph.opset >= 13 else 1))
+    return axis in (-1, rank - 1)
+
+
 def _dense_attrs(source_op: str, alpha=1.0, beta=1.0, trans_a=0, trans_b=0) -> dict:
     return {"alpha": alpha, "beta": beta, "trans_a": trans_a, "trans_b": trans_b,
             "activation": "", "activation_params": (), "source_op": source_op}
@@ -130,8 +285,11 @@ def _dense_attrs(source_op: str, alpha=1.0, beta=1.0, trans_a=0, trans_b=0) -> d
 RULES = [
     Rule("matmul-to-dense", matmul_to_dense),
     Rule("gemm-to-dense", gemm_to_dense),
+    Rule("gelu-from-erf", gelu_from_erf),
     Rule("absorb-bias", absorb_bias),
     Rule("absorb-activation", absorb_activation),
+    Rule("fuse-attention", fuse_attention),
+    Rule("absorb-residual-add", absorb_residual_add),
 ]
 
 

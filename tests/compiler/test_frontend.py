@@ -193,3 +193,29 @@ def test_external_data_through_a_symlink_out_of_the_folder_is_refused(tmp_path):
     (folder / "weights.data").symlink_to(real)
     with pytest.raises(FrontendError, match="outside the model's folder"):
         frontend.import_model(folder / "m.onnx")
+
+
+def test_shapes_computed_in_the_graph_are_folded_until_static(compiler):
+    """Hugging Face's mask: Expand to a shape built by Shape, ConstantOfShape, Mul, Equal and
+    Where, which ONNX shape inference alone leaves unknown (and everything after it)."""
+    one = onnx.numpy_helper.from_array(np.array([1], np.int64))
+    nodes = [helper.make_node("Shape", ["x"], ["dims"]),
+             helper.make_node("ConstantOfShape", ["two"], ["ones"], value=one),
+             helper.make_node("Mul", ["ones", "dims"], ["m"]),
+             helper.make_node("Equal", ["m", "minus_one"], ["is_free"]),
+             helper.make_node("Where", ["is_free", "ones", "m"], ["target"]),
+             helper.make_node("Expand", ["row", "target"], ["wide"]),
+             helper.make_node("Add", ["x", "wide"], ["y"])]
+    onnx_model = model(nodes, [("x", [3, 5]), ("row", [1, 5])], [("y", [3, 5])],
+                       [("minus_one", np.array([-1, -1], np.int64)),
+                        ("two", np.array([2], np.int64))])
+    inferred = onnx.shape_inference.infer_shapes(onnx_model, data_prop=True)
+    (wide,) = [v for v in inferred.graph.value_info if v.name == "wide"]
+    assert not wide.type.tensor_type.shape.dim[0].HasField("dim_value"), "must need folding"
+    graph = frontend.import_model(onnx_model)
+    assert graph.tensors["wide"].shape == (3, 5)
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((3, 5)).astype(np.float32),
+             "row": rng.standard_normal((1, 5)).astype(np.float32)}
+    got = compiler.load(onnx_model, "generic").run(feeds)["y"]
+    np.testing.assert_array_equal(got, feeds["x"] + feeds["row"])

