@@ -15,6 +15,7 @@ from sparsec.codegen.params import (
     broadcast_strides,
     c_float,
     c_literal,
+    contiguous_strides,
 )
 from sparsec.compiler.ir import FEATURE_MAJOR, Graph, Node, Tensor
 from sparsec.errors import KernelNotFoundError
@@ -178,9 +179,27 @@ TOKEN_TILE_ISAS = {
 
 # K chunking of the token-tile kernels: rows of the transposed A tile per chunk at 64 tokens
 # (64 rows x 64 tokens x 4 bytes = 16 KB, half an L1), and output columns per parallel task
-# (the columns that share each chunk while it is in L1).
+# (the columns that share each chunk while it is in L1). A column loads and stores its
+# accumulators once per chunk; where the weight is so sparse that a column has fewer than
+# MIN_BLOCKS_PER_CHUNK blocks in a chunk, that overhead rivals the FMAs, so the chunk grows up
+# to MAX_TILE_ROWS (32 KB, still inside a 48 KB L1): MiniLM's 90 % 4x1 layers ran 10-15 %
+# faster (benchmarks/e2e.py).
 L1_TILE_ROWS = 64
+MAX_TILE_ROWS = 128
+MIN_BLOCKS_PER_CHUNK = 4
 COLUMNS_PER_TASK = 128
+
+
+def chunk_block_rows(packed, n: int, tokens: int) -> int:
+    """Block rows of W per K chunk of a token-tile kernel."""
+    block_rows = packed.row_ptr.size - 1
+    chunk = max(1, L1_TILE_ROWS * 64 // (tokens * packed.rows))
+    largest = max(1, MAX_TILE_ROWS * 64 // (tokens * packed.rows))
+    blocks_per_row_and_column = packed.num_blocks / max(1, block_rows * n)
+    while (chunk * 2 <= largest and chunk < block_rows
+           and chunk * blocks_per_row_and_column < MIN_BLOCKS_PER_CHUNK):
+        chunk *= 2
+    return chunk
 
 
 def spmm_tokens_params(req: KernelRequest, tokens: int, isa: str) -> dict:
@@ -195,7 +214,7 @@ def spmm_tokens_params(req: KernelRequest, tokens: int, isa: str) -> dict:
     col_ptr, k_idx, values = column_blocks(packed, n)
     block_rows = packed.row_ptr.size - 1
     lanes = TOKEN_TILE_ISAS[isa]["lanes"]
-    chunk = max(1, L1_TILE_ROWS * 64 // (tokens * packed.rows))  # block rows per K chunk
+    chunk = chunk_block_rows(packed, n, tokens)
     chunks = max(1, -(-block_rows // chunk))
     per_task = -(-COLUMNS_PER_TASK // lanes) * lanes
     tasks = -(-n // per_task)
@@ -287,28 +306,59 @@ def spmm_columns_params(req: KernelRequest, mr: int) -> dict:
 
 
 
+def _permuted_view(tensor: Tensor, perm) -> tuple[tuple[int, ...], list[int]]:
+    """Shape and element strides of transpose(tensor, perm), read in place."""
+    strides = contiguous_strides(tensor.shape)
+    if perm is None:
+        return tensor.shape, strides
+    return tuple(tensor.shape[p] for p in perm), [strides[p] for p in perm]
+
+
+def _written_view(tensor: Tensor, perm) -> tuple[tuple[int, ...], list[int]]:
+    """Shape and strides of the result R whose transpose(R, perm) is `tensor`."""
+    strides = contiguous_strides(tensor.shape)
+    if perm is None:
+        return tensor.shape, strides
+    inverse = np.argsort(perm)
+    return tuple(tensor.shape[i] for i in inverse), [strides[i] for i in inverse]
+
+
+def _batch_offset(position: tuple[int, ...], strides: list[int]) -> int:
+    return sum(i * s for i, s in zip(position, strides))
+
+
 def attention_params(req: KernelRequest, vector: int, registers: int) -> dict:
     """Fused attention on `vector`-float vectors; the context product keeps MR x D/vector
-    accumulators within `registers` vector registers (the rest hold V's row and a broadcast)."""
-    a, b, v, mask, y = req.input(0), req.input(1), req.input(2), req.input(3), req.output()
-    m, k, n, d = a.shape[-2], a.shape[-1], b.shape[-1], v.shape[-1]
-    batch_shape = a.shape[:-2]
-    mask_shape = (1,) * (len(y.shape) - len(mask.shape)) + mask.shape if mask else None
+    accumulators within `registers` vector registers (the rest hold V's row and a broadcast).
+    Q, V and the output may be transposed views (fuse folded the head Transposes in)."""
+    attrs = req.node.attrs
+    a_shape, a_strides = _permuted_view(req.input(0), attrs.get("a_perm"))
+    b_shape, b_strides = _permuted_view(req.input(1), None)
+    v_shape, v_strides = _permuted_view(req.input(2), attrs.get("v_perm"))
+    y_shape, y_strides = _written_view(req.output(), attrs.get("y_perm"))
+    mask = req.input(3)
+    m, k, n, d = a_shape[-2], a_shape[-1], b_shape[-1], v_shape[-1]
+    if b_strides[-1] != 1 or v_strides[-1] != 1 or y_strides[-1] != 1:
+        raise KernelNotFoundError(f"node {req.node.name!r}: attention needs K^T, V and the "
+                                  "output contiguous along their last axis")
+    batch_shape = a_shape[:-2]
+    mask_shape = (1,) * (len(y_shape) - len(mask.shape)) + mask.shape if mask else None
     mask_batch = broadcast_strides(mask_shape[:-2], batch_shape) if mask else ()
     mask_rows, mask_cols = (mask_shape[-2], mask_shape[-1]) if mask else (1, 1)
-    offsets = []
-    for index, position in enumerate(np.ndindex(*batch_shape)):
-        mask_offset = (sum(i * s for i, s in zip(position, mask_batch)) * mask_rows * mask_cols
-                       if mask else 0)
-        offsets.append((index * m * k, index * k * n, index * n * d, mask_offset, index * m * d))
-    for tensor in (a, b, v, mask):
+    offsets = [(_batch_offset(position, a_strides), _batch_offset(position, b_strides),
+                _batch_offset(position, v_strides),
+                _batch_offset(position, mask_batch) * mask_rows * mask_cols if mask else 0,
+                _batch_offset(position, y_strides))
+               for position in np.ndindex(*batch_shape)]
+    for tensor in (req.input(0), req.input(1), req.input(2), mask):
         req.take(tensor)
-    req.take(y)
-    scale_op = req.node.attrs.get("scale_op", "")
-    scale = c_float(req.node.attrs.get("scale", 1.0))
+    req.take(req.output())
+    scale = c_float(attrs.get("scale", 1.0))
     columns = max(d // vector, 1)
     return {"VL": vector, "MR": max(1, min(8, registers // columns)), "M": m, "K": k, "N": n,
-            "D": d, "offsets": offsets, "a_sm": k, "a_sk": 1, "b_sk": n, "v_sn": d, "y_sm": d,
+            "D": d, "offsets": offsets, "a_sm": a_strides[-2], "a_sk": a_strides[-1],
+            "b_sk": b_strides[-2], "v_sn": v_strides[-2], "y_sm": y_strides[-2],
             "has_mask": mask is not None,
             "mask_sm": mask_cols if mask_rows > 1 else 0, "mask_sn": 1 if mask_cols > 1 else 0,
-            "scale": {"Mul": f"t * {scale}", "Div": f"t / {scale}", "": ""}[scale_op]}
+            "scale": {"Mul": f"t * {scale}", "Div": f"t / {scale}", "": ""}[
+                attrs.get("scale_op", "")]}

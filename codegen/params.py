@@ -173,9 +173,10 @@ def activation_statements(op: str, bounds: tuple[str, ...], dtype: str,
         wide = "uint64_t" if dtype.endswith("64") else "uint32_t"  # INT_MIN wraps, no UB
         return [f"{var} = ({ctype})(({wide})0 - ({wide}){var});"]
     if op == "Gelu":  # approximate="none": x/2 (1 + erf(x / sqrt 2))
+        if ctype == "float":  # inline, vectorisable, through erfc (runtime_c/sparsec_model.h)
+            return [f"{var} = sparsec__gelu({var});"]
         half, root_half = c_literal(0.5, dtype), c_literal(np.sqrt(0.5), dtype)
-        erf = "sparsec__erff" if ctype == "float" else "erf"
-        return [f"{var} = {half} * {var} * ({one} + {erf}({var} * {root_half}));"]
+        return [f"{var} = {half} * {var} * ({one} + erf({var} * {root_half}));"]
     if op == "GeluTanh":  # approximate="tanh": x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
         half, scale = c_literal(0.5, dtype), c_literal(np.sqrt(2 / np.pi), dtype)
         cubic = c_literal(0.044715, dtype)

@@ -28,7 +28,9 @@ DENSE = "Dense"  # act(alpha * X . W + beta * bias), W 2-D; X's leading dims fla
 
 # softmax(scale(A . B) + mask) . V over the batch dimensions, one kernel that keeps the score
 # rows in L1: inputs A [..., M, K], B [..., K, N], V [..., N, D], mask (broadcasts to the
-# scores [..., M, N]) or ""; attrs scale_op ("Mul", "Div" or "") and scale (a float).
+# scores [..., M, N]) or ""; attrs scale_op ("Mul", "Div" or "") and scale (a float);
+# a_perm / v_perm / y_perm when a Transpose was folded in: A is transpose(input 0, a_perm),
+# V likewise, and output 0 is transpose(result, y_perm).
 ATTENTION = "Attention"
 
 # LayerNormalization of a + b (a residual Add whose only reader is the LayerNormalization):

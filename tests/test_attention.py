@@ -28,12 +28,23 @@ ROOT = Path(__file__).resolve().parents[1]
 RTOL, ATOL = 1e-5, 3e-5
 
 
-def attention_model(batch, heads, seq, keys, head, mask_kind, scale_op):
-    """Q [B,H,S,D], K [B,H,T,D], V [B,H,T,D] inputs; K transposed as exporters do."""
-    inputs = [("q", [batch, heads, seq, head]), ("k", [batch, heads, keys, head]),
-              ("v", [batch, heads, keys, head])]
-    nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
-             helper.make_node("MatMul", ["q", "kt"], ["s"])]
+def attention_model(batch, heads, seq, keys, head, mask_kind, scale_op, split_heads=False):
+    """Q [B,H,S,D], K [B,H,T,D], V [B,H,T,D] inputs; K transposed as exporters do. With
+    split_heads, Q and V come as [B,S,H,D] through head-splitting Transposes and the output
+    goes back to [B,S,H,D], as in an encoder (the kernel reads and writes those in place)."""
+    swap = [0, 2, 1, 3]
+    if split_heads:
+        inputs = [("q", [batch, seq, heads, head]), ("k", [batch, heads, keys, head]),
+                  ("v", [batch, keys, heads, head])]
+        nodes = [helper.make_node("Transpose", ["q"], ["qh"], perm=swap),
+                 helper.make_node("Transpose", ["v"], ["vh"], perm=swap)]
+    else:
+        inputs = [("q", [batch, heads, seq, head]), ("k", [batch, heads, keys, head]),
+                  ("v", [batch, heads, keys, head])]
+        nodes = []
+    q, v = ("qh", "vh") if split_heads else ("q", "v")
+    nodes += [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+              helper.make_node("MatMul", [q, "kt"], ["s"])]
     initializers = []
     current = "s"
     if scale_op:
@@ -47,13 +58,17 @@ def attention_model(batch, heads, seq, keys, head, mask_kind, scale_op):
         inputs.append(("mask", mask_shape))
         nodes.append(helper.make_node("Add", [current, "mask"], ["masked"]))
         current = "masked"
-    nodes += [helper.make_node("Softmax", [current], ["p"], axis=-1),
-              helper.make_node("MatMul", ["p", "v"], ["y"])]
+    nodes.append(helper.make_node("Softmax", [current], ["p"], axis=-1))
+    if split_heads:
+        nodes += [helper.make_node("MatMul", ["p", v], ["context"]),
+                  helper.make_node("Transpose", ["context"], ["y"], perm=swap)]
+    else:
+        nodes.append(helper.make_node("MatMul", ["p", v], ["y"]))
+    out_shape = [batch, seq, heads, head] if split_heads else [batch, heads, seq, head]
     graph = helper.make_graph(
         nodes, "attention",
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in inputs],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, heads, seq, head])],
-        initializers)
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)], initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model, dict(inputs)
@@ -77,12 +92,15 @@ def feeds_for(shapes, rng, masked_rows):
        keys=st.integers(1, 40), head=st.sampled_from([1, 3, 8, 16, 20, 32]),
        mask_kind=st.sampled_from(["", "keys", "full", "heads"]),
        scale_op=st.sampled_from(["", "Mul", "Div"]), masked_rows=st.booleans(),
-       seed=st.integers(0, 2**16))
+       split_heads=st.booleans(), seed=st.integers(0, 2**16))
 def test_attention_matches_onnxruntime(target, batch, heads, seq, keys, head, mask_kind,
-                                       scale_op, masked_rows, seed, compiler):
-    onnx_model, shapes = attention_model(batch, heads, seq, keys, head, mask_kind, scale_op)
+                                       scale_op, masked_rows, split_heads, seed, compiler):
+    onnx_model, shapes = attention_model(batch, heads, seq, keys, head, mask_kind, scale_op,
+                                         split_heads)
     result = compiler.compile(onnx_model, target)
-    assert [n.op for n in result.graph.nodes].count(ATTENTION) == 1
+    ops = [n.op for n in result.graph.nodes]
+    assert ops.count(ATTENTION) == 1
+    assert ops.count("Transpose") == 1, "only K's transpose stays"
     if not compiler.can_run(target):
         return
     feeds = feeds_for(shapes, np.random.default_rng(seed), masked_rows and bool(mask_kind))

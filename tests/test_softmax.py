@@ -1,5 +1,6 @@
-"""sparsec__expf and sparsec__erff (runtime_c/sparsec_model.h), behind Softmax, Erf and Gelu,
-against float64, and Softmax through a compiled model against a float64 reference."""
+"""sparsec__expf, sparsec__erff and sparsec__gelu (runtime_c/sparsec_model.h), behind Softmax,
+attention, Erf and Gelu, against float64, built with and (where the host has FMA) without
+fused multiply-add; and Softmax through a compiled model against a float64 reference."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from onnx import helper
 
 import sparsec
-from sparsec.codegen import build
+from sparsec.codegen import build, targets
 from tests.conftest import TARGET_PARAMS
 from tests.graphs import model
 
@@ -30,11 +31,11 @@ int main(void) {
 """
 
 
-def harness(folder, function: str):
+def harness(folder, function: str, flags: tuple[str, ...] = ()):
     (folder / "harness.c").write_text(HARNESS)
     exe = folder / "harness"
-    subprocess.run([build.find_compiler(), "-O2", "-std=c11", f"-DFUNCTION={function}", "-I",
-                    str(build.runtime_dir()), str(folder / "harness.c"), "-o", str(exe)],
+    subprocess.run([build.find_compiler(), "-O2", "-std=c11", *flags, f"-DFUNCTION={function}",
+                    "-I", str(build.runtime_dir()), str(folder / "harness.c"), "-o", str(exe)],
                    check=True)
 
     def run(x: np.ndarray) -> np.ndarray:
@@ -45,14 +46,28 @@ def harness(folder, function: str):
     return run
 
 
-@pytest.fixture(scope="module")
-def expf(tmp_path_factory):
-    return harness(tmp_path_factory.mktemp("expf"), "sparsec__expf")
+def _fma_flags() -> list:
+    """Without FMA everywhere; with -mfma (SPARSEC_FMADD as one rounding) where it runs."""
+    avx2 = targets.TARGETS.get("x86-avx2")
+    runs_fma = avx2 is not None and targets.execution_mode(avx2) == "native"
+    return [pytest.param((), id="plain"),
+            pytest.param(("-mfma",), id="fma", marks=pytest.mark.skipif(
+                not runs_fma, reason="this host cannot run FMA code"))]
 
 
-@pytest.fixture(scope="module")
-def erff(tmp_path_factory):
-    return harness(tmp_path_factory.mktemp("erff"), "sparsec__erff")
+@pytest.fixture(scope="module", params=_fma_flags())
+def expf(tmp_path_factory, request):
+    return harness(tmp_path_factory.mktemp("expf"), "sparsec__expf", request.param)
+
+
+@pytest.fixture(scope="module", params=_fma_flags())
+def erff(tmp_path_factory, request):
+    return harness(tmp_path_factory.mktemp("erff"), "sparsec__erff", request.param)
+
+
+@pytest.fixture(scope="module", params=_fma_flags())
+def gelu(tmp_path_factory, request):
+    return harness(tmp_path_factory.mktemp("gelu"), "sparsec__gelu", request.param)
 
 
 def ulps(actual: np.ndarray, exact: np.ndarray) -> np.ndarray:
@@ -85,6 +100,28 @@ def test_erff_within_four_ulp(erff):
 def test_erff_edges(erff):
     y = erff(np.array([-np.inf, -10.0, 0.0, -0.0, 10.0, np.inf, np.nan], np.float32))
     assert list(y[:6]) == [-1.0, -1.0, 0.0, 0.0, 1.0, 1.0] and np.isnan(y[6])
+
+
+
+
+def test_gelu_within_eight_ulp_or_the_graphs_own_precision(gelu):
+    """Within 8 ulp of GELU (erfc's fit is 1.2e-7 relative, e^x 2 ulp, a few roundings), or
+    for the negative tail within |x| * 2^-24: what the exported graph itself can resolve there,
+    as it rounds 1 + erf(z) to float (onnxruntime returns 0 below x ~ -5.5)."""
+    x = np.concatenate([np.linspace(-13, 13, 200_001, dtype=np.float32),
+                        np.random.default_rng(1).standard_normal(100_000).astype(np.float32)])
+    wide = x.astype(np.float64)
+    exact = 0.5 * wide * np.array([math.erfc(-v / math.sqrt(2)) for v in wide])
+    error = np.abs(gelu(x).astype(np.float64) - exact)
+    allowed = 8 * np.spacing(np.abs(exact).astype(np.float32)) + np.abs(wide) * 2.0**-24
+    worst = np.argmax(error / allowed)
+    assert error[worst] <= allowed[worst], f"error {error[worst]:.3g} at x = {x[worst]!r}"
+
+
+def test_gelu_edges(gelu):
+    y = gelu(np.array([-np.inf, -200.0, -0.0, 0.0, 200.0, np.inf, np.nan], np.float32))
+    assert np.isnan(y[0]) and abs(y[1]) < 1e-30 and y[2] == 0 and y[3] == 0
+    assert y[4] == 200.0 and y[5] == np.inf and np.isnan(y[6])
 
 
 @pytest.mark.parametrize("target", TARGET_PARAMS)

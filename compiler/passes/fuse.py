@@ -5,7 +5,8 @@ Establishes: every MatMul with a constant 2-D weight and every Gemm is a `Dense`
 `act(alpha * op(A) . B + beta * C)`; no Add of a constant per-column bias and no activation
 (Relu, Sigmoid, Tanh, constant Clip, Gelu, and GELU written with Erf) follows a Dense whose
 epilogue could absorb it; every
-scaled, masked softmax between two batched MatMuls (attention) is one `Attention` node; an Add
+scaled, masked softmax between two batched MatMuls (attention) is one `Attention` node, which
+reads Q and V and writes its output through the head-splitting Transposes around it; an Add
 read only by a LayerNormalization is part of an `AddLayerNorm` node.
 Fusion never hides a value the graph returns: an intermediate that is a graph output or has
 several readers stays materialised.
@@ -173,6 +174,42 @@ def fuse_attention(graph: Graph, node: Node, uses: Uses) -> Rewrite | None:
     return Rewrite(fused, tuple(id(n) for n in absorbed + [context]))
 
 
+def absorb_head_transposes(graph: Graph, node: Node, uses: Uses) -> Rewrite | None:
+    """Attention reads Q and V through the Transposes that split heads, and writes through the
+    Transpose that merges them, as strided views: no tensor for any of them. V and the output
+    keep their last axis last (the kernel loads and stores rows of them as vectors); K's
+    transpose (keys last) stays, as the kernel loads rows of keys."""
+    if node.op != ATTENTION:
+        return None
+    producers = graph.producers()
+    inputs, attrs, removed = list(node.inputs), dict(node.attrs), []
+    for index, key, last_fixed in ((0, "a_perm", False), (2, "v_perm", True)):
+        source = producers.get(inputs[index])
+        if (key not in attrs and source is not None and source.op == "Transpose"
+                and uses.sole_reader(inputs[index]) is node):
+            perm = _perm(graph, source)
+            if not last_fixed or perm[-1] == len(perm) - 1:
+                inputs[index], attrs[key] = source.inputs[0], perm
+                removed.append(source)
+    outputs = list(node.outputs)
+    merge = uses.sole_reader(outputs[0])
+    if "y_perm" not in attrs and merge is not None and merge.op == "Transpose":
+        perm = _perm(graph, merge)
+        if perm[-1] == len(perm) - 1:
+            outputs, attrs["y_perm"] = list(merge.outputs), perm
+            removed.append(merge)
+    if not removed:
+        return None
+    return Rewrite(Node(ATTENTION, inputs, outputs, attrs, node.name),
+                   tuple(id(n) for n in removed))
+
+
+def _perm(graph: Graph, transpose: Node) -> tuple[int, ...]:
+    rank = len(graph.tensors[transpose.inputs[0]].shape)
+    perm = transpose.attrs.get("perm")
+    return tuple(int(p) for p in perm) if perm is not None else tuple(range(rank))[::-1]
+
+
 def absorb_residual_add(graph: Graph, node: Node, uses: Uses) -> Rewrite | None:
     """Add of two equal-shape tensors whose only reader is a LayerNormalization (the residual
     connection before every norm of a transformer): one AddLayerNorm, no summed tensor."""
@@ -289,6 +326,7 @@ RULES = [
     Rule("absorb-bias", absorb_bias),
     Rule("absorb-activation", absorb_activation),
     Rule("fuse-attention", fuse_attention),
+    Rule("absorb-head-transposes", absorb_head_transposes),
     Rule("absorb-residual-add", absorb_residual_add),
 ]
 

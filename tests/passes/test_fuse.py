@@ -155,3 +155,26 @@ def test_attention_is_not_fused_over_another_axis_or_a_returned_score():
     graph = fused(model(attention_nodes(), ATTENTION_INPUTS,
                         [("p", [1, 2, 4, 6]), ("y", [1, 2, 4, 8])], [("c", np.float32(2.0))]))
     assert "Attention" not in [n.op for n in graph.nodes]
+
+
+def test_attention_reads_and_writes_through_the_head_transposes():
+    nodes = [helper.make_node("Transpose", ["qs"], ["q"], perm=[0, 2, 1, 3]),
+             helper.make_node("Transpose", ["vs"], ["v"], perm=[0, 2, 1, 3]),
+             *attention_nodes()[:-1],
+             helper.make_node("MatMul", ["p", "v"], ["ctx"]),
+             helper.make_node("Transpose", ["ctx"], ["y"], perm=[0, 2, 1, 3])]
+    inputs = [("qs", [1, 4, 2, 8]), ("kt", [1, 2, 8, 6]), ("vs", [1, 6, 2, 8]),
+              ("mask", [1, 1, 1, 6])]
+    graph = fused(model(nodes, inputs, [("y", [1, 4, 2, 8])], [("c", np.float32(2.0))]))
+    (node,) = graph.nodes
+    assert node.inputs == ["qs", "kt", "vs", "mask"] and node.outputs == ["y"]
+    assert node.attrs["a_perm"] == node.attrs["v_perm"] == node.attrs["y_perm"] == (0, 2, 1, 3)
+
+
+def test_transpose_that_moves_v_columns_stays():
+    nodes = [helper.make_node("Transpose", ["vs"], ["v"], perm=[0, 1, 3, 2]),
+             *attention_nodes()]
+    inputs = [("q", [1, 2, 4, 8]), ("kt", [1, 2, 8, 6]), ("vs", [1, 2, 8, 6]),
+              ("mask", [1, 1, 1, 6])]
+    graph = fused(model(nodes, inputs, [("y", [1, 2, 4, 8])], [("c", np.float32(2.0))]))
+    assert [n.op for n in graph.nodes] == ["Transpose", "Attention"]
