@@ -126,6 +126,37 @@ def matmul_params(req: KernelRequest) -> dict:
     return params
 
 
+def matmul_integer_params(req: KernelRequest) -> dict:
+    """MatMulInteger: numpy.matmul batching; zero points per tensor, per row of A or per
+    column of B."""
+    a, b, y = req.input(0), req.input(1), req.output()
+    a_shape = (1,) + a.shape if len(a.shape) == 1 else a.shape
+    b_shape = b.shape + (1,) if len(b.shape) == 1 else b.shape
+    m, k, n = a_shape[-2], a_shape[-1], b_shape[-1]
+    batch_shape = tuple(np.broadcast_shapes(a_shape[:-2], b_shape[:-2]))
+    a_batch = broadcast_strides(a_shape[:-2], batch_shape)
+    b_batch = broadcast_strides(b_shape[:-2], batch_shape)
+    batches = [(sum(i * s for i, s in zip(index, a_batch)) * m * k,
+                sum(i * s for i, s in zip(index, b_batch)) * k * n, position * m * n)
+               for position, index in enumerate(np.ndindex(*batch_shape))]
+    req.take(a)
+    req.take(b)
+    params = {"a_ctype": CTYPES[a.dtype], "b_ctype": CTYPES[b.dtype], "M": m, "K": k, "N": n,
+              "batches": batches if len(batches) > 1 else []}
+    for key, index, along in (("a", 2, m), ("b", 3, n)):
+        zp = req.input(index)
+        params[f"has_{key}_zp"] = req.take(zp)
+        if zp is not None:
+            if zp.size not in (1, along):
+                raise KernelNotFoundError(f"node {req.node.name!r}: {key}_zero_point of shape "
+                                          f"{zp.shape}; sparsec takes one per tensor or one "
+                                          f"per {'row of A' if key == 'a' else 'column of B'}")
+            params[f"{key}_zp_ctype"] = CTYPES[zp.dtype]
+            params["a_zp_sm" if key == "a" else "b_zp_sn"] = 1 if zp.size > 1 else 0
+    req.take(y)
+    return params
+
+
 def spmm_params(req: KernelRequest) -> dict:
     """Dense node with a block-sparse weight: the pattern's tables go into the weight blob."""
     node, a = req.node, req.input(0)

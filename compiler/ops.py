@@ -19,7 +19,8 @@ COPY_OPS = ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
 
 RUNTIME_OPS = frozenset(
     ("MatMul", "Gemm", "Transpose", "Softmax", "ReduceMean", "LayerNormalization", "Gather",
-     "Cast", "Where", "Concat", "Expand", "Slice")
+     "Cast", "Where", "Concat", "Expand", "Slice", "MatMulInteger", "DynamicQuantizeLinear",
+     "QuantizeLinear", "DequantizeLinear")
     + ELEMENTWISE_BINARY + COMPARISONS + LOGICAL_BINARY + ELEMENTWISE_UNARY + COPY_OPS
 )
 

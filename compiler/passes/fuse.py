@@ -1,7 +1,8 @@
 """Fuse matrix products with their bias and activation into one `Dense` node.
 
 Requires: detect_sparsity has run (weights are K x N with sparsity info).
-Establishes: every MatMul with a constant 2-D weight and every Gemm is a `Dense` node
+Establishes: every MatMul with a constant 2-D weight, every Gemm, and every dynamically
+quantized MatMulInteger chain as onnxruntime exports it (int8 weights) is a `Dense` node
 `act(alpha * op(A) . B + beta * C)`; no Add of a constant per-column bias and no activation
 (Relu, Sigmoid, Tanh, constant Clip, Gelu, and GELU written with Erf) follows a Dense whose
 epilogue could absorb it; every
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sparsec.compiler.ir import Graph, Node
+from sparsec.compiler.ir import Graph, Node, Tensor
 from sparsec.compiler.ops import ACTIVATIONS, ADD_LAYER_NORM, ATTENTION, DENSE
 
 NAME = "fuse"
@@ -76,6 +77,51 @@ def gemm_to_dense(graph: Graph, node: Node, uses: Uses) -> Rewrite | None:
     return Rewrite(Node(DENSE, inputs, list(node.outputs), attrs, node.name), ())
 
 
+def dense_from_dynamic_quantization(graph: Graph, node: Node, uses: Uses) -> Rewrite | None:
+    """What onnxruntime's quantize_dynamic writes for a MatMul: DynamicQuantizeLinear(x) ->
+    MatMulInteger(x_q, W int8, x_zero_point, 0) -> Cast(float) -> Mul(x_scale * w_scale): one
+    int8 Dense, whose kernel quantizes x in the same arithmetic, so the result is the same bits.
+    Weights with nonzero zero points keep the portable MatMulInteger."""
+    if node.op != "MatMulInteger" or len(node.inputs) < 3:
+        return None
+    producers = graph.producers()
+    quantized = producers.get(node.inputs[0])
+    if (quantized is None or quantized.op != "DynamicQuantizeLinear"
+            or node.inputs[2] != quantized.outputs[2]):
+        return None
+    weight = graph.tensors[node.inputs[1]]
+    if not weight.is_constant or weight.dtype != "int8" or len(weight.shape) != 2:
+        return None
+    if len(node.inputs) > 3 and node.inputs[3]:
+        zero_point = graph.tensors[node.inputs[3]]
+        if not zero_point.is_constant or np.any(zero_point.data != 0):
+            return None
+    cast = uses.sole_reader(node.outputs[0])
+    if cast is None or cast.op != "Cast" or int(cast.attrs.get("to", 0)) != 1:  # FLOAT
+        return None
+    rescale = uses.sole_reader(cast.outputs[0])
+    if rescale is None or rescale.op != "Mul":
+        return None
+    scales = producers.get(_other_input(rescale, cast.outputs[0]) or "")
+    if scales is None or scales.op != "Mul" or quantized.outputs[1] not in scales.inputs:
+        return None
+    weight_scale = graph.tensors[_other_input(scales, quantized.outputs[1]) or ""]
+    n = weight.shape[1]
+    if (not weight_scale.is_constant or weight_scale.dtype != "float32"
+            or weight_scale.size not in (1, n) or len(weight_scale.shape) > 1
+            or graph.tensors[rescale.outputs[0]].shape != graph.tensors[node.outputs[0]].shape):
+        return None
+    name = f"{weight.name}::scale"
+    while name in graph.tensors:
+        name += "'"
+    per_column = np.broadcast_to(weight_scale.data.reshape(-1), (n,)).astype(np.float32)
+    graph.tensors[name] = Tensor(name, (n,), "float32", per_column)
+    attrs = dict(_dense_attrs(source_op="MatMulInteger"), quantize="dynamic")
+    dense = Node(DENSE, [quantized.inputs[0], weight.name, "", name], list(rescale.outputs),
+                 attrs, node.name)
+    return Rewrite(dense, (id(cast), id(rescale)))
+
+
 def absorb_bias(graph: Graph, node: Node, uses: Uses) -> Rewrite | None:
     """Dense without C, then Add of a constant that varies at most along the last axis."""
     if node.op != DENSE or node.inputs[2]:
@@ -92,8 +138,8 @@ def absorb_bias(graph: Graph, node: Node, uses: Uses) -> Rewrite | None:
         return None
     if bias.shape and bias.shape[-1] not in (1, out_shape[-1]):
         return None
-    fused = Node(DENSE, [node.inputs[0], node.inputs[1], other], list(add.outputs),
-                 dict(node.attrs, beta=1.0), node.name)
+    fused = Node(DENSE, [node.inputs[0], node.inputs[1], other, *node.inputs[3:]],
+                 list(add.outputs), dict(node.attrs, beta=1.0), node.name)
     return Rewrite(fused, (id(add),))
 
 
@@ -322,6 +368,7 @@ def _dense_attrs(source_op: str, alpha=1.0, beta=1.0, trans_a=0, trans_b=0) -> d
 RULES = [
     Rule("matmul-to-dense", matmul_to_dense),
     Rule("gemm-to-dense", gemm_to_dense),
+    Rule("dense-from-dynamic-quantization", dense_from_dynamic_quantization),
     Rule("gelu-from-erf", gelu_from_erf),
     Rule("absorb-bias", absorb_bias),
     Rule("absorb-activation", absorb_activation),
@@ -348,8 +395,21 @@ def apply_rules(graph: Graph, rules: list[Rule]) -> Graph:
                 break
             if changed:
                 break
+    remove_dead_nodes(graph)
     graph.remove_unused()
     return graph
+
+
+def remove_dead_nodes(graph: Graph) -> None:
+    """Drop nodes none of whose outputs is read or returned (what a rewrite left behind, such
+    as a DynamicQuantizeLinear whose MatMulIntegers all became Dense); every op is pure."""
+    while True:
+        read = {name for node in graph.nodes for name in node.inputs if name}
+        read |= set(graph.outputs)
+        alive = [n for n in graph.nodes if any(out in read for out in n.outputs if out)]
+        if len(alive) == len(graph.nodes):
+            return
+        graph.nodes = alive
 
 
 def run(graph: Graph, ctx) -> Graph:

@@ -1,7 +1,9 @@
 """Dynamic int8 quantization of the matrix products (`--quantize dynamic`, `--dtype int8`).
 
 Requires: fuse (Dense nodes with their epilogues) and detect_sparsity (K x N weights).
-Establishes, when `ctx.quantize == "dynamic"`: every Dense node with a constant float32 weight
+Establishes: every Dense node reading int8 codes (fuse maps onnxruntime's dynamically quantized
+exports onto them) has a SparsityInfo chosen by the int8 kernels' costs; and when
+`ctx.quantize == "dynamic"`: every Dense node with a constant float32 weight
 reads instead an int8 weight (symmetric, per output channel: `scale[n] = max|W[:, n]| / 127`,
 `q = round-half-even(W / scale)`, so codes lie in [-127, 127]) and, as input 3, the float32
 `scale[N]`. Its activations are quantized when the kernel runs, per tensor, asymmetric uint8,
@@ -40,6 +42,7 @@ def quantize_weight(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run(graph: Graph, ctx) -> Graph:
+    graph = _analyse_exported_int8(graph, ctx)
     if ctx.quantize is None:
         return graph
     if ctx.quantize not in MODES:
@@ -69,6 +72,26 @@ def run(graph: Graph, ctx) -> Graph:
         ctx.log.append(f"{NAME}: {node.name or node.outputs[0]}: int8 weights, "
                        f"{graph.tensors[codes].sparsity.reason}")
     graph.remove_unused()
+    return graph
+
+
+def _analyse_exported_int8(graph: Graph, ctx) -> Graph:
+    """Dense nodes that fuse made from a quantized export already read int8 codes: they get
+    their SparsityInfo from the int8 kernels' costs here, as weights quantized here do."""
+    pending = [node for node in graph.nodes if node.op == DENSE
+               and graph.tensors[node.inputs[1]].dtype == "int8"
+               and graph.tensors[node.inputs[1]].sparsity is None]
+    if not pending:
+        return graph
+    graph = graph.copy()
+    for node in pending:
+        codes = graph.tensors[node.inputs[1]]
+        if codes.sparsity is None:
+            if codes.shape[0] > MAX_DEPTH:
+                raise SparsecError(f"node {node.name!r}: K = {codes.shape[0]} exceeds "
+                                   f"{MAX_DEPTH}, where the int8 kernels' int32 accumulation "
+                                   "could overflow")
+            codes.sparsity = analyse(codes.data, ctx.int8_cost, ctx.force_pattern)
     return graph
 
 
