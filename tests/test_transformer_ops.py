@@ -16,8 +16,8 @@ from sparsec.errors import InputError
 from tests.conftest import TARGET_PARAMS, run_onnxruntime
 from tests.graphs import model
 
-# float32 results of short sums and libm calls; onnxruntime sums in float, sparsec in
-# double: both are within a few eps of the exact value.
+# float32 results of short sums and libm calls, both summed in float (in another order): each
+# within a few eps of the exact value.
 RTOL, ATOL = 1e-5, 1e-6
 
 
@@ -143,3 +143,25 @@ def test_slice_bounds_at_run_time_are_checked(compiler):
     np.testing.assert_array_equal(got, x[-3:-1])
     with pytest.raises(InputError, match="Slice node s: axis 0 gives 3 elements"):
         module.run({"x": x, "starts": np.array([0]), "ends": np.array([3])})
+
+
+@pytest.mark.parametrize("target", TARGET_PARAMS)
+def test_layer_norm_written_out_with_scale_and_bias_becomes_one_kernel(target, compiler):
+    """torch's export of nn.LayerNorm before opset 17, gamma and beta included."""
+    rng = np.random.default_rng(5)
+    constants = [("two", np.float32(2)), ("eps", np.float32(1e-5)),
+                 ("gamma", rng.standard_normal(24).astype(np.float32)),
+                 ("beta", rng.standard_normal(24).astype(np.float32))]
+    nodes = [helper.make_node("ReduceMean", ["x"], ["mu"], axes=[-1]),
+             helper.make_node("Sub", ["x", "mu"], ["d"]),
+             helper.make_node("Pow", ["d", "two"], ["d2"]),
+             helper.make_node("ReduceMean", ["d2"], ["var"], axes=[-1]),
+             helper.make_node("Add", ["var", "eps"], ["ve"]),
+             helper.make_node("Sqrt", ["ve"], ["sd"]),
+             helper.make_node("Div", ["d", "sd"], ["n"]),
+             helper.make_node("Mul", ["n", "gamma"], ["scaled"]),
+             helper.make_node("Add", ["scaled", "beta"], ["y"])]
+    onnx_model = model(nodes, [("x", [2, 7, 24])], [("y", [2, 7, 24])], constants, opset=13)
+    result = compiler.compile(onnx_model, target)
+    assert [n.op for n in result.graph.nodes] == ["LayerNormalization"]
+    check(compiler, target, onnx_model, {"x": rng.standard_normal((2, 7, 24)).astype("f4")})

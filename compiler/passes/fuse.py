@@ -5,7 +5,8 @@ Establishes: every MatMul with a constant 2-D weight, every Gemm, and every dyna
 quantized MatMulInteger chain as onnxruntime exports it (int8 weights) is a `Dense` node
 `act(alpha * op(A) . B + beta * C)`; no Add of a constant per-column bias and no activation
 (Relu, Sigmoid, Tanh, constant Clip, Gelu, and GELU written with Erf) follows a Dense whose
-epilogue could absorb it; every
+epilogue could absorb it; LayerNorm written as ReduceMean/Sub/Pow/Sqrt/Div is one
+LayerNormalization; every
 scaled, masked softmax between two batched MatMuls (attention) is one `Attention` node, which
 reads Q and V and writes its output through the head-splitting Transposes around it; an Add
 read only by a LayerNormalization is part of an `AddLayerNorm` node.
@@ -256,6 +257,91 @@ def _perm(graph: Graph, transpose: Node) -> tuple[int, ...]:
     return tuple(int(p) for p in perm) if perm is not None else tuple(range(rank))[::-1]
 
 
+def layer_norm_from_parts(graph: Graph, node: Node, uses: Uses) -> Rewrite | None:
+    """LayerNorm as exported before opset 17: mean = ReduceMean(x); d = x - mean;
+    var = ReduceMean(d ^ 2); y = d / Sqrt(var + eps) [* gamma] [+ beta], all over the last axis:
+    one LayerNormalization (the kernel's arithmetic is this one's, in one pass over a row).
+    Matched at the first ReduceMean."""
+    x = node.inputs[0] if node.op == "ReduceMean" else None
+    if x is None or not _reduces_last_axis(graph, node):
+        return None
+    rank = len(graph.tensors[x].shape)
+    sub = uses.sole_reader(node.outputs[0])
+    if sub is None or sub.op != "Sub" or sub.inputs != [x, node.outputs[0]]:
+        return None
+    readers = uses.readers.get(sub.outputs[0], [])
+    square = next((r for r in readers if r.op == "Pow"
+                   and r.inputs[0] == sub.outputs[0] and _is_constant(graph, r.inputs[1], 2.0)),
+                  None)
+    divide = next((r for r in readers if r.op == "Div" and r.inputs[0] == sub.outputs[0]), None)
+    if (len(readers) != 2 or square is None or divide is None
+            or sub.outputs[0] in uses.outputs):
+        return None
+    chain = [sub, square]
+    variance = uses.sole_reader(square.outputs[0])
+    if variance is None or variance.op != "ReduceMean" or not _reduces_last_axis(graph,
+                                                                                  variance):
+        return None
+    plus_eps = uses.sole_reader(variance.outputs[0])
+    epsilon = _other_input(plus_eps, variance.outputs[0]) if plus_eps is not None else None
+    eps = graph.tensors.get(epsilon) if epsilon else None
+    if (plus_eps is None or plus_eps.op != "Add" or eps is None or not eps.is_constant
+            or eps.size != 1):
+        return None
+    root = uses.sole_reader(plus_eps.outputs[0])
+    if root is None or root.op != "Sqrt" or uses.sole_reader(root.outputs[0]) is not divide \
+            or divide.inputs[1] != root.outputs[0]:
+        return None
+    chain += [variance, plus_eps, root, divide]
+    width = graph.tensors[x].shape[-1]
+    current, gamma, beta = divide, None, ""
+    step = uses.sole_reader(current.outputs[0])
+    if step is not None and step.op == "Mul":
+        gamma = _per_channel_constant(graph, _other_input(step, current.outputs[0]), width)
+        if gamma is not None:
+            chain.append(step)
+            current, step = step, uses.sole_reader(step.outputs[0])
+    if step is not None and step.op == "Add":
+        bias = _per_channel_constant(graph, _other_input(step, current.outputs[0]), width)
+        if bias is not None:
+            beta = bias
+            chain.append(step)
+            current = step
+    if graph.tensors[current.outputs[0]].shape != graph.tensors[x].shape:
+        return None
+    if gamma is None:
+        gamma = f"{x}::layer_norm_scale"
+        while gamma in graph.tensors:
+            gamma += "'"
+        graph.tensors[gamma] = Tensor(gamma, (width,), "float32", np.ones(width, np.float32))
+    attrs = {"axis": rank - 1, "epsilon": float(eps.data.reshape(()))}
+    norm = Node("LayerNormalization", [x, gamma, beta], list(current.outputs), attrs, node.name)
+    return Rewrite(norm, tuple(id(n) for n in chain))
+
+
+def _reduces_last_axis(graph: Graph, node: Node) -> bool:
+    """A ReduceMean over exactly the last axis, keeping it (as a broadcastable 1)."""
+    rank = len(graph.tensors[node.inputs[0]].shape)
+    if len(node.inputs) > 1 and node.inputs[1]:
+        axes_tensor = graph.tensors[node.inputs[1]]
+        if not axes_tensor.is_constant:
+            return False
+        axes = [int(a) for a in axes_tensor.data.reshape(-1)]
+    else:
+        axes = list(node.attrs.get("axes", []))
+    return (graph.tensors[node.inputs[0]].dtype == "float32" and rank >= 1
+            and [a % rank for a in axes] == [rank - 1] and node.attrs.get("keepdims", 1) == 1)
+
+
+def _per_channel_constant(graph: Graph, name: str | None, width: int) -> str | None:
+    """A float32 constant that varies at most along the last axis ([C], [1, C], ...)."""
+    tensor = graph.tensors.get(name) if name else None
+    if (tensor is None or not tensor.is_constant or tensor.dtype != "float32"
+            or tensor.size != width or (tensor.shape and tensor.shape[-1] != width)):
+        return None
+    return name
+
+
 def absorb_residual_add(graph: Graph, node: Node, uses: Uses) -> Rewrite | None:
     """Add of two equal-shape tensors whose only reader is a LayerNormalization (the residual
     connection before every norm of a transformer): one AddLayerNorm, no summed tensor."""
@@ -370,6 +456,7 @@ RULES = [
     Rule("gemm-to-dense", gemm_to_dense),
     Rule("dense-from-dynamic-quantization", dense_from_dynamic_quantization),
     Rule("gelu-from-erf", gelu_from_erf),
+    Rule("layer-norm-from-parts", layer_norm_from_parts),
     Rule("absorb-bias", absorb_bias),
     Rule("absorb-activation", absorb_activation),
     Rule("fuse-attention", fuse_attention),
