@@ -186,6 +186,9 @@ def _layer_info(graph: Graph, node, spec: KernelSpec) -> dict:
                               "output": graph.tensors[node.outputs[0]].layout},
                      activation=node.attrs.get("activation", "") or None,
                      bias=bool(node.inputs[2]))
+        if "reorder" in node.attrs:  # the permutation itself stays in the IR
+            layer["reorder"] = {k: v for k, v in node.attrs["reorder"].items()
+                                if k != "permutation"}
         info = weight.sparsity
         if info is not None:
             layer.update(density=round(info.density, 6), pattern=info.pattern,

@@ -40,9 +40,10 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "nat
                   force_pattern: str | None = None,
                   quantize: str | None = None, layouts: bool = True,
                   parallel_min_ns: float | None = None,
-                  profile: bool = False) -> CompileResult:
+                  profile: bool = False, reorder: bool = True) -> CompileResult:
     """Compile and return the library path, its C header, its model info and the final IR.
-    profile: time every layer (`Module.profile()`), at about 50 ns a layer."""
+    profile: time every layer (`Module.profile()`), at about 50 ns a layer.
+    reorder: let the reorder-blocks pass permute channels between layers (False: never)."""
     resolved = targets.resolve(target)
     if output is None:
         if not isinstance(model, (str, os.PathLike)):
@@ -57,7 +58,7 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "nat
     graph = frontend.import_model(model, input_shapes)
     ctx = PassContext(cost=cost_model(resolved), verify_each=verify_each,
                       dump_dir=Path(dump_ir) if dump_ir else None, force_pattern=force_pattern,
-                      quantize=quantize, int8_cost=cost_model(resolved, "int8"),
+                      quantize=quantize, int8_cost=cost_model(resolved, "int8"), reorder=reorder,
                       scratch_bytes=lambda g, n: kernels.scratch_bytes(g, n, resolved),
                       layouts=(lambda g, n: kernels.layout_support(g, n, resolved))
                       if layouts else None)

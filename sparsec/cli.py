@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="int8 is --quantize dynamic (default: float32, the model's own)")
     p.add_argument("--profile", action="store_true",
                    help="time every layer at run time (see `sparsec run --profile`)")
+    p.add_argument("--no-reorder", action="store_true",
+                   help="keep every weight's channel order (no block reordering)")
     p.add_argument("--keep-source", metavar="DIR", help="also write model.c and weights.bin")
     p.add_argument("--no-cache", action="store_true", help="rebuild even if cached")
     p.add_argument("--cache-dir", help="build cache folder (default: ~/.cache/sparsec)")
@@ -95,7 +97,7 @@ def cmd_compile(args) -> int:
                            use_cache=not args.no_cache, keep_source=args.keep_source,
                            force_pattern=args.force_pattern,
                            quantize=args.quantize or ("dynamic" if args.dtype == "int8" else None),
-                           profile=args.profile)
+                           profile=args.profile, reorder=not args.no_reorder)
     if args.report:
         print(format_layers(result.info))
     print(f"wrote {result.library} (target {result.info['target']}) and {result.header}")
@@ -172,6 +174,11 @@ def format_profile(layers: list[dict], runs: int, top: int = 15) -> str:
     return "\n".join(lines)
 
 
+def _reorder_note(layer: dict) -> str:
+    reorder = layer.get("reorder")
+    return f"; reorder ({reorder['kind']}): {reorder['result']}" if reorder else ""
+
+
 def _layout_note(layer: dict) -> str:
     transposed = [side for side, layout in layer.get("layouts", {}).items()
                   if layout != "row-major"]
@@ -188,7 +195,7 @@ def format_layers(info: dict) -> str:
                      layer.get("weight_dtype", "float32"),
                      f"{layer['density']:.3f}" if "density" in layer else "-",
                      layer.get("pattern", "dense"), layer["kernel"],
-                     layer.get("reason", "") + _layout_note(layer)))
+                     layer.get("reason", "") + _layout_note(layer) + _reorder_note(layer)))
     if len(rows) == 1:
         return "no matrix layers"
     widths = [max(len(str(r[i])) for r in rows) for i in range(6)]

@@ -17,6 +17,7 @@ from sparsec.compiler.passes import (
     fuse,
     plan_memory,
     quantize,
+    reorder_blocks,
 )
 from sparsec.compiler.verify import verify
 
@@ -47,6 +48,7 @@ class PassContext:
     verify_each: bool = False
     force_pattern: str | None = None  # "dense" or a block pattern for every weight
     quantize: str | None = None  # "dynamic": int8 weights, activations quantized at run time
+    reorder: bool = True  # reorder_blocks may permute channels between Dense layers
     int8_cost: SparseKernelCost | None = None  # the target's int8 kernels, for quantize
     # Bytes of arena scratch a node's kernel needs while it runs (from codegen's kernel
     # table, so this package stays independent of codegen); None: no kernel needs any.
@@ -65,6 +67,8 @@ PIPELINE: list[tuple[str, Callable[[Graph, PassContext], Graph], str]] = [
      "measure every weight and pick its block pattern (or dense) by the target's cost"),
     (fuse.NAME, fuse.run,
      "fold bias and activation into the matrix kernels' epilogues"),
+    (reorder_blocks.NAME, reorder_blocks.run,
+     "permute channels between layers so nonzeros fill whole blocks, folded into the weights"),
     (quantize.NAME, quantize.run,
      "on request, int8 weights per output channel for the VNNI kernels"),
     (choose_layouts.NAME, choose_layouts.run,

@@ -1,0 +1,411 @@
+"""Permute channels so a weight's nonzeros gather into fewer, fuller blocks (PARO-style).
+
+Requires: detect_sparsity and fuse (Dense nodes with their epilogues and SparsityInfo).
+Establishes: for every foldable chain, a channel permutation chosen by the kernels' predicted
+time has been folded into the weights, so the model computes the same function; each Dense
+weight's SparsityInfo describes its stored (permuted) data; every Dense node of a chain that
+was searched carries `reorder` (blocks and predicted time before and after, the permutation
+applied or the reason none was). Run time pays nothing: no gather is ever inserted.
+
+A chain is a producer Dense whose output channels are the input rows of one consumer Dense,
+with only per-channel work between them, so permuting the producer's columns (and bias, and
+the per-channel constants between) and the consumer's rows by one permutation leaves the
+consumer's output unchanged:
+- producer -> [elementwise unary ops, Add/Mul by per-channel constants] -> consumer (an FFN:
+  up-projection, GELU, down-projection);
+- value projection -> Reshape into heads -> Attention (as V) -> Reshape back -> output
+  projection: here the permutation stays within each head (the attention mixes tokens, never
+  channels of V, and head h's probabilities weigh only head h's channels).
+Anything else (a graph output, a second reader, a channel-mixing op) leaves a chain alone.
+
+Search: channels are grouped into groups of the block height of the consumer's Rx1 blocks, or
+the width of the producer's 1xC blocks: by rounds of pairing (match channels two by two,
+largest overlap of nonzeros first, merge, repeat) up to 2048 channels, greedily beyond (densest
+first, then the channel adding the fewest new blocks); random swaps between groups then keep
+any improvement while the time budget lasts. Each candidate block shape is tried, the
+permuted weights are scored by the cost model (the pattern each would then choose), and the
+best candidate is kept only if it beats the identity.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from sparsec.compiler.ir import Graph, Node
+from sparsec.compiler.ops import DENSE, ELEMENTWISE_UNARY
+from sparsec.compiler.passes.detect_sparsity import analyse, predicted_costs
+
+NAME = "reorder-blocks"
+BUDGET_SECONDS = 0.3  # per chain, for the swap search after the greedy grouping
+SEED = 0  # the swap search is random but reproducible: the same model compiles the same
+PAIRING_LIMIT = 2048  # channels per section up to which pairing (quadratic) replaces greedy
+
+
+@dataclass
+class Chain:
+    producer: Node
+    consumer: Node
+    between: list[Node]  # per-channel nodes whose constants follow the permutation
+    groups: int  # the permutation maps channels within `groups` equal, consecutive ranges
+    kind: str
+
+
+def run(graph: Graph, ctx) -> Graph:
+    if not getattr(ctx, "reorder", True):
+        return graph
+    graph = graph.copy()
+    rng = np.random.default_rng(SEED)
+    for chain in find_chains(graph):
+        record = _reorder(graph, chain, ctx, rng)
+        for node in (chain.producer, chain.consumer):
+            node.attrs["reorder"] = record
+        ctx.log.append(f"{NAME}: {chain.producer.name} -> {chain.consumer.name}: "
+                       f"{record['result']}")
+    return graph
+
+
+# --- finding chains ---------------------------------------------------------------------------
+
+def find_chains(graph: Graph) -> list[Chain]:
+    readers = graph.consumers()
+    producers = graph.producers()
+    outputs = set(graph.outputs)
+
+    def sole_reader(name: str) -> Node | None:
+        found = readers.get(name, [])
+        return found[0] if len(found) == 1 and name not in outputs else None
+
+    chains, claimed = [], set()
+    for node in graph.nodes:
+        if not _reorderable_dense(graph, node) or id(node) in claimed:
+            continue
+        width = graph.tensors[node.inputs[1]].shape[1]
+        chain = _elementwise_chain(graph, node, width, sole_reader) \
+            or _attention_value_chain(graph, node, width, sole_reader, producers)
+        if chain is None or id(chain.consumer) in claimed:
+            continue
+        if not _reorderable_dense(graph, chain.consumer):
+            continue
+        claimed.update((id(chain.producer), id(chain.consumer)))
+        chains.append(chain)
+    return chains
+
+
+def _reorderable_dense(graph: Graph, node: Node) -> bool:
+    """A Dense over a constant float32 K x N weight read once, with a per-column bias."""
+    if node.op != DENSE or node.attrs.get("trans_a", 0) or node.attrs.get("quantize"):
+        return False
+    weight = graph.tensors[node.inputs[1]]
+    if not weight.is_constant or weight.dtype != "float32" or weight.sparsity is None:
+        return False
+    if sum(name == weight.name for n in graph.nodes for name in n.inputs) != 1 \
+            or weight.name in graph.outputs:
+        return False
+    bias = graph.tensors[node.inputs[2]] if node.inputs[2] else None
+    return bias is None or (bias.is_constant and all(d == 1 for d in bias.shape[:-1]))
+
+
+def _elementwise_chain(graph, producer, width, sole_reader) -> Chain | None:
+    between, current = [], producer.outputs[0]
+    while True:
+        reader = sole_reader(current)
+        if reader is None:
+            return None
+        if reader.op == DENSE and reader.inputs[0] == current:
+            if graph.tensors[reader.inputs[1]].shape[0] != width:
+                return None
+            return Chain(producer, reader, between, 1, "elementwise")
+        if reader.op in ELEMENTWISE_UNARY and reader.op != "Clip" or (
+                reader.op == "Clip" and all(graph.tensors[n].is_constant
+                                            for n in reader.inputs[1:] if n)):
+            between.append(reader)
+        elif reader.op in ("Add", "Mul", "Sub", "Div") and _per_channel_other(
+                graph, reader, current, width):
+            between.append(reader)
+        else:
+            return None
+        current = reader.outputs[0]
+
+
+def _per_channel_other(graph: Graph, node: Node, current: str, width: int) -> bool:
+    """The node's other operand is a constant varying at most along the channel axis, and the
+    node keeps the shape (so it is per-channel work the permutation commutes with)."""
+    if len(node.inputs) != 2 or node.inputs[0] == node.inputs[1]:
+        return False
+    other = graph.tensors[node.inputs[1] if node.inputs[0] == current else node.inputs[0]]
+    return (other.is_constant and all(d == 1 for d in other.shape[:-1])
+            and (not other.shape or other.shape[-1] in (1, width))
+            and graph.tensors[node.outputs[0]].shape == graph.tensors[current].shape)
+
+
+def _attention_value_chain(graph, producer, width, sole_reader, producers) -> Chain | None:
+    split = sole_reader(producer.outputs[0])
+    if split is None or split.op != "Reshape":
+        return None
+    flat, heads_shape = graph.tensors[split.inputs[0]].shape, graph.tensors[split.outputs[0]].shape
+    if (len(heads_shape) != len(flat) + 1 or heads_shape[:-2] != flat[:-1]
+            or heads_shape[-2] * heads_shape[-1] != width):
+        return None
+    attention = sole_reader(split.outputs[0])
+    if (attention is None or attention.op != "Attention" or attention.inputs[2] != split.outputs[0]
+            or split.outputs[0] in attention.inputs[:2] + attention.inputs[3:]):
+        return None
+    heads, per_head = heads_shape[-2], heads_shape[-1]
+    # V read as [.., keys, head, d] -> [.., head, keys, d]; the output written back likewise
+    if tuple(attention.attrs.get("v_perm", ())) != _head_swap(len(heads_shape)) \
+            or tuple(attention.attrs.get("y_perm", ())) != _head_swap(len(heads_shape)):
+        return None
+    merge = sole_reader(attention.outputs[0])
+    if merge is None or merge.op != "Reshape":
+        return None
+    merged = graph.tensors[merge.outputs[0]].shape
+    if merged[-1] != width or graph.tensors[merge.inputs[0]].shape[-2:] != (heads, per_head):
+        return None
+    consumer = sole_reader(merge.outputs[0])
+    if consumer is None or consumer.op != DENSE or consumer.inputs[0] != merge.outputs[0]:
+        return None
+    if graph.tensors[consumer.inputs[1]].shape[0] != width:
+        return None
+    return Chain(producer, consumer, [], heads, "attention value/output")
+
+
+def _head_swap(rank: int) -> tuple[int, ...]:
+    return tuple(range(rank - 3)) + (rank - 2, rank - 3, rank - 1)
+
+
+# --- searching --------------------------------------------------------------------------------
+
+def _reorder(graph: Graph, chain: Chain, ctx, rng) -> dict:
+    w1 = graph.tensors[chain.producer.inputs[1]]
+    w2 = graph.tensors[chain.consumer.inputs[1]]
+    width = w1.shape[1]
+    identity = np.arange(width)
+    before = _score(w1.data, w2.data, identity, ctx)
+    if all(_full(w.sparsity) for w in (w1, w2)):
+        return {"kind": chain.kind, "before": before, "after": before,
+                "result": "kept the channel order (every block already full)"}
+    best, best_score = identity, before
+    candidates = list(_candidates(w1.data, w2.data, width // chain.groups, ctx))
+    for group, features in candidates:
+        deadline = time.perf_counter() + BUDGET_SECONDS / len(candidates)
+        perm = search(features, group, chain.groups, rng, deadline)
+        score = _score(w1.data, w2.data, perm, ctx)
+        if score["predicted"] < best_score["predicted"] and _no_more_blocks(w1, w2, score):
+            best, best_score = perm, score
+    record = {"kind": chain.kind, "before": before, "after": best_score}
+    if best is identity:
+        record["result"] = "kept the channel order (no permutation predicted faster)"
+        return record
+    _apply(graph, chain, best, ctx)
+    record["permutation"] = [int(p) for p in best]
+    changes = ", ".join(f"{role} {_describe(before['blocks'][role])} -> "
+                        f"{_describe(best_score['blocks'][role])}"
+                        for role in ("producer", "consumer"))
+    record["result"] = (f"permuted {width} channels: {changes}; predicted "
+                        f"{best_score['predicted'] / before['predicted']:.2f}x the time")
+    return record
+
+
+def _describe(blocks: dict) -> str:
+    if blocks["pattern"] == "dense":
+        return "dense"
+    return f"{blocks['blocks']} {blocks['pattern']} blocks (fill {blocks['fill']:.0%})"
+
+
+def _no_more_blocks(w1, w2, score: dict) -> bool:
+    """Each weight needs at most as many blocks of its new pattern as it did unpermuted."""
+    for role, weight in (("producer", w1), ("consumer", w2)):
+        pattern = score["blocks"][role]["pattern"]
+        if pattern != "dense" and (score["blocks"][role]["blocks"]
+                                   > weight.sparsity.block_stats[pattern][0]):
+            return False
+    return True
+
+
+def _full(info) -> bool:
+    """A block pattern whose blocks hold no zero: no permutation can need fewer of them."""
+    return info.pattern not in ("dense", "1x1") and info.block_stats[info.pattern][1] >= 1.0
+
+
+def _candidates(w1: np.ndarray, w2: np.ndarray, per_group: int, ctx):
+    """(group size, per-channel nonzero features) for each block shape worth a search: the
+    consumer's rows in Rx1 blocks, the producer's columns in 1xC blocks, wherever full blocks
+    of that shape would be predicted faster than the weight's present kernel (the bound that
+    rules out, say, 1x4 blocks for a kernel that costs more per weight than unstructured)."""
+    shapes = ((w2, "consumer", lambda g: f"{g}x1", w2 != 0),
+              (w1, "producer", lambda g: f"1x{g}", (w1 != 0).T))
+    for weight, _role, pattern_of, features in shapes:
+        info = analyse(weight, ctx.cost, ctx.force_pattern)
+        present = predicted_costs(weight, info.block_stats, ctx.cost)[info.pattern]
+        nonzeros = int(np.count_nonzero(weight))
+        for group in (4, 16):
+            pattern = pattern_of(group)
+            per_block = ctx.cost.per_block.get(pattern)
+            if (per_group % group or per_group <= group or per_block is None
+                    or (ctx.force_pattern and ctx.force_pattern != pattern)):
+                continue
+            if nonzeros / group * per_block < present:
+                yield group, features
+
+
+def search(features: np.ndarray, group: int, sections: int, rng, deadline) -> np.ndarray:
+    """A permutation (new position -> old channel) grouping channels with overlapping
+    nonzeros; within each of `sections` consecutive ranges when the chain needs that."""
+    width = features.shape[0]
+    size = width // sections
+    packed = _pack(features)
+    order = []
+    for section in range(sections):
+        channels = np.arange(section * size, (section + 1) * size)
+        if size <= PAIRING_LIMIT and group & (group - 1) == 0:
+            groups = _pairing(packed[channels], group)
+        else:
+            groups = _greedy(packed[channels], group)
+        groups = _improve(packed[channels], groups, rng, deadline)
+        order.extend(channels[np.concatenate(groups)])
+    return np.asarray(order)
+
+
+def _pack(features: np.ndarray) -> np.ndarray:
+    """Bit rows as uint64 words, so a union's block count is a popcount."""
+    padded = np.zeros((features.shape[0], -(-features.shape[1] // 64) * 64), bool)
+    padded[:, :features.shape[1]] = features
+    return np.packbits(padded, axis=1, bitorder="little").view(np.uint64)
+
+
+def _blocks(bits: np.ndarray) -> int:
+    return int(np.bitwise_count(bits).sum(dtype=np.int64))
+
+
+def _pairing(packed: np.ndarray, group: int) -> list[np.ndarray]:
+    """Groups of a power-of-two size by rounds of pairing: match items two by two, largest
+    overlap first, merge each pair into one item (their union), until groups are `group`
+    channels. On MiniLM's 90 % unstructured FFN weights this left 17 % fewer 4x1 blocks than
+    the identity where the seed-first greedy left 12 % fewer."""
+    items = [np.array([i]) for i in range(packed.shape[0])]
+    bits = packed
+    while len(items[0]) < group and len(items) > 1:
+        count = bits.shape[0]
+        overlap = np.empty((count, count), np.int64)
+        for start in range(0, count, 256):  # bounded temporary: 256 x count x words
+            overlap[start:start + 256] = np.bitwise_count(
+                bits[start:start + 256, None, :] & bits[None, :, :]).sum(-1, dtype=np.int64)
+        used = np.zeros(count, bool)
+        pairs = _match(overlap, used)
+        leftover = [i for i in range(count) if not used[i]]  # an odd one out stays alone
+        items = [np.concatenate([items[a], items[b]]) for a, b in pairs] + \
+            [items[i] for i in leftover]
+        bits = np.stack([bits[a] | bits[b] for a, b in pairs] + [bits[i] for i in leftover])
+    return items
+
+
+def _match(overlap: np.ndarray, used: np.ndarray) -> list[tuple[int, int]]:
+    """Pairs of largest overlap, in rounds: every unmatched item names its best partner, and
+    items that name each other are matched (the largest overlap overall always is one such
+    pair, so every round matches at least one). Marks matched items in `used`."""
+    np.fill_diagonal(overlap, -1)
+    pairs = []
+    while (~used).sum() > 1:
+        free = np.flatnonzero(~used)
+        sub = overlap[np.ix_(free, free)]
+        best = np.argmax(sub, axis=1)
+        mutual = np.flatnonzero((best[best] == np.arange(free.size)) & (np.arange(free.size)
+                                                                          < best))
+        for i in mutual:
+            pairs.append((int(free[i]), int(free[best[i]])))
+        used[free[mutual]] = used[free[best[mutual]]] = True
+    return pairs
+
+
+def _greedy(packed: np.ndarray, group: int) -> list[np.ndarray]:
+    """Densest channel first; then the channel that adds the fewest new nonzeros to the union
+    (ties: the one sharing most)."""
+    remaining = np.ones(packed.shape[0], bool)
+    weight = np.bitwise_count(packed).sum(axis=1, dtype=np.int64)
+    groups = []
+    while remaining.any():
+        candidates = np.flatnonzero(remaining)
+        seed = candidates[np.argmax(weight[candidates])]
+        members, union = [seed], packed[seed].copy()
+        remaining[seed] = False
+        for _ in range(group - 1):
+            candidates = np.flatnonzero(remaining)
+            if candidates.size == 0:
+                break
+            added = np.bitwise_count(packed[candidates] & ~union).sum(axis=1, dtype=np.int64)
+            shared = np.bitwise_count(packed[candidates] & union).sum(axis=1, dtype=np.int64)
+            pick = candidates[np.lexsort((-shared, added))[0]]
+            members.append(pick)
+            union |= packed[pick]
+            remaining[pick] = False
+        groups.append(np.asarray(members))
+    return groups
+
+
+def _improve(packed: np.ndarray, groups: list[np.ndarray], rng, deadline) -> list[np.ndarray]:
+    """Swap random members of two random groups while the time lasts; keep what lowers the
+    total block count."""
+    if len(groups) < 2:
+        return groups
+    groups = [g.copy() for g in groups]
+    cost = [_blocks(np.bitwise_or.reduce(packed[g], axis=0)) for g in groups]
+    while time.perf_counter() < deadline:
+        for _ in range(64):
+            a, b = rng.choice(len(groups), 2, replace=False)
+            i, j = rng.integers(len(groups[a])), rng.integers(len(groups[b]))
+            ga, gb = groups[a].copy(), groups[b].copy()
+            ga[i], gb[j] = gb[j], ga[i]
+            ca = _blocks(np.bitwise_or.reduce(packed[ga], axis=0))
+            cb = _blocks(np.bitwise_or.reduce(packed[gb], axis=0))
+            if ca + cb < cost[a] + cost[b]:
+                groups[a], groups[b], cost[a], cost[b] = ga, gb, ca, cb
+    return groups
+
+
+def _score(w1: np.ndarray, w2: np.ndarray, perm: np.ndarray, ctx) -> dict:
+    """Predicted time of both weights under `perm`, each at the pattern it would choose."""
+    total, blocks = 0.0, {}
+    for role, weight in (("producer", w1[:, perm]), ("consumer", w2[perm, :])):
+        info = analyse(weight, ctx.cost, ctx.force_pattern)
+        costs = predicted_costs(weight, info.block_stats, ctx.cost)
+        total += costs[info.pattern]
+        blocks[role] = {"pattern": info.pattern,
+                        "blocks": info.block_stats[info.pattern][0]
+                        if info.pattern != "dense" else None,
+                        "fill": round(info.block_stats[info.pattern][1], 4)
+                        if info.pattern != "dense" else None}
+    return {"predicted": total, "blocks": blocks}
+
+
+# --- applying ---------------------------------------------------------------------------------
+
+def _apply(graph: Graph, chain: Chain, perm: np.ndarray, ctx) -> None:
+    producer, consumer = chain.producer, chain.consumer
+    w1 = graph.tensors[producer.inputs[1]]
+    w1.data = np.ascontiguousarray(w1.data[:, perm])
+    w1.sparsity = analyse(w1.data, ctx.cost, ctx.force_pattern)
+    if producer.inputs[2]:
+        _permute_last_axis(graph, producer, 2, perm)
+    for node in chain.between:
+        for index, name in enumerate(node.inputs):
+            if name and graph.tensors[name].is_constant:
+                _permute_last_axis(graph, node, index, perm)
+    w2 = graph.tensors[consumer.inputs[1]]
+    w2.data = np.ascontiguousarray(w2.data[perm, :])
+    w2.sparsity = analyse(w2.data, ctx.cost, ctx.force_pattern)
+
+
+def _permute_last_axis(graph: Graph, node: Node, index: int, perm: np.ndarray) -> None:
+    """A per-channel constant, permuted into a copy of its own (another node may share it)."""
+    tensor = graph.tensors[node.inputs[index]]
+    if not tensor.shape or tensor.shape[-1] == 1:
+        return  # the same for every channel
+    name = f"{tensor.name}::reordered"
+    while name in graph.tensors:
+        name += "'"
+    data = np.ascontiguousarray(tensor.data[..., perm])
+    graph.tensors[name] = type(tensor)(name, tensor.shape, tensor.dtype, data)
+    node.inputs[index] = name
