@@ -16,6 +16,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+from sparsec.codegen import targets
 from sparsec.codegen.emit import Rendered
 from sparsec.codegen.targets import BASE_CFLAGS, Target
 from sparsec.errors import BuildError
@@ -33,8 +34,16 @@ def default_cache_dir() -> Path:
     return Path(base) / "sparsec"
 
 
-def find_compiler() -> str:
-    """The C compiler: $CC if set (as build tools conventionally honour), else cc, gcc, clang."""
+def find_compiler(target: Target | None = None) -> str:
+    """The C compiler: for a target of another architecture its cross compiler; otherwise $CC
+    if set (as build tools conventionally honour), else cc, gcc, clang."""
+    if target is not None and target.arch not in ("any", targets.host_arch()):
+        compiler = targets.cross_compiler(target)
+        if compiler is None:
+            raise BuildError(f"target {target.name} needs the cross compiler "
+                             f"{target.cross_triplet}-gcc, which is not installed; on Debian "
+                             f"or Ubuntu: apt-get install gcc-{target.cross_triplet}")
+        return compiler
     for name in filter(None, (os.environ.get("CC"), "cc", "gcc", "clang")):
         path = shutil.which(name)
         if path:
@@ -119,7 +128,7 @@ def build(rendered: Rendered, target: Target, output: Path, *, cache_dir: Path |
           use_cache: bool = True, extra_flags: tuple[str, ...] = (),
           keep_source: Path | None = None) -> Path:
     """Compile `rendered` into the shared library `output`; returns `output`."""
-    compiler = find_compiler()
+    compiler = find_compiler(target)
     cache_dir = cache_dir or default_cache_dir()
     key = cache_key(rendered, target, compiler, extra_flags)
     cached = cache_dir / f"{key}.so"

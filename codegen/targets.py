@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import platform
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,10 @@ class Target:
     features: tuple[str, ...]  # CPU features the library checks before it runs
     vector_bytes: int
     includes: tuple[str, ...] = ()  # system headers the target's kernels need
+    # GNU triplet of a cross compiler for hosts of another architecture (`TRIPLET-gcc`), and
+    # the qemu-user program that runs the target's code there.
+    cross_triplet: str = ""
+    emulator: str = ""
 
 
 TARGETS: dict[str, Target] = {
@@ -48,6 +53,9 @@ TARGETS: dict[str, Target] = {
                 "-mavx512vl", "-mavx512vnni"),
                ("avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni"), 64,
                ("immintrin.h", "sparsec_avx2.h", "sparsec_avx512.h")),
+        Target("arm-neon", "AArch64 with NEON (ARMv8-A: Graviton, Apple silicon, phones)",
+               "aarch64", ("scalar",), ("-march=armv8-a",), (), 16,
+               cross_triplet="aarch64-linux-gnu", emulator="qemu-aarch64"),
     )
 }
 
@@ -87,8 +95,31 @@ def can_execute(target: Target, features: frozenset[str] | None = None) -> bool:
 
 
 def execution_mode(target: Target) -> str:
-    """How tests run code for this target here: "native", or "compile-only"."""
-    return "native" if can_execute(target) else "compile-only"
+    """How code for this target runs here: "native"; "emulated" (another architecture, whose
+    cross compiler and qemu-user are installed); "compile-only"; or "unavailable" (another
+    architecture without a cross compiler: nothing can be built for it)."""
+    if can_execute(target):
+        return "native"
+    if target.arch not in ("any", host_arch()):
+        if not cross_compiler(target):
+            return "unavailable"
+        if emulator(target):
+            return "emulated"
+    return "compile-only"
+
+
+def cross_compiler(target: Target) -> str | None:
+    """The C compiler for a target of another architecture, if installed."""
+    return shutil.which(f"{target.cross_triplet}-gcc") if target.cross_triplet else None
+
+
+def emulator(target: Target) -> str | None:
+    return shutil.which(target.emulator) if target.emulator else None
+
+
+def sysroot(target: Target) -> Path:
+    """Where Debian's cross toolchain keeps the target's libc (qemu-user's -L)."""
+    return Path("/usr") / target.cross_triplet
 
 
 def resolve(name: str) -> Target:

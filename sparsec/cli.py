@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,21 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="describe a compiled library")
     p.add_argument("library")
     p.add_argument("--json", action="store_true", help="print the raw model info JSON")
+
+    p = sub.add_parser("verify", help="compile for a target, run it (under qemu-user when the "
+                       "host is another architecture) and compare with onnxruntime")
+    p.add_argument("model", help="the .onnx file")
+    p.add_argument("--target", default="native")
+    p.add_argument("--input-shape", action="append", metavar="NAME=DxD...")
+    p.add_argument("--input", action="append", metavar="NAME=FILE.npy", default=[],
+                   help="an input array (repeatable); omitted inputs get seeded random values")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quantize", choices=["dynamic"])
+    p.add_argument("--rtol", type=float, default=1e-4,
+                   help="relative tolerance (default 1e-4: float32 sums in another order)")
+    p.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance (default 1e-5)")
+    p.add_argument("--cpu", help="CPU model qemu emulates, e.g. cortex-a53 (emulated targets)")
+    p.add_argument("--cache-dir", help="build cache folder (default: ~/.cache/sparsec)")
 
     sub.add_parser("targets", help="list targets and whether this host can run them")
     return parser
@@ -247,16 +263,78 @@ def cmd_targets(args) -> int:
     native = targets.resolve("native").name
     print(f"host: {targets.host_arch()}; C compiler: {compiler}")
     for target in targets.TARGETS.values():
-        how = "runs here" if targets.can_execute(target) else "compile-only here"
+        how = {"native": "runs here", "emulated": f"runs here under {target.emulator}",
+               "compile-only": "compile-only here",
+               "unavailable": f"needs {target.cross_triplet}-gcc (apt-get install "
+                              f"gcc-{target.cross_triplet})"}[targets.execution_mode(target)]
         missing = [f for f in target.features if f not in targets.host_features()]
         if missing and target.arch in ("any", targets.host_arch()):
             how += f" (CPU lacks {', '.join(missing)})"
         mark = "  <- native" if target.name == native else ""
-        print(f"  {target.name:<12} {how:<40} {target.description}{mark}")
+        print(f"  {target.name:<12} {how:<44} {target.description}{mark}")
     return 0
 
 
-COMMANDS = {"compile": cmd_compile, "run": cmd_run, "info": cmd_info, "targets": cmd_targets}
+def cmd_verify(args) -> int:
+    """Exit 0 when every output is within tolerance of onnxruntime's, 1 otherwise."""
+    import onnx
+    import onnxruntime as ort
+
+    from sparsec import emulation
+    from sparsec.api import compile_model
+    from sparsec.codegen import targets
+    from sparsec.compiler.frontend import parse_input_shapes
+
+    target = targets.resolve(args.target)
+    with tempfile.TemporaryDirectory(prefix="sparsec-verify-") as tmp:
+        result = compile_model(args.model, target.name, Path(tmp) / "model.so",
+                               input_shapes=parse_input_shapes(args.input_shape),
+                               quantize=args.quantize, cache_dir=args.cache_dir)
+        feeds = _verify_inputs(result.info, args.input, args.seed)
+        mode = targets.execution_mode(target)
+        outputs = emulation.run(result.library, target, result.info, feeds, cpu=args.cpu,
+                                cache_dir=Path(args.cache_dir) if args.cache_dir else None)
+    model = onnx.load(args.model)  # onnxruntime takes the inputs' shapes as they come
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    expected = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+    print(f"{args.model}: target {target.name}, run {mode}"
+          + (f" ({target.emulator}{' -cpu ' + args.cpu if args.cpu else ''})"
+             if mode == "emulated" else ""))
+    failed = False
+    for name, got in outputs.items():
+        wanted = expected[name]
+        close = np.allclose(got, wanted, rtol=args.rtol, atol=args.atol, equal_nan=True)
+        failed |= not close
+        diff = np.max(np.abs(got.astype(np.float64) - wanted)) if got.size else 0.0
+        print(f"  {name}: max abs diff {diff:.3g} -> {'ok' if close else 'MISMATCH'}"
+              f" (rtol {args.rtol:g}, atol {args.atol:g})")
+    return 1 if failed else 0
+
+
+def _verify_inputs(info: dict, specs: list[str], seed: int) -> dict:
+    feeds = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            raise SparsecError(f"bad --input {spec!r}: expected NAME=FILE.npy")
+        feeds[name] = np.load(path, allow_pickle=False)
+    rng = np.random.default_rng(seed)
+    for tensor in info["inputs"]:
+        if tensor["name"] in feeds:
+            continue
+        dtype = np.dtype(tensor["dtype"])
+        # integers 0 and 1: valid token ids, mask values and segment ids for any model
+        feeds[tensor["name"]] = (rng.standard_normal(tensor["shape"]).astype(dtype)
+                                 if dtype.kind == "f" else
+                                 rng.integers(0, 2, tensor["shape"]).astype(dtype))
+    return feeds
+
+
+COMMANDS = {"compile": cmd_compile, "run": cmd_run, "info": cmd_info, "verify": cmd_verify,
+            "targets": cmd_targets}
 
 
 if __name__ == "__main__":
