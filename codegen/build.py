@@ -22,7 +22,8 @@ from sparsec.codegen.targets import BASE_CFLAGS, Target
 from sparsec.errors import BuildError
 
 RUNTIME_SOURCES = ("runtime.c", "cpu.c", "threads.c")
-RUNTIME_HEADERS = ("sparsec.h", "sparsec_model.h", "sparsec_avx2.h", "sparsec_avx512.h")
+RUNTIME_HEADERS = ("sparsec.h", "sparsec_model.h", "sparsec_avx2.h", "sparsec_avx512.h",
+                   "sparsec_neon.h")
 
 
 def runtime_dir() -> Path:

@@ -191,6 +191,15 @@ def column_blocks(packed, columns: int) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 # Names the token-tile template (f32-spmm/x86-tokens.c.j2) uses for each ISA.
 TOKEN_TILE_ISAS = {
+    # AArch64: vector helpers in runtime_c/sparsec_neon.h, under the x86 intrinsics' argument
+    # order; the epilogue takes whole vectors only (see neon-epilogue.j2).
+    "neon": {"name": "NEON", "lanes": 4, "vec": "float32x4_t", "zero": "sparsec_neon_zero",
+             "broadcast": "vld1q_dup_f32({})", "load": "vld1q_f32", "store": "vst1q_f32",
+             "fmadd": "sparsec_neon_fmadd", "add": "vaddq_f32",
+             "transpose": "sparsec_transpose4x4", "epilogue": "neon-epilogue.j2",
+             "mask_type": "int", "full_mask": "1", "set1": "vdupq_n_f32", "mul": "vmulq_f32",
+             "max": "vmaxq_f32", "min": "vminq_f32", "loadu": "vld1q_f32",
+             "storeu": "vst1q_f32"},
     "avx512f": {"name": "AVX-512F", "lanes": 16, "vec": "__m512", "zero": "_mm512_setzero_ps",
                 "broadcast": "_mm512_set1_ps(*({}))", "load": "_mm512_load_ps",
                 "store": "_mm512_store_ps", "fmadd": "_mm512_fmadd_ps", "add": "_mm512_add_ps",

@@ -54,8 +54,9 @@ TARGETS: dict[str, Target] = {
                ("avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni"), 64,
                ("immintrin.h", "sparsec_avx2.h", "sparsec_avx512.h")),
         Target("arm-neon", "AArch64 with NEON (ARMv8-A: Graviton, Apple silicon, phones)",
-               "aarch64", ("scalar",), ("-march=armv8-a",), (), 16,
-               cross_triplet="aarch64-linux-gnu", emulator="qemu-aarch64"),
+               "aarch64", ("scalar", "neon"), ("-march=armv8-a",), (), 16,
+               ("arm_neon.h", "sparsec_neon.h"), cross_triplet="aarch64-linux-gnu",
+               emulator="qemu-aarch64"),
     )
 }
 

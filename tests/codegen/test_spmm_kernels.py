@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from onnx import helper
 
 import sparsec
+from sparsec import emulation
 from sparsec.codegen import targets
 from sparsec.codegen.kernels import KERNELS, KernelSpec
 from sparsec.compiler.ir import block_shape
@@ -156,9 +157,14 @@ def test_dense_row_matches_numpy(row: KernelSpec, case: KernelCase, compiler):
 
     (layer,) = result.info["layers"]
     assert layer["kernel"] == row.symbol, layer["reason"]
-    if targets.execution_mode(target) != "native":
+    mode = targets.execution_mode(target)
+    if mode == "native":
+        (actual,) = sparsec.load(result.library).run({"x": x}).values()
+    elif mode == "emulated":  # another architecture's row, under qemu-user
+        (actual,) = emulation.run(result.library, target, result.info, {"x": x},
+                                  cache_dir=compiler.cache_dir).values()
+    else:
         return
-    (actual,) = sparsec.load(result.library).run({"x": x}).values()
     expected, allowed = reference(case, x, weight, bias)
     excess = np.abs(actual - expected) - allowed
     worst = np.unravel_index(np.argmax(excess), excess.shape)

@@ -1,0 +1,116 @@
+"""Instructions per nonzero weight in the ARM kernels' inner loops, from their assembly.
+
+    python benchmarks/arm_instructions.py
+
+qemu timings mean nothing, so this reads the code instead: for each NEON row of the kernel
+table it compiles a one-layer model for arm-neon, disassembles the library with
+aarch64-linux-gnu-objdump, finds the kernel's innermost loop that holds FMAs (the walk over
+one column's blocks), and counts its instructions per nonzero weight (a block of R weights
+is one trip). XNNPACK's NEON SpMM inner loop is the reference: per nonzero one broadcast of
+the weight, one load and one FMA per vector of tokens. Writes
+benchmarks/results/arm-instructions.md.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
+from common import write_table
+from onnx import helper
+
+import sparsec
+from sparsec.codegen.kernels import KERNELS
+from sparsec.compiler.ir import block_shape
+
+OBJDUMP = "aarch64-linux-gnu-objdump"
+LINE = re.compile(r"^\s*([0-9a-f]+):\s+[0-9a-f]{8}\s+(\S+)\s*(.*)$")
+
+
+def one_layer(pattern: str, k: int = 256, n: int = 64, m: int = 64):
+    rows, cols = block_shape(pattern)
+    rng = np.random.default_rng(0)
+    keep = np.kron(rng.random((k // rows, n // cols)) < 0.2, np.ones((rows, cols)))
+    weight = (rng.standard_normal((k, n)) * keep).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "layer",
+        [helper.make_tensor_value_info("x", 1, [m, k])],
+        [helper.make_tensor_value_info("y", 1, [m, n])],
+        [helper.make_tensor("w", 1, [k, n], weight.ravel())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def functions(disassembly: str) -> dict[str, list[tuple[int, str, str]]]:
+    found, current = {}, None
+    for line in disassembly.splitlines():
+        header = re.match(r"^[0-9a-f]+ <(.+)>:$", line)
+        if header:
+            current = found.setdefault(header.group(1), [])
+            continue
+        match = LINE.match(line)
+        if match and current is not None:
+            current.append((int(match.group(1), 16), match.group(2), match.group(3)))
+    return found
+
+
+def innermost_fma_loop(code: list[tuple[int, str, str]]) -> list[tuple[int, str, str]]:
+    """The shortest backward branch whose body holds an FMA."""
+    best = None
+    for address, mnemonic, operands in code:
+        if not (mnemonic.startswith("b") and mnemonic != "bl"):
+            continue
+        target = re.search(r"\b([0-9a-f]+) <", operands)
+        if not target or int(target.group(1), 16) > address:
+            continue
+        body = [i for i in code if int(target.group(1), 16) <= i[0] <= address]
+        if any(m.startswith("fmla") for _, m, _ in body) and (best is None
+                                                              or len(body) < len(best)):
+            best = body
+    return best or []
+
+
+def main() -> None:
+    if not shutil.which(OBJDUMP):
+        raise SystemExit(f"{OBJDUMP} is missing: apt-get install binutils-aarch64-linux-gnu")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for row in (k for k in KERNELS if k.isa == "neon"):
+            result = sparsec.compile_model(one_layer(row.pattern), "arm-neon",
+                                           Path(tmp) / f"{row.pattern}.so",
+                                           force_pattern=row.pattern, use_cache=False)
+            disassembly = subprocess.run([OBJDUMP, "-d", "-w", str(result.library)],
+                                         capture_output=True, text=True, check=True).stdout
+            code = next(v for name, v in functions(disassembly).items()
+                        if row.symbol in name and name.endswith("_columns"))
+            loop = innermost_fma_loop(code)
+            weights = block_shape(row.pattern)[0]
+            vectors = row.mr // 4
+            count = {"fmla": 0, "ld": 0, "other": 0}
+            for _, mnemonic, _ in loop:
+                key = "fmla" if mnemonic.startswith("fmla") else \
+                    "ld" if mnemonic.startswith("ld") else "other"
+                count[key] += 1
+            rows.append([row.symbol, row.pattern, str(row.mr), str(len(loop)),
+                         f"{len(loop) / weights:.2f}", f"{count['fmla'] / weights:.2f}",
+                         f"{count['ld'] / weights:.2f}", f"{count['other'] / weights:.2f}",
+                         f"{1 + 2 * vectors}"])
+            print(rows[-1], flush=True)
+    path = write_table(
+        "arm-instructions", "NEON kernels: instructions per nonzero weight in the inner loop",
+        ["kernel", "pattern", "tokens", "loop instructions", "per nonzero", "FMA",
+         "loads", "other", "XNNPACK-style ideal"], rows,
+        "From aarch64-linux-gnu-objdump of libraries built here; 'ideal' is one broadcast plus "
+        "a load and an FMA per 4-token vector for each nonzero.")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
