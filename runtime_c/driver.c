@@ -124,5 +124,13 @@ int main(int argc, char **argv)
     fclose(file);
     free(path);
   }
+  for (int i = 0; i < inputs; i++)
+    free((void *)in[i]);
+  for (int i = 0; i < outputs; i++)
+    free(out[i]);
+  free(in);
+  free(out);
+  free(out_size);
+  dlclose(library);
   return 0;
 }

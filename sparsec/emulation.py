@@ -21,17 +21,19 @@ from sparsec.errors import InputError, RuntimeFailure, SparsecError
 EMULATOR_TIMEOUT_S = 1800
 
 
-def driver(target: Target, cache_dir: Path | None = None) -> Path:
-    """The driver executable for `target`, built with the target's compiler (cached)."""
+def driver(target: Target, cache_dir: Path | None = None, flags: tuple[str, ...] = ()) -> Path:
+    """The driver executable for `target`, built with the target's compiler (cached); `flags`
+    such as sanitizers, which the driver must carry when the library does."""
     compiler = build.find_compiler(target)
     source = build.runtime_dir() / "driver.c"
-    key = hashlib.sha256(source.read_bytes() + build.compiler_identity(compiler).encode())
+    key = hashlib.sha256(source.read_bytes() + build.compiler_identity(compiler).encode()
+                         + " ".join(flags).encode())
     path = (cache_dir or build.default_cache_dir()) / f"driver-{key.hexdigest()[:24]}"
     if not path.is_file():
         with tempfile.TemporaryDirectory(prefix="sparsec-driver-") as tmp:
             exe = Path(tmp) / "driver"
-            build._run([compiler, "-O2", "-std=c11", "-Wall", str(source), "-o", str(exe),
-                        "-ldl"], Path(tmp))
+            build._run([compiler, "-O2", "-std=c11", "-Wall", *flags, str(source), "-o",
+                        str(exe), "-ldl"], Path(tmp))
             build.atomic_write(path, exe.read_bytes(), 0o755)
     return path
 
@@ -49,15 +51,18 @@ def command_prefix(target: Target) -> list[str]:
 
 
 def run(library: Path, target: Target, info: dict, feeds: dict, threads: int = 1,
-        cache_dir: Path | None = None, cpu: str | None = None) -> dict[str, np.ndarray]:
+        cache_dir: Path | None = None, cpu: str | None = None,
+        driver_flags: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Outputs of one run of `library` (compiled for `target`, described by `info`) on
-    `feeds`. `cpu`: the CPU model qemu emulates (e.g. cortex-a53), when emulated."""
+    `feeds`. `cpu`: the CPU model qemu emulates (e.g. cortex-a53), when emulated;
+    `driver_flags`: compiler flags the driver needs too (sanitizers)."""
     prefix = command_prefix(target)
     if cpu and prefix:
         prefix = prefix[:1] + ["-cpu", cpu] + prefix[1:]
     with tempfile.TemporaryDirectory(prefix="sparsec-run-") as tmp:
         folder = Path(tmp)
-        args = [str(driver(target, cache_dir)), str(Path(library).resolve()), str(threads)]
+        args = [str(driver(target, cache_dir, driver_flags)), str(Path(library).resolve()),
+                str(threads)]
         for index, spec in enumerate(info["inputs"]):
             array = _checked(spec, feeds)
             path = folder / f"in{index}.bin"
