@@ -240,6 +240,11 @@ KERNELS: list[KernelSpec] = [
                  scratch=functools.partial(mp.spmm_tokens_scratch, tokens=32),
                  cost_ns={"generic": cost})
       for p, cost in (("1x1", 0.042), ("4x1", 0.149), ("16x1", 0.575))],
+    # NEON 1x16: as the AVX2 row, 6 rows (24 accumulators); cost scaled from it by lanes.
+    KernelSpec(op=DENSE, dtypes=FLOAT, isa="neon", pattern="1x16", mr=6, nr=16,
+               family="f32_spmm", template="f32-spmm/neon.c.j2", parallel=True,
+               params=functools.partial(mp.spmm_columns_params, mr=6),
+               cost_ns={"generic": 0.80}),
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx2", pattern="1x16", mr=6, nr=16,
                family="f32_spmm", template="f32-spmm/avx2.c.j2", parallel=True,
                params=functools.partial(mp.spmm_columns_params, mr=6),
