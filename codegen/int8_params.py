@@ -25,6 +25,14 @@ GROUP = 4  # K values per 32-bit lane of vpdpbusd
 
 # What the VNNI token-tile template needs beyond the fp32 token-tile names, per ISA.
 VNNI_ISAS = {
+    # AArch64 SDOT multiplies s8 by s8: codes are stored minus 128 (code_offset), and the
+    # range pass uses maxNum/minNum, which skip NaN as fmaxf does (FMAX would propagate it).
+    "neondot": {**TOKEN_TILE_ISAS["neon"], "name": "NEON dot-product", "ivec": "int32x4_t",
+                "izero": "sparsec_neon_izero", "iload": "sparsec_neon_iload",
+                "iset1": "vdupq_n_s32", "isub": "vsubq_s32", "dpbusd": "sparsec_neon_dot",
+                "cvt": "vcvtq_f32_s32", "istore": "sparsec_neon_istore", "iadd": "vaddq_s32",
+                "range_min": "vminnmq_f32", "range_max": "vmaxnmq_f32",
+                "quantize": "sparsec_quantize_s8x16", "code_offset": 128},
     "avx512vnni": {**TOKEN_TILE_ISAS["avx512f"], "name": "AVX-512 VNNI", "ivec": "__m512i",
                    "izero": "_mm512_setzero_si512", "iload": "_mm512_load_si512",
                    "iset1": "_mm512_set1_epi32", "isub": "_mm512_sub_epi32",

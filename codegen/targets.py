@@ -57,12 +57,17 @@ TARGETS: dict[str, Target] = {
                "aarch64", ("scalar", "neon"), ("-march=armv8-a",), (), 16,
                ("arm_neon.h", "sparsec_neon.h"), cross_triplet="aarch64-linux-gnu",
                emulator="qemu-aarch64"),
+        Target("arm-neon-dotprod", "AArch64 with NEON and the dot-product extension (ARMv8.2-A: "
+               "Cortex-A55/A76 and later, Graviton 2+, Apple M1+)", "aarch64",
+               ("scalar", "neon", "neondot"), ("-march=armv8.2-a+dotprod",), ("asimddp",), 16,
+               ("arm_neon.h", "sparsec_neon.h"), cross_triplet="aarch64-linux-gnu",
+               emulator="qemu-aarch64"),
     )
 }
 
 # Feature bits shared with runtime_c/cpu.c: the library reports missing ones by these names.
 FEATURE_BITS = {"avx2": 0, "fma": 1, "avx512f": 2, "avx512bw": 3, "avx512dq": 4, "avx512vl": 5,
-                "avx512vnni": 6, "avxvnni": 7}
+                "avx512vnni": 6, "avxvnni": 7, "asimddp": 8}
 
 
 def host_arch() -> str:

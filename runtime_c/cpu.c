@@ -48,9 +48,22 @@ uint32_t sparsec__host_features(void)
 #endif
   return features;
 }
+#elif defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+
+uint32_t sparsec__host_features(void)
+{
+  uint32_t features = 0;
+  if (getauxval(AT_HWCAP) & (1ul << 20)) /* HWCAP_ASIMDDP */
+    features |= SPARSEC_FEATURE_ASIMDDP;
+#ifdef SPARSEC_HIDE_FEATURES
+  features &= ~(uint32_t)(SPARSEC_HIDE_FEATURES);
+#endif
+  return features;
+}
 #else
 uint32_t sparsec__host_features(void)
 {
-  return 0; /* no x86 features; libraries for other architectures require none of these bits */
+  return 0; /* this OS or architecture reports no features sparsec checks */
 }
 #endif

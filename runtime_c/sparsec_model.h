@@ -17,10 +17,12 @@ enum {
   SPARSEC_FEATURE_AVX512DQ = 1u << 4,
   SPARSEC_FEATURE_AVX512VL = 1u << 5,
   SPARSEC_FEATURE_AVX512VNNI = 1u << 6,
-  SPARSEC_FEATURE_AVXVNNI = 1u << 7
+  SPARSEC_FEATURE_AVXVNNI = 1u << 7,
+  SPARSEC_FEATURE_ASIMDDP = 1u << 8 /* AArch64 dot product (SDOT/UDOT) */
 };
 #define SPARSEC_FEATURE_NAMES \
-  { "avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni", "avxvnni" }
+  { "avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni", "avxvnni", \
+    "asimddp" }
 
 /* A double as int64: NaN gives 0, values beyond the range the nearest bound (C leaves the
  * plain conversion of those undefined). */

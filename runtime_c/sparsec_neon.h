@@ -35,4 +35,46 @@ static inline void sparsec_transpose4x4(const float *src, size_t src_stride, flo
                                                                    vreinterpretq_f64_f32(t3))));
 }
 
+/* int8 token kernels (i8-dense/x86-vnni-tokens.c.j2 under NEON names) */
+static inline int32x4_t sparsec_neon_izero(void)
+{
+  return vdupq_n_s32(0);
+}
+
+static inline int32x4_t sparsec_neon_iload(const void *p)
+{
+  return vld1q_s32((const int32_t *)p);
+}
+
+static inline void sparsec_neon_istore(void *p, int32x4_t v)
+{
+  vst1q_s32((int32_t *)p, v);
+}
+
+#if defined(__ARM_FEATURE_DOTPROD)
+/* acc + the 4-byte dot products of a and b in each 32-bit lane, s8 x s8 (SDOT) */
+static inline int32x4_t sparsec_neon_dot(int32x4_t acc, int32x4_t a, int32x4_t b)
+{
+  return vdotq_s32(acc, vreinterpretq_s8_s32(a), vreinterpretq_s8_s32(b));
+}
+#endif
+
+/* 16 floats -> their DynamicQuantizeLinear codes minus 128, as s8 in order (lane i holds
+ * floats 4i..4i+3): the same clamp, round-half-even and zero point as the scalar code; the
+ * maxNum/minNum forms skip NaN as fmaxf/fminf do. */
+static inline int32x4_t sparsec_quantize_s8x16(const float *x, float32x4_t scale,
+                                               float32x4_t low, float32x4_t high,
+                                               int32x4_t zero_point)
+{
+  int32x4_t codes[4];
+  for (int i = 0; i < 4; i++) {
+    float32x4_t v = vdivq_f32(vld1q_f32(x + 4 * i), scale);
+    v = vminnmq_f32(vmaxnmq_f32(v, low), high);
+    codes[i] = vsubq_s32(vaddq_s32(vcvtnq_s32_f32(v), zero_point), vdupq_n_s32(128));
+  }
+  const int16x8_t low_half = vcombine_s16(vmovn_s32(codes[0]), vmovn_s32(codes[1]));
+  const int16x8_t high_half = vcombine_s16(vmovn_s32(codes[2]), vmovn_s32(codes[3]));
+  return vreinterpretq_s32_s8(vcombine_s8(vmovn_s16(low_half), vmovn_s16(high_half)));
+}
+
 #endif /* SPARSEC_NEON_H */

@@ -271,7 +271,7 @@ def cmd_targets(args) -> int:
         if missing and target.arch in ("any", targets.host_arch()):
             how += f" (CPU lacks {', '.join(missing)})"
         mark = "  <- native" if target.name == native else ""
-        print(f"  {target.name:<12} {how:<44} {target.description}{mark}")
+        print(f"  {target.name:<17} {how:<44} {target.description}{mark}")
     return 0
 
 

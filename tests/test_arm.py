@@ -96,3 +96,32 @@ def test_verify_command(tmp_path, capsys, cache_dir):
     out = capsys.readouterr().out
     assert "run emulated" in out or "run native" in out
     assert "-> ok" in out
+
+
+DOTPROD = targets.TARGETS["arm-neon-dotprod"]
+
+
+def test_dotprod_library_refuses_a_core_without_it(compiler):
+    """ARMv8.0 (cortex-a53) lacks SDOT: the library's CPU check names the missing feature
+    instead of dying on SIGILL; the plain arm-neon build is the fallback for such cores."""
+    result = compiler.compile(mlp(k=16, n=8, m=3, density=0.5), "arm-neon-dotprod",
+                              quantize="dynamic")
+    with pytest.raises(RuntimeFailure, match="asimddp"):
+        emulation.run(result.library, DOTPROD, result.info, {"x": np.ones((3, 16), "f4")},
+                      cache_dir=compiler.cache_dir, cpu="cortex-a53")
+
+
+def test_quantized_tiny_bert_on_dot_product_kernels(compiler):
+    """The int8 layers run on SDOT (4x1 groups, codes stored minus 128); they equal the host's
+    portable int8 build, up to the fp32 layers' own rounding (FMA contraction on AArch64)."""
+    import onnx
+
+    model = onnx.load(str(ROOT / "samples" / "tiny_bert.onnx"))
+    feeds = {name: np.load(ROOT / "samples" / f"tiny_bert_{name}.npy")
+             for name in ("input_ids", "attention_mask")}
+    result = compiler.compile(model, "arm-neon-dotprod", quantize="dynamic")
+    assert any("neondot" in layer["kernel"] for layer in result.info["layers"])
+    arm = emulation.run(result.library, DOTPROD, result.info, feeds,
+                        cache_dir=compiler.cache_dir)["last_hidden_state"]
+    host = compiler.load(model, "generic", quantize="dynamic").run(feeds)["last_hidden_state"]
+    np.testing.assert_allclose(arm, host, rtol=0, atol=1e-5)

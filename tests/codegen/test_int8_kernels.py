@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from onnx import helper
 
 import sparsec
+from sparsec import emulation
 from sparsec.codegen import targets
 from sparsec.codegen.kernels import KERNELS, KernelSpec
 from sparsec.compiler.ops import DENSE
@@ -50,11 +51,20 @@ def mode_of(row: KernelSpec) -> str:
     target = target_of(row)
     if targets.can_execute(target):
         return "native"
+    if targets.execution_mode(target) == "emulated":  # another architecture, under qemu
+        return "emulated"
     have = targets.host_features()
     if row.isa == "avxvnni" and targets.host_arch() == "x86_64" and {
             "avx2", "fma", "avx512vl", "avx512vnni"} <= have:
         return "evex-twin"
     return "compile-only"
+
+
+def run_row(result, row: KernelSpec, x, compiler, threads: int = 1):
+    if mode_of(row) == "emulated":
+        return emulation.run(result.library, target_of(row), result.info, {"x": x},
+                             threads=threads, cache_dir=compiler.cache_dir).values()
+    return sparsec.load(result.library, threads=threads).run({"x": x}).values()
 
 
 PARAMS = [pytest.param(row, id=f"{row.symbol}:{mode_of(row)}") for row in ROWS]
@@ -151,7 +161,7 @@ def test_int8_row_matches_integer_reference(row: KernelSpec, case: Case, compile
     if mode == "compile-only":
         return
     # 2 threads: a tile per thread when M spans two token tiles, split by columns otherwise
-    (actual,) = sparsec.load(result.library, threads=2).run({"x": x}).values()
+    (actual,) = run_row(result, row, x, compiler, threads=2)
     expected = reference(case, x, weight, bias)
     differ = actual != expected
     assert not differ.any(), (
@@ -169,5 +179,5 @@ def test_nan_and_inf_inputs_stay_defined(row: KernelSpec, compiler):
     x[3, 5], x[10, 7], x[69, 67] = np.nan, np.inf, -np.inf
     result = compile_row(compiler, row,
                          one_node_model(case, weight_for(case, rng), np.zeros(20, "f4")))
-    (actual,) = sparsec.load(result.library).run({"x": x}).values()
+    (actual,) = run_row(result, row, x, compiler)
     assert actual.shape == (70, 20)
