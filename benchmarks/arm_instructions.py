@@ -62,19 +62,24 @@ def functions(disassembly: str) -> dict[str, list[tuple[int, str, str]]]:
 
 
 def innermost_fma_loop(code: list[tuple[int, str, str]]) -> list[tuple[int, str, str]]:
-    """The shortest backward branch whose body holds an FMA."""
-    best = None
+    """Of the innermost loops (no backward branch inside) holding FMAs (fp32) or dot products
+    (int8), the one with the most: the full register tile's version, not a tail's."""
+    loops = []
     for address, mnemonic, operands in code:
-        if not (mnemonic.startswith("b") and mnemonic != "bl"):
-            continue
         target = re.search(r"\b([0-9a-f]+) <", operands)
-        if not target or int(target.group(1), 16) > address:
-            continue
-        body = [i for i in code if int(target.group(1), 16) <= i[0] <= address]
-        if any(m.startswith("fmla") for _, m, _ in body) and (best is None
-                                                              or len(body) < len(best)):
-            best = body
-    return best or []
+        if mnemonic.startswith("b") and mnemonic != "bl" and target \
+                and int(target.group(1), 16) <= address:
+            loops.append((int(target.group(1), 16), address))
+    innermost = [(start, end) for start, end in loops
+                 if not any(start <= s and e <= end and (s, e) != (start, end)
+                            for s, e in loops)]
+    best, most = [], 0
+    for start, end in innermost:
+        body = [i for i in code if start <= i[0] <= end]
+        fmas = sum(m.startswith(("fmla", "sdot")) for _, m, _ in body)
+        if fmas > most:
+            best, most = body, fmas
+    return best
 
 
 def main() -> None:
@@ -82,23 +87,29 @@ def main() -> None:
         raise SystemExit(f"{OBJDUMP} is missing: apt-get install binutils-aarch64-linux-gnu")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for row in (k for k in KERNELS if k.isa == "neon"):
-            result = sparsec.compile_model(one_layer(row.pattern), "arm-neon",
-                                           Path(tmp) / f"{row.pattern}.so",
-                                           force_pattern=row.pattern, use_cache=False)
+        for row in (k for k in KERNELS if k.isa in ("neon", "neondot") and k.pattern != "dense"):
+            int8 = row.isa == "neondot"
+            result = sparsec.compile_model(one_layer(row.pattern),
+                                           "arm-neon-dotprod" if int8 else "arm-neon",
+                                           Path(tmp) / f"{row.pattern}-{row.isa}.so",
+                                           force_pattern=row.pattern, use_cache=False,
+                                           quantize="dynamic" if int8 else None)
             disassembly = subprocess.run([OBJDUMP, "-d", "-w", str(result.library)],
                                          capture_output=True, text=True, check=True).stdout
             code = next(v for name, v in functions(disassembly).items()
                         if row.symbol in name and name.endswith(("_columns", "_task")))
             loop = innermost_fma_loop(code)
-            # A trip of the inner loop is one block: R x C weights, for `mr` tokens (token
-            # kernels: a 16-token tile; the 1x16 kernel: MR rows). Normalised to a nonzero
-            # weight and 16 tokens, the ideal is 1 broadcast + 4 x (load + FMA) = 9.
+            # Normalised to a nonzero weight and 16 tokens (XNNPACK's ideal: 1 broadcast +
+            # 4 x (load + FMA) = 9). A trip may cover several blocks (the int8 kernel takes
+            # two groups a trip): the FMA/SDOT count says how many.
             rows_, cols_ = block_shape(row.pattern)
-            weights = rows_ * cols_ * row.mr / 16
+            fmas = sum(m.startswith(("fmla", "sdot")) for _, m, _ in loop)
+            per_block = (row.mr // 4 if int8 else
+                         rows_ * row.mr // 4 if row.nr == 1 else row.mr * cols_ // 4)
+            weights = fmas / per_block * rows_ * cols_ * row.mr / 16
             count = {"fmla": 0, "ld": 0, "other": 0}
             for _, mnemonic, _ in loop:
-                key = "fmla" if mnemonic.startswith("fmla") else \
+                key = "fmla" if mnemonic.startswith(("fmla", "sdot")) else \
                     "ld" if mnemonic.startswith("ld") else "other"
                 count[key] += 1
             rows.append([row.symbol, row.pattern, str(row.mr), str(len(loop)),
@@ -109,10 +120,11 @@ def main() -> None:
     path = write_table(
         "arm-instructions", "NEON kernels: instructions per nonzero weight in the inner loop",
         ["kernel", "pattern", "tokens a trip", "loop instructions", "per nonzero and 16 tokens",
-         "FMA", "loads", "other", "XNNPACK-style ideal"], rows,
+         "FMA / SDOT", "loads", "other", "XNNPACK-style ideal (fp32)"], rows,
         "From aarch64-linux-gnu-objdump of libraries built here. A loop trip is one block for "
         "the trip's tokens; counts are per nonzero weight and 16 tokens, where XNNPACK's loop "
-        "spends one broadcast plus a load and an FMA per 4-token vector: 9.")
+        "spends one broadcast plus a load and an FMA per 4-token vector: 9. The int8 rows "
+        "(qs8, SDOT) do 4 weights of a 4x1 group per instruction, so a quarter of that.")
     print(f"wrote {path}")
 
 

@@ -21,8 +21,7 @@ enum {
   SPARSEC_FEATURE_ASIMDDP = 1u << 8 /* AArch64 dot product (SDOT/UDOT) */
 };
 #define SPARSEC_FEATURE_NAMES \
-  { "avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni", "avxvnni", \
-    "asimddp" }
+  { "avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni", "avxvnni", "asimddp" }
 
 /* A double as int64: NaN gives 0, values beyond the range the nearest bound (C leaves the
  * plain conversion of those undefined). */
