@@ -217,29 +217,18 @@ KERNELS: list[KernelSpec] = [
                family="f32_gemm", template="f32-gemm/avx512f.c.j2", parallel=True,
                params=functools.partial(mp.gemm_panels_params, mr=12, panel=32),
                cost_ns={"generic": 0.0177}),
-    *[KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx512f", pattern=p, mr=64, nr=1,
+    # Token-tile rows. NEON: 16 tokens (4 vectors, 8 accumulators); no ARM machine here to
+    # calibrate on, so its costs are the AVX2 row's measured ones scaled by 8 lanes over 4.
+    *[KernelSpec(op=DENSE, dtypes=FLOAT, isa=isa, pattern=p, mr=tokens, nr=1,
                  family="f32_spmm", template="f32-spmm/x86-tokens.c.j2", parallel=True,
                  feature_major=True,
-                 params=functools.partial(mp.spmm_tokens_params, tokens=64, isa="avx512f"),
-                 scratch=functools.partial(mp.spmm_tokens_scratch, tokens=64),
+                 params=functools.partial(mp.spmm_tokens_params, tokens=tokens, isa=isa),
+                 scratch=functools.partial(mp.spmm_tokens_scratch, tokens=tokens),
                  cost_ns={"generic": cost})
-      for p, cost in (("1x1", 0.034), ("4x1", 0.129), ("16x1", 0.53))],
-    # NEON: 16 tokens (4 vectors, 8 accumulators). No ARM machine here to calibrate on: the
-    # costs are the AVX2 row's measured ones scaled by its 8 lanes over NEON's 4.
-    *[KernelSpec(op=DENSE, dtypes=FLOAT, isa="neon", pattern=p, mr=16, nr=1,
-                 family="f32_spmm", template="f32-spmm/x86-tokens.c.j2", parallel=True,
-                 feature_major=True,
-                 params=functools.partial(mp.spmm_tokens_params, tokens=16, isa="neon"),
-                 scratch=functools.partial(mp.spmm_tokens_scratch, tokens=16),
-                 cost_ns={"generic": cost})
-      for p, cost in (("1x1", 0.084), ("4x1", 0.30), ("16x1", 1.15))],
-    *[KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx2", pattern=p, mr=32, nr=1,
-                 family="f32_spmm", template="f32-spmm/x86-tokens.c.j2", parallel=True,
-                 feature_major=True,
-                 params=functools.partial(mp.spmm_tokens_params, tokens=32, isa="avx2"),
-                 scratch=functools.partial(mp.spmm_tokens_scratch, tokens=32),
-                 cost_ns={"generic": cost})
-      for p, cost in (("1x1", 0.042), ("4x1", 0.149), ("16x1", 0.575))],
+      for isa, tokens, costs in (("avx512f", 64, (0.034, 0.129, 0.53)),
+                                 ("neon", 16, (0.084, 0.30, 1.15)),
+                                 ("avx2", 32, (0.042, 0.149, 0.575)))
+      for p, cost in zip(("1x1", "4x1", "16x1"), costs)],
     # NEON 1x16: as the AVX2 row, 6 rows (24 accumulators); cost scaled from it by lanes.
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="neon", pattern="1x16", mr=6, nr=16,
                family="f32_spmm", template="f32-spmm/neon.c.j2", parallel=True,

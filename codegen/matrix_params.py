@@ -102,20 +102,25 @@ def gemm_panels_params(req: KernelRequest, mr: int, panel: int) -> dict:
     return params
 
 
-def matmul_params(req: KernelRequest) -> dict:
-    """numpy.matmul: 1-D operands promoted, batch dimensions broadcast."""
-    a, b, y = req.input(0), req.input(1), req.output()
+def _matmul_batches(a: Tensor, b: Tensor) -> tuple[int, int, int, list]:
+    """numpy.matmul's M, K, N (1-D operands promoted) and, per broadcast batch, the element
+    offsets (A, B, Y)."""
     a_shape = (1,) + a.shape if len(a.shape) == 1 else a.shape
     b_shape = b.shape + (1,) if len(b.shape) == 1 else b.shape
     m, k, n = a_shape[-2], a_shape[-1], b_shape[-1]
     batch_shape = tuple(np.broadcast_shapes(a_shape[:-2], b_shape[:-2]))
     a_batch = broadcast_strides(a_shape[:-2], batch_shape)
     b_batch = broadcast_strides(b_shape[:-2], batch_shape)
-    batches = []
-    for index in np.ndindex(*batch_shape):
-        batches.append((sum(i * s for i, s in zip(index, a_batch)) * m * k,
-                        sum(i * s for i, s in zip(index, b_batch)) * k * n,
-                        len(batches) * m * n))
+    batches = [(sum(i * s for i, s in zip(index, a_batch)) * m * k,
+                sum(i * s for i, s in zip(index, b_batch)) * k * n, position * m * n)
+               for position, index in enumerate(np.ndindex(*batch_shape))]
+    return m, k, n, batches
+
+
+def matmul_params(req: KernelRequest) -> dict:
+    """numpy.matmul: 1-D operands promoted, batch dimensions broadcast."""
+    a, b, y = req.input(0), req.input(1), req.output()
+    m, k, n, batches = _matmul_batches(a, b)
     req.take(a)
     req.take(b)
     params = {"ctype": CTYPES[a.dtype], "M": m, "K": k, "N": n, "a_sm": k, "a_sk": 1,
@@ -130,15 +135,7 @@ def matmul_integer_params(req: KernelRequest) -> dict:
     """MatMulInteger: numpy.matmul batching; zero points per tensor, per row of A or per
     column of B."""
     a, b, y = req.input(0), req.input(1), req.output()
-    a_shape = (1,) + a.shape if len(a.shape) == 1 else a.shape
-    b_shape = b.shape + (1,) if len(b.shape) == 1 else b.shape
-    m, k, n = a_shape[-2], a_shape[-1], b_shape[-1]
-    batch_shape = tuple(np.broadcast_shapes(a_shape[:-2], b_shape[:-2]))
-    a_batch = broadcast_strides(a_shape[:-2], batch_shape)
-    b_batch = broadcast_strides(b_shape[:-2], batch_shape)
-    batches = [(sum(i * s for i, s in zip(index, a_batch)) * m * k,
-                sum(i * s for i, s in zip(index, b_batch)) * k * n, position * m * n)
-               for position, index in enumerate(np.ndindex(*batch_shape))]
+    m, k, n, batches = _matmul_batches(a, b)
     req.take(a)
     req.take(b)
     params = {"a_ctype": CTYPES[a.dtype], "b_ctype": CTYPES[b.dtype], "M": m, "K": k, "N": n,

@@ -71,7 +71,8 @@ def _fold_small_constants(model: onnx.ModelProto, opset: int) -> bool:
     for node in g.node:
         result = None
         if node.op_type in SHAPE_OPS and node.input and node.input[0] in shapes:
-            result = _shape_value(node, shapes[node.input[0]])
+            attrs = {a.name: a.i for a in node.attribute}
+            result = {node.output[0]: shape_value(node.op_type, shapes[node.input[0]], attrs)}
         elif all(not n or n in initializers or n in values for n in node.input) \
                 and node.domain in ("", "ai.onnx"):
             result = _evaluate(node, initializers, values, opset)
@@ -88,13 +89,12 @@ def _fold_small_constants(model: onnx.ModelProto, opset: int) -> bool:
     return True
 
 
-def _shape_value(node: onnx.NodeProto, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
-    if node.op_type == "Size":
-        return {node.output[0]: np.array(int(np.prod(shape, dtype=np.int64)), np.int64)}
-    attrs = {a.name: a.i for a in node.attribute}
+def shape_value(op: str, shape: tuple[int, ...], attrs: dict) -> np.ndarray:
+    """What Shape (with its start/end attributes) or Size gives for a tensor of `shape`."""
+    if op == "Size":
+        return np.array(int(np.prod(shape, dtype=np.int64)), np.int64)
     # Python slicing clamps start/end exactly as Shape-15 specifies.
-    return {node.output[0]: np.array(shape[attrs.get("start", 0):attrs.get("end", len(shape))],
-                                     np.int64)}
+    return np.array(shape[attrs.get("start", 0):attrs.get("end", len(shape))], np.int64)
 
 
 def _evaluate(node, initializers, folded, opset) -> dict[str, np.ndarray] | None:

@@ -80,10 +80,29 @@ static inline float sparsec__expf(float x)
   return x != x ? x : (x < low ? 0.0f : (x > high ? __builtin_inff() : result));
 }
 
+/* erfc(a) for a >= 0 (or NaN): Numerical Recipes' erfc, t e^(P(t) - a^2) with t = 1 / (1 + a/2)
+ * (relative error under 1.2e-7). The exponent is at most ~3e-8, so e^x needs only a lower
+ * clamp, which also sends NaN to a number: NaN still comes out through t. */
+static inline float sparsec__erfc_nonnegative(float a)
+{
+  const float t = 1.0f / SPARSEC_FMADD(0.5f, a, 1.0f);
+  float p = 0.17087277f;
+  p = SPARSEC_FMADD(p, t, -0.82215223f);
+  p = SPARSEC_FMADD(p, t, 1.48851587f);
+  p = SPARSEC_FMADD(p, t, -1.13520398f);
+  p = SPARSEC_FMADD(p, t, 0.27886807f);
+  p = SPARSEC_FMADD(p, t, -0.18628806f);
+  p = SPARSEC_FMADD(p, t, 0.09678418f);
+  p = SPARSEC_FMADD(p, t, 0.37409196f);
+  p = SPARSEC_FMADD(p, t, 1.00002368f);
+  p = SPARSEC_FMADD(p, t, -1.26551223f);
+  const float exponent = SPARSEC_FMADD(-a, a, p);
+  return t * sparsec__exp_in_range(exponent > -87.33654f ? exponent : -87.33654f);
+}
+
 /* erf(x), branch-free like sparsec__expf (glibc's erff is a call per element: GELU spent a
  * fifth of a small encoder's run in it). |x| < 0.5: the Taylor series to x^15 (the next term
- * is below 1e-9 of the sum); otherwise 1 - erfc(|x|) with Numerical Recipes' erfc (relative
- * error under 1.2e-7) over sparsec__expf. Within 4 ulp of erf (tests/test_softmax.py checks
+ * is below 1e-9 of the sum); otherwise 1 - erfc(|x|) (sparsec__erfc_nonnegative). Within 4 ulp of erf (tests/test_softmax.py checks
  * it against float64); both branches are computed and one selected. */
 static inline float sparsec__erff(float x)
 {
@@ -99,18 +118,7 @@ static inline float sparsec__erff(float x)
   series = SPARSEC_FMADD(series, a2, -3.76126389e-1f);
   series = SPARSEC_FMADD(series, a2, 1.12837917e+0f);
   const float small = series * a;
-  const float t = 1.0f / (1.0f + 0.5f * a);
-  float p = 0.17087277f;
-  p = SPARSEC_FMADD(p, t, -0.82215223f);
-  p = SPARSEC_FMADD(p, t, 1.48851587f);
-  p = SPARSEC_FMADD(p, t, -1.13520398f);
-  p = SPARSEC_FMADD(p, t, 0.27886807f);
-  p = SPARSEC_FMADD(p, t, -0.18628806f);
-  p = SPARSEC_FMADD(p, t, 0.09678418f);
-  p = SPARSEC_FMADD(p, t, 0.37409196f);
-  p = SPARSEC_FMADD(p, t, 1.00002368f);
-  p = SPARSEC_FMADD(p, t, -1.26551223f);
-  const float large = SPARSEC_FMADD(-t, sparsec__expf(p - a2), 1.0f);
+  const float large = 1.0f - sparsec__erfc_nonnegative(a);
   const float magnitude = a < 0.5f ? small : large;
   return x < 0.0f ? -magnitude : magnitude; /* NaN: neither branch changes it */
 }
@@ -118,26 +126,12 @@ static inline float sparsec__erff(float x)
 /* GELU(x) = x/2 (1 + erf(x / sqrt 2)) through erfc alone: 1 + erf(z) is erfc(-z) for z < 0
  * and 2 - erfc(z) otherwise, so both tails keep their relative precision and the series for
  * small |z| that sparsec__erff needs drops out (a third fewer operations: GELU was a sixth of
- * a MiniLM run). erfc as in sparsec__erff; its exponent is at most ~3e-8, so e^x needs only a
- * lower clamp, which also sends NaN to a number (NaN still comes out through t). Within 8 ulp
- * of GELU (tests/test_softmax.py). */
+ * a MiniLM run). Within 8 ulp of GELU (tests/test_softmax.py). */
 static inline float sparsec__gelu(float x)
 {
   const float z = x * 0.707106781186547524f;
   const float a = z < 0.0f ? -z : z;
-  const float t = 1.0f / SPARSEC_FMADD(0.5f, a, 1.0f);
-  float p = 0.17087277f;
-  p = SPARSEC_FMADD(p, t, -0.82215223f);
-  p = SPARSEC_FMADD(p, t, 1.48851587f);
-  p = SPARSEC_FMADD(p, t, -1.13520398f);
-  p = SPARSEC_FMADD(p, t, 0.27886807f);
-  p = SPARSEC_FMADD(p, t, -0.18628806f);
-  p = SPARSEC_FMADD(p, t, 0.09678418f);
-  p = SPARSEC_FMADD(p, t, 0.37409196f);
-  p = SPARSEC_FMADD(p, t, 1.00002368f);
-  p = SPARSEC_FMADD(p, t, -1.26551223f);
-  const float exponent = SPARSEC_FMADD(-a, a, p);
-  const float erfc = t * sparsec__exp_in_range(exponent > -87.33654f ? exponent : -87.33654f);
+  const float erfc = sparsec__erfc_nonnegative(a);
   return 0.5f * x * (z < 0.0f ? erfc : 2.0f - erfc);
 }
 

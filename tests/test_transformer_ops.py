@@ -61,6 +61,18 @@ def test_layer_normalization_as_exported(target, axis, scale_shape, compiler):
     check(compiler, target, onnx_model, {"x": rng.standard_normal((2, 4, 16)).astype("f4")})
 
 
+def layer_norm_written_out(x: str, y: str) -> list:
+    """(x - mean) / sqrt(var + eps) over the last axis, as torch exported it before opset 17;
+    reads constants "two" and "eps"."""
+    return [helper.make_node("ReduceMean", [x], ["mu"], axes=[-1]),
+            helper.make_node("Sub", [x, "mu"], ["d"]),
+            helper.make_node("Pow", ["d", "two"], ["d2"]),
+            helper.make_node("ReduceMean", ["d2"], ["var"], axes=[-1]),
+            helper.make_node("Add", ["var", "eps"], ["ve"]),
+            helper.make_node("Sqrt", ["ve"], ["sd"]),
+            helper.make_node("Div", ["d", "sd"], [y])]
+
+
 @pytest.mark.parametrize("target", TARGET_PARAMS)
 def test_layer_norm_written_out_and_gelu_with_erf(target, compiler):
     """What torch exports before LayerNormalization and Gelu existed: ReduceMean, Sub, Pow,
@@ -68,13 +80,7 @@ def test_layer_norm_written_out_and_gelu_with_erf(target, compiler):
     rng = np.random.default_rng(2)
     c = {"two": np.float32(2), "eps": np.float32(1e-12), "half": np.float32(0.5),
          "one": np.float32(1), "root2": np.float32(np.sqrt(2))}
-    nodes = [helper.make_node("ReduceMean", ["x"], ["mu"], axes=[-1]),
-             helper.make_node("Sub", ["x", "mu"], ["d"]),
-             helper.make_node("Pow", ["d", "two"], ["d2"]),
-             helper.make_node("ReduceMean", ["d2"], ["var"], axes=[-1]),
-             helper.make_node("Add", ["var", "eps"], ["ve"]),
-             helper.make_node("Sqrt", ["ve"], ["sd"]),
-             helper.make_node("Div", ["d", "sd"], ["n"]),
+    nodes = [*layer_norm_written_out("x", "n"),
              helper.make_node("Div", ["n", "root2"], ["z"]),
              helper.make_node("Erf", ["z"], ["e"]),
              helper.make_node("Add", ["e", "one"], ["e1"]),
@@ -152,13 +158,7 @@ def test_layer_norm_written_out_with_scale_and_bias_becomes_one_kernel(target, c
     constants = [("two", np.float32(2)), ("eps", np.float32(1e-5)),
                  ("gamma", rng.standard_normal(24).astype(np.float32)),
                  ("beta", rng.standard_normal(24).astype(np.float32))]
-    nodes = [helper.make_node("ReduceMean", ["x"], ["mu"], axes=[-1]),
-             helper.make_node("Sub", ["x", "mu"], ["d"]),
-             helper.make_node("Pow", ["d", "two"], ["d2"]),
-             helper.make_node("ReduceMean", ["d2"], ["var"], axes=[-1]),
-             helper.make_node("Add", ["var", "eps"], ["ve"]),
-             helper.make_node("Sqrt", ["ve"], ["sd"]),
-             helper.make_node("Div", ["d", "sd"], ["n"]),
+    nodes = [*layer_norm_written_out("x", "n"),
              helper.make_node("Mul", ["n", "gamma"], ["scaled"]),
              helper.make_node("Add", ["scaled", "beta"], ["y"])]
     onnx_model = model(nodes, [("x", [2, 7, 24])], [("y", [2, 7, 24])], constants, opset=13)

@@ -17,6 +17,7 @@ from onnx.reference import ReferenceEvaluator
 
 from sparsec.compiler.ir import DTYPES, Graph, Node, Tensor
 from sparsec.compiler.ops import SHAPE_OPS
+from sparsec.compiler.static_shapes import shape_value
 from sparsec.errors import FrontendError, ShapeError
 
 NAME = "fold-constants"
@@ -65,12 +66,7 @@ def _fold(graph: Graph, node: Node) -> None:
 
 def _fold_shape(graph: Graph, node: Node) -> None:
     """Shape and Size read only the input's shape, which is static after import."""
-    shape = graph.tensors[node.inputs[0]].shape
-    if node.op == "Size":
-        value = np.array(int(np.prod(shape, dtype=np.int64)), np.int64)
-    else:  # Python slicing clamps start/end exactly as Shape-15 specifies
-        start, end = node.attrs.get("start", 0), node.attrs.get("end", len(shape))
-        value = np.array(shape[start:end], np.int64)
+    value = shape_value(node.op, graph.tensors[node.inputs[0]].shape, node.attrs)
     graph.tensors[node.outputs[0]] = Tensor(node.outputs[0], value.shape, "int64", value)
 
 

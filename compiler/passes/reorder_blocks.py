@@ -71,7 +71,6 @@ def run(graph: Graph, ctx) -> Graph:
 
 def find_chains(graph: Graph) -> list[Chain]:
     readers = graph.consumers()
-    producers = graph.producers()
     outputs = set(graph.outputs)
 
     def sole_reader(name: str) -> Node | None:
@@ -84,7 +83,7 @@ def find_chains(graph: Graph) -> list[Chain]:
             continue
         width = graph.tensors[node.inputs[1]].shape[1]
         chain = _elementwise_chain(graph, node, width, sole_reader) \
-            or _attention_value_chain(graph, node, width, sole_reader, producers)
+            or _attention_value_chain(graph, node, width, sole_reader)
         if chain is None or id(chain.consumer) in claimed:
             continue
         if not _reorderable_dense(graph, chain.consumer):
@@ -141,7 +140,7 @@ def _per_channel_other(graph: Graph, node: Node, current: str, width: int) -> bo
             and graph.tensors[node.outputs[0]].shape == graph.tensors[current].shape)
 
 
-def _attention_value_chain(graph, producer, width, sole_reader, producers) -> Chain | None:
+def _attention_value_chain(graph, producer, width, sole_reader) -> Chain | None:
     split = sole_reader(producer.outputs[0])
     if split is None or split.op != "Reshape":
         return None
@@ -235,9 +234,8 @@ def _candidates(w1: np.ndarray, w2: np.ndarray, per_group: int, ctx):
     consumer's rows in Rx1 blocks, the producer's columns in 1xC blocks, wherever full blocks
     of that shape would be predicted faster than the weight's present kernel (the bound that
     rules out, say, 1x4 blocks for a kernel that costs more per weight than unstructured)."""
-    shapes = ((w2, "consumer", lambda g: f"{g}x1", w2 != 0),
-              (w1, "producer", lambda g: f"1x{g}", (w1 != 0).T))
-    for weight, _role, pattern_of, features in shapes:
+    shapes = ((w2, lambda g: f"{g}x1", w2 != 0), (w1, lambda g: f"1x{g}", (w1 != 0).T))
+    for weight, pattern_of, features in shapes:
         info = analyse(weight, ctx.cost, ctx.force_pattern)
         present = predicted_costs(weight, info.block_stats, ctx.cost)[info.pattern]
         nonzeros = int(np.count_nonzero(weight))
