@@ -16,7 +16,13 @@ import jinja2
 import numpy as np
 
 from sparsec.codegen import cnames
-from sparsec.codegen.kernels import PARALLEL_MIN_NS, KernelSpec, runs_parallel, select
+from sparsec.codegen.kernels import (
+    PARALLEL_MIN_NS,
+    KernelSpec,
+    dispatched,
+    runs_parallel,
+    select,
+)
 from sparsec.codegen.params import CTYPES, KernelRequest, WeightSink
 from sparsec.codegen.targets import FEATURE_BITS, Target
 from sparsec.compiler.ir import Graph
@@ -42,19 +48,25 @@ def environment() -> jinja2.Environment:
 
 
 class WeightBlob(WeightSink):
-    """Constants laid out back to back, each 64-byte aligned, as one binary file."""
+    """Constants laid out back to back, each 64-byte aligned, as one binary file. Equal
+    constants are stored once (a dispatched kernel's tables equal its fallback's)."""
 
     def __init__(self) -> None:
         self._chunks: list[bytes] = []
         self._size = 0
+        self._offsets: dict[bytes, int] = {}
 
     def add(self, array: np.ndarray) -> int:
+        data = np.ascontiguousarray(array).tobytes()
+        key = hashlib.sha256(data).digest()
+        if key in self._offsets:
+            return self._offsets[key]
         padding = -self._size % BLOB_ALIGNMENT
         self._chunks.append(b"\0" * padding)
         offset = self._size + padding
-        data = np.ascontiguousarray(array).tobytes()
         self._chunks.append(data)
         self._size = offset + len(data)
+        self._offsets[key] = offset
         return offset
 
     def tobytes(self) -> bytes:
@@ -105,6 +117,16 @@ def emit(graph: Graph, target: Target, version: str,
         params = spec.params(request)
         fn = cnames.node_fn(node_index, spec.symbol)
         kernels.append({"source": env.get_template(spec.template).render(fn=fn, **params)})
+        alternatives = []
+        for option, other in dispatched(graph, node, target, spec):
+            other_request = KernelRequest(graph, node, blob)
+            other_fn = cnames.node_fn(node_index, other.symbol)
+            source = env.get_template(other.template).render(fn=other_fn,
+                                                             **other.params(other_request))
+            assert other_request.args == request.args, "a dispatched kernel takes the same args"
+            kernels.append({"source": source, "begin": option.begin, "end": option.end})
+            alternatives.append({"fn": other_fn, "mask": 1 << FEATURE_BITS[option.feature],
+                                 "feature": option.feature, "kernel": other.symbol})
         args = [cnames.tensor_var(index[n]) for n in request.args]
         if spec.scratch:  # a kernel that needs no scratch for this node gets NULL
             region = graph.memory.scratch.get(node_index)
@@ -112,8 +134,11 @@ def emit(graph: Graph, target: Target, version: str,
         if spec.parallel:  # NULL runs the kernel's tasks on the calling thread
             args.append("pool" if runs_parallel(graph, node, spec, target, parallel_min_ns)
                         else "NULL")
-        calls.append({"fn": fn, "args": args, "checked": request.checked})
+        calls.append({"fn": fn, "args": args, "checked": request.checked,
+                      "dispatch": alternatives})
         layers.append(_layer_info(graph, node, spec))
+        if alternatives:
+            layers[-1]["dispatch"] = {a["feature"]: a["kernel"] for a in alternatives}
         if spec.parallel:
             layers[-1]["threads"] = "pool" if args[-1] == "pool" else "caller"
     used = [name for name in graph.tensors

@@ -23,16 +23,23 @@ from sparsec.compiler.ir import Graph, Node
 
 GROUP = 4  # K values per 32-bit lane of vpdpbusd
 
+# AArch64 SDOT multiplies s8 by s8: codes are stored minus 128 (code_offset), and the range
+# pass uses maxNum/minNum, which skip NaN as fmaxf does (FMAX would propagate it).
+_NEON_DOT = {**TOKEN_TILE_ISAS["neon"], "name": "NEON dot-product", "ivec": "int32x4_t",
+             "izero": "sparsec_neon_izero", "iload": "sparsec_neon_iload",
+             "iset1": "vdupq_n_s32", "isub": "vsubq_s32", "dpbusd": "sparsec_neon_dot",
+             "cvt": "vcvtq_f32_s32", "istore": "sparsec_neon_istore", "iadd": "vaddq_s32",
+             "range_min": "vminnmq_f32", "range_max": "vmaxnmq_f32",
+             "quantize": "sparsec_quantize_s8x16", "code_offset": 128}
+
 # What the VNNI token-tile template needs beyond the fp32 token-tile names, per ISA.
 VNNI_ISAS = {
-    # AArch64 SDOT multiplies s8 by s8: codes are stored minus 128 (code_offset), and the
-    # range pass uses maxNum/minNum, which skip NaN as fmaxf does (FMAX would propagate it).
-    "neondot": {**TOKEN_TILE_ISAS["neon"], "name": "NEON dot-product", "ivec": "int32x4_t",
-                "izero": "sparsec_neon_izero", "iload": "sparsec_neon_iload",
-                "iset1": "vdupq_n_s32", "isub": "vsubq_s32", "dpbusd": "sparsec_neon_dot",
-                "cvt": "vcvtq_f32_s32", "istore": "sparsec_neon_istore", "iadd": "vaddq_s32",
-                "range_min": "vminnmq_f32", "range_max": "vmaxnmq_f32",
-                "quantize": "sparsec_quantize_s8x16", "code_offset": 128},
+    "neondot": _NEON_DOT,
+    # ARMv8.0 NEON without SDOT (the arm-neon target's int8 kernels, and its fallback where
+    # the dispatched SDOT kernel cannot run): the same sums from widening multiplies.
+    "neon": {**_NEON_DOT, "name": "NEON widening multiplies",
+             "dpbusd": "sparsec_neon_dot_widening",
+             "dpbusd_full_range": "sparsec_neon_dot_widening_full_range"},
     "avx512vnni": {**TOKEN_TILE_ISAS["avx512f"], "name": "AVX-512 VNNI", "ivec": "__m512i",
                    "izero": "_mm512_setzero_si512", "iload": "_mm512_load_si512",
                    "iset1": "_mm512_set1_epi32", "isub": "_mm512_sub_epi32",
@@ -105,7 +112,10 @@ def int8_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "") -> dic
     else:
         tokens = token_tile(k, tokens, VNNI_ISAS[isa]["lanes"])
         # The range pass splits A into slices of at least 4096 floats (at most 8 slices).
-        params.update(isa=VNNI_ISAS[isa], T=tokens, SLICES=max(1, min(8, m * k // 4096)),
+        names = dict(VNNI_ISAS[isa])
+        if "dpbusd_full_range" in names and codes.data.size and codes.data.min() < -127:
+            names["dpbusd"] = names["dpbusd_full_range"]
+        params.update(isa=names, T=tokens, SLICES=max(1, min(8, m * k // 4096)),
                       y_feature_major=False)
         if keep_all:  # column-major codes, KB lanes per column: the loop needs no index
             params.update(values=req.blob.add(lanes))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from sparsec.codegen import int8_params as qp
 from sparsec.codegen import matrix_params as mp
 from sparsec.codegen import params as kp
-from sparsec.codegen.targets import Target
+from sparsec.codegen.targets import Dispatch, Target
 from sparsec.compiler.ir import SPARSE_PATTERNS, Graph, Node, block_shape
 from sparsec.compiler.ops import (
     ADD_LAYER_NORM,
@@ -109,13 +109,32 @@ def select(graph: Graph, node: Node, target: Target) -> KernelSpec:
         f"target {target.name}; tried: {', '.join(tried)}")
 
 
+def dispatched(graph: Graph, node: Node, target: Target,
+               base: KernelSpec) -> list[tuple[Dispatch, KernelSpec]]:
+    """The kernels the library also carries for `node` (whose own kernel is `base`), each
+    called instead of `base` where the CPU has its feature; the first that fits wins. They
+    take `base`'s arguments: same parallelism, scratch pointer and layouts."""
+    rows = candidates(node, weight_pattern(graph, node), node_dtype(graph, node),
+                      weight_dtype(graph, node))
+    result = []
+    for option in target.dispatch:
+        fitting = [k for k in rows if k.isa == option.isa and k.parallel == base.parallel
+                   and bool(k.scratch) == bool(base.scratch)
+                   and k.feature_major == base.feature_major]
+        if fitting and ISA_ORDER.index(option.isa) > ISA_ORDER.index(base.isa):
+            result.append((option, fitting[0]))
+    return result
+
+
 def scratch_bytes(graph: Graph, node: Node, target: Target) -> int:
-    """Arena scratch the node's kernel on `target` needs while it runs (plan_memory asks)."""
+    """Arena scratch the node's kernels on `target` need while they run (plan_memory asks):
+    the most that its own kernel or any dispatched one needs."""
     try:
         spec = select(graph, node, target)
     except KernelNotFoundError:
         return 0  # emit reports every node without a kernel at once
-    return spec.scratch(graph, node) if spec.scratch else 0
+    specs = [spec] + [k for _, k in dispatched(graph, node, target, spec)]
+    return max(k.scratch(graph, node) if k.scratch else 0 for k in specs)
 
 
 def layout_support(graph: Graph, node: Node, target: Target) -> LayoutSupport:
@@ -209,6 +228,12 @@ KERNELS: list[KernelSpec] = [
       for p in SPARSE_PATTERNS],
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="scalar", pattern="runtime", mr=4, nr=32,
                family="f32_gemm", template="f32-gemm/scalar.c.j2", params=mp.dense_params),
+    # NEON: 4 rows x 16 columns by lane; no ARM machine here to calibrate on, so its cost is
+    # the AVX2 row's scaled by 8 lanes over 4.
+    KernelSpec(op=DENSE, dtypes=FLOAT, isa="neon", pattern="dense", mr=4, nr=16,
+               family="f32_gemm", template="f32-gemm/neon.c.j2", parallel=True,
+               params=functools.partial(mp.gemm_panels_params, mr=4, panel=16),
+               cost_ns={"generic": 0.0366}),
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx2", pattern="dense", mr=6, nr=16,
                family="f32_gemm", template="f32-gemm/avx2.c.j2", parallel=True,
                params=functools.partial(mp.gemm_panels_params, mr=6, panel=16),
@@ -257,10 +282,12 @@ KERNELS: list[KernelSpec] = [
                  scratch=functools.partial(qp.int8_tokens_scratch, tokens=tokens, isa=isa),
                  cost_ns={"generic": cost})
       # AVX-VNNI's numbers are AVX-512 VNNI's doubled (half the lanes): no host here has it;
-      # NEON's doubled again (4 lanes): no ARM machine here.
+      # NEON SDOT's doubled again (4 lanes): no ARM machine here; NEON without SDOT (four
+      # instructions for one SDOT) three times that.
       for isa, tokens, costs in (("avx512vnni", 64, (0.0048, 0.046)),
                                  ("avxvnni", 32, (0.0096, 0.092)),
-                                 ("neondot", 16, (0.0192, 0.184)))
+                                 ("neondot", 16, (0.0192, 0.184)),
+                                 ("neon", 16, (0.058, 0.55)))
       for p, cost in zip(("dense", "4x1"), costs)],
     # Vectors of 4 where the target has no SIMD ISA: GCC lowers them to what the machine has.
     *[KernelSpec(op=ATTENTION, dtypes=FLOAT, isa=isa, mr=8, nr=vector, family="f32_attention",

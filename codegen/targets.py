@@ -20,6 +20,17 @@ BASE_CFLAGS = ("-O3", "-std=c11", "-pthread", "-fPIC", "-fvisibility=hidden",
 
 
 @dataclass(frozen=True)
+class Dispatch:
+    """Kernels of ISA `isa` that a library carries beside its own and calls only where the CPU
+    reports `feature` (a name of FEATURE_BITS): compiled between the `begin` and `end` macros
+    of the target's headers, which switch the compiler to that ISA for them alone."""
+    isa: str
+    feature: str
+    begin: str
+    end: str
+
+
+@dataclass(frozen=True)
 class Target:
     name: str
     description: str
@@ -33,6 +44,8 @@ class Target:
     # the qemu-user program that runs the target's code there.
     cross_triplet: str = ""
     emulator: str = ""
+    # Shinier kernels chosen at run time, by CPU feature, over the ones `isas` offers.
+    dispatch: tuple[Dispatch, ...] = ()
 
 
 TARGETS: dict[str, Target] = {
@@ -53,10 +66,13 @@ TARGETS: dict[str, Target] = {
                 "-mavx512vl", "-mavx512vnni"),
                ("avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni"), 64,
                ("immintrin.h", "sparsec_avx2.h", "sparsec_avx512.h")),
-        Target("arm-neon", "AArch64 with NEON (ARMv8-A: Graviton, Apple silicon, phones)",
+        Target("arm-neon", "AArch64 with NEON (ARMv8-A: Graviton, Apple silicon, phones); "
+               "int8 layers on SDOT where the core has the dot product",
                "aarch64", ("scalar", "neon"), ("-march=armv8-a",), (), 16,
                ("arm_neon.h", "sparsec_neon.h"), cross_triplet="aarch64-linux-gnu",
-               emulator="qemu-aarch64"),
+               emulator="qemu-aarch64",
+               dispatch=(Dispatch("neondot", "asimddp", "SPARSEC_NEON_DOTPROD_BEGIN",
+                                  "SPARSEC_NEON_DOTPROD_END"),)),
         Target("arm-neon-dotprod", "AArch64 with NEON and the dot-product extension (ARMv8.2-A: "
                "Cortex-A55/A76 and later, Graviton 2+, Apple M1+)", "aarch64",
                ("scalar", "neon", "neondot"), ("-march=armv8.2-a+dotprod",), ("asimddp",), 16,

@@ -51,13 +51,47 @@ static inline void sparsec_neon_istore(void *p, int32x4_t v)
   vst1q_s32((int32_t *)p, v);
 }
 
-#if defined(__ARM_FEATURE_DOTPROD)
-/* acc + the 4-byte dot products of a and b in each 32-bit lane, s8 x s8 (SDOT) */
-static inline int32x4_t sparsec_neon_dot(int32x4_t acc, int32x4_t a, int32x4_t b)
+/* The instruction set of kernels on the dot-product extension: arm-neon-dotprod builds
+ * everything for it; arm-neon compiles only the dispatched SDOT kernels for it (between
+ * `#pragma GCC target` lines) and calls them when the CPU reports asimddp. Every core with
+ * the extension implements ARMv8.2-A, the first version that allows it. */
+#define SPARSEC_NEON_DOTPROD_ARCH "arch=armv8.2-a+dotprod"
+/* _Pragma takes a literal only, so the string is spelled again here. */
+#define SPARSEC_NEON_DOTPROD_BEGIN \
+  _Pragma("GCC push_options") _Pragma("GCC target(\"arch=armv8.2-a+dotprod\")")
+#define SPARSEC_NEON_DOTPROD_END _Pragma("GCC pop_options")
+
+/* acc + the 4-byte dot products of a and b in each 32-bit lane, s8 x s8 (SDOT). Callable only
+ * from code built for SPARSEC_NEON_DOTPROD_ARCH: elsewhere it fails to inline, at compile
+ * time, instead of faulting on a core without SDOT. */
+static inline __attribute__((target(SPARSEC_NEON_DOTPROD_ARCH))) int32x4_t
+sparsec_neon_dot(int32x4_t acc, int32x4_t a, int32x4_t b)
 {
   return vdotq_s32(acc, vreinterpretq_s8_s32(a), vreinterpretq_s8_s32(b));
 }
-#endif
+
+/* The same sum on ARMv8.0 NEON, for cores without SDOT, in four instructions: 16 products
+ * (SMULL, SMULL2), adjacent pairs added in 16 bits (ADDP) and pairs of those added into the
+ * 32-bit lanes (SADALP). Exact while no product pair exceeds int16: a holds activation codes
+ * in [-128, 127] and b weight codes in [-127, 127] (|pair| <= 2 * 128 * 127 = 32512). */
+static inline int32x4_t sparsec_neon_dot_widening(int32x4_t acc, int32x4_t a, int32x4_t b)
+{
+  const int8x16_t a8 = vreinterpretq_s8_s32(a), b8 = vreinterpretq_s8_s32(b);
+  const int16x8_t low = vmull_s8(vget_low_s8(a8), vget_low_s8(b8));
+  const int16x8_t high = vmull_high_s8(a8, b8);
+  return vpadalq_s16(acc, vpaddq_s16(low, high));
+}
+
+/* As sparsec_neon_dot_widening for weights that hold -128 (imported int8 models), where a
+ * pair of products can reach 32768: pairs are added in 32 bits (SADDLP) instead. */
+static inline int32x4_t sparsec_neon_dot_widening_full_range(int32x4_t acc, int32x4_t a,
+                                                             int32x4_t b)
+{
+  const int8x16_t a8 = vreinterpretq_s8_s32(a), b8 = vreinterpretq_s8_s32(b);
+  const int32x4_t low = vpaddlq_s16(vmull_s8(vget_low_s8(a8), vget_low_s8(b8)));
+  const int32x4_t high = vpaddlq_s16(vmull_high_s8(a8, b8));
+  return vaddq_s32(acc, vpaddq_s32(low, high));
+}
 
 /* 16 floats -> their DynamicQuantizeLinear codes minus 128, as s8 in order (lane i holds
  * floats 4i..4i+3): the same clamp, round-half-even and zero point as the scalar code; the
