@@ -2,11 +2,18 @@
  * load the library (an AArch64 library under qemu-user on x86; sanitizer builds).
  *
  *   sparsec-driver LIBRARY THREADS INPUT.bin... -- OUTPUT.bin:BYTES...
+ *   sparsec-driver --batch JOBS.txt
  *
  * Each input file holds one input's bytes in model order (C order, native byte order); each
  * output is written to its file with the given size. Exit status 0 on success; otherwise a
  * message on stderr: 2 for bad usage or files, 3 when the library cannot be loaded or
- * refuses this CPU, 4 when the run fails (the library's own message). */
+ * refuses this CPU, 4 when the run fails (the library's own message).
+ *
+ * --batch runs many jobs in one process (under qemu, one emulator start instead of one per
+ * job): each line of JOBS.txt is one job's arguments as above, separated by single spaces
+ * (paths without spaces). For job i it prints "job i" on stdout, then any message, then
+ * "status S" with the single-job exit status, and goes on with the next job; it exits 0
+ * once every job has had its turn. A job that crashes the process leaves no status line. */
 #define _POSIX_C_SOURCE 200809L
 #include <dlfcn.h>
 #include <stdio.h>
@@ -42,19 +49,19 @@ static void *read_file(const char *path, size_t *size)
   return data;
 }
 
-int main(int argc, char **argv)
+static int run_job(int argc, char **argv, FILE *log)
 {
-  if (argc < 3) {
-    fprintf(stderr, "usage: %s LIBRARY THREADS INPUT.bin... -- OUTPUT.bin:BYTES...\n", argv[0]);
+  if (argc < 2) {
+    fprintf(log, "usage: sparsec-driver LIBRARY THREADS INPUT.bin... -- OUTPUT.bin:BYTES...\n");
     return 2;
   }
-  int separator = 3;
+  int separator = 2;
   while (separator < argc && strcmp(argv[separator], "--") != 0)
     separator++;
-  const int inputs = separator - 3, outputs = separator < argc ? argc - separator - 1 : 0;
-  void *library = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
+  const int inputs = separator - 2, outputs = separator < argc ? argc - separator - 1 : 0;
+  void *library = dlopen(argv[0], RTLD_NOW | RTLD_LOCAL);
   if (!library) {
-    fprintf(stderr, "cannot load %s: %s\n", argv[1], dlerror());
+    fprintf(log, "cannot load %s: %s\n", argv[0], dlerror());
     return 3;
   }
   cpu_check_fn cpu_check = (cpu_check_fn)dlsym(library, "sparsec_cpu_check");
@@ -62,75 +69,126 @@ int main(int argc, char **argv)
   run_fn run = (run_fn)dlsym(library, "sparsec_run");
   destroy_fn destroy = (destroy_fn)dlsym(library, "sparsec_destroy");
   error_fn last_error = (error_fn)dlsym(library, "sparsec_last_error");
-  if (!cpu_check || !create || !run || !destroy || !last_error) {
-    fprintf(stderr, "%s is not a sparsec library\n", argv[1]);
-    return 3;
-  }
-  char message[512];
-  if (cpu_check(message, sizeof message) != 0) {
-    fprintf(stderr, "%s: %s\n", argv[1], message);
-    return 3;
-  }
+  int status = 0;
   const void **in = calloc((size_t)inputs + 1, sizeof *in);
   void **out = calloc((size_t)outputs + 1, sizeof *out);
   size_t *out_size = calloc((size_t)outputs + 1, sizeof *out_size);
-  if (!in || !out || !out_size)
-    return 2;
-  for (int i = 0; i < inputs; i++) {
+  sparsec_context *context = NULL;
+  char message[512];
+  if (!cpu_check || !create || !run || !destroy || !last_error) {
+    fprintf(log, "%s is not a sparsec library\n", argv[0]);
+    status = 3;
+  } else if (cpu_check(message, sizeof message) != 0) {
+    fprintf(log, "%s: %s\n", argv[0], message);
+    status = 3;
+  } else if (!in || !out || !out_size) {
+    fprintf(log, "out of memory\n");
+    status = 2;
+  }
+  for (int i = 0; status == 0 && i < inputs; i++) {
     size_t size = 0;
-    in[i] = read_file(argv[3 + i], &size);
+    in[i] = read_file(argv[2 + i], &size);
     if (!in[i]) {
-      fprintf(stderr, "cannot read input %s\n", argv[3 + i]);
-      return 2;
+      fprintf(log, "cannot read input %s\n", argv[2 + i]);
+      status = 2;
     }
   }
-  for (int i = 0; i < outputs; i++) {
+  for (int i = 0; status == 0 && i < outputs; i++) {
     const char *spec = argv[separator + 1 + i];
     const char *colon = strrchr(spec, ':');
     if (!colon) {
-      fprintf(stderr, "bad output %s: expected FILE:BYTES\n", spec);
-      return 2;
+      fprintf(log, "bad output %s: expected FILE:BYTES\n", spec);
+      status = 2;
+      break;
     }
     out_size[i] = strtoull(colon + 1, NULL, 10);
     out[i] = aligned_alloc(64, (out_size[i] + 64) / 64 * 64);
-    if (!out[i])
-      return 2;
+    if (!out[i]) {
+      fprintf(log, "out of memory for output %s\n", spec);
+      status = 2;
+    }
   }
-  sparsec_context *context = NULL;
-  int status = create(&context, atoi(argv[2]));
-  if (status != 0) {
-    fprintf(stderr, "cannot create a run context (status %d)\n", status);
-    return 3;
+  if (status == 0) {
+    const int created = create(&context, atoi(argv[1]));
+    if (created != 0) {
+      fprintf(log, "cannot create a run context (status %d)\n", created);
+      context = NULL;
+      status = 3;
+    }
   }
-  status = run(context, in, out);
-  if (status != 0) {
-    fprintf(stderr, "run failed: %s\n", last_error(context));
-    return 4;
+  if (status == 0 && run(context, in, out) != 0) {
+    fprintf(log, "run failed: %s\n", last_error(context));
+    status = 4;
   }
-  destroy(context);
-  for (int i = 0; i < outputs; i++) {
+  if (context)
+    destroy(context);
+  for (int i = 0; status == 0 && i < outputs; i++) {
     const char *spec = argv[separator + 1 + i];
     const size_t name_length = (size_t)(strrchr(spec, ':') - spec);
     char *path = malloc(name_length + 1);
-    if (!path)
-      return 2;
-    memcpy(path, spec, name_length);
-    path[name_length] = '\0';
-    FILE *file = fopen(path, "wb");
-    if (!file || fwrite(out[i], 1, out_size[i], file) != out_size[i]) {
-      fprintf(stderr, "cannot write %s\n", path);
-      return 2;
+    FILE *file = NULL;
+    if (path) {
+      memcpy(path, spec, name_length);
+      path[name_length] = '\0';
+      file = fopen(path, "wb");
     }
-    fclose(file);
+    if (!file || fwrite(out[i], 1, out_size[i], file) != out_size[i]) {
+      fprintf(log, "cannot write %s\n", path ? path : spec);
+      status = 2;
+    }
+    if (file)
+      fclose(file);
     free(path);
   }
-  for (int i = 0; i < inputs; i++)
+  for (int i = 0; in && i < inputs; i++)
     free((void *)in[i]);
-  for (int i = 0; i < outputs; i++)
+  for (int i = 0; out && i < outputs; i++)
     free(out[i]);
   free(in);
   free(out);
   free(out_size);
   dlclose(library);
+  return status;
+}
+
+/* Every line of `path` as one job; see the header comment. */
+static int run_batch(const char *path)
+{
+  FILE *jobs = fopen(path, "r");
+  if (!jobs) {
+    fprintf(stderr, "cannot read the job list %s\n", path);
+    return 2;
+  }
+  char *line = NULL;
+  size_t capacity = 0;
+  for (long job = 0; getline(&line, &capacity, jobs) != -1; job++) {
+    line[strcspn(line, "\n")] = '\0';
+    size_t words = 0;
+    for (char *c = line; *c; c++)
+      words += *c == ' ';
+    char **args = calloc(words + 2, sizeof *args);
+    if (!args) {
+      fprintf(stderr, "out of memory\n");
+      return 2;
+    }
+    int argc = 0;
+    for (char *word = strtok(line, " "); word; word = strtok(NULL, " "))
+      args[argc++] = word;
+    printf("job %ld\n", job);
+    fflush(stdout);
+    const int status = run_job(argc, args, stdout);
+    printf("status %d\n", status);
+    fflush(stdout);
+    free(args);
+  }
+  free(line);
+  fclose(jobs);
   return 0;
+}
+
+int main(int argc, char **argv)
+{
+  if (argc == 3 && strcmp(argv[1], "--batch") == 0)
+    return run_batch(argv[2]);
+  return run_job(argc - 1, argv + 1, stderr);
 }
