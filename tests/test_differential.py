@@ -13,6 +13,7 @@ later layers. Targets the host cannot execute are compiled only.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -23,8 +24,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
-import sparsec
+from sparsec.codegen import targets
 from tests.conftest import TARGET_PARAMS, run_onnxruntime
+from tests.runs import Runs
 
 EPS = float(np.finfo(np.float32).eps)
 BLOCKS = ((1, 1), (4, 1), (1, 4), (1, 16), (16, 1), (4, 4))
@@ -283,9 +285,13 @@ def reference(case: Case, x: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarr
 
 # --- the test ---------------------------------------------------------------------------------
 
-def check_against_onnxruntime(case: Case, model: onnx.ModelProto, module) -> None:
-    x = np.random.default_rng(case.seed).standard_normal(case.input_shape).astype(np.float32)
-    got = module.run({"x": x})
+def inputs_of(case: Case) -> dict:
+    return {"x": np.random.default_rng(case.seed).standard_normal(case.input_shape)
+            .astype(np.float32)}
+
+
+def check_against_onnxruntime(case: Case, model: onnx.ModelProto, got: dict) -> None:
+    x = inputs_of(case)["x"]
     names = [o.name for o in model.graph.output]
     expected = dict(zip(names, run_onnxruntime(model, {"x": x})))
     bounds = reference(case, x)
@@ -299,15 +305,19 @@ def check_against_onnxruntime(case: Case, model: onnx.ModelProto, module) -> Non
         excess = np.abs(actual.astype(np.float64) - wanted) - allowed
         if not np.all(excess <= 0):
             worst = np.unravel_index(np.argmax(excess), excess.shape)
-            pytest.fail(f"{name}{[int(i) for i in worst]}: sparsec {float(actual[worst])!r}, "
-                        f"onnxruntime {float(wanted[worst])!r}, allowed difference "
-                        f"{allowed[worst]:.3g} "
-                        f"({int(np.sum(excess > 0))} of {excess.size} elements differ)")
+            raise AssertionError(
+                f"{name}{[int(i) for i in worst]}: sparsec {float(actual[worst])!r}, "
+                f"onnxruntime {float(wanted[worst])!r}, allowed difference "
+                f"{allowed[worst]:.3g} "
+                f"({int(np.sum(excess > 0))} of {excess.size} elements differ)")
 
 
 @pytest.mark.parametrize("target", TARGET_PARAMS)
 def test_random_mlps_match_onnxruntime(target, compiler):
+    """Run natively as drawn, or for another architecture in one batch under qemu once every
+    case is drawn; compile-only targets check the kernel choice."""
     patterns: Counter[str] = Counter()  # weight patterns the compiler chose, over all examples
+    runs = Runs(targets.resolve(target), compiler.cache_dir)
 
     @settings(max_examples=15, deadline=None)
     @given(case=mlp_cases())
@@ -349,10 +359,11 @@ def test_random_mlps_match_onnxruntime(target, compiler):
         dense_layers = [layer for layer in result.info["layers"] if layer["op"] == "Dense"]
         assert len(dense_layers) == len(case.layers), "every matrix product runs as Dense"
         patterns.update(layer["pattern"] for layer in dense_layers)
-        if compiler.can_run(target):
-            check_against_onnxruntime(case, model, sparsec.load(result.library))
+        runs.submit(result, inputs_of(case), functools.partial(check_against_onnxruntime,
+                                                               case, model), label=repr(case))
 
     check()
+    runs.flush()
     assert patterns["dense"] and set(patterns) - {"dense"}, \
         f"both dense and sparse kernels must run; the patterns chosen were {dict(patterns)}"
 
