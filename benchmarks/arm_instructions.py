@@ -61,6 +61,11 @@ def functions(disassembly: str) -> dict[str, list[tuple[int, str, str]]]:
     return found
 
 
+# The multiplies a kernel's inner loop is built around: FMLA (fp32), SDOT (int8 with the dot
+# product) and SMULL/SMULL2 (int8 without it).
+MULTIPLIES = ("fmla", "sdot", "smull")
+
+
 def innermost_fma_loop(code: list[tuple[int, str, str]]) -> list[tuple[int, str, str]]:
     """Of the innermost loops (no backward branch inside) holding FMAs (fp32) or dot products
     (int8), the one with the most: the full register tile's version, not a tail's."""
@@ -76,7 +81,7 @@ def innermost_fma_loop(code: list[tuple[int, str, str]]) -> list[tuple[int, str,
     best, most = [], 0
     for start, end in innermost:
         body = [i for i in code if start <= i[0] <= end]
-        fmas = sum(m.startswith(("fmla", "sdot")) for _, m, _ in body)
+        fmas = sum(m.startswith(MULTIPLIES) for _, m, _ in body)
         if fmas > most:
             best, most = body, fmas
     return best
@@ -88,28 +93,34 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for row in (k for k in KERNELS if k.isa in ("neon", "neondot") and k.pattern != "dense"):
-            int8 = row.isa == "neondot"
+            int8 = row.weight_dtype == "int8"
             result = sparsec.compile_model(one_layer(row.pattern),
-                                           "arm-neon-dotprod" if int8 else "arm-neon",
+                                           "arm-neon-dotprod" if row.isa == "neondot"
+                                           else "arm-neon",
                                            Path(tmp) / f"{row.pattern}-{row.isa}.so",
                                            force_pattern=row.pattern, use_cache=False,
                                            quantize="dynamic" if int8 else None)
             disassembly = subprocess.run([OBJDUMP, "-d", "-w", str(result.library)],
                                          capture_output=True, text=True, check=True).stdout
-            code = next(v for name, v in functions(disassembly).items()
-                        if row.symbol in name and name.endswith(("_columns", "_task")))
-            loop = innermost_fma_loop(code)
+            # The kernel's own functions (a dispatched SDOT twin shares the symbol's prefix);
+            # the loop is in the one whose inner loop multiplies most, not the range pass.
+            loop = max((innermost_fma_loop(code) for name, code in
+                        functions(disassembly).items()
+                        if f"{row.symbol}__node" in name and name.endswith(("_columns", "_task"))),
+                       key=lambda body: sum(m.startswith(MULTIPLIES) for _, m, _ in body))
             # Normalised to a nonzero weight and 16 tokens (XNNPACK's ideal: 1 broadcast +
             # 4 x (load + FMA) = 9). A trip may cover several blocks (the int8 kernel takes
-            # two groups a trip): the FMA/SDOT count says how many.
+            # two groups a trip): the FMA/SDOT count says how many. Without SDOT, one SDOT's
+            # work takes two widening multiplies (SMULL, SMULL2).
             rows_, cols_ = block_shape(row.pattern)
-            fmas = sum(m.startswith(("fmla", "sdot")) for _, m, _ in loop)
+            fmas = sum(0.5 if m.startswith("smull") else 1 if m.startswith(MULTIPLIES)
+                       else 0 for _, m, _ in loop)
             per_block = (row.mr // 4 if int8 else
                          rows_ * row.mr // 4 if row.nr == 1 else row.mr * cols_ // 4)
             weights = fmas / per_block * rows_ * cols_ * row.mr / 16
             count = {"fmla": 0, "ld": 0, "other": 0}
             for _, mnemonic, _ in loop:
-                key = "fmla" if mnemonic.startswith(("fmla", "sdot")) else \
+                key = "fmla" if mnemonic.startswith(MULTIPLIES) else \
                     "ld" if mnemonic.startswith("ld") else "other"
                 count[key] += 1
             rows.append([row.symbol, row.pattern, str(row.mr), str(len(loop)),
@@ -120,11 +131,12 @@ def main() -> None:
     path = write_table(
         "arm-instructions", "NEON kernels: instructions per nonzero weight in the inner loop",
         ["kernel", "pattern", "tokens a trip", "loop instructions", "per nonzero and 16 tokens",
-         "FMA / SDOT", "loads", "other", "XNNPACK-style ideal (fp32)"], rows,
+         "FMA / SDOT / SMULL", "loads", "other", "XNNPACK-style ideal (fp32)"], rows,
         "From aarch64-linux-gnu-objdump of libraries built here. A loop trip is one block for "
         "the trip's tokens; counts are per nonzero weight and 16 tokens, where XNNPACK's loop "
         "spends one broadcast plus a load and an FMA per 4-token vector: 9. The int8 rows "
-        "(qs8, SDOT) do 4 weights of a 4x1 group per instruction, so a quarter of that.")
+        "(qs8, SDOT) do 4 weights of a 4x1 group per instruction, so a quarter of that; "
+        "without SDOT (neon int8) two SMULLs, an ADDP and a SADALP do one SDOT's work.")
     print(f"wrote {path}")
 
 
