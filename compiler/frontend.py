@@ -13,15 +13,12 @@ import numpy as np
 import onnx
 from onnx import external_data_helper, helper, numpy_helper
 
-from sparsec.compiler import static_shapes
+from sparsec.compiler import limits, static_shapes
 from sparsec.compiler.ir import DTYPES, Graph, Node, Tensor
 from sparsec.compiler.ops import RUNTIME_OPS, SHAPE_OPS
 from sparsec.errors import FrontendError, ShapeError, UnsupportedOperatorError
 
 STANDARD_DOMAINS = ("", "ai.onnx")
-MAX_TENSOR_BYTES = 1 << 36
-"""64 GiB: far above any real activation or weight, far below sizes that overflow C's size_t
-arithmetic in generated kernels, so an absurd shape from a hostile file stops here."""
 
 
 def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
@@ -91,8 +88,10 @@ def _load_external_data(model: onnx.ModelProto, base: Path) -> None:
 
 
 def import_model(source: str | os.PathLike | onnx.ModelProto,
-                 input_shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:
-    """Load, check and import an ONNX model into a `Graph` with static shapes everywhere."""
+                 input_shapes: dict[str, tuple[int, ...]] | None = None,
+                 max_memory: int = limits.DEFAULT_MAX_MEMORY) -> Graph:
+    """Load, check and import an ONNX model into a `Graph` with static shapes everywhere;
+    no tensor, and no constant the import folds, may exceed `max_memory` bytes."""
     model = load_model(source)
     opset = _standard_opset(model)
     model = _pin_input_shapes(model, input_shapes or {})
@@ -100,8 +99,31 @@ def import_model(source: str | os.PathLike | onnx.ModelProto,
         onnx.checker.check_model(model)
     except Exception as exc:
         raise FrontendError(f"the model is not valid ONNX: {_first_line(exc)}") from None
+    if not model.graph.output:
+        raise FrontendError("the model's graph has no outputs, so there is nothing to compute")
+    _check_declared_sizes(model, max_memory)
     _check_operators(model)
-    return _build_graph(static_shapes.resolve(model, opset), opset)
+    return _build_graph(static_shapes.resolve(model, opset, max_memory), opset, max_memory)
+
+
+def _check_declared_sizes(model: onnx.ModelProto, max_memory: int) -> None:
+    """Declared dims are checked before any tensor is decoded or any shape is inferred."""
+    g = model.graph
+    for init in g.initializer:
+        limits.check_bytes(limits.shape_bytes(init.dims, limits._itemsize(init.data_type)),
+                           f"initializer {init.name!r} of shape {list(init.dims)}", max_memory)
+    for value in list(g.input) + list(g.value_info) + list(g.output):
+        ttype = value.type.tensor_type
+        dims = ttype.shape.dim if ttype.HasField("shape") else []
+        negative = [d.dim_value for d in dims if d.HasField("dim_value") and d.dim_value < 0]
+        if negative:
+            raise ShapeError(f"tensor {value.name!r} declares a negative dimension "
+                             f"({negative[0]}); dimensions are sizes, zero or more")
+        if dims and all(d.HasField("dim_value") for d in dims):
+            limits.check_bytes(limits.shape_bytes([d.dim_value for d in dims],
+                                                  limits._itemsize(ttype.elem_type)),
+                               f"tensor {value.name!r} of shape "
+                               f"{[d.dim_value for d in dims]}", max_memory)
 
 
 def _first_line(exc: Exception) -> str:
@@ -198,7 +220,7 @@ def _dtype(elem_type: int, what: str) -> str:
     return DTYPES[elem_type]
 
 
-def _build_graph(model: onnx.ModelProto, opset: int) -> Graph:
+def _build_graph(model: onnx.ModelProto, opset: int, max_memory: int) -> Graph:
     g = model.graph
     tensors: dict[str, Tensor] = {}
     for init in g.initializer:
@@ -240,16 +262,18 @@ def _build_graph(model: onnx.ModelProto, opset: int) -> Graph:
     graph = Graph(inputs=inputs, outputs=[v.name for v in g.output], nodes=nodes,
                   tensors=tensors, opset=opset)
     _require_shapes(graph)
-    check_sizes(graph)
+    check_sizes(graph, max_memory)
     return graph
 
 
-def check_sizes(graph: Graph) -> None:
+def check_sizes(graph: Graph, max_memory: int) -> None:
+    """Shapes inference derived (not only declared ones) against the budget, and all
+    weights together."""
     for tensor in graph.tensors.values():
-        if tensor.nbytes > MAX_TENSOR_BYTES:
-            raise ShapeError(f"tensor {tensor.name!r} of shape {list(tensor.shape)} would take "
-                             f"{tensor.nbytes} bytes, more than sparsec's limit of "
-                             f"{MAX_TENSOR_BYTES} bytes; check the model's shapes")
+        limits.check_bytes(tensor.nbytes,
+                           f"tensor {tensor.name!r} of shape {list(tensor.shape)}", max_memory)
+    weights = sum(t.nbytes for t in graph.tensors.values() if t.is_constant)
+    limits.check_bytes(weights, "the model's weights together", max_memory)
 
 
 def _attribute_value(attr: onnx.AttributeProto):

@@ -18,6 +18,7 @@ import onnx
 from onnx import numpy_helper, shape_inference
 from onnx.reference import ReferenceEvaluator
 
+from sparsec.compiler import limits
 from sparsec.compiler.ops import SHAPE_OPS
 from sparsec.errors import FrontendError, ShapeError
 
@@ -34,10 +35,12 @@ def infer(model: onnx.ModelProto) -> onnx.ModelProto:
                          + (text.splitlines()[0] if text else type(exc).__name__)) from None
 
 
-def resolve(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
-    """Inferred model; shape subgraphs folded where inference alone leaves shapes unknown."""
+def resolve(model: onnx.ModelProto, opset: int,
+            max_memory: int = limits.DEFAULT_MAX_MEMORY) -> onnx.ModelProto:
+    """Inferred model; shape subgraphs folded where inference alone leaves shapes unknown.
+    No folded node may produce more than `max_memory` bytes (checked before evaluating)."""
     model = infer(model)
-    while _missing_shapes(model) and _fold_small_constants(model, opset):
+    while _missing_shapes(model) and _fold_small_constants(model, opset, max_memory):
         model = infer(model)
     return model
 
@@ -61,7 +64,7 @@ def _missing_shapes(model: onnx.ModelProto) -> bool:
     return any(out and out not in known for node in model.graph.node for out in node.output)
 
 
-def _fold_small_constants(model: onnx.ModelProto, opset: int) -> bool:
+def _fold_small_constants(model: onnx.ModelProto, opset: int, max_memory: int) -> bool:
     """Replace foldable nodes with small results by initializers; False when none folded."""
     g = model.graph
     shapes = static_shapes(model)
@@ -75,7 +78,7 @@ def _fold_small_constants(model: onnx.ModelProto, opset: int) -> bool:
             result = {node.output[0]: shape_value(node.op_type, shapes[node.input[0]], attrs)}
         elif all(not n or n in initializers or n in values for n in node.input) \
                 and node.domain in ("", "ai.onnx"):
-            result = _evaluate(node, initializers, values, opset)
+            result = _evaluate(node, initializers, values, opset, max_memory)
         if result is None or any(v.size > MAX_FOLDED_ELEMENTS for v in result.values()):
             kept.append(node)
             continue
@@ -97,7 +100,7 @@ def shape_value(op: str, shape: tuple[int, ...], attrs: dict) -> np.ndarray:
     return np.array(shape[attrs.get("start", 0):attrs.get("end", len(shape))], np.int64)
 
 
-def _evaluate(node, initializers, folded, opset) -> dict[str, np.ndarray] | None:
+def _evaluate(node, initializers, folded, opset, max_memory) -> dict[str, np.ndarray] | None:
     feeds = {}
     for name in node.input:
         if not name:
@@ -109,6 +112,7 @@ def _evaluate(node, initializers, folded, opset) -> dict[str, np.ndarray] | None
         if int(np.prod(tensor.dims, dtype=np.int64)) > MAX_FOLDED_ELEMENTS:
             return None  # a weight: fold_constants deals with it
         feeds[name] = numpy_helper.to_array(tensor)
+    limits.check_node_results(node, feeds, opset, max_memory, MAX_FOLDED_ELEMENTS)
     try:
         results = ReferenceEvaluator(node, opsets={"": opset}).run(None, feeds)
     except Exception as exc:

@@ -10,7 +10,7 @@ import onnx
 
 from sparsec.codegen import build as builder
 from sparsec.codegen import emit, kernels, targets
-from sparsec.compiler import frontend
+from sparsec.compiler import frontend, limits
 from sparsec.compiler.ir import Graph
 from sparsec.compiler.passes import PassContext, SparseKernelCost, run_pipeline
 from sparsec.errors import SparsecError
@@ -40,11 +40,16 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "nat
                   force_pattern: str | None = None,
                   quantize: str | None = None, layouts: bool = True,
                   parallel_min_ns: float | None = None,
-                  profile: bool = False, reorder: bool = True) -> CompileResult:
+                  profile: bool = False, reorder: bool = True,
+                  max_memory: int | str | None = None) -> CompileResult:
     """Compile and return the library path, its C header, its model info and the final IR.
     profile: time every layer (`Module.profile()`), at about 50 ns a layer.
-    reorder: let the reorder-blocks pass permute channels between layers (False: never)."""
+    reorder: let the reorder-blocks pass permute channels between layers (False: never).
+    max_memory: bytes (or "8G") that any tensor, and the weights plus arena, may take."""
     resolved = targets.resolve(target)
+    max_memory = limits.DEFAULT_MAX_MEMORY if max_memory is None else (
+        max_memory if isinstance(max_memory, int) and max_memory > 0
+        else limits.parse_size(max_memory))
     if output is None:
         if not isinstance(model, (str, os.PathLike)):
             raise SparsecError("compile(): pass output= when the model is an onnx.ModelProto")
@@ -55,10 +60,11 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "nat
     if output.stem == "sparsec":
         raise SparsecError("output sparsec.so would put the model header where the ABI header "
                            "sparsec.h goes; choose another name")
-    graph = frontend.import_model(model, input_shapes)
+    graph = frontend.import_model(model, input_shapes, max_memory)
     ctx = PassContext(cost=cost_model(resolved), verify_each=verify_each,
                       dump_dir=Path(dump_ir) if dump_ir else None, force_pattern=force_pattern,
                       quantize=quantize, int8_cost=cost_model(resolved, "int8"), reorder=reorder,
+                      max_memory=max_memory,
                       scratch_bytes=lambda g, n: kernels.scratch_bytes(g, n, resolved),
                       layouts=(lambda g, n: kernels.layout_support(g, n, resolved))
                       if layouts else None)
@@ -85,7 +91,8 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str = "native",
     "dense") overrides the cost model's choice for every weight; quantize="dynamic" runs the
     matrix products in int8 (weights per output channel, activations per tensor at run time);
     layouts=False keeps every activation row-major (choose_layouts off); parallel_min_ns: the
-    predicted time below which a layer runs on one thread (default kernels.PARALLEL_MIN_NS).
+    predicted time below which a layer runs on one thread (default kernels.PARALLEL_MIN_NS);
+    max_memory=8 << 30 (or "8G") raises the memory limit (default limits.DEFAULT_MAX_MEMORY).
     """
     return compile_model(model, target, output, **options).library
 

@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-reorder", action="store_true",
                    help="keep every weight's channel order (no block reordering)")
     p.add_argument("--keep-source", metavar="DIR", help="also write model.c and weights.bin")
+    p.add_argument("--max-memory", metavar="SIZE",
+                   help="most memory any tensor, and weights plus arena together, may take, "
+                        "e.g. 16G (default: 4G); larger models are refused before allocating")
     p.add_argument("--no-cache", action="store_true", help="rebuild even if cached")
     p.add_argument("--cache-dir", help="build cache folder (default: ~/.cache/sparsec)")
 
@@ -81,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="relative tolerance (default 1e-4: float32 sums in another order)")
     p.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance (default 1e-5)")
     p.add_argument("--cpu", help="CPU model qemu emulates, e.g. cortex-a53 (emulated targets)")
+    p.add_argument("--max-memory", metavar="SIZE", help="as for compile (default: 4G)")
     p.add_argument("--cache-dir", help="build cache folder (default: ~/.cache/sparsec)")
 
     sub.add_parser("targets", help="list targets and whether this host can run them")
@@ -113,7 +117,8 @@ def cmd_compile(args) -> int:
                            use_cache=not args.no_cache, keep_source=args.keep_source,
                            force_pattern=args.force_pattern,
                            quantize=args.quantize or ("dynamic" if args.dtype == "int8" else None),
-                           profile=args.profile, reorder=not args.no_reorder)
+                           profile=args.profile, reorder=not args.no_reorder,
+                           max_memory=args.max_memory)
     if args.report:
         print(format_layers(result.info))
     print(f"wrote {result.library} (target {result.info['target']}) and {result.header}")
@@ -289,7 +294,8 @@ def cmd_verify(args) -> int:
     with tempfile.TemporaryDirectory(prefix="sparsec-verify-") as tmp:
         result = compile_model(args.model, target.name, Path(tmp) / "model.so",
                                input_shapes=parse_input_shapes(args.input_shape),
-                               quantize=args.quantize, cache_dir=args.cache_dir)
+                               quantize=args.quantize, cache_dir=args.cache_dir,
+                               max_memory=args.max_memory)
         feeds = _verify_inputs(result.info, args.input, args.seed)
         mode = targets.execution_mode(target)
         outputs = emulation.run(result.library, target, result.info, feeds, cpu=args.cpu,

@@ -22,6 +22,10 @@ class ShapeError(FrontendError):
     """A shape is dynamic, unknown or contradictory."""
 
 
+class ResourceLimitError(FrontendError):
+    """A tensor, a constant or the whole model would need more memory than the limit allows."""
+
+
 class VerificationError(SparsecError):
     """The IR broke an invariant after a pass (a bug in sparsec, reported with the pass name)."""
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sparsec.compiler.ir import Graph, Node
+from sparsec.compiler.limits import DEFAULT_MAX_MEMORY
 from sparsec.compiler.passes import (
     choose_layouts,
     detect_sparsity,
@@ -57,6 +58,8 @@ class PassContext:
     # None: row-major everywhere.
     layouts: Callable[[Graph, Node], LayoutSupport] | None = None
     dump_dir: Path | None = None
+    # Bytes the compiled model (weights and arena) and any folded constant may take.
+    max_memory: int = DEFAULT_MAX_MEMORY
     log: list[str] = field(default_factory=list)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
+from sparsec.compiler import limits
 from sparsec.compiler.ir import DTYPES, Graph, Node, Tensor
 from sparsec.compiler.ops import SHAPE_OPS
 from sparsec.compiler.static_shapes import shape_value
@@ -23,6 +24,8 @@ from sparsec.errors import FrontendError, ShapeError
 NAME = "fold-constants"
 
 _DTYPE_NAMES = set(DTYPES.values())
+SHAPE_ELEMENTS = 1 << 12
+"""Constant inputs this small go to the size check by value: shapes, repeats, pads."""
 
 
 def run(graph: Graph, ctx) -> Graph:
@@ -32,7 +35,7 @@ def run(graph: Graph, ctx) -> Graph:
         if node.op in SHAPE_OPS:
             _fold_shape(graph, node)
         elif all(not name or graph.tensors[name].is_constant for name in node.inputs):
-            _fold(graph, node)
+            _fold(graph, node, getattr(ctx, "max_memory", limits.DEFAULT_MAX_MEMORY))
         else:
             kept.append(node)
     graph.nodes = kept
@@ -40,10 +43,11 @@ def run(graph: Graph, ctx) -> Graph:
     return graph
 
 
-def _fold(graph: Graph, node: Node) -> None:
+def _fold(graph: Graph, node: Node, max_memory: int) -> None:
     proto = helper.make_node(node.op, node.inputs, node.outputs, name=node.name,
                              **{k: _attr_for_onnx(v) for k, v in node.attrs.items()})
     feeds = {name: graph.tensors[name].data for name in node.inputs if name}
+    limits.check_node_results(proto, feeds, graph.opset, max_memory, SHAPE_ELEMENTS)
     try:
         results = ReferenceEvaluator(proto, opsets={"": graph.opset}).run(None, feeds)
     except Exception as exc:

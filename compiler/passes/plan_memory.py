@@ -11,6 +11,7 @@ allocates nothing.
 
 from __future__ import annotations
 
+from sparsec.compiler import limits
 from sparsec.compiler.ir import Graph, MemoryPlan
 
 NAME = "plan-memory"
@@ -53,6 +54,9 @@ def run(graph: Graph, ctx) -> Graph:
                 sizes[("scratch", index)] = size
     offsets = first_fit(ranges, sizes)
     arena = max((offsets[key] + _align(max(sizes[key], 1)) for key in offsets), default=0)
+    # The library allocates the arena when a run context is created: refuse it here instead.
+    weights = sum(t.nbytes for t in graph.tensors.values() if t.is_constant)
+    limits.check_total(weights, arena, getattr(ctx, "max_memory", limits.DEFAULT_MAX_MEMORY))
     graph.memory = MemoryPlan(
         {name: off for (kind, name), off in offsets.items() if kind == "tensor"}, arena,
         ALIGNMENT, {index: (off, sizes[("scratch", index)])

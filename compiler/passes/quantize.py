@@ -32,10 +32,13 @@ MAX_DEPTH = 16_000  # K beyond which a u8 x s8 int32 accumulator could overflow
 
 def quantize_weight(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric per-column int8 codes and float32 scales; an all-zero column gets scale 1.
-    A column so tiny that max / 127 underflows gets the smallest subnormal as its step."""
+    The step is max / 127 rounded up to a float32, never down: a subnormal step rounded down
+    by up to half its (large) relative spacing would push the largest code past 127 and clip it."""
     absmax = np.max(np.abs(weight), axis=0, initial=0).astype(np.float32)
-    scale = (absmax / np.float32(127)).astype(np.float32)
-    scale[(scale == 0) & (absmax > 0)] = np.finfo(np.float32).smallest_subnormal
+    exact = absmax.astype(np.float64) / 127
+    scale = exact.astype(np.float32)
+    low = scale.astype(np.float64) < exact
+    scale[low] = np.nextafter(scale[low], np.float32(np.inf))
     scale[absmax == 0] = 1.0
     codes = np.clip(np.rint(weight / scale), -127, 127).astype(np.int8)
     return codes, scale

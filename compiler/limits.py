@@ -1,0 +1,121 @@
+"""Memory limits: a hostile or mistaken model must not make sparsec (or the library it builds)
+allocate without bound.
+
+Every size is checked before the bytes exist: declared tensor shapes on import, the result of a
+constant node before it is evaluated (predicted by ONNX shape inference on that one node), and
+the arena plus weights after memory planning. One budget, `max_memory`, bounds all of them; the
+default suits the encoders, MLPs and CNNs sparsec targets, and `--max-memory` raises it.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, shape_inference
+
+from sparsec.errors import ResourceLimitError
+
+DEFAULT_MAX_MEMORY = 4 << 30
+"""4 GiB: a BERT-large in fp32 (1.3 GB of weights) with its arena at sequence 512 fits twice."""
+
+HARD_TENSOR_LIMIT = 1 << 36
+"""64 GiB per tensor whatever --max-memory says: far below sizes whose byte offsets overflow
+the generated kernels' arithmetic."""
+
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """`"8G"`, `"512M"`, `"1.5G"`, `"123456"` -> bytes (binary units; a trailing B or iB is
+    allowed)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", str(text), re.I)
+    if not match:
+        raise ResourceLimitError(f"bad memory size {text!r}: expected a number of bytes with an "
+                                 "optional K, M, G or T suffix, such as 8G")
+    size = int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+    if size <= 0:
+        raise ResourceLimitError(f"the memory limit must be positive, got {text!r}")
+    return size
+
+
+def format_size(size: int) -> str:
+    for unit in ("TiB", "GiB", "MiB", "KiB"):
+        scale = _UNITS[unit[0]]
+        if size >= scale:
+            return f"{size / scale:.1f} {unit} ({size} bytes)"
+    return f"{size} bytes"
+
+
+def _advice(limit: int) -> str:
+    return (f"sparsec's memory limit is {format_size(limit)}; if the model really needs this, "
+            "raise it with --max-memory (Python: max_memory=)")
+
+
+def check_bytes(size: int, what: str, limit: int) -> None:
+    """Refuse `size` bytes of `what` over the budget or the per-tensor ceiling."""
+    if size > HARD_TENSOR_LIMIT:
+        raise ResourceLimitError(f"{what} would take {format_size(size)}, more than sparsec "
+                                 f"can address in one tensor ({format_size(HARD_TENSOR_LIMIT)}); "
+                                 "check the model's shapes")
+    if size > limit:
+        raise ResourceLimitError(f"{what} would take {format_size(size)}. {_advice(limit)}")
+
+
+def shape_bytes(shape, itemsize: int) -> int:
+    """Bytes of a tensor of `shape`, in Python integers (numpy's int64 product can wrap)."""
+    size = itemsize
+    for dim in shape:
+        size *= int(dim)
+    return size
+
+
+def check_total(weights: int, arena: int, limit: int) -> None:
+    if weights + arena > limit:
+        raise ResourceLimitError(
+            f"the compiled model would need {format_size(weights + arena)} of memory "
+            f"(weights {format_size(weights)}, activation arena {format_size(arena)}). "
+            f"{_advice(limit)}")
+
+
+def check_node_results(node: onnx.NodeProto, feeds: dict[str, np.ndarray], opset: int,
+                       limit: int, small_elements: int) -> None:
+    """Before a constant node is evaluated: refuse it when ONNX shape inference predicts an
+    output over the budget. Feeds of at most `small_elements` go in by value (shapes can hang
+    on them: ConstantOfShape, Expand, Tile, Range); larger ones only by shape, to stay cheap."""
+    inputs, initializers = [], []
+    for name, value in feeds.items():
+        value = np.asarray(value)
+        if value.size <= small_elements:
+            initializers.append(numpy_helper.from_array(value, name))
+        else:
+            inputs.append(helper.make_tensor_value_info(
+                name, helper.np_dtype_to_tensor_dtype(value.dtype), value.shape))
+    outputs = [o for o in node.output if o]
+    graph = helper.make_graph([node], "fold", inputs,
+                              [helper.make_empty_tensor_value_info(o) for o in outputs],
+                              initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    try:
+        inferred = shape_inference.infer_shapes(model, data_prop=True).graph
+    except Exception:
+        return  # evaluation reports the node's error itself
+    for value in list(inferred.output) + list(inferred.value_info):
+        ttype = value.type.tensor_type
+        if not ttype.HasField("shape"):
+            continue
+        dims = ttype.shape.dim
+        if not all(d.HasField("dim_value") for d in dims):
+            continue
+        itemsize = _itemsize(ttype.elem_type)
+        check_bytes(shape_bytes([d.dim_value for d in dims], itemsize),
+                    f"constant {value.name!r} computed by node {node.name!r} (op {node.op_type})",
+                    limit)
+
+
+def _itemsize(elem_type: int) -> int:
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).itemsize
+    except Exception:
+        return 8  # an unknown element type: assume the widest common one
