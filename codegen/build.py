@@ -2,7 +2,9 @@
 
 The compiler is called with argv lists (never a shell), flags come from the target record, and
 results are cached by a hash of the source, the weights, the runtime sources, the flags and the
-compiler's identity. Every file lands by atomic rename, so concurrent builds of one model are safe.
+compiler's identity. Every file lands by atomic rename, so concurrent builds of one model are safe,
+and every cache entry carries the SHA-256 of its library, so a truncated or corrupted entry (a full
+disk, a crash mid-copy, bit rot) is noticed on the next hit and rebuilt instead of loaded.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import warnings
 from importlib import resources
 from pathlib import Path
 
@@ -80,6 +83,31 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
         raise
 
 
+CACHE_MAGIC = b"sparsec-cache 1 sha256 "
+
+
+def store_entry(entry: Path, library: bytes) -> None:
+    """One file holding the digest and the library, so no reader can pair one with the other's
+    older twin: concurrent writers each replace the whole entry."""
+    digest = hashlib.sha256(library).hexdigest().encode()
+    atomic_write(entry, CACHE_MAGIC + digest + b"\n" + library, 0o644)
+
+
+def load_entry(entry: Path) -> bytes | None:
+    """The library stored in `entry`, or None when it is missing or fails its digest."""
+    try:
+        blob = entry.read_bytes()
+    except OSError:
+        return None
+    head, newline, library = blob.partition(b"\n")
+    if (newline and head.startswith(CACHE_MAGIC)
+            and head[len(CACHE_MAGIC):] == hashlib.sha256(library).hexdigest().encode()):
+        return library
+    warnings.warn(f"sparsec: build cache entry {entry} is corrupt (its digest does not match); "
+                  f"rebuilding it", RuntimeWarning, stacklevel=3)
+    return None
+
+
 def _run(argv: list[str], cwd: Path) -> None:
     try:
         result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False,
@@ -132,12 +160,13 @@ def build(rendered: Rendered, target: Target, output: Path, *, cache_dir: Path |
     compiler = find_compiler(target)
     cache_dir = cache_dir or default_cache_dir()
     key = cache_key(rendered, target, compiler, extra_flags)
-    cached = cache_dir / f"{key}.so"
+    entry = cache_dir / f"{key}.entry"
     if keep_source is not None:
         keep_source.mkdir(parents=True, exist_ok=True)
         (keep_source / "model.c").write_text(rendered.model_c)
         (keep_source / "weights.bin").write_bytes(rendered.weights)
-    if not (use_cache and cached.is_file() and cached.stat().st_size > 0):
+    data = load_entry(entry) if use_cache and entry.exists() else None
+    if data is None:
         with tempfile.TemporaryDirectory(prefix="sparsec-build-") as tmp:
             workdir = Path(tmp)
             (workdir / "model.c").write_text(rendered.model_c)
@@ -146,9 +175,7 @@ def build(rendered: Rendered, target: Target, output: Path, *, cache_dir: Path |
             for argv in compile_commands(compiler, target, workdir, library, extra_flags):
                 _run(argv, workdir)
             data = library.read_bytes()
-        if not use_cache:
-            atomic_write(output, data, 0o755)
-            return output
-        atomic_write(cached, data, 0o755)
-    atomic_write(output, cached.read_bytes(), 0o755)
+        if use_cache:
+            store_entry(entry, data)
+    atomic_write(output, data, 0o755)
     return output

@@ -1,6 +1,11 @@
 import os
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
+from onnx import numpy_helper
 
 import sparsec
 from sparsec.codegen import build
@@ -11,7 +16,7 @@ from tests.graphs import mlp
 def test_cache_hit_reuses_library(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     first = sparsec.compile(mlp(), "generic", tmp_path / "a.so", cache_dir=cache)
-    assert len(list(cache.glob("*.so"))) == 1
+    assert len(list(cache.glob("*.entry"))) == 1
 
     def no_compiler(*args, **kwargs):
         raise AssertionError("a cache hit must not run the compiler")
@@ -25,7 +30,7 @@ def test_changed_weights_miss_the_cache(tmp_path):
     cache = tmp_path / "cache"
     sparsec.compile(mlp(seed=0), "generic", tmp_path / "a.so", cache_dir=cache)
     sparsec.compile(mlp(seed=1), "generic", tmp_path / "b.so", cache_dir=cache)
-    assert len(list(cache.glob("*.so"))) == 2
+    assert len(list(cache.glob("*.entry"))) == 2
 
 
 def test_compiler_error_shows_command_and_message(tmp_path, monkeypatch):
@@ -62,3 +67,76 @@ def test_header_and_abi_header_are_written_beside_the_library(tmp_path):
     assert "#define SPARSEC_MODEL_INPUT0_NAME \"x\"" in text
     assert "sparsec_model_input0_shape[] = { 2, 8 }" in text
     assert (tmp_path / "sparsec.h").is_file()
+
+
+def _counting_runs(monkeypatch) -> list:
+    calls = []
+    real = build._run
+
+    def counting(argv, cwd):
+        calls.append(argv)
+        real(argv, cwd)
+
+    monkeypatch.setattr(build, "_run", counting)
+    return calls
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "truncated", "empty", "foreign file"])
+def test_a_damaged_cache_entry_is_rebuilt_not_loaded(damage, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    good = sparsec.compile(mlp(), "generic", tmp_path / "a.so", cache_dir=cache).read_bytes()
+    (entry,) = cache.glob("*.entry")
+    blob = bytearray(entry.read_bytes())
+    if damage == "flipped byte":
+        blob[len(blob) // 2] ^= 0x40
+    elif damage == "truncated":
+        del blob[len(blob) // 2:]
+    elif damage == "empty":
+        blob.clear()
+    else:
+        blob[:] = good  # a bare library, as an older sparsec or another tool might leave
+    entry.write_bytes(bytes(blob))
+    calls = _counting_runs(monkeypatch)
+    with pytest.warns(RuntimeWarning, match="corrupt"):
+        rebuilt = sparsec.compile(mlp(), "generic", tmp_path / "b.so", cache_dir=cache)
+    assert calls, "the damaged entry was used instead of rebuilt"
+    assert rebuilt.read_bytes() == good
+    assert build.load_entry(entry) == good  # healed for the next hit
+    x = np.ones((2, 8), np.float32)
+    np.testing.assert_array_equal(sparsec.load(rebuilt).run({"x": x})["y"],
+                                  sparsec.load(tmp_path / "a.so").run({"x": x})["y"])
+
+
+CONCURRENT_COMPILE = """
+import sys
+import sparsec
+from tests.graphs import mlp
+sparsec.compile(mlp(k=64, n=96, m=4), "generic", sys.argv[1], cache_dir=sys.argv[2])
+"""
+
+
+def test_concurrent_compiles_share_one_cache_safely(tmp_path):
+    """Processes racing to build the same model into one cache and one output: every one
+    succeeds, each library is whole, and no temporary file is left behind."""
+    cache = tmp_path / "cache"
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    outputs = [tmp_path / f"m{i}.so" for i in range(4)] + [tmp_path / "shared.so"] * 2
+    procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT_COMPILE, str(out), str(cache)],
+                              env=env, cwd=root, stderr=subprocess.PIPE, text=True)
+             for out in outputs]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    (entry,) = cache.glob("*.entry")
+    library = build.load_entry(entry)
+    assert library is not None
+    for out in set(outputs):
+        assert out.read_bytes() == library
+    leftovers = [p.name for p in [*cache.iterdir(), *tmp_path.iterdir()] if p.name.endswith(".tmp")]
+    assert not leftovers
+    x = np.arange(4 * 64, dtype=np.float32).reshape(4, 64) / 100
+    wanted = np.maximum(x @ numpy_helper.to_array(mlp(k=64, n=96, m=4).graph.initializer[0])
+                        + numpy_helper.to_array(mlp(k=64, n=96, m=4).graph.initializer[1]), 0)
+    np.testing.assert_allclose(sparsec.load(tmp_path / "shared.so").run({"x": x})["y"], wanted,
+                               rtol=1e-5, atol=1e-4)
