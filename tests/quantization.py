@@ -18,11 +18,13 @@ def quantize_activations(x: np.ndarray) -> tuple[np.ndarray, F32, int]:
 
 
 def quantize_weights(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per output column: codes in [-127, 127], scale = max|w| / 127 (1 for a zero
-    column, the smallest subnormal where the division underflows)."""
+    """Symmetric per output column: codes in [-127, 127], scale = the smallest float32 not
+    below max|w| / 127 (so no code passes 127, subnormal columns included); 1 for a zero
+    column."""
     absmax = np.max(np.abs(w), axis=0, initial=0).astype(F32)
-    scale = (absmax / F32(127)).astype(F32)
-    scale[(scale == 0) & (absmax > 0)] = np.finfo(F32).smallest_subnormal
+    wanted = absmax.astype(np.float64) / 127
+    scale = np.array([F32(s) if F32(s) >= s else np.nextafter(F32(s), F32(np.inf))
+                      for s in wanted], dtype=F32).reshape(absmax.shape)
     scale[absmax == 0] = 1
     return np.clip(np.rint(w / scale), -127, 127).astype(np.int8), scale
 
