@@ -7,18 +7,54 @@
  * Each input file holds one input's bytes in model order (C order, native byte order); each
  * output is written to its file with the given size. Exit status 0 on success; otherwise a
  * message on stderr: 2 for bad usage or files, 3 when the library cannot be loaded or
- * refuses this CPU, 4 when the run fails (the library's own message).
+ * refuses this CPU, 4 when the run fails (the library's own message), 5 when it leaked memory
+ * (sanitized drivers; see below).
  *
  * --batch runs many jobs in one process (under qemu, one emulator start instead of one per
  * job): each line of JOBS.txt is one job's arguments as above, separated by single spaces
  * (paths without spaces). For job i it prints "job i" on stdout, then any message, then
  * "status S" with the single-job exit status, and goes on with the next job; it exits 0
- * once every job has had its turn. A job that crashes the process leaves no status line. */
+ * once every job has had its turn. A job that crashes the process leaves no status line.
+ * "job i" goes to stderr too, so that a sanitizer's report can be told apart per job.
+ *
+ * Input and output buffers are allocated at exactly their size (64-byte aligned, as the arena),
+ * so that a sanitized library reading or writing even one byte past an input or output is
+ * caught (as in Python, whose numpy arrays have no padding either). A
+ * driver built with AddressSanitizer also checks for leaks after every job (LeakSanitizer,
+ * unless ASAN_OPTIONS=detect_leaks=0): status 5, the report on stderr, and --batch stops there
+ * (exit 0: the caller runs the remaining jobs in a new process), as the leak would be reported
+ * again after every later job. The check at exit is off, as every job has had its own. */
 #define _POSIX_C_SOURCE 200809L
 #include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define DRIVER_LEAK_CHECK 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define DRIVER_LEAK_CHECK 1
+#endif
+#endif
+
+#ifdef DRIVER_LEAK_CHECK
+#include <sanitizer/lsan_interface.h>
+const char *__lsan_default_options(void);
+const char *__lsan_default_options(void)
+{
+  return "leak_check_at_exit=0";
+}
+#endif
+
+enum { LEAKED = 5 };
+
+/* Exactly `size` bytes (at least one), 64-byte aligned; NULL when out of memory. */
+static void *allocate(size_t size)
+{
+  void *data = NULL;
+  return posix_memalign(&data, 64, size ? size : 1) == 0 ? data : NULL;
+}
 
 typedef struct sparsec_context sparsec_context;
 typedef int (*create_fn)(sparsec_context **, int);
@@ -37,7 +73,7 @@ static void *read_file(const char *path, size_t *size)
     const long length = ftell(file);
     if (length >= 0 && fseek(file, 0, SEEK_SET) == 0) {
       /* 64-byte aligned, as the arena: kernels may use aligned vector loads on inputs */
-      data = aligned_alloc(64, ((size_t)length + 64) / 64 * 64);
+      data = allocate((size_t)length);
       if (data && fread(data, 1, (size_t)length, file) != (size_t)length) {
         free(data);
         data = NULL;
@@ -102,7 +138,7 @@ static int run_job(int argc, char **argv, FILE *log)
       break;
     }
     out_size[i] = strtoull(colon + 1, NULL, 10);
-    out[i] = aligned_alloc(64, (out_size[i] + 64) / 64 * 64);
+    out[i] = allocate(out_size[i]);
     if (!out[i]) {
       fprintf(log, "out of memory for output %s\n", spec);
       status = 2;
@@ -147,6 +183,13 @@ static int run_job(int argc, char **argv, FILE *log)
   free(in);
   free(out);
   free(out_size);
+#ifdef DRIVER_LEAK_CHECK
+  /* before dlclose: the report names the library's functions */
+  if (__lsan_do_recoverable_leak_check() != 0) {
+    fprintf(log, "memory leaked (LeakSanitizer's report is on stderr)\n");
+    status = LEAKED; /* a failed run's message is above */
+  }
+#endif
   dlclose(library);
   return status;
 }
@@ -176,10 +219,13 @@ static int run_batch(const char *path)
       args[argc++] = word;
     printf("job %ld\n", job);
     fflush(stdout);
+    fprintf(stderr, "job %ld\n", job);
     const int status = run_job(argc, args, stdout);
     printf("status %d\n", status);
     fflush(stdout);
     free(args);
+    if (status == LEAKED)
+      break; /* the leak stays: a later job's check would report it again */
   }
   free(line);
   fclose(jobs);

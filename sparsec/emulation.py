@@ -79,8 +79,9 @@ def run_batch(jobs: Sequence[Job], target: Target, cache_dir: Path | None = None
               cpu: str | None = None, driver_flags: tuple[str, ...] = ()
               ) -> list[dict[str, np.ndarray] | SparsecError]:
     """Each job's outputs, or the error it ended with, from one driver process (one qemu
-    start for all, where emulated); a job that crashes the process is reported as such and
-    the jobs after it run in a new process. Inputs are checked before anything runs."""
+    start for all, where emulated); a job that crashes the process (or, in a sanitized driver,
+    leaks) is reported as such and the jobs after it run in a new process. Inputs are checked
+    before anything runs."""
     prefix = command_prefix(target)
     if cpu and prefix:
         prefix = prefix[:1] + ["-cpu", cpu] + prefix[1:]
@@ -100,10 +101,13 @@ def run_batch(jobs: Sequence[Job], target: Target, cache_dir: Path | None = None
                                       timeout=EMULATOR_TIMEOUT_S, check=False)
             except (OSError, subprocess.TimeoutExpired) as exc:
                 raise RuntimeFailure(f"running {jobs[start].library} failed: {exc}") from None
-            for status, message in _statuses(done.stdout):
+            statuses = _statuses(done.stdout)
+            stderr = _stderr_per_job(done.stderr, len(statuses))
+            for index, (status, message) in enumerate(statuses):
                 job = jobs[len(results)]
-                if status is None:  # the process died inside this job
-                    detail = done.stderr.strip() or f"exit {done.returncode}"
+                # What the job left on stderr: a crash's last words, a sanitizer's report.
+                detail = stderr[index] or (f"exit {done.returncode}" if status is None else "")
+                if status != 0:
                     message = f"{message}\n{detail}".strip()
                 if status == 0:
                     results.append(_outputs(job, folder / f"job{len(results)}"))
@@ -114,6 +118,11 @@ def run_batch(jobs: Sequence[Job], target: Target, cache_dir: Path | None = None
             if len(results) == start:  # not even one job began: the driver itself failed
                 raise RuntimeFailure(f"the driver did not start ({where}): "
                                      f"{done.stderr.strip() or f'exit {done.returncode}'}")
+            if statuses[-1][0] is not None and done.returncode != 0:
+                # Every job reported, then the process failed (a sanitizer's check at exit):
+                # no job can be blamed, so none passes.
+                raise RuntimeFailure(f"the driver exited with status {done.returncode} after "
+                                     f"its jobs ({where}): {done.stderr.strip()}")
     return results
 
 
@@ -150,6 +159,21 @@ def _statuses(stdout: str) -> list[tuple[int | None, str]]:
     if message is not None:
         found.append((None, "\n".join(message).strip() or "crashed"))
     return found
+
+
+def _stderr_per_job(stderr: str, count: int) -> list[str]:
+    """The driver's stderr split at its "job i" lines: what each of the `count` jobs it began
+    wrote there (a driver without the markers: all of it, for every job)."""
+    parts: list[list[str]] = []
+    for line in stderr.splitlines():
+        if line.startswith("job ") and line[4:].isdigit():
+            parts.append([])
+        elif parts:
+            parts[-1].append(line)
+    if not parts:
+        return [stderr.strip()] * count
+    texts = ["\n".join(part).strip() for part in parts]
+    return (texts + [""] * count)[:count]
 
 
 def _outputs(job: Job, stem: Path) -> dict[str, np.ndarray]:

@@ -6,6 +6,10 @@ cffi and checked at once (so hypothesis shrinks a failure as usual). For another
 the cases queue, and `flush()` runs them all in one driver process under qemu-user (one
 emulator start for the lot), then checks each and fails with every failing case named. On a
 compile-only target, nothing runs; `mode` says which, for the test to report.
+
+With `driver_flags` (sanitizers: tests/test_sanitizers.py), cases queue on the host's targets
+too and run in one driver built with those flags: a sanitized library cannot be loaded into
+this unsanitized Python.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ class Runs:
     cache_dir: Path
     cpu: str | None = None  # the CPU model qemu emulates (cortex-a53: no dot product)
     threads: int = 1
+    driver_flags: tuple[str, ...] = ()  # compiler flags the driver needs too (sanitizers)
     _queued: list[tuple[str, emulation.Job, Check]] = field(default_factory=list)
 
     @property
@@ -37,9 +42,9 @@ class Runs:
 
     def submit(self, result: sparsec.CompileResult, feeds: dict, check: Check,
                label: str) -> None:
-        if self.mode == "native":  # a CPU model only applies under qemu
+        if self.mode == "native" and not self.driver_flags:  # a CPU model: qemu only
             check(sparsec.load(result.library, threads=self.threads).run(feeds))
-        elif self.mode == "emulated":
+        elif self.mode in ("native", "emulated"):
             job = emulation.Job(result.library, result.info, feeds, self.threads)
             self._queued.append((label, job, check))
 
@@ -49,7 +54,8 @@ class Runs:
         if not queued:
             return 0
         results = emulation.run_batch([job for _, job, _ in queued], self.target,
-                                      self.cache_dir, cpu=self.cpu)
+                                      self.cache_dir, cpu=self.cpu,
+                                      driver_flags=self.driver_flags)
         failures = []
         for (label, _, check), outputs in zip(queued, results):
             try:
@@ -61,8 +67,10 @@ class Runs:
         if failures:
             shown = "\n\n".join(failures[:MAX_REPORTED])
             more = len(failures) - MAX_REPORTED
+            how = ", ".join([self.mode] + ([f"cpu {self.cpu}"] if self.cpu else [])
+                            + ([f"driver {' '.join(self.driver_flags)}"]
+                               if self.driver_flags else []))
             raise AssertionError(f"{len(failures)} of {len(queued)} cases failed on "
-                                 f"{self.target.name} ({self.mode}"
-                                 f"{', cpu ' + self.cpu if self.cpu else ''}):\n\n{shown}"
+                                 f"{self.target.name} ({how}):\n\n{shown}"
                                  + (f"\n\n... and {more} more" if more > 0 else ""))
         return len(queued)

@@ -1,25 +1,64 @@
-"""Generated code under AddressSanitizer and UndefinedBehaviorSanitizer: the sample encoder (fp32
-and int8) and an encoder layer of odd sizes (tails in every kernel), compiled with
--fsanitize=address,undefined -fno-sanitize-recover=all (TOOLCHAIN.md's recipe) for the portable
-target and the host's best, run on two threads through runtime_c/driver.c built with the same
-sanitizers, and compared with onnxruntime. Any out-of-bounds access, use after free, leak or
-undefined operation fails the run."""
+"""Generated code under AddressSanitizer and UndefinedBehaviorSanitizer.
+
+Libraries are compiled with -fsanitize=address,undefined -fno-sanitize-recover=all
+(TOOLCHAIN.md's recipe) for the portable target and the host's best, and run through
+runtime_c/driver.c built with the same sanitizers (a sanitized library cannot be loaded into
+this unsanitized Python): any out-of-bounds access, use after free, leak (LeakSanitizer checks
+after every job) or undefined operation fails the run. Inputs and outputs are allocated at
+exactly their size in the driver, so one element read or written past either is caught; the
+arena is one allocation, so an overflow from one arena tensor into the next is not.
+
+- The sample encoder (fp32 and int8) and an encoder layer of odd sizes (tails in every kernel),
+  on two threads, compared with onnxruntime.
+- The differential test's drawn MLPs (tests/test_differential.py: its strategy, model builder
+  and error bound) and test_quantize's drawn int8 MLPs (equal to onnxruntime's quantized twin bit
+  for bit), all of a target's cases in one sanitized driver process (tests/runs.py).
+- Negative controls: a compiled model's C source with one deliberate fault injected (a write
+  past the output, a read past the input, a write past the arena, a signed overflow, a leak),
+  built the same way, must fail with the sanitizer's report; the same source unpatched passes.
+
+The test ids say how each target ran here (`generic:native`); both always run natively, as
+sanitized code only runs on the host.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import importlib.util
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 from sparsec import emulation
 from sparsec.codegen import targets
+from sparsec.errors import RuntimeFailure
 from tests.conftest import run_onnxruntime
+from tests.faults import patched_library
+from tests.runs import Runs
+from tests.test_differential import check_against_onnxruntime, edge, inputs_of, mlp_cases, to_onnx
+from tests.test_quantize import mlp as quantized_mlp
+from tests.test_quantize import mlps as quantized_mlps
 
 ROOT = Path(__file__).resolve().parents[1]
 SANITIZE = ("-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
             "-fno-sanitize-recover=all")
+MLP_EXAMPLES = 35  # drawn fp32 MLPs per target
+INT8_EXAMPLES = 8  # drawn int8 MLPs per target
+
+
+def host_target(name: str):
+    resolved = targets.resolve(name)
+    mode = targets.execution_mode(resolved)
+    shown = name if resolved.name == name else f"{name}={resolved.name}"
+    return pytest.param(name, id=f"{shown}:{mode}", marks=pytest.mark.skipif(
+        mode != "native", reason=f"sanitized code runs on the host only; {name} is {mode}"))
+
+
+HOST_TARGETS = [host_target("generic"), host_target("native")]
 
 
 def tiny_bert_module():
@@ -29,7 +68,7 @@ def tiny_bert_module():
     return module
 
 
-@pytest.mark.parametrize("target", ["generic", "native"])
+@pytest.mark.parametrize("target", HOST_TARGETS)
 @pytest.mark.parametrize("case", ["sample", "sample-int8", "odd-sizes"])
 def test_encoders_run_clean_under_sanitizers(target, case, compiler):
     tiny_bert = tiny_bert_module()
@@ -48,3 +87,126 @@ def test_encoders_run_clean_under_sanitizers(target, case, compiler):
     # int8 against fp32: the sample's --quantize tolerance (tests/test_tiny_bert.py)
     tolerance = 0.02 * (wanted.max() - wanted.min()) if quantize else 1e-4
     np.testing.assert_allclose(got, wanted, rtol=0, atol=tolerance)
+
+
+@pytest.mark.parametrize("target", HOST_TARGETS)
+def test_random_mlps_match_onnxruntime_under_sanitizers(target, compiler):
+    """tests/test_differential.py's drawn MLPs, sanitized, on two threads, in one driver."""
+    runs = Runs(targets.resolve(target), compiler.cache_dir, threads=2, driver_flags=SANITIZE)
+    patterns: Counter[str] = Counter()
+    submitted = []
+
+    @settings(max_examples=MLP_EXAMPLES, deadline=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(case=mlp_cases())
+    def check(case):
+        model = to_onnx(case)
+        result = compiler.compile(model, target, extra_cflags=SANITIZE)
+        patterns.update(layer["pattern"] for layer in result.info["layers"]
+                        if layer["op"] == "Dense")
+        runs.submit(result, inputs_of(case), functools.partial(check_against_onnxruntime,
+                                                               case, model), label=repr(case))
+        submitted.append(case)
+
+    check()
+    assert runs.flush() == len(submitted) > 0
+    assert patterns["dense"] and set(patterns) - {"dense"}, \
+        f"both dense and sparse kernels must run; the patterns chosen were {dict(patterns)}"
+
+
+def equal_bits(expected: np.ndarray, outputs: dict) -> None:
+    (actual,) = outputs.values()
+    differ = actual != expected
+    assert not differ.any(), (f"{int(differ.sum())} of {differ.size} outputs differ, max "
+                              f"{np.max(np.abs(actual - expected))}")
+
+
+@pytest.mark.parametrize("target", HOST_TARGETS)
+def test_quantized_mlps_equal_onnxruntime_under_sanitizers(target, compiler):
+    """tests/test_quantize.py's drawn int8 MLPs, sanitized: bit for bit as onnxruntime's
+    DynamicQuantizeLinear -> MatMulInteger graph."""
+    runs = Runs(targets.resolve(target), compiler.cache_dir, threads=2, driver_flags=SANITIZE)
+    submitted = []
+
+    @settings(max_examples=INT8_EXAMPLES, deadline=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(case=quantized_mlps())
+    def check(case):
+        options = dict(case)
+        rng = np.random.default_rng(options.pop("seed"))
+        fp32, quantized = quantized_mlp(rng, **options)
+        result = compiler.compile(fp32, target, quantize="dynamic", extra_cflags=SANITIZE)
+        assert all(layer["weight_dtype"] == "int8" for layer in result.info["layers"]
+                   if "shape" in layer)
+        x = rng.standard_normal((options["m"], options["widths"][0])).astype(np.float32)
+        (expected,) = run_onnxruntime(quantized, {"x": x})
+        runs.submit(result, {"x": x}, functools.partial(equal_bits, expected), label=str(case))
+        submitted.append(case)
+
+    check()
+    assert runs.flush() == len(submitted) > 0
+
+
+# --- negative controls: the mode catches a broken kernel -----------------------------------------
+
+CONTROL = edge("control", (3, 17),
+               (17, {"block": (4, 1), "density": 0.3, "bias": "N", "activation": "Relu"}),
+               (5, {}))  # output 3 x 5 floats: 60 bytes, not a whole number of cache lines
+
+# C statements run at the end of sparsec__model_run, each one fault, and what the sanitizer
+# must say. The output holds 15 floats, the input 51, and the arena sparsec__arena_bytes.
+FAULTS = {
+    "clean": ("", None),
+    "write-past-output": ("((float *)outputs[0])[15] = 1.0f;",
+                          r"heap-buffer-overflow[\s\S]*WRITE of size 4"),
+    "read-past-input": ("{ volatile float sink = ((const float *)inputs[0])[51]; (void)sink; }",
+                        r"heap-buffer-overflow[\s\S]*READ of size 4"),
+    "write-past-arena": ("arena[sparsec__arena_bytes] = 1;",
+                         r"heap-buffer-overflow[\s\S]*WRITE of size 1"),
+    "signed-overflow": ("{ volatile int big = 2147483647; big += 1; }",
+                        r"runtime error: signed integer overflow"),
+    "leak": ("{ unsigned char *volatile lost = malloc(4096); lost[0] = 1; lost = NULL; }",
+             r"LeakSanitizer: detected memory leaks[\s\S]*4096 byte"),
+}
+
+
+def faulty_library(result, fault: str, workdir: Path) -> Path:
+    """`result`'s kept C source (in workdir/src) with `fault` injected, sanitized."""
+    return patched_library(workdir / "src", FAULTS[fault][0], workdir / f"build-{fault}",
+                           SANITIZE)
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_an_injected_fault_fails_the_sanitized_run(fault, compiler, tmp_path):
+    """A kernel that reads or writes one element too far, overflows or leaks does not pass:
+    the sanitized driver's run fails with the report; unpatched, the same source passes."""
+    model = to_onnx(CONTROL)
+    result = compiler.compile(model, "generic", extra_cflags=SANITIZE,
+                              keep_source=tmp_path / "src")
+    assert result.info["outputs"][0]["shape"] == [3, 5]
+    library = faulty_library(result, fault, tmp_path)
+    runs = Runs(targets.resolve("generic"), compiler.cache_dir, driver_flags=SANITIZE)
+    runs.submit(dataclasses.replace(result, library=library), inputs_of(CONTROL),
+                functools.partial(check_against_onnxruntime, CONTROL, model), label=fault)
+    report = FAULTS[fault][1]
+    if report is None:
+        assert runs.flush() == 1
+        return
+    with pytest.raises(AssertionError, match=report):
+        runs.flush()
+
+
+def test_a_leak_is_blamed_on_its_job_only(compiler, tmp_path):
+    """One driver process, a leaking job between clean ones: only that job fails."""
+    model = to_onnx(CONTROL)
+    result = compiler.compile(model, "generic", extra_cflags=SANITIZE,
+                              keep_source=tmp_path / "src")
+    clean, leaking = (faulty_library(result, fault, tmp_path) for fault in ("clean", "leak"))
+    feeds = inputs_of(CONTROL)
+    jobs = [emulation.Job(library, result.info, feeds) for library in (clean, leaking, clean)]
+    outputs = emulation.run_batch(jobs, targets.resolve("generic"), compiler.cache_dir,
+                                  driver_flags=SANITIZE)
+    assert isinstance(outputs[1], RuntimeFailure)
+    assert "memory leaked" in str(outputs[1]) and "LeakSanitizer" in str(outputs[1])
+    for index in (0, 2):
+        check_against_onnxruntime(CONTROL, model, outputs[index])
