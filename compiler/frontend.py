@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import external_data_helper, helper, numpy_helper
 
-from sparsec.compiler import limits, static_shapes
+from sparsec.compiler import attributes, limits, static_shapes
 from sparsec.compiler.ir import DTYPES, Graph, Node, Tensor
 from sparsec.compiler.ops import RUNTIME_OPS, SHAPE_OPS
 from sparsec.errors import FrontendError, ShapeError, UnsupportedOperatorError
@@ -59,6 +59,21 @@ def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def _check_text(message, where: str = "model") -> None:
+    """Every string field must be UTF-8: protobuf hands back undecodable ones as bytes, which
+    no later stage expects (names are compared, escaped and written as JSON)."""
+    for field, value in message.ListFields():
+        if field.type == field.TYPE_STRING:
+            values = value if field.is_repeated else [value]
+            bad = next((v for v in values if not isinstance(v, str)), None)
+            if bad is not None:
+                raise FrontendError(f"{where}: field {field.name!r} holds {bad[:40]!r}..., "
+                                    "which is not UTF-8 text; the file is corrupt")
+        elif field.type == field.TYPE_MESSAGE:
+            for item in value if field.is_repeated else [value]:
+                _check_text(item, f"{where}.{field.name}")
+
+
 def _load_external_data(model: onnx.ModelProto, base: Path) -> None:
     base = base.resolve()
     for tensor in external_data_helper._get_all_tensors(model):
@@ -93,6 +108,7 @@ def import_model(source: str | os.PathLike | onnx.ModelProto,
     """Load, check and import an ONNX model into a `Graph` with static shapes everywhere;
     no tensor, and no constant the import folds, may exceed `max_memory` bytes."""
     model = load_model(source)
+    _check_text(model)
     opset = _standard_opset(model)
     model = _pin_input_shapes(model, input_shapes or {})
     try:
@@ -103,7 +119,9 @@ def import_model(source: str | os.PathLike | onnx.ModelProto,
         raise FrontendError("the model's graph has no outputs, so there is nothing to compute")
     _check_declared_sizes(model, max_memory)
     _check_operators(model)
-    return _build_graph(static_shapes.resolve(model, opset, max_memory), opset, max_memory)
+    graph = _build_graph(static_shapes.resolve(model, opset, max_memory), opset, max_memory)
+    attributes.check(graph)
+    return graph
 
 
 def _check_declared_sizes(model: onnx.ModelProto, max_memory: int) -> None:
