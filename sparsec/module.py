@@ -24,10 +24,12 @@ ABI_VERSION = 2
 SPARSEC_ERROR_INPUT = 4
 _FFI = None
 _FFI_LOCK = threading.Lock()
-# Path -> identity of the file first loaded from it. The dynamic loader hands back a library
+# Path -> (identity of the file, its library), one per file for the life of the process:
+# cffi keeps every library it opens (closed or not) in the FFI, so opening one per Module would
+# grow without bound; modules of the same file share it. The dynamic loader hands back a library
 # already loaded under the same path even if the file was rebuilt since, so a rebuilt file is
 # loaded through a private copy instead.
-_LOADED: dict[str, tuple[int, int, int, int]] = {}
+_LOADED: dict[str, tuple[tuple[int, int, int, int], object]] = {}
 
 
 def _ffi() -> cffi.FFI:
@@ -88,7 +90,8 @@ class Module:
         return self.info["target"]
 
     def close(self) -> None:
-        """Free the run context; the Module cannot run afterwards. Closing twice is harmless."""
+        """Free the run context; the Module cannot run afterwards. Closing twice is harmless.
+        The library stays loaded, for other Modules of the same file (see _LOADED)."""
         lock = getattr(self, "_lock", None)
         if lock is None:
             return
@@ -96,7 +99,6 @@ class Module:
             if getattr(self, "_context", None) is not None:
                 self._lib.sparsec_destroy(self._context)
                 self._context = None
-                _ffi().dlclose(self._lib)
 
     def __del__(self):
         try:
@@ -180,24 +182,30 @@ class Module:
 
 
 def _dlopen_current(ffi: cffi.FFI, path: Path):
-    """dlopen `path`, making sure the code is that of the file as it is now."""
+    """The library of `path` as the file is now: opened once per file, then shared."""
     with _FFI_LOCK:
         stat = path.stat()
         identity = (stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size)
-        first = _LOADED.setdefault(str(path), identity)
-        if first == identity:
-            return ffi.dlopen(str(path))
-        try:  # beside the original: /tmp may be mounted noexec
-            fd, private = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".so",
-                                           dir=path.parent)
-        except OSError:
-            fd, private = tempfile.mkstemp(prefix=f"{path.stem}-", suffix=".so")
-        try:
-            with os.fdopen(fd, "wb") as copy:
-                copy.write(path.read_bytes())
-            return ffi.dlopen(private)
-        finally:
-            os.unlink(private)  # the mapping stays valid; nothing is left on disk
+        known = _LOADED.get(str(path))
+        if known is not None and known[0] == identity:
+            return known[1]
+        library = ffi.dlopen(str(path)) if known is None else _dlopen_copy(ffi, path)
+        _LOADED[str(path)] = (identity, library)
+        return library
+
+
+def _dlopen_copy(ffi: cffi.FFI, path: Path):
+    """dlopen a private copy of `path`, so that a rebuilt file's new code is what runs."""
+    try:  # beside the original: /tmp may be mounted noexec
+        fd, private = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".so", dir=path.parent)
+    except OSError:
+        fd, private = tempfile.mkstemp(prefix=f"{path.stem}-", suffix=".so")
+    try:
+        with os.fdopen(fd, "wb") as copy:
+            copy.write(path.read_bytes())
+        return ffi.dlopen(private)
+    finally:
+        os.unlink(private)  # the mapping stays valid; nothing is left on disk
 
 
 class _TensorSpec:
