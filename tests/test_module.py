@@ -277,3 +277,50 @@ def test_profile_sums_each_layers_time_over_runs(compiler):
     plain = compiler.load(mlp(k=16, n=8, m=4), "native")
     with pytest.raises(RuntimeFailure, match="without profiling"):
         plain.profile()
+
+
+@pytest.mark.parametrize("target", ["generic", "native"])
+def test_misaligned_and_offset_inputs_give_the_same_results(compiler, target):
+    """A float32 view at an odd byte address is copied (numpy calls it unaligned); one at a
+    4-byte offset (aligned for its dtype, not for vectors) is read in place, so every kernel
+    must use unaligned loads on inputs."""
+    module = compiler.load(mlp(k=40, n=48, m=16, density=0.2), target)
+    x = np.random.default_rng(4).standard_normal((16, 40)).astype(np.float32)
+    expected = module.run({"x": x})["y"]
+    odd = np.zeros(x.nbytes + 1, np.uint8)[1:].view(np.float32).reshape(x.shape)
+    odd[...] = x
+    assert not odd.flags.aligned
+    offset = np.zeros(x.size + 1, np.float32)[1:].reshape(x.shape)
+    offset[...] = x
+    assert offset.flags.aligned and offset.ctypes.data % 16
+    for view in (odd, offset):
+        np.testing.assert_array_equal(module.run({"x": view})["y"], expected)
+
+
+def test_nan_and_inf_propagate_as_in_onnxruntime(compiler):
+    """Through a dense product (a pruned weight skips its term: see README, Numerics), the
+    activations and Softmax, NaN and infinities land where onnxruntime puts them."""
+    from onnx import helper
+
+    from tests.graphs import model
+
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((8, 16)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["p"]),
+             helper.make_node("Relu", ["p"], ["relu"]),
+             helper.make_node("Sigmoid", ["x"], ["sigmoid"]),
+             helper.make_node("Tanh", ["x"], ["tanh"]),
+             helper.make_node("Softmax", ["x"], ["softmax"], axis=-1),
+             helper.make_node("Clip", ["x", "lo", "hi"], ["clip"])]
+    outputs = [("relu", [4, 16]), ("sigmoid", [4, 8]), ("tanh", [4, 8]), ("softmax", [4, 8]),
+               ("clip", [4, 8])]
+    m = model(nodes, [("x", [4, 8])], outputs,
+              [("w", w), ("lo", np.float32(-1)), ("hi", np.float32(1))])
+    x = rng.standard_normal((4, 8)).astype(np.float32)
+    x[0, 1], x[1, 3], x[2, 5] = np.nan, np.inf, -np.inf
+    expected = dict(zip([name for name, _ in outputs], run_onnxruntime(m, {"x": x})))
+    for target in ("generic", "native"):
+        got = compiler.load(m, target, force_pattern="dense").run({"x": x})
+        for name, want in expected.items():
+            np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-6,
+                                       err_msg=f"{name} on {target}")
