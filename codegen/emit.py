@@ -101,9 +101,11 @@ def select_all(graph: Graph, target: Target) -> list[KernelSpec]:
 
 
 def emit(graph: Graph, target: Target, version: str,
-         parallel_min_ns: float = PARALLEL_MIN_NS) -> Rendered:
+         parallel_min_ns: float = PARALLEL_MIN_NS, emulate: bool = False) -> Rendered:
     """`parallel_min_ns`: parallel kernels predicted faster than this run on the caller's
-    thread (0: every parallel kernel uses the pool, as the tests want)."""
+    thread (0: every parallel kernel uses the pool, as the tests want). `emulate`: the
+    library is built with the target's emulation flags (Target.emulation), so it needs only
+    the features the emulation build runs on, and its info says it is emulated."""
     assert graph.memory is not None, "plan_memory must run before emit"
     env = environment()
     specs = select_all(graph, target)
@@ -145,8 +147,11 @@ def emit(graph: Graph, target: Target, version: str,
             if any(cnames.tensor_var(index[name]) in c["args"] for c in calls)]
     pointers = [_pointer(graph, name, index[name], blob) for name in used]
     copies = _output_copies(graph, index, blob, pointers)
-    features = sum(1 << FEATURE_BITS[f] for f in target.features)
-    info = model_info(graph, target, version, blob, layers)
+    required = target.emulation.features if emulate else target.features
+    features = sum(1 << FEATURE_BITS[f] for f in required)
+    info = model_info(graph, target, version, blob, layers, required)
+    if emulate:
+        info["emulated"] = target.emulation.what
     weights = blob.tobytes()
     symbol = "sparsec_weights_" + hashlib.sha256(weights).hexdigest()[:16]
     context = dict(version=version, target=target.name, weights_symbol=symbol,
@@ -229,12 +234,12 @@ def _tensor_info(graph: Graph, name: str) -> dict:
 
 
 def model_info(graph: Graph, target: Target, version: str, blob: WeightBlob,
-               layers: list[dict]) -> dict:
+               layers: list[dict], features: tuple[str, ...]) -> dict:
     return {
         "sparsec_version": version,
         "abi_version": 1,
         "target": target.name,
-        "features": list(target.features),
+        "features": list(features),
         "inputs": [_tensor_info(graph, n) for n in graph.inputs],
         "outputs": [_tensor_info(graph, n) for n in graph.outputs],
         "arena_bytes": graph.memory.arena_bytes,

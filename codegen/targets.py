@@ -31,6 +31,16 @@ class Dispatch:
 
 
 @dataclass(frozen=True)
+class Emulation:
+    """How a target's code runs, for tests, on a CPU without its newest instructions: built
+    with `flags` (which swap those instructions for a project header's scalar C), the library
+    needs only `features`, and runs natively wherever they are present."""
+    flags: tuple[str, ...]
+    features: tuple[str, ...]
+    what: str  # for messages and the model info: what is emulated, and how
+
+
+@dataclass(frozen=True)
 class Target:
     name: str
     description: str
@@ -46,7 +56,12 @@ class Target:
     emulator: str = ""
     # Shinier kernels chosen at run time, by CPU feature, over the ones `isas` offers.
     dispatch: tuple[Dispatch, ...] = ()
+    emulation: Emulation | None = None
 
+
+AVX512_CFLAGS = ("-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512dq",
+                 "-mavx512vl", "-mavx512vnni")
+AVX512_FEATURES = ("avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni")
 
 TARGETS: dict[str, Target] = {
     t.name: t
@@ -62,10 +77,16 @@ TARGETS: dict[str, Target] = {
                ("immintrin.h", "sparsec_avx2.h")),
         Target("x86-avx512", "x86-64 with AVX-512 F/BW/DQ/VL and VNNI (Ice Lake, Zen 4 and later)",
                "x86_64", ("scalar", "avx2", "avx512f", "avx512vnni"),
-               ("-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512dq",
-                "-mavx512vl", "-mavx512vnni"),
-               ("avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni"), 64,
-               ("immintrin.h", "sparsec_avx2.h", "sparsec_avx512.h")),
+               AVX512_CFLAGS,
+               AVX512_FEATURES, 64, ("immintrin.h", "sparsec_avx2.h", "sparsec_avx512.h")),
+        Target("x86-amx", "x86-64 with AMX tiles (int8) and AVX-512 (Sapphire Rapids and later)",
+               "x86_64", ("scalar", "avx2", "avx512f", "avx512vnni", "amx"),
+               AVX512_CFLAGS + ("-mamx-tile", "-mamx-int8", "-mamx-bf16"),
+               AVX512_FEATURES + ("amx_tile", "amx_int8"), 64,
+               ("immintrin.h", "sparsec_avx2.h", "sparsec_avx512.h", "sparsec_amx.h"),
+               emulation=Emulation(("-DSPARSEC_AMX_EMULATE",), AVX512_FEATURES,
+                                   "AMX tile instructions emulated in scalar C "
+                                   "(runtime_c/sparsec_amx.h): for tests, not for speed")),
         Target("arm-neon", "AArch64 with NEON (ARMv8-A: Graviton, Apple silicon, phones); "
                "int8 layers on SDOT where the core has the dot product",
                "aarch64", ("scalar", "neon"), ("-march=armv8-a",), (), 16,
@@ -83,7 +104,8 @@ TARGETS: dict[str, Target] = {
 
 # Feature bits shared with runtime_c/cpu.c: the library reports missing ones by these names.
 FEATURE_BITS = {"avx2": 0, "fma": 1, "avx512f": 2, "avx512bw": 3, "avx512dq": 4, "avx512vl": 5,
-                "avx512vnni": 6, "avxvnni": 7, "asimddp": 8}
+                "avx512vnni": 6, "avxvnni": 7, "asimddp": 8, "amx_tile": 9, "amx_int8": 10,
+                "amx_bf16": 11}
 
 
 def host_arch() -> str:
@@ -118,16 +140,28 @@ def can_execute(target: Target, features: frozenset[str] | None = None) -> bool:
 
 def execution_mode(target: Target) -> str:
     """How code for this target runs here: "native"; "emulated" (another architecture, whose
-    cross compiler and qemu-user are installed); "compile-only"; or "unavailable" (another
-    architecture without a cross compiler: nothing can be built for it)."""
+    cross compiler and qemu-user are installed, or a target whose `emulation` build this CPU
+    runs); "compile-only"; or "unavailable" (another architecture without a cross compiler:
+    nothing can be built for it)."""
     if can_execute(target):
         return "native"
+    if target.emulation and runs_emulated(target):
+        return "emulated"
     if target.arch not in ("any", host_arch()):
         if not cross_compiler(target):
             return "unavailable"
         if emulator(target):
             return "emulated"
     return "compile-only"
+
+
+def runs_emulated(target: Target, features: frozenset[str] | None = None) -> bool:
+    """Whether the target's emulation build (an emulation header, not qemu) is how it runs on
+    this host (or one with `features`): such a build is loaded and run like a native one."""
+    have = host_features() if features is None else features
+    return (target.emulation is not None and not can_execute(target, have)
+            and target.arch == host_arch()
+            and all(f in have for f in target.emulation.features))
 
 
 def cross_compiler(target: Target) -> str | None:

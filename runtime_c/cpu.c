@@ -1,5 +1,6 @@
 /* cpu.c: which instruction sets this CPU and OS can run. Compiled without any -m flags, so it
  * runs on every CPU of its architecture, before any specialised code. */
+#define _DEFAULT_SOURCE 1 /* syscall() */
 #include "sparsec_model.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -25,8 +26,14 @@ uint32_t sparsec__host_features(void)
   const uint64_t xcr0 = read_xcr0();
   const int os_avx = (xcr0 & 0x6) == 0x6;          /* XMM and YMM state */
   const int os_avx512 = (xcr0 & 0xe6) == 0xe6;     /* plus opmask and ZMM state */
+  const int os_amx = (xcr0 & 0x60000) == 0x60000;  /* XTILECFG and XTILEDATA state */
   if (!os_avx || !__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx))
     return 0;
+  if (os_amx) {
+    if ((edx >> 24) & 1) features |= SPARSEC_FEATURE_AMX_TILE;
+    if ((edx >> 25) & 1) features |= SPARSEC_FEATURE_AMX_INT8;
+    if ((edx >> 22) & 1) features |= SPARSEC_FEATURE_AMX_BF16;
+  }
   if ((ebx >> 5) & 1)
     features |= SPARSEC_FEATURE_AVX2;
   if (fma)
@@ -48,6 +55,25 @@ uint32_t sparsec__host_features(void)
 #endif
   return features;
 }
+
+#if defined(__x86_64__) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* Linux (5.16 and later) gives a process AMX tile data state only on request; an AMX
+ * instruction before that raises SIGILL. Asking again is a no-op, so a library asks every
+ * time it checks the CPU (loading, creating a context), once per process in effect. */
+int sparsec__request_amx(void)
+{
+  enum { ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18 };
+  return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+}
+#else
+int sparsec__request_amx(void)
+{
+  return 0; /* no AMX outside x86-64 Linux */
+}
+#endif
 #elif defined(__aarch64__) && defined(__linux__)
 #include <sys/auxv.h>
 
@@ -65,5 +91,12 @@ uint32_t sparsec__host_features(void)
 uint32_t sparsec__host_features(void)
 {
   return 0; /* this OS or architecture reports no features sparsec checks */
+}
+#endif
+
+#if !defined(__x86_64__) && !defined(__i386__)
+int sparsec__request_amx(void)
+{
+  return 0; /* AMX is x86-64 only */
 }
 #endif

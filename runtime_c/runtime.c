@@ -36,6 +36,14 @@ int sparsec_cpu_check(char *message, size_t capacity)
 {
   static const char *const names[] = SPARSEC_FEATURE_NAMES;
   const uint32_t missing = sparsec__required_features & ~sparsec__host_features();
+  if (!missing && (sparsec__required_features & SPARSEC_FEATURE_AMX_TILE) &&
+      !sparsec__request_amx()) {
+    if (message && capacity)
+      snprintf(message, capacity, "the CPU has AMX but the OS did not grant this process its "
+               "tile state (arch_prctl ARCH_REQ_XCOMP_PERM failed: Linux 5.16 or later is "
+               "needed); run on such a kernel, or rebuild with --target x86-avx512");
+    return SPARSEC_ERROR_CPU;
+  }
   if (!missing) {
     if (message && capacity)
       message[0] = '\0';
@@ -48,6 +56,10 @@ int sparsec_cpu_check(char *message, size_t capacity)
       if ((missing >> bit & 1u) && used < capacity)
         used += (size_t)snprintf(message + used, capacity - used, " %s", names[bit]);
     }
+    if ((missing & (SPARSEC_FEATURE_AMX_TILE | SPARSEC_FEATURE_AMX_INT8)) && used < capacity)
+      used += (size_t)snprintf(message + used, capacity - used,
+                               " (AMX needs the CPU, Sapphire Rapids or later, and the OS's tile "
+                               "state, Linux 5.16 or later)");
     if (used < capacity)
       snprintf(message + used, capacity - used,
                "; rebuild it with --target native (or a target `sparsec targets` marks as "

@@ -18,10 +18,13 @@ enum {
   SPARSEC_FEATURE_AVX512VL = 1u << 5,
   SPARSEC_FEATURE_AVX512VNNI = 1u << 6,
   SPARSEC_FEATURE_AVXVNNI = 1u << 7,
-  SPARSEC_FEATURE_ASIMDDP = 1u << 8 /* AArch64 dot product (SDOT/UDOT) */
+  SPARSEC_FEATURE_ASIMDDP = 1u << 8, /* AArch64 dot product (SDOT/UDOT) */
+  SPARSEC_FEATURE_AMX_TILE = 1u << 9, /* with the OS's XTILECFG/XTILEDATA state (XCR0) */
+  SPARSEC_FEATURE_AMX_INT8 = 1u << 10,
+  SPARSEC_FEATURE_AMX_BF16 = 1u << 11
 };
 #define SPARSEC_FEATURE_NAMES \
-  { "avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni", "avxvnni", "asimddp" }
+  { "avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni", "avxvnni", "asimddp", "amx_tile", "amx_int8", "amx_bf16" }
 
 /* A double as int64: NaN gives 0, values beyond the range the nearest bound (C leaves the
  * plain conversion of those undefined). */
@@ -177,5 +180,7 @@ SPARSEC_HIDDEN int sparsec__model_run(unsigned char *arena, const void *const *i
 
 /* Features this CPU and OS offer, as SPARSEC_FEATURE_* bits (cpu.c). */
 SPARSEC_HIDDEN uint32_t sparsec__host_features(void);
+/* Asks the OS for AMX tile state for this process; non-zero when granted. */
+SPARSEC_HIDDEN int sparsec__request_amx(void);
 
 #endif /* SPARSEC_MODEL_H */

@@ -41,12 +41,17 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "nat
                   quantize: str | None = None, layouts: bool = True,
                   parallel_min_ns: float | None = None,
                   profile: bool = False, reorder: bool = True,
-                  max_memory: int | str | None = None) -> CompileResult:
+                  max_memory: int | str | None = None, emulate: bool = False) -> CompileResult:
     """Compile and return the library path, its C header, its model info and the final IR.
     profile: time every layer (`Module.profile()`), at about 50 ns a layer.
     reorder: let the reorder-blocks pass permute channels between layers (False: never).
-    max_memory: bytes (or "8G") that any tensor, and the weights plus arena, may take."""
+    max_memory: bytes (or "8G") that any tensor, and the weights plus arena, may take.
+    emulate: build the target's newest instructions as scalar C (x86-amx: AMX tiles), for
+    testing on a CPU without them; the library says so in its info."""
     resolved = targets.resolve(target)
+    if emulate and resolved.emulation is None:
+        raise SparsecError(f"target {resolved.name} has no emulation build; emulate applies to "
+                           + ", ".join(t.name for t in targets.TARGETS.values() if t.emulation))
     max_memory = limits.DEFAULT_MAX_MEMORY if max_memory is None else (
         max_memory if isinstance(max_memory, int) and max_memory > 0
         else limits.parse_size(max_memory))
@@ -70,10 +75,12 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "nat
                       if layouts else None)
     graph = run_pipeline(graph, ctx)
     rendered = emit.emit(graph, resolved, __version__,
-                         kernels.PARALLEL_MIN_NS if parallel_min_ns is None else parallel_min_ns)
+                         kernels.PARALLEL_MIN_NS if parallel_min_ns is None else parallel_min_ns,
+                         emulate)
+    flags = (resolved.emulation.flags if emulate else ()) + tuple(extra_cflags)
     builder.build(rendered, resolved, output,
                   cache_dir=Path(cache_dir) if cache_dir else None, use_cache=use_cache,
-                  extra_flags=tuple(extra_cflags) + (("-DSPARSEC_PROFILE",) if profile else ()),
+                  extra_flags=flags + (("-DSPARSEC_PROFILE",) if profile else ()),
                   keep_source=Path(keep_source) if keep_source else None)
     header = output.with_suffix(".h")
     builder.atomic_write(header, rendered.model_h.encode())

@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-reorder", action="store_true",
                    help="keep every weight's channel order (no block reordering)")
     p.add_argument("--keep-source", metavar="DIR", help="also write model.c and weights.bin")
+    p.add_argument("--emulate", action="store_true",
+                   help="x86-amx: emulate the AMX tile instructions in scalar C, to test on a "
+                        "CPU without AMX (slow; the library's info says so)")
     p.add_argument("--max-memory", metavar="SIZE",
                    help="most memory any tensor, and weights plus arena together, may take, "
                         "e.g. 16G (default: 4G); larger models are refused before allocating")
@@ -118,10 +121,12 @@ def cmd_compile(args) -> int:
                            force_pattern=args.force_pattern,
                            quantize=args.quantize or ("dynamic" if args.dtype == "int8" else None),
                            profile=args.profile, reorder=not args.no_reorder,
-                           max_memory=args.max_memory)
+                           max_memory=args.max_memory, emulate=args.emulate)
     if args.report:
         print(format_layers(result.info))
-    print(f"wrote {result.library} (target {result.info['target']}) and {result.header}")
+    emulated = f"; {result.info['emulated']}" if "emulated" in result.info else ""
+    print(f"wrote {result.library} (target {result.info['target']}{emulated}) and "
+          f"{result.header}")
     return 0
 
 
@@ -237,6 +242,8 @@ def cmd_info(args) -> int:
         return 0
     print(f"{args.library}: sparsec {info['sparsec_version']}, target {info['target']}"
           + (f" (needs {', '.join(info['features'])})" if info["features"] else ""))
+    if "emulated" in info:
+        print(f"EMULATED: {info['emulated']}")
     print(f"arena: {info['arena_bytes']} bytes")
     print("inputs:\n" + _describe(info["inputs"]))
     print("outputs:\n" + _describe(info["outputs"]))
@@ -268,7 +275,9 @@ def cmd_targets(args) -> int:
     native = targets.resolve("native").name
     print(f"host: {targets.host_arch()}; C compiler: {compiler}")
     for target in targets.TARGETS.values():
-        how = {"native": "runs here", "emulated": f"runs here under {target.emulator}",
+        emulated = ("runs here emulated (--emulate)" if targets.runs_emulated(target)
+                    else f"runs here under {target.emulator}")
+        how = {"native": "runs here", "emulated": emulated,
                "compile-only": "compile-only here",
                "unavailable": f"needs {target.cross_triplet}-gcc (apt-get install "
                               f"gcc-{target.cross_triplet})"}[targets.execution_mode(target)]
@@ -295,7 +304,8 @@ def cmd_verify(args) -> int:
         result = compile_model(args.model, target.name, Path(tmp) / "model.so",
                                input_shapes=parse_input_shapes(args.input_shape),
                                quantize=args.quantize, cache_dir=args.cache_dir,
-                               max_memory=args.max_memory)
+                               max_memory=args.max_memory,
+                               emulate=targets.runs_emulated(target))
         feeds = _verify_inputs(result.info, args.input, args.seed)
         mode = targets.execution_mode(target)
         outputs = emulation.run(result.library, target, result.info, feeds, cpu=args.cpu,
@@ -307,7 +317,8 @@ def cmd_verify(args) -> int:
                                    providers=["CPUExecutionProvider"])
     expected = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
     print(f"{args.model}: target {target.name}, run {mode}"
-          + (f" ({target.emulator}{' -cpu ' + args.cpu if args.cpu else ''})"
+          + (f" ({target.emulation.what})" if targets.runs_emulated(target) else
+             f" ({target.emulator}{' -cpu ' + args.cpu if args.cpu else ''})"
              if mode == "emulated" else ""))
     failed = False
     for name, got in outputs.items():

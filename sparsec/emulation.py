@@ -44,7 +44,7 @@ def driver(target: Target, cache_dir: Path | None = None, flags: tuple[str, ...]
 def command_prefix(target: Target) -> list[str]:
     """How to start the target's programs here: directly, or through qemu-user."""
     mode = targets.execution_mode(target)
-    if mode == "native":
+    if mode == "native" or targets.runs_emulated(target):  # an emulation header: runs here
         return []
     if mode == "emulated":
         return [targets.emulator(target), "-L", str(targets.sysroot(target))]

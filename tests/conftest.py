@@ -55,13 +55,20 @@ class Compiler:
         # Every parallel kernel through the pool, however small: the tests' layers are tiny,
         # and the threaded code paths must run (production leaves small layers on one thread).
         options.setdefault("parallel_min_ns", 0)
+        # A target this CPU runs only through its emulation header (x86-amx without AMX) is
+        # built that way, and runs here like a native one; its test ids say "emulated".
+        options.setdefault("emulate", target_table.runs_emulated(target_table.resolve(target)))
         return sparsec.compile_model(model, target, output, cache_dir=self.cache_dir, **options)
 
     def load(self, model, target: str = "generic", **options) -> sparsec.Module:
         return sparsec.load(self.compile(model, target, **options).library)
 
     def can_run(self, target: str) -> bool:
-        return target_table.execution_mode(target_table.resolve(target)) == "native"
+        """Whether the library runs in this process: natively, or through an emulation header
+        (not qemu: another architecture's code runs through tests/runs.py)."""
+        resolved = target_table.resolve(target)
+        return (target_table.execution_mode(resolved) == "native"
+                or target_table.runs_emulated(resolved))
 
 
 @pytest.fixture

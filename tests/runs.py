@@ -4,8 +4,10 @@ A test that checks many compiled cases asks a `Runs` for its target and submits 
 the check its outputs must pass. Where the host runs the target, the library is loaded through
 cffi and checked at once (so hypothesis shrinks a failure as usual). For another architecture
 the cases queue, and `flush()` runs them all in one driver process under qemu-user (one
-emulator start for the lot), then checks each and fails with every failing case named. On a
-compile-only target, nothing runs; `mode` says which, for the test to report.
+emulator start for the lot), then checks each and fails with every failing case named. A
+target built with its emulation header (x86-amx without AMX: mode "emulated") runs here
+in-process, like a native one. On a compile-only target, nothing runs; `mode` says which,
+for the test to report.
 
 With `driver_flags` (sanitizers: tests/test_sanitizers.py), cases queue on the host's targets
 too and run in one driver built with those flags: a sanitized library cannot be loaded into
@@ -42,7 +44,8 @@ class Runs:
 
     def submit(self, result: sparsec.CompileResult, feeds: dict, check: Check,
                label: str) -> None:
-        if self.mode == "native" and not self.driver_flags:  # a CPU model: qemu only
+        in_process = self.mode == "native" or targets.runs_emulated(self.target)
+        if in_process and not self.driver_flags:  # a CPU model: qemu only
             check(sparsec.load(result.library, threads=self.threads).run(feeds))
         elif self.mode in ("native", "emulated"):
             job = emulation.Job(result.library, result.info, feeds, self.threads)

@@ -9,6 +9,7 @@ import pytest
 from onnx import helper
 
 from sparsec.cli import main
+from sparsec.codegen import targets
 from tests.graphs import mlp, model
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "mlp_sparse.onnx"
@@ -101,3 +102,25 @@ def test_profile_times_every_layer(workdir, capsys):
     main(["compile", str(SAMPLE), "--target", "native", "-o", "plain.so"])
     assert main(["run", "plain.so", "--profile", "--out", "o.npz"]) == 1
     assert "compiled without profiling" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not targets.runs_emulated(targets.TARGETS["x86-amx"]),
+                    reason="x86-amx runs natively or not at all on this host")
+def test_amx_emulated_build_says_so_everywhere(workdir, capsys):
+    assert main(["compile", str(SAMPLE), "--target", "x86-amx", "--dtype", "int8", "--emulate",
+                 "-o", "amx.so"]) == 0
+    assert "AMX tile instructions emulated in scalar C" in capsys.readouterr().out
+    assert main(["info", "amx.so"]) == 0
+    out = capsys.readouterr().out
+    assert "EMULATED:" in out and "amx_tile" not in out.split("\n")[0]
+    assert main(["targets"]) == 0
+    assert "x86-amx           runs here emulated (--emulate)" in capsys.readouterr().out
+    assert main(["verify", str(SAMPLE), "--target", "x86-amx", "--quantize", "dynamic",
+                 "--atol", "0.05"]) == 0
+    assert "run emulated (AMX tile instructions emulated" in capsys.readouterr().out
+
+
+def test_emulate_needs_a_target_with_an_emulation_build(workdir, capsys):
+    assert main(["compile", str(SAMPLE), "--target", "generic", "--emulate"]) != 0
+    assert "target generic has no emulation build; emulate applies to x86-amx" in \
+        capsys.readouterr().err

@@ -44,3 +44,19 @@ def test_kernel_symbols_follow_the_naming_grammar():
 def test_kernel_symbols_are_unique():
     symbols = [k.symbol for k in kernels.KERNELS]
     assert len(symbols) == len(set(symbols))
+
+
+@pytest.mark.skipif(targets.host_arch() != "x86_64", reason="x86 feature sets")
+def test_amx_runs_emulated_on_avx512_and_natively_with_amx():
+    amx = targets.TARGETS["x86-amx"]
+    avx512 = frozenset(targets.AVX512_FEATURES)
+    assert targets.runs_emulated(amx, avx512)
+    with_amx = avx512 | {"amx_tile", "amx_int8"}
+    assert targets.can_execute(amx, with_amx) and not targets.runs_emulated(amx, with_amx)
+    assert not targets.runs_emulated(amx, frozenset({"avx2", "fma"}))  # compile-only there
+    assert not targets.runs_emulated(targets.TARGETS["x86-avx512"], avx512)  # no emulation
+
+
+def test_native_never_resolves_to_an_emulated_build():
+    assert targets.resolve("native").emulation is None or targets.can_execute(
+        targets.resolve("native"))
