@@ -87,25 +87,39 @@ def groups_by_column(codes: np.ndarray, keep_all: bool) -> tuple[np.ndarray, ...
     return col_ptr, rows.astype(np.int32), lanes
 
 
-def int8_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "") -> dict:
+def kept_groups(codes: np.ndarray, keep_all: bool) -> int:
+    """4x1 groups a kernel walks: all of them, or those holding a nonzero code."""
+    k, n = codes.shape
+    kb = -(-k // GROUP)
+    if keep_all:
+        return kb * n
+    padded = np.zeros((kb * GROUP, n), dtype=bool)
+    padded[:k] = codes != 0
+    return int(padded.reshape(kb, GROUP, n).any(axis=1).sum())
+
+
+def int8_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "",
+                      amx: bool = False) -> dict:
     """Dense node with int8 codes (input 1) and per-column scales (input 3). `tokens` and `isa`
-    pick the VNNI token-tile form; without them, the portable kernel's parameters."""
+    pick the VNNI token-tile form; without them, the portable kernel's parameters. `amx`: the
+    token-tile form's columns on AMX tiles (16 tokens, avx512vnni for the rest)."""
     node, a, codes = req.node, req.input(0), req.input(1)
     scales = req.input(3)
     m, k, a_sm, a_sk = _activation_rows(a, node.attrs.get("trans_a", 0))
     n = codes.shape[1]
     keep_all = codes.sparsity is None or codes.sparsity.pattern == "dense"
-    col_ptr, k_idx, lanes = groups_by_column(codes.data, keep_all)
     colsum = codes.data.astype(np.int32).sum(axis=0, dtype=np.int32)
     req.take(a)
     params = {
         "M": m, "K": k, "N": n, "KB": -(-k // GROUP), "a_sm": a_sm, "a_sk": a_sk,
-        "num_groups": int(k_idx.size), "dense": keep_all,
+        "num_groups": kept_groups(codes.data, keep_all), "dense": keep_all,
         "colsum": req.blob.add(colsum), "wscale": req.blob.add(scales.data.astype(np.float32)),
         **_bias(req, m, n), **_epilogue(req, node.attrs, "float32"),
         **_vector_epilogue(node.attrs),
     }
     # Each form stores only the tables it reads.
+    if not amx:
+        col_ptr, k_idx, lanes = groups_by_column(codes.data, keep_all)
     if not tokens:
         params.update(col_ptr=req.blob.add(col_ptr), k_idx=req.blob.add(k_idx),
                       values=req.blob.add(lanes))
@@ -116,14 +130,80 @@ def int8_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "") -> dic
         if "dpbusd_full_range" in names and codes.data.size and codes.data.min() < -127:
             names["dpbusd"] = names["dpbusd_full_range"]
         params.update(isa=names, T=tokens, SLICES=max(1, min(8, m * k // 4096)),
-                      y_feature_major=False)
-        if keep_all:  # column-major codes, KB lanes per column: the loop needs no index
+                      y_feature_major=False, amx=amx, KBX=amx_groups(k) if amx else -(-k // GROUP))
+        if amx:
+            tile_ptr, starts, rows, tiles = amx_tiles(codes.data, keep_all)
+            params.update(num_tiles=int(len(starts)), tile_ptr=req.blob.add(tile_ptr),
+                          tile_start=req.blob.add(starts), tile_rows=req.blob.add(rows),
+                          tiles=req.blob.add(tiles))
+        elif keep_all:  # column-major codes, KB lanes per column: the loop needs no index
             params.update(values=req.blob.add(lanes))
         else:  # one stream per column: (byte offset of the group's row in the tile, codes)
             pairs = np.stack([k_idx * (GROUP * tokens), lanes], axis=1).astype(np.int32)
             params.update(col_ptr=req.blob.add(col_ptr), pairs=req.blob.add(pairs))
     req.take(req.output())
     return params
+
+
+# AMX (TDPBSUD): the token-tile kernel's quantized activations, 16 tokens a tile in VNNI order
+# ([groups][16 tokens][4] u8), are the B operand as they are: 16 consecutive 4x1 groups make one
+# 16 x 64-byte B tile. The weights are the A operand, s8, packed at compile time into 16 x 64-byte
+# tiles per panel of 16 output channels: row c holds channel c's codes for 16 groups. A "dense"
+# weight's tiles walk every group in order; a 4x16 one's keep only the groups where one of the
+# panel's channels has a nonzero, so a tile's groups need not be consecutive and the kernel
+# copies their activation rows into one B tile first (one 64-byte row per group).
+AMX_TOKENS = 16  # C tile columns: int32 per token
+AMX_ROWS = 16  # C and A tile rows: output channels per panel
+AMX_GROUPS = 16  # A tile dwords per row, B tile rows: 4x1 groups per tile
+
+
+def amx_tiles(codes: np.ndarray, keep_all: bool) -> tuple[np.ndarray, ...]:
+    """Per panel of 16 output channels: tile_ptr (panels + 1), and per tile its first group's
+    row offset in the B operand when its 16 groups are consecutive (else -1), the row offsets
+    of its 16 groups (padding repeats a kept group: its weights are zero), and its 1024 s8
+    codes, [channel][group][4]."""
+    k, n = codes.shape
+    kb = -(-k // GROUP)
+    panels = -(-n // AMX_ROWS)
+    padded = np.zeros((kb * GROUP, panels * AMX_ROWS), dtype=np.int8)
+    padded[:k, :n] = codes
+    # [panel][group][channel][4]
+    blocks = padded.reshape(kb, GROUP, panels, AMX_ROWS).transpose(2, 0, 3, 1)
+    tile_ptr, starts, rows, tiles = [0], [], [], []
+    for panel in range(panels):
+        if keep_all:
+            kept = np.arange(-(-kb // AMX_GROUPS) * AMX_GROUPS)  # past kb: zero codes
+        else:
+            kept = np.flatnonzero(blocks[panel].any(axis=(1, 2)))
+        for first in range(0, len(kept), AMX_GROUPS):
+            groups = kept[first:first + AMX_GROUPS]
+            consecutive = len(groups) == AMX_GROUPS and groups[-1] - groups[0] == AMX_GROUPS - 1
+            tile = np.zeros((AMX_ROWS, AMX_GROUPS, GROUP), dtype=np.int8)
+            real = groups[groups < kb]
+            tile[:, :len(real)] = blocks[panel, real].transpose(1, 0, 2)
+            padding = np.full(AMX_GROUPS - len(groups), groups[-1])
+            starts.append(int(groups[0]) if consecutive else -1)
+            rows.append(np.concatenate([groups, padding]))
+            tiles.append(tile)
+        tile_ptr.append(len(starts))
+    row_bytes = GROUP * AMX_TOKENS
+    return (np.array(tile_ptr, np.int32),
+            np.array([s * row_bytes if s >= 0 else -1 for s in starts], np.int32),
+            (np.array(rows, np.int32).reshape(-1, AMX_GROUPS) * row_bytes).astype(np.int32),
+            np.array(tiles, np.int8).reshape(-1, AMX_ROWS * AMX_GROUPS * GROUP))
+
+
+def amx_groups(k: int) -> int:
+    """Groups of the B operand per token tile: K's groups rounded up to whole B tiles."""
+    return -(-k // (GROUP * AMX_GROUPS)) * AMX_GROUPS
+
+
+def int8_amx_scratch(graph: Graph, node: Node) -> int:
+    """Per token tile: u8 codes for whole B tiles ([KBX][16][4]) and the fp32 Y tile."""
+    k, n = graph.tensors[node.inputs[1]].shape
+    a = graph.tensors[node.inputs[0]]
+    tiles = max(1, -(-(a.size // k if k else 0) // AMX_TOKENS))
+    return tiles * (amx_groups(k) * GROUP * AMX_TOKENS + 4 * n * AMX_TOKENS)
 
 
 def int8_scalar_scratch(graph: Graph, node: Node) -> int:

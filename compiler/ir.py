@@ -32,7 +32,9 @@ FEATURE_MAJOR = "feature-major"
 """Layout of an activation stored transposed: features outermost, tokens contiguous."""
 
 SPARSE_PATTERNS = ("1x1", "4x1", "1x4", "1x16", "16x1", "4x4")
-"""Candidate block shapes RxC over a K x N weight: R consecutive input rows x C output columns."""
+"""Candidate block shapes RxC over a K x N weight: R consecutive input rows x C output columns.
+A target's cost model may offer others (x86-amx's int8 kernel skips 4x16 blocks); those are
+counted too, for the weights it prices."""
 
 
 def block_shape(pattern: str) -> tuple[int, int]:
@@ -66,7 +68,7 @@ class SparsityInfo:
 
     density: float
     block_stats: dict[str, tuple[int, float]]  # pattern -> (nonzero blocks, fill ratio)
-    pattern: str  # "dense" or one of SPARSE_PATTERNS
+    pattern: str  # "dense", one of SPARSE_PATTERNS, or a block shape the cost model offered
     reason: str
     packed: PackedBlocks | None = None
 

@@ -28,6 +28,11 @@ def run(graph: Graph, ctx) -> Graph:
     graph = graph.copy()
     users = graph.consumers()
     copies: dict[str, str] = {}  # weight -> its transposed copy, when the original stays too
+    # A pattern only the int8 kernels offer (x86-amx's 4x16) is forced when quantize runs; the
+    # float weight it replaces is analysed as usual meanwhile.
+    force = ctx.force_pattern
+    if ctx.quantize and force not in (None, "dense", *ctx.cost.per_block):
+        force = None
     for node in graph.nodes:
         if node.op not in ("MatMul", "Gemm") or len(node.inputs) < 2:
             continue
@@ -39,7 +44,7 @@ def run(graph: Graph, ctx) -> Graph:
             weight = _store_transposed(graph, node, weight, shared, copies)
             node.attrs["transB"] = 0
         if weight.sparsity is None:
-            weight.sparsity = analyse(weight.data, ctx.cost, ctx.force_pattern)
+            weight.sparsity = analyse(weight.data, ctx.cost, force)
     return graph
 
 
@@ -98,7 +103,7 @@ def analyse(weight: np.ndarray, cost, force: str | None = None) -> SparsityInfo:
     nonzeros = int(np.count_nonzero(weight))
     density = nonzeros / weight.size if weight.size else 1.0
     stats = {}
-    for pattern in SPARSE_PATTERNS:
+    for pattern in dict.fromkeys(SPARSE_PATTERNS + tuple(cost.per_block)):
         rows, cols = block_shape(pattern)
         blocks = block_counts(weight, rows, cols)
         stats[pattern] = (blocks, nonzeros / (blocks * rows * cols) if blocks else 1.0)
