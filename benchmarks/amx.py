@@ -1,0 +1,150 @@
+"""The x86-amx target: its int8 kernel's instructions per tile, and its speed where AMX exists.
+
+    python benchmarks/amx.py
+
+1. Instructions per tile product, read from the real build's assembly (objdump), for each AMX
+   row of the kernel table: the loop over one panel's tiles of a 768 x 768 layer, in which
+   every trip loads an A tile of weight codes and a B tile of activation codes and issues one
+   TDPBSUD (16 channels x 16 tokens x 64 products). For a 4x16 weight, a trip whose groups
+   are not consecutive first copies 16 activation rows into the B tile. Written to
+   benchmarks/results/amx-instructions.md.
+2. Timing: on a CPU with AMX (`sparsec targets` says x86-amx runs here), the int8 benchmark of
+   benchmarks/spmm.py on target x86-amx, against onnxruntime's MatMulInteger and dynamic
+   quantization in the same run. Elsewhere it says why it cannot: the emulated build
+   (`--emulate`) times scalar C, not AMX.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np
+from common import write_table
+from onnx import helper
+
+import sparsec
+from sparsec.codegen import targets
+from sparsec.codegen.kernels import KERNELS
+
+LINE = re.compile(r"^\s*([0-9a-f]+):\s+(?:[0-9a-f]{2} )+\s*(\S+)\s*(.*)$")
+K = N = 768
+M = 128
+
+
+def layer(sparsity: float):
+    """768 x 768 weights pruned in 4x16 blocks (4 inputs x 16 output channels)."""
+    rng = np.random.default_rng(0)
+    keep = np.kron(rng.random((K // 4, N // 16)) >= sparsity, np.ones((4, 16)))
+    weight = (rng.standard_normal((K, N)) * keep).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "layer",
+        [helper.make_tensor_value_info("x", 1, [M, K])],
+        [helper.make_tensor_value_info("y", 1, [M, N])],
+        [helper.make_tensor("w", 1, [K, N], weight.ravel())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def functions(disassembly: str) -> dict[str, list[tuple[int, str, str]]]:
+    found, current = {}, None
+    for line in disassembly.splitlines():
+        header = re.match(r"^[0-9a-f]+ <(.+)>:$", line)
+        if header:
+            current = found.setdefault(header.group(1), [])
+            continue
+        match = LINE.match(line)
+        if match and current is not None:
+            current.append((int(match.group(1), 16), match.group(2), match.group(3)))
+    return found
+
+
+def tile_loop(code: list[tuple[int, str, str]]) -> list[tuple[int, str, str]]:
+    """The loop whose body holds the TDPBSUD: from the backward branch's target to the branch
+    (the staging copy, where there is one, is a loop nested inside it)."""
+    dot = next(address for address, mnemonic, _ in code if mnemonic == "tdpbsud")
+    loops = []
+    for address, mnemonic, operands in code:
+        target = re.search(r"\b([0-9a-f]+) <", operands)
+        if mnemonic.startswith("j") and target and int(target.group(1), 16) <= address:
+            loops.append((int(target.group(1), 16), address))
+    start, end = min(((s, e) for s, e in loops if s <= dot <= e), key=lambda r: r[1] - r[0])
+    return [i for i in code if start <= i[0] <= end]
+
+
+def copy_path(code: list[tuple[int, str, str]], loop: list) -> list[tuple[int, str, str]]:
+    """The B-tile copy for non-consecutive blocks: GCC places it after the tile loop, entered
+    when the loop's last test falls through, and jumping back into the loop when done."""
+    start, end = loop[0][0], loop[-1][0]
+    path = []
+    for address, mnemonic, operands in code:
+        if address <= end:
+            continue
+        path.append((address, mnemonic, operands))
+        target = re.search(r"\b([0-9a-f]+) <", operands)
+        if mnemonic == "jmp" and target and start <= int(target.group(1), 16) <= end:
+            return path
+    return []
+
+
+def instruction_rows(workdir: Path) -> list[list]:
+    rows = []
+    for row in (k for k in KERNELS if k.isa == "amx"):
+        result = sparsec.compile_model(layer(0.8), "x86-amx", workdir / f"{row.pattern}.so",
+                                       quantize="dynamic", force_pattern=row.pattern,
+                                       use_cache=False)
+        disassembly = subprocess.run(["objdump", "-d", "-w", str(result.library)],
+                                     capture_output=True, text=True, check=True).stdout
+        (code,) = [c for name, c in functions(disassembly).items()
+                   if f"{row.symbol}__node" in name and name.endswith("_columns")]
+        loop = tile_loop(code)
+        copy = copy_path(code, loop) if row.pattern != "dense" else []
+        zmm_moves = sum(m.startswith("vmov") and "zmm" in o for _, m, o in copy)
+        blocks = result.info["layers"][0]["blocks"]["4x16"]["nonzero_blocks"]
+        rows.append([row.symbol, row.pattern, str(len(loop)),
+                     str(sum(m == "tileloadd" for _, m, _ in loop)),
+                     str(sum(m == "tdpbsud" for _, m, _ in loop)),
+                     f"{len(copy)} ({zmm_moves} zmm loads/stores)" if copy else "-",
+                     str(blocks if row.pattern == "4x16" else K // 4 * N // 16)])
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    amx = targets.TARGETS["x86-amx"]
+    if targets.host_arch() != "x86_64":
+        raise SystemExit("AMX is x86-64 only; this host is " + targets.host_arch())
+    if not shutil.which("objdump"):
+        raise SystemExit("objdump is missing: apt-get install binutils")
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = instruction_rows(Path(tmp))
+    path = write_table(
+        "amx-instructions", "x86-amx int8 kernel: instructions per tile product",
+        ["kernel", "weights", "instructions a trip", "TILELOADD", "TDPBSUD",
+         "B-tile copy (when blocks are not consecutive)", "4x16 blocks walked"], rows,
+        f"From objdump of the real x86-amx build (not the emulation) of a {M}x{K}x{N} int8 "
+        "layer pruned 80 % in 4x16 blocks. One loop trip is one tile product: 16 output "
+        "channels x 16 tokens x 64 int8 products (16 4x16 blocks). The dense row walks every "
+        "block; the 4x16 row skips all-zero blocks and copies a tile's 16 activation rows "
+        "(64 bytes each) into the B tile when its blocks are not consecutive.")
+    print(f"wrote {path}")
+    if not targets.can_execute(amx):
+        missing = [f for f in amx.features if f not in targets.host_features()]
+        print(f"no timing: this CPU lacks {', '.join(missing)}. The emulated build "
+              "(sparsec compile --target x86-amx --emulate) runs the tile instructions as "
+              "scalar C, so its time says nothing about AMX; run this on Sapphire Rapids or "
+              "later.")
+        return
+    spmm = Path(__file__).resolve().parent / "spmm.py"
+    subprocess.run([sys.executable, str(spmm), "--dtype", "int8", "--target", "x86-amx"],
+                   check=True)
+
+
+if __name__ == "__main__":
+    main()
