@@ -24,9 +24,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import numpy as np
-from common import write_table
-from onnx import helper
+from common import functions, one_layer, write_table
 
 import sparsec
 from sparsec.codegen import targets
@@ -35,34 +33,6 @@ from sparsec.codegen.kernels import KERNELS
 LINE = re.compile(r"^\s*([0-9a-f]+):\s+(?:[0-9a-f]{2} )+\s*(\S+)\s*(.*)$")
 K = N = 768
 M = 128
-
-
-def layer(sparsity: float):
-    """768 x 768 weights pruned in 4x16 blocks (4 inputs x 16 output channels)."""
-    rng = np.random.default_rng(0)
-    keep = np.kron(rng.random((K // 4, N // 16)) >= sparsity, np.ones((4, 16)))
-    weight = (rng.standard_normal((K, N)) * keep).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])], "layer",
-        [helper.make_tensor_value_info("x", 1, [M, K])],
-        [helper.make_tensor_value_info("y", 1, [M, N])],
-        [helper.make_tensor("w", 1, [K, N], weight.ravel())])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
-
-
-def functions(disassembly: str) -> dict[str, list[tuple[int, str, str]]]:
-    found, current = {}, None
-    for line in disassembly.splitlines():
-        header = re.match(r"^[0-9a-f]+ <(.+)>:$", line)
-        if header:
-            current = found.setdefault(header.group(1), [])
-            continue
-        match = LINE.match(line)
-        if match and current is not None:
-            current.append((int(match.group(1), 16), match.group(2), match.group(3)))
-    return found
 
 
 def tile_loop(code: list[tuple[int, str, str]]) -> list[tuple[int, str, str]]:
@@ -96,12 +66,12 @@ def copy_path(code: list[tuple[int, str, str]], loop: list) -> list[tuple[int, s
 def instruction_rows(workdir: Path) -> list[list]:
     rows = []
     for row in (k for k in KERNELS if k.isa == "amx"):
-        result = sparsec.compile_model(layer(0.8), "x86-amx", workdir / f"{row.pattern}.so",
-                                       quantize="dynamic", force_pattern=row.pattern,
-                                       use_cache=False)
+        result = sparsec.compile_model(one_layer("4x16", K, N, M, density=0.2), "x86-amx",
+                                       workdir / f"{row.pattern}.so", quantize="dynamic",
+                                       force_pattern=row.pattern, use_cache=False)
         disassembly = subprocess.run(["objdump", "-d", "-w", str(result.library)],
                                      capture_output=True, text=True, check=True).stdout
-        (code,) = [c for name, c in functions(disassembly).items()
+        (code,) = [c for name, c in functions(disassembly, LINE).items()
                    if f"{row.symbol}__node" in name and name.endswith("_columns")]
         loop = tile_loop(code)
         copy = copy_path(code, loop) if row.pattern != "dense" else []

@@ -21,9 +21,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import numpy as np
-from common import write_table
-from onnx import helper
+from common import functions, one_layer, write_table
 
 import sparsec
 from sparsec.codegen.kernels import KERNELS
@@ -31,34 +29,6 @@ from sparsec.compiler.ir import block_shape
 
 OBJDUMP = "aarch64-linux-gnu-objdump"
 LINE = re.compile(r"^\s*([0-9a-f]+):\s+[0-9a-f]{8}\s+(\S+)\s*(.*)$")
-
-
-def one_layer(pattern: str, k: int = 256, n: int = 64, m: int = 64):
-    rows, cols = block_shape(pattern)
-    rng = np.random.default_rng(0)
-    keep = np.kron(rng.random((k // rows, n // cols)) < 0.2, np.ones((rows, cols)))
-    weight = (rng.standard_normal((k, n)) * keep).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "w"], ["y"])], "layer",
-        [helper.make_tensor_value_info("x", 1, [m, k])],
-        [helper.make_tensor_value_info("y", 1, [m, n])],
-        [helper.make_tensor("w", 1, [k, n], weight.ravel())])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model
-
-
-def functions(disassembly: str) -> dict[str, list[tuple[int, str, str]]]:
-    found, current = {}, None
-    for line in disassembly.splitlines():
-        header = re.match(r"^[0-9a-f]+ <(.+)>:$", line)
-        if header:
-            current = found.setdefault(header.group(1), [])
-            continue
-        match = LINE.match(line)
-        if match and current is not None:
-            current.append((int(match.group(1), 16), match.group(2), match.group(3)))
-    return found
 
 
 # The multiplies a kernel's inner loop is built around: FMLA (fp32), SDOT (int8 with the dot
@@ -105,7 +75,7 @@ def main() -> None:
             # The kernel's own functions (a dispatched SDOT twin shares the symbol's prefix);
             # the loop is in the one whose inner loop multiplies most, not the range pass.
             loop = max((innermost_fma_loop(code) for name, code in
-                        functions(disassembly).items()
+                        functions(disassembly, LINE).items()
                         if f"{row.symbol}__node" in name and name.endswith(("_columns", "_task"))),
                        key=lambda body: sum(m.startswith(MULTIPLIES) for _, m, _ in body))
             # Normalised to a nonzero weight and 16 tokens (XNNPACK's ideal: 1 broadcast +

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import statistics
 import time
 from pathlib import Path
@@ -60,3 +61,40 @@ def write_table(name: str, title: str, header: list[str], rows: list[list], note
     path = RESULTS / f"{name}.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def one_layer(pattern: str, k: int = 256, n: int = 64, m: int = 64, density: float = 0.2):
+    """A one-MatMul model whose k x n weight is pruned in `pattern` blocks (R x C), keeping
+    about `density` of them (seeded)."""
+    import numpy as np
+    from onnx import helper
+
+    from sparsec.compiler.ir import block_shape
+
+    rows, cols = block_shape(pattern)
+    rng = np.random.default_rng(0)
+    keep = np.kron(rng.random((k // rows, n // cols)) < density, np.ones((rows, cols)))
+    weight = (rng.standard_normal((k, n)) * keep).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "layer",
+        [helper.make_tensor_value_info("x", 1, [m, k])],
+        [helper.make_tensor_value_info("y", 1, [m, n])],
+        [helper.make_tensor("w", 1, [k, n], weight.ravel())])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def functions(disassembly: str, line: re.Pattern) -> dict[str, list[tuple[int, str, str]]]:
+    """objdump -d output as {function: [(address, mnemonic, operands)]}; `line` matches one
+    instruction line with those three groups (the encoding column differs by architecture)."""
+    found, current = {}, None
+    for text in disassembly.splitlines():
+        header = re.match(r"^[0-9a-f]+ <(.+)>:$", text)
+        if header:
+            current = found.setdefault(header.group(1), [])
+            continue
+        match = line.match(text)
+        if match and current is not None:
+            current.append((int(match.group(1), 16), match.group(2), match.group(3)))
+    return found
