@@ -55,8 +55,3 @@ def test_amx_runs_emulated_on_avx512_and_natively_with_amx():
     assert targets.can_execute(amx, with_amx) and not targets.runs_emulated(amx, with_amx)
     assert not targets.runs_emulated(amx, frozenset({"avx2", "fma"}))  # compile-only there
     assert not targets.runs_emulated(targets.TARGETS["x86-avx512"], avx512)  # no emulation
-
-
-def test_native_never_resolves_to_an_emulated_build():
-    assert targets.resolve("native").emulation is None or targets.can_execute(
-        targets.resolve("native"))
