@@ -71,14 +71,17 @@ def token_tile(k: int, tokens: int, lanes: int) -> int:
     return tokens
 
 
-def groups_by_column(codes: np.ndarray, keep_all: bool) -> tuple[np.ndarray, ...]:
-    """Per output column: col_ptr (N+1), the block row of each kept 4x1 group, and each
-    group's 4 codes (zero padded past K) as one int32 lane."""
+def groups_by_column(codes: np.ndarray, keep_all: bool,
+                     group: int = GROUP) -> tuple[np.ndarray, ...]:
+    """Per output column: col_ptr (N+1), the block row of each kept group (4x1 of int8
+    codes; 2x1 of bf16 bits, `group` = 2), and each group's values (zero padded past K) as
+    one int32 lane."""
     k, n = codes.shape
-    kb = -(-k // GROUP)
-    padded = np.zeros((kb * GROUP, n), dtype=np.int8)
+    assert group * codes.dtype.itemsize == 4, "a group fills one 32-bit lane"
+    kb = -(-k // group)
+    padded = np.zeros((kb * group, n), dtype=codes.dtype)
     padded[:k] = codes
-    groups = padded.reshape(kb, GROUP, n).transpose(2, 0, 1)  # n, kb, 4
+    groups = padded.reshape(kb, group, n).transpose(2, 0, 1)  # n, kb, group
     keep = np.ones((n, kb), bool) if keep_all else groups.any(axis=2)
     columns, rows = np.nonzero(keep)  # column-major order: columns ascending, rows within
     col_ptr = np.zeros(n + 1, dtype=np.int32)

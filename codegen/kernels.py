@@ -12,6 +12,7 @@ import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from sparsec.codegen import bf16_params as bp
 from sparsec.codegen import int8_params as qp
 from sparsec.codegen import matrix_params as mp
 from sparsec.codegen import params as kp
@@ -39,7 +40,8 @@ SIGNED = FLOATS + ("int8", "int16", "int32", "int64")
 ANY = NUMERIC + ("bool",)
 
 # Within a target, oldest to shiniest.
-ISA_ORDER = ("scalar", "neon", "neondot", "avx2", "avxvnni", "avx512f", "avx512vnni", "amx")
+ISA_ORDER = ("scalar", "neon", "neondot", "avx2", "avxvnni", "avx512f", "avx512vnni",
+             "avx512bf16", "amx")
 
 
 @dataclass(frozen=True)
@@ -74,8 +76,13 @@ class KernelSpec:
 
 
 def weight_dtype(graph: Graph, node: Node) -> str:
+    """The weights a Dense node's kernel multiplies: its weight tensor's dtype, or bfloat16
+    where the quantize pass marked the node (`--dtype bf16`: the tensor stays float32 and the
+    kernel's parameters round it)."""
     if node.op != DENSE:
         return "float32"
+    if node.attrs.get("precision") == "bf16":
+        return "bfloat16"
     return graph.tensors[node.inputs[1]].dtype
 
 
@@ -303,6 +310,22 @@ KERNELS: list[KernelSpec] = [
                                           isa="avx512vnni", amx=True),
                  scratch=qp.int8_amx_scratch, cost_ns={"generic": cost})
       for p, cost in (("dense", 0.00065), ("4x16", 0.05))],
+    # bf16 weights (--dtype bf16), walked as 2x1 pairs; "dense" keeps them all. Costs per
+    # weight element or kept pair and activation row, measured on the Zen 5 machine (which
+    # has AVX512_BF16; the avx512f rows with it hidden) on 128x768x768 layers, dense and 90 %
+    # sparse; the scalar rows on 64x256x256, where dense is the same loop over every pair.
+    *[KernelSpec(op=DENSE, dtypes=FLOAT, weight_dtype="bfloat16", isa="scalar", pattern=p,
+                 mr=1, nr=1, family="bf16_dense", template="bf16-dense/scalar.c.j2",
+                 params=bp.bf16_dense_params, cost_ns={"generic": cost})
+      for p, cost in (("dense", 0.41), ("2x1", 0.82))],
+    *[KernelSpec(op=DENSE, dtypes=FLOAT, weight_dtype="bfloat16", isa=isa, pattern=p, mr=64,
+                 nr=1, family="bf16_dense", template="bf16-dense/x86-tokens.c.j2",
+                 parallel=True,
+                 params=functools.partial(bp.bf16_dense_params, tokens=64, isa=isa),
+                 scratch=functools.partial(bp.bf16_tokens_scratch, tokens=64, isa=isa),
+                 cost_ns={"generic": cost})
+      for isa, costs in (("avx512f", (0.0107, 0.033)), ("avx512bf16", (0.0065, 0.025)))
+      for p, cost in zip(("dense", "2x1"), costs)],
     # Vectors of 4 where the target has no SIMD ISA: GCC lowers them to what the machine has.
     *[KernelSpec(op=ATTENTION, dtypes=FLOAT, isa=isa, mr=8, nr=vector, family="f32_attention",
                  template="f32-attention/vector.c.j2", parallel=True,

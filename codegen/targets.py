@@ -62,6 +62,10 @@ class Target:
 AVX512_CFLAGS = ("-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512dq",
                  "-mavx512vl", "-mavx512vnni")
 AVX512_FEATURES = ("avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni")
+# bf16 layers (--dtype bf16) on AVX-512 libraries: VDPBF16PS where the CPU has AVX512_BF16
+# (Cooper Lake, Sapphire Rapids, Zen 4 and later), the same products by FMA elsewhere.
+AVX512_BF16 = Dispatch("avx512bf16", "avx512bf16", "SPARSEC_AVX512BF16_BEGIN",
+                       "SPARSEC_AVX512BF16_END")
 
 TARGETS: dict[str, Target] = {
     t.name: t
@@ -78,7 +82,8 @@ TARGETS: dict[str, Target] = {
         Target("x86-avx512", "x86-64 with AVX-512 F/BW/DQ/VL and VNNI (Ice Lake, Zen 4 and later)",
                "x86_64", ("scalar", "avx2", "avx512f", "avx512vnni"),
                AVX512_CFLAGS,
-               AVX512_FEATURES, 64, ("immintrin.h", "sparsec_avx2.h", "sparsec_avx512.h")),
+               AVX512_FEATURES, 64, ("immintrin.h", "sparsec_avx2.h", "sparsec_avx512.h"),
+               dispatch=(AVX512_BF16,)),
         Target("x86-amx", "x86-64 with AMX tiles (int8) and AVX-512 (Sapphire Rapids and later)",
                "x86_64", ("scalar", "avx2", "avx512f", "avx512vnni", "amx"),
                AVX512_CFLAGS + ("-mamx-tile", "-mamx-int8", "-mamx-bf16"),
@@ -86,7 +91,8 @@ TARGETS: dict[str, Target] = {
                ("immintrin.h", "sparsec_avx2.h", "sparsec_avx512.h", "sparsec_amx.h"),
                emulation=Emulation(("-DSPARSEC_AMX_EMULATE",), AVX512_FEATURES,
                                    "AMX tile instructions emulated in scalar C "
-                                   "(runtime_c/sparsec_amx.h): for tests, not for speed")),
+                                   "(runtime_c/sparsec_amx.h): for tests, not for speed"),
+               dispatch=(AVX512_BF16,)),
         Target("arm-neon", "AArch64 with NEON (ARMv8-A: Graviton, Apple silicon, phones); "
                "int8 layers on SDOT where the core has the dot product",
                "aarch64", ("scalar", "neon"), ("-march=armv8-a",), (), 16,
@@ -105,7 +111,7 @@ TARGETS: dict[str, Target] = {
 # Feature bits shared with runtime_c/cpu.c: the library reports missing ones by these names.
 FEATURE_BITS = {"avx2": 0, "fma": 1, "avx512f": 2, "avx512bw": 3, "avx512dq": 4, "avx512vl": 5,
                 "avx512vnni": 6, "avxvnni": 7, "asimddp": 8, "amx_tile": 9, "amx_int8": 10,
-                "amx_bf16": 11}
+                "amx_bf16": 11, "avx512bf16": 12}
 
 
 def host_arch() -> str:
@@ -127,6 +133,8 @@ def host_features() -> frozenset[str]:
                 flags.add("avx512vnni")
             if "avx_vnni" in flags:
                 flags.add("avxvnni")
+            if "avx512_bf16" in flags:
+                flags.add("avx512bf16")
             return frozenset(flags)
     return frozenset()
 

@@ -46,9 +46,13 @@ uint32_t sparsec__host_features(void)
     if ((ebx >> 31) & 1) features |= SPARSEC_FEATURE_AVX512VL;
     if ((ecx >> 11) & 1) features |= SPARSEC_FEATURE_AVX512VNNI;
   }
-  /* AVX-VNNI (VEX-encoded, 256-bit) sits in leaf 7 subleaf 1, EAX bit 4. */
-  if (max_subleaf >= 1 && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && ((eax >> 4) & 1))
-    features |= SPARSEC_FEATURE_AVXVNNI;
+  /* AVX-VNNI (VEX-encoded, 256-bit) and AVX512_BF16 sit in leaf 7 subleaf 1, EAX bits 4, 5. */
+  if (max_subleaf >= 1 && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) {
+    if ((eax >> 4) & 1)
+      features |= SPARSEC_FEATURE_AVXVNNI;
+    if (((eax >> 5) & 1) && (features & SPARSEC_FEATURE_AVX512F))
+      features |= SPARSEC_FEATURE_AVX512BF16;
+  }
 #ifdef SPARSEC_HIDE_FEATURES
   /* Test builds pretend the CPU lacks these bits, to exercise the refusal path. */
   features &= ~(uint32_t)(SPARSEC_HIDE_FEATURES);

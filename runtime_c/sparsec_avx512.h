@@ -65,4 +65,54 @@ static inline __m512i sparsec_quantize_u8x64(const float *x, __m512 scale, __m51
   return _mm512_inserti32x4(all, codes[3], 3);
 }
 
+/* bf16 (--dtype bf16): a 32-bit lane holds two bf16, the even K in its low half, as
+ * VDPBF16PS pairs them. Kernels for AVX512_BF16 CPUs sit between these macros and call the
+ * _hw helpers; the library runs them only where the CPU reports avx512bf16, and the others,
+ * which compute the same products with shifts and FMAs, elsewhere. */
+#define SPARSEC_AVX512BF16_BEGIN \
+  _Pragma("GCC push_options") _Pragma("GCC target(\"avx512bf16\")")
+#define SPARSEC_AVX512BF16_END _Pragma("GCC pop_options")
+
+/* 32 floats -> 32 bf16 in order (16 lanes of pairs), rounded to nearest even; NaN stays a
+ * (quiet) NaN. */
+static inline __m512i sparsec_bf16_pairs512(const float *x)
+{
+  __m256i halves[2];
+  for (int i = 0; i < 2; i++) {
+    const __m512i bits = _mm512_castps_si512(_mm512_loadu_ps(x + 16 * i));
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    const __m512i rounded = _mm512_srli_epi32(
+        _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))), 16);
+    const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x40));
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(
+        _mm512_and_si512(bits, _mm512_set1_epi32(0x7fffffff)), _mm512_set1_epi32(0x7f800000));
+    halves[i] = _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(rounded, nan, quiet));
+  }
+  return _mm512_inserti64x4(_mm512_castsi256_si512(halves[0]), halves[1], 1);
+}
+
+/* acc + x[2i+1] w[2i+1] + x[2i] w[2i] per lane (bf16 pairs, fp32 sums), odd then even as
+ * VDPBF16PS orders them, each as an FMA. */
+static inline __m512 sparsec_dpbf16_512(__m512 acc, __m512i x, __m512i w)
+{
+  const __m512i high = _mm512_set1_epi32((int)0xffff0000u);
+  acc = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(x, high)),
+                        _mm512_castsi512_ps(_mm512_and_si512(w, high)), acc);
+  return _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(x, 16)),
+                         _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)), acc);
+}
+
+/* The same with AVX512_BF16 (VCVTNE2PS2BF16 rounds to nearest even as above). */
+__attribute__((target("avx512bf16"))) static inline __m512i sparsec_bf16_pairs512_hw(const float *x)
+{
+  return (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + 16), _mm512_loadu_ps(x));
+}
+
+__attribute__((target("avx512bf16"))) static inline __m512 sparsec_dpbf16_512_hw(__m512 acc,
+                                                                                 __m512i x,
+                                                                                 __m512i w)
+{
+  return _mm512_dpbf16_ps(acc, (__m512bh)x, (__m512bh)w);
+}
+
 #endif /* SPARSEC_AVX512_H */

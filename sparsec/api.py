@@ -68,7 +68,8 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "nat
     graph = frontend.import_model(model, input_shapes, max_memory)
     ctx = PassContext(cost=cost_model(resolved), verify_each=verify_each,
                       dump_dir=Path(dump_ir) if dump_ir else None, force_pattern=force_pattern,
-                      quantize=quantize, int8_cost=cost_model(resolved, "int8"), reorder=reorder,
+                      quantize=quantize, int8_cost=cost_model(resolved, "int8"),
+                      bf16_cost=cost_model(resolved, "bfloat16"), reorder=reorder,
                       max_memory=max_memory,
                       scratch_bytes=lambda g, n: kernels.scratch_bytes(g, n, resolved),
                       layouts=(lambda g, n: kernels.layout_support(g, n, resolved))

@@ -41,8 +41,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="dynamic: int8 matrix products (weights per output channel at compile "
                         "time, activations per tensor at run time, as onnxruntime's "
                         "DynamicQuantizeLinear)")
-    p.add_argument("--dtype", choices=["float32", "int8"], default="float32",
-                   help="int8 is --quantize dynamic (default: float32, the model's own)")
+    p.add_argument("--dtype", choices=["float32", "int8", "bf16"], default="float32",
+                   help="int8 is --quantize dynamic; bf16 multiplies weights and activations "
+                        "rounded to bf16, summing in fp32 (default: float32, the model's own)")
     p.add_argument("--profile", action="store_true",
                    help="time every layer at run time (see `sparsec run --profile`)")
     p.add_argument("--no-reorder", action="store_true",
@@ -119,7 +120,8 @@ def cmd_compile(args) -> int:
                            dump_ir=args.dump_ir, cache_dir=args.cache_dir,
                            use_cache=not args.no_cache, keep_source=args.keep_source,
                            force_pattern=args.force_pattern,
-                           quantize=args.quantize or ("dynamic" if args.dtype == "int8" else None),
+                           quantize=args.quantize or {"int8": "dynamic", "bf16": "bf16"}.get(
+                               args.dtype),
                            profile=args.profile, reorder=not args.no_reorder,
                            max_memory=args.max_memory, emulate=args.emulate)
     if args.report:

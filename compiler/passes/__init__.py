@@ -48,9 +48,11 @@ class PassContext:
     cost: SparseKernelCost
     verify_each: bool = False
     force_pattern: str | None = None  # "dense" or a block pattern for every weight
-    quantize: str | None = None  # "dynamic": int8 weights, activations quantized at run time
+    quantize: str | None = None  # "dynamic": int8 weights, activations quantized at run time;
+    # "bf16": bf16 products summed in fp32
     reorder: bool = True  # reorder_blocks may permute channels between Dense layers
     int8_cost: SparseKernelCost | None = None  # the target's int8 kernels, for quantize
+    bf16_cost: SparseKernelCost | None = None  # the target's bf16 kernels, for quantize
     # Bytes of arena scratch a node's kernel needs while it runs (from codegen's kernel
     # table, so this package stays independent of codegen); None: no kernel needs any.
     scratch_bytes: Callable[[Graph, Node], int] | None = None

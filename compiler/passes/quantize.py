@@ -1,4 +1,5 @@
-"""Dynamic int8 quantization of the matrix products (`--quantize dynamic`, `--dtype int8`).
+"""Lower-precision matrix products: dynamic int8 (`--quantize dynamic`, `--dtype int8`) and
+bf16 (`--dtype bf16`, see _mark_bf16).
 
 Requires: fuse (Dense nodes with their epilogues) and detect_sparsity (K x N weights).
 Establishes: every Dense node reading int8 codes (fuse maps onnxruntime's dynamically quantized
@@ -26,7 +27,7 @@ from sparsec.compiler.passes.detect_sparsity import analyse
 from sparsec.errors import SparsecError
 
 NAME = "quantize"
-MODES = ("dynamic",)
+MODES = ("dynamic", "bf16")
 MAX_DEPTH = 16_000  # K beyond which a u8 x s8 int32 accumulator could overflow
 
 
@@ -52,6 +53,8 @@ def run(graph: Graph, ctx) -> Graph:
         raise SparsecError(f"unknown quantization {ctx.quantize!r}; choose one of: "
                            + ", ".join(MODES))
     graph = graph.copy()
+    if ctx.quantize == "bf16":
+        return _mark_bf16(graph, ctx)
     done: dict[str, tuple[str, str]] = {}  # float weight -> its codes and scales (shared weights)
     for node in graph.nodes:
         if node.op != DENSE:
@@ -75,6 +78,27 @@ def run(graph: Graph, ctx) -> Graph:
         ctx.log.append(f"{NAME}: {node.name or node.outputs[0]}: int8 weights, "
                        f"{graph.tensors[codes].sparsity.reason}")
     graph.remove_unused()
+    return graph
+
+
+def _mark_bf16(graph: Graph, ctx) -> Graph:
+    """--dtype bf16: every Dense node with a constant float32 weight multiplies in bf16 (attr
+    precision; the kernel rounds the weight when it is packed and the activations when it
+    runs, and sums in fp32). The weight's pattern is chosen again by the bf16 kernels' costs,
+    which walk 2x1 pairs."""
+    analysed: set[str] = set()  # a weight shared by several nodes is analysed once
+    for node in graph.nodes:
+        if node.op != DENSE:
+            continue
+        weight = graph.tensors[node.inputs[1]]
+        if not weight.is_constant or weight.dtype != "float32" or len(weight.shape) != 2:
+            continue
+        node.attrs["precision"] = "bf16"
+        if weight.name not in analysed:
+            analysed.add(weight.name)
+            weight.sparsity = analyse(weight.data, ctx.bf16_cost, ctx.force_pattern)
+        ctx.log.append(f"{NAME}: {node.name or node.outputs[0]}: bf16, "
+                       f"{weight.sparsity.reason}")
     return graph
 
 

@@ -5,4 +5,5 @@ from sparsec.compiler.passes import PassContext
 
 def context(target: str = "generic", quantize: str | None = None) -> PassContext:
     return PassContext(cost=cost_model(resolve(target)), verify_each=True, quantize=quantize,
-                       int8_cost=cost_model(resolve(target), "int8"))
+                       int8_cost=cost_model(resolve(target), "int8"),
+                       bf16_cost=cost_model(resolve(target), "bfloat16"))

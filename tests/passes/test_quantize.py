@@ -68,3 +68,22 @@ def test_codes_are_symmetric_and_within_half_a_step(w):
     assert np.all(np.max(np.abs(codes.astype(int)), axis=0)[full_range] == 127)
     error = np.abs(codes * scale.astype(np.float64) - w)
     assert np.all(error <= scale * (0.5 + 1e-5))
+
+
+def test_bf16_marks_dense_nodes_and_chooses_pairs_by_bf16_cost():
+    """--dtype bf16: the weight stays float32 (the kernel rounds it), the node multiplies in
+    bf16, and the pattern is the bf16 kernels' choice: 2x1 pairs for a sparse weight."""
+    rng = np.random.default_rng(0)
+    sparse = (rng.standard_normal((64, 32)) * (rng.random((64, 32)) < 0.05)).astype(np.float32)
+    dense = rng.standard_normal((32, 16)).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h"]),
+             helper.make_node("Relu", ["h"], ["r"]),
+             helper.make_node("MatMul", ["r", "w1"], ["y"])]
+    _, after = quantized(model(nodes, [("x", [4, 64])], [("y", [4, 16])],
+                               [("w0", sparse), ("w1", dense)]), mode="bf16")
+    first, second = after.nodes
+    assert first.attrs["precision"] == second.attrs["precision"] == "bf16"
+    weights = [after.tensors[node.inputs[1]] for node in (first, second)]
+    assert [w.dtype for w in weights] == ["float32", "float32"]
+    assert weights[0].sparsity.pattern == "2x1" and weights[1].sparsity.pattern == "dense"
+    assert "2x1" in weights[0].sparsity.block_stats

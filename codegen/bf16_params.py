@@ -1,0 +1,92 @@
+"""Template parameters for the bf16 Dense kernels (`--dtype bf16`).
+
+Weights are rounded to bf16 at compile time and activations when the kernel runs (round to
+nearest even, as VCVTNE2PS2BF16); products are summed in fp32. VDPBF16PS takes two bf16 per
+32-bit lane, consecutive in K, so the kernels walk the weight as 2x1 groups: per output column,
+the pairs that hold a nonzero (all of them for a "dense" weight) and each pair's two bf16 as one
+lane. The token-tile form lays a tile of T tokens' activations out as [K/2][T] pairs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sparsec.codegen.int8_params import groups_by_column
+from sparsec.codegen.matrix_params import (
+    TOKEN_TILE_ISAS,
+    _activation_rows,
+    _bias,
+    _epilogue,
+    _vector_epilogue,
+)
+from sparsec.codegen.params import KernelRequest
+from sparsec.compiler.ir import Graph, Node
+
+PAIR = 2  # K values per 32-bit lane of vdpbf16ps
+TILE_BYTES = 64 * 1024  # bf16 activations per tile beyond which the tile is halved
+
+BF16_ISAS = {
+    "avx512f": {**TOKEN_TILE_ISAS["avx512f"], "name": "AVX-512F (bf16 products by FMA)",
+                "ivec": "__m512i", "iload": "_mm512_load_si512", "iset1": "_mm512_set1_epi32",
+                "istore": "_mm512_store_si512", "pack": "sparsec_bf16_pairs512",
+                "dot": "sparsec_dpbf16_512"},
+}
+BF16_ISAS["avx512bf16"] = {**BF16_ISAS["avx512f"], "name": "AVX512_BF16",
+                           "pack": "sparsec_bf16_pairs512_hw", "dot": "sparsec_dpbf16_512_hw"}
+
+
+def bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 -> bf16 bit patterns (uint16), rounded to nearest even; NaN stays NaN."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = (bits + np.uint32(0x7FFF) + ((bits >> 16) & 1)) >> 16
+    nan = (bits & 0x7FFFFFFF) > 0x7F800000
+    return np.where(nan, (bits >> 16) | 0x40, rounded).astype(np.uint16)
+
+
+def token_tile(k: int, tokens: int, lanes: int) -> int:
+    """Tokens per tile: halved while the tile's bf16 activations (K x T x 2 bytes) exceed
+    TILE_BYTES and the tile stays a whole number of vectors."""
+    while tokens > 2 * lanes and -(-k // PAIR) * PAIR * tokens * 2 > TILE_BYTES:
+        tokens //= 2
+    return tokens
+
+
+def bf16_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "") -> dict:
+    """Dense node in bf16 (node attr precision); `tokens` and `isa` pick the token-tile form,
+    without them the portable kernel's parameters."""
+    node, a, weight = req.node, req.input(0), req.input(1)
+    m, k, a_sm, a_sk = _activation_rows(a, node.attrs.get("trans_a", 0))
+    n = weight.shape[1]
+    keep_all = weight.sparsity is None or weight.sparsity.pattern == "dense"
+    # -0.0 (a pruned weight times -1 in the exporter) must not keep its pair
+    bits = bf16_bits(np.where(weight.data == 0, np.float32(0), weight.data))
+    col_ptr, k_idx, lanes = groups_by_column(bits, keep_all, PAIR)
+    req.take(a)
+    params = {
+        "M": m, "K": k, "N": n, "KP": -(-k // PAIR), "a_sm": a_sm, "a_sk": a_sk,
+        "num_pairs": int(k_idx.size), "dense": keep_all,
+        **_bias(req, m, n), **_epilogue(req, node.attrs, "float32"),
+        **_vector_epilogue(node.attrs),
+    }
+    if not tokens:
+        params.update(col_ptr=req.blob.add(col_ptr), k_idx=req.blob.add(k_idx),
+                      values=req.blob.add(lanes))
+    else:
+        tokens = token_tile(k, tokens, BF16_ISAS[isa]["lanes"])
+        params.update(isa=BF16_ISAS[isa], T=tokens, y_feature_major=False)
+        if keep_all:  # column-major pairs, KP lanes per column: the loop needs no index
+            params.update(values=req.blob.add(lanes))
+        else:  # one stream per column: (byte offset of the pair's row in the tile, the pair)
+            pairs = np.stack([k_idx * (4 * tokens), lanes], axis=1).astype(np.int32)
+            params.update(col_ptr=req.blob.add(col_ptr), pairs=req.blob.add(pairs))
+    req.take(req.output())
+    return params
+
+
+def bf16_tokens_scratch(graph: Graph, node: Node, tokens: int, isa: str) -> int:
+    """Per token tile: bf16 pairs ([KP][T] lanes) and the fp32 Y tile ([N][T])."""
+    k, n = graph.tensors[node.inputs[1]].shape
+    a = graph.tensors[node.inputs[0]]
+    tokens = token_tile(k, tokens, BF16_ISAS[isa]["lanes"])
+    tiles = max(1, -(-(a.size // k if k else 0) // tokens))
+    return tiles * 4 * (-(-k // PAIR) * tokens + n * tokens)
