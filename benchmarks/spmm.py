@@ -15,6 +15,10 @@ onnxruntime's dense MatMulInteger (u8 activations with a zero point x s8 weights
 activations quantized beforehand) and with onnxruntime running the whole dynamic quantization
 (DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul, the same computation as sparsec's);
 the accuracy column is the int8 result's largest error relative to the largest fp32 output.
+
+With --dtype bf16 the models are compiled with --dtype bf16 (weights and activations rounded to
+bf16, products summed in fp32) and compared with onnxruntime's fp32 MatMul and with sparsec's
+own fp32 build of the same file; the accuracy column is as for int8.
 """
 
 from __future__ import annotations
@@ -133,12 +137,46 @@ def int8_rows(target, shapes, sparsities, peak_gops: float | None, tmp: Path) ->
     return rows
 
 
+def bf16_rows(target, shapes, sparsities, tmp: Path) -> list[list]:
+    rng = np.random.default_rng(0)
+    rows = []
+    for m, k, n in shapes:
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        for sparsity in sparsities:
+            for label, block in PATTERNS.items():
+                w = pruned_weight(rng, k, n, 1 - sparsity, block)
+                model = matmul_model(w, m)
+                session = ort_session(model.SerializeToString())
+                ort_ms = 1e3 * median_seconds(lambda: session.run(None, {"x": x}))
+                times, outputs, layers = {}, {}, {}
+                for dtype in ("float32", "bf16"):
+                    result = sparsec.compile_model(
+                        model, target.name, tmp / f"{m}-{k}-{n}-{label}-{dtype}.so",
+                        quantize="bf16" if dtype == "bf16" else None)
+                    with sparsec.load(result.library, threads=1) as module:
+                        outputs[dtype] = module.run({"x": x})["y"]
+                        times[dtype] = 1e3 * median_seconds(lambda: module.run({"x": x}))
+                    layers[dtype] = result.info["layers"][0]
+                exact = x @ w
+                error = np.max(np.abs(outputs["bf16"] - exact)) / np.max(np.abs(exact))
+                kernel = layers["bf16"].get("dispatch", {}).get("avx512bf16",
+                                                                layers["bf16"]["kernel"])
+                rows.append([f"{m}x{k}x{n}", f"{sparsity:.0%}", label, layers["bf16"]["pattern"],
+                             kernel.split("__")[-1], f"{times['bf16']:.3f}",
+                             f"{times['float32']:.3f}", f"{ort_ms:.3f}",
+                             f"{ort_ms / times['bf16']:.2f}x",
+                             f"{times['float32'] / times['bf16']:.2f}x", f"{error:.2e}"])
+                print(rows[-1], flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", default="native")
     parser.add_argument("--quick", action="store_true", help="first shape and 90 %% only")
-    parser.add_argument("--dtype", choices=["float32", "int8"], default="float32",
-                        help="int8: compile with --quantize dynamic, compare with MatMulInteger")
+    parser.add_argument("--dtype", choices=["float32", "int8", "bf16"], default="float32",
+                        help="int8: compile with --quantize dynamic, compare with MatMulInteger; "
+                             "bf16: compile with --dtype bf16, compare with fp32")
     args = parser.parse_args()
     target = targets.resolve(args.target)
     shapes = SHAPES[:1] if args.quick else SHAPES
@@ -148,6 +186,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         peak, peak_gops = peak_gflops(target, Path(tmp))
         print(f"peak: {peak:.0f} GFLOP/s per core, int8 {peak_gops or '-'} GOP/s")
+        if args.dtype == "bf16":
+            rows = bf16_rows(target, shapes, sparsities, Path(tmp))
+            path = write_table(
+                f"spmm-bf16-{target.name}", f"Sparse MatMul in bf16 (--dtype bf16), target "
+                f"{target.name}",
+                ["M x K x N", "sparsity", "pruned as", "sparsec storage", "kernel ISA",
+                 "bf16 ms", "sparsec fp32 ms", "ORT fp32 ms", "bf16 vs ORT", "bf16 vs fp32",
+                 "error vs fp32"], rows,
+                "Medians, 1 thread. 'kernel ISA': what runs on this CPU (avx512bf16: "
+                "VDPBF16PS; avx512f: the same products by FMA, where the CPU lacks "
+                "AVX512_BF16). 'error vs fp32': max |bf16 - fp32 result| / max |fp32 "
+                "result|, the accuracy bf16 costs.")
+            print(f"wrote {path}")
+            return
         if args.dtype == "int8":
             rows = int8_rows(target, shapes, sparsities, peak_gops, Path(tmp))
             path = write_table(
