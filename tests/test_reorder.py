@@ -110,7 +110,10 @@ def scramble_within_heads(onnx_model, heads: int, rng):
 @pytest.mark.parametrize("target", TARGET_PARAMS)
 @settings(max_examples=4, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(heads=st.integers(1, 4), head=st.sampled_from([8, 16, 24]), seed=st.integers(0, 999))
+# Heads of 16 and 24: at a hidden size of 8 the cost model may find a restored weight no
+# faster (no permutation, seed 246) or cheaper in 4x4 blocks (seed 119) -- right, but not
+# what this test is about.
+@given(heads=st.integers(1, 4), head=st.sampled_from([16, 24]), seed=st.integers(0, 999))
 def test_value_and_output_projections_reorder_within_heads(target, heads, head, seed, compiler):
     tiny_bert = tiny_bert_module()
     hidden = heads * head
