@@ -1,8 +1,9 @@
 """Fuzzing the compiler with mutated models: whatever a model file holds, compiling it either
 succeeds or raises a `SparsecError` (which the CLI prints as one `sparsec: error:` line), and a
 library that compiles runs on random inputs or refuses them with a `SparsecError`. Any other
-exception, and any crash (which takes the test process down with it), is a bug. Half the
-mutants are compiled with --quantize dynamic, through the int8 passes and kernels.
+exception, and any crash (which takes the test process down with it), is a bug. Two thirds
+of the mutants are compiled with --quantize dynamic or --dtype bf16, through those passes and
+kernels.
 
 Hypothesis draws a valid base model and a few mutations of its protobuf: nodes dropped,
 duplicated or rewired; dims corrupted; attributes given other values, types or none; initializer
@@ -188,7 +189,8 @@ def random_inputs(module: sparsec.Module) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("base", sorted(BASES))
 @settings(max_examples=EXAMPLES, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(changes=st.lists(mutation, min_size=1, max_size=3), quantize=st.booleans())
+@given(changes=st.lists(mutation, min_size=1, max_size=3),
+       quantize=st.sampled_from([None, "dynamic", "bf16"]))
 def test_mutated_models_compile_or_fail_cleanly(base, changes, quantize, compiler, tmp_path):
     model = onnx.ModelProto()
     model.CopyFrom(BASES[base])
@@ -203,7 +205,7 @@ def test_mutated_models_compile_or_fail_cleanly(base, changes, quantize, compile
     path.write_bytes(data)
     try:
         result = compiler.compile(path, "generic", max_memory=MEMORY_LIMIT,
-                                  quantize="dynamic" if quantize else None)
+                                  quantize=quantize)
     except SparsecError as exc:
         event(f"compile refused: {type(exc).__name__}")
         assert str(exc).strip(), "an error must say what is wrong"
