@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
@@ -111,9 +111,10 @@ def scramble_within_heads(onnx_model, heads: int, rng):
 @settings(max_examples=4, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 # Heads of 16 and 24: at a hidden size of 8 the cost model may find a restored weight no
-# faster (no permutation, seed 246) or cheaper in 4x4 blocks (seed 119) -- right, but not
+# faster (no permutation: heads=1, head=8, seed=246 on x86-avx512), which is right, but not
 # what this test is about.
 @given(heads=st.integers(1, 4), head=st.sampled_from([16, 24]), seed=st.integers(0, 999))
+@example(heads=1, head=16, seed=247)
 def test_value_and_output_projections_reorder_within_heads(target, heads, head, seed, compiler):
     tiny_bert = tiny_bert_module()
     hidden = heads * head
@@ -128,7 +129,9 @@ def test_value_and_output_projections_reorder_within_heads(target, heads, head, 
     perm = np.asarray(record["permutation"])  # the scrambled 4x1 blocks are worth restoring
     assert (perm // head == np.arange(hidden) // head).all(), "stays within each head"
     restored = result.graph.tensors[output.inputs[1]].sparsity
-    assert restored.pattern == "4x1" and restored.block_stats["4x1"][1] == 1.0
+    # Every 4x1 block full again; the pattern stays the cost model's choice (a restored weight
+    # of one head can be cheaper in 4x4 blocks: heads=1, head=16, seed=247 on generic).
+    assert restored.block_stats["4x1"][1] == 1.0 and restored.pattern != "dense"
     if not compiler.can_run(target):
         return
     feeds = tiny_bert.tiny_bert_inputs(seed, vocab=64, seq=16, padded=3)
