@@ -30,6 +30,7 @@ import sparsec
 from sparsec.codegen import targets
 from sparsec.codegen.kernels import KERNELS
 
+PRODUCTS = ("tdpbsud", "tdpbf16ps")  # the int8 and bf16 rows' tile products
 LINE = re.compile(r"^\s*([0-9a-f]+):\s+(?:[0-9a-f]{2} )+\s*(\S+)\s*(.*)$")
 K = N = 768
 M = 128
@@ -38,7 +39,7 @@ M = 128
 def tile_loop(code: list[tuple[int, str, str]]) -> list[tuple[int, str, str]]:
     """The loop whose body holds the TDPBSUD: from the backward branch's target to the branch
     (the staging copy, where there is one, is a loop nested inside it)."""
-    dot = next(address for address, mnemonic, _ in code if mnemonic == "tdpbsud")
+    dot = next(address for address, mnemonic, _ in code if mnemonic in PRODUCTS)
     loops = []
     for address, mnemonic, operands in code:
         target = re.search(r"\b([0-9a-f]+) <", operands)
@@ -66,8 +67,10 @@ def copy_path(code: list[tuple[int, str, str]], loop: list) -> list[tuple[int, s
 def instruction_rows(workdir: Path) -> list[list]:
     rows = []
     for row in (k for k in KERNELS if k.isa == "amx"):
+        bf16 = row.weight_dtype == "bfloat16"
         result = sparsec.compile_model(one_layer("4x16", K, N, M, density=0.2), "x86-amx",
-                                       workdir / f"{row.pattern}.so", quantize="dynamic",
+                                       workdir / f"{row.symbol}.so",
+                                       quantize="bf16" if bf16 else "dynamic",
                                        force_pattern=row.pattern, use_cache=False)
         disassembly = subprocess.run(["objdump", "-d", "-w", str(result.library)],
                                      capture_output=True, text=True, check=True).stdout
@@ -76,12 +79,15 @@ def instruction_rows(workdir: Path) -> list[list]:
         loop = tile_loop(code)
         copy = copy_path(code, loop) if row.pattern != "dense" else []
         zmm_moves = sum(m.startswith("vmov") and "zmm" in o for _, m, o in copy)
-        blocks = result.info["layers"][0]["blocks"]["4x16"]["nonzero_blocks"]
+        unit = "2x16" if bf16 else "4x16"
+        blocks = result.info["layers"][0]["blocks"][unit]["nonzero_blocks"]
+        if row.pattern == "dense":
+            blocks = K // (2 if bf16 else 4) * N // 16
         rows.append([row.symbol, row.pattern, str(len(loop)),
                      str(sum(m == "tileloadd" for _, m, _ in loop)),
-                     str(sum(m == "tdpbsud" for _, m, _ in loop)),
+                     str(sum(m in PRODUCTS for _, m, _ in loop)),
                      f"{len(copy)} ({zmm_moves} zmm loads/stores)" if copy else "-",
-                     str(blocks if row.pattern == "4x16" else K // 4 * N // 16)])
+                     f"{blocks} {unit}"])
         print(rows[-1], flush=True)
     return rows
 
@@ -96,13 +102,14 @@ def main() -> None:
         rows = instruction_rows(Path(tmp))
     path = write_table(
         "amx-instructions", "x86-amx int8 kernel: instructions per tile product",
-        ["kernel", "weights", "instructions a trip", "TILELOADD", "TDPBSUD",
-         "B-tile copy (when blocks are not consecutive)", "4x16 blocks walked"], rows,
-        f"From objdump of the real x86-amx build (not the emulation) of a {M}x{K}x{N} int8 "
-        "layer pruned 80 % in 4x16 blocks. One loop trip is one tile product: 16 output "
-        "channels x 16 tokens x 64 int8 products (16 4x16 blocks). The dense row walks every "
-        "block; the 4x16 row skips all-zero blocks and copies a tile's 16 activation rows "
-        "(64 bytes each) into the B tile when its blocks are not consecutive.")
+        ["kernel", "weights", "instructions a trip", "TILELOADD", "TDPBSUD / TDPBF16PS",
+         "B-tile copy (when blocks are not consecutive)", "blocks walked"], rows,
+        f"From objdump of the real x86-amx build (not the emulation) of a {M}x{K}x{N} layer "
+        "pruned 80 % in 4x16 blocks, in int8 and in bf16. One loop trip is one tile product: "
+        "16 output channels x 16 tokens x 64 int8 products (16 4x16 blocks) or 32 bf16 ones "
+        "(16 2x16 blocks). The dense rows walk every block; the others skip all-zero blocks "
+        "and copy a tile's 16 activation rows (64 bytes each) into the B tile when its blocks "
+        "are not consecutive.")
     print(f"wrote {path}")
     if not targets.can_execute(amx):
         missing = [f for f in amx.features if f not in targets.host_features()]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparsec.codegen.int8_params import groups_by_column
+from sparsec.codegen.int8_params import AMX_TOKENS, amx_groups, amx_tiles, groups_by_column
 from sparsec.codegen.matrix_params import (
     TOKEN_TILE_ISAS,
     _activation_rows,
@@ -51,9 +51,12 @@ def token_tile(k: int, tokens: int, lanes: int) -> int:
     return tokens
 
 
-def bf16_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "") -> dict:
+def bf16_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "",
+                      amx: bool = False) -> dict:
     """Dense node in bf16 (node attr precision); `tokens` and `isa` pick the token-tile form,
-    without them the portable kernel's parameters."""
+    without them the portable kernel's parameters. `amx`: the token-tile form's columns on
+    AMX tiles (TDPBF16PS, 16 tokens; the pairs packed by AVX-512F as codegen/int8_params.
+    amx_tiles packs int8 groups, a 2x16 weight skipping its all-zero 2x16 blocks)."""
     node, a, weight = req.node, req.input(0), req.input(1)
     m, k, a_sm, a_sk = _activation_rows(a, node.attrs.get("trans_a", 0))
     n = weight.shape[1]
@@ -61,6 +64,8 @@ def bf16_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "") -> dic
     # -0.0 (a pruned weight times -1 in the exporter) must not keep its pair
     bits = bf16_bits(np.where(weight.data == 0, np.float32(0), weight.data))
     col_ptr, k_idx, lanes = groups_by_column(bits, keep_all, PAIR)
+    if amx:
+        tokens = AMX_TOKENS
     req.take(a)
     params = {
         "M": m, "K": k, "N": n, "KP": -(-k // PAIR), "a_sm": a_sm, "a_sk": a_sk,
@@ -72,9 +77,15 @@ def bf16_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "") -> dic
         params.update(col_ptr=req.blob.add(col_ptr), k_idx=req.blob.add(k_idx),
                       values=req.blob.add(lanes))
     else:
-        tokens = token_tile(k, tokens, BF16_ISAS[isa]["lanes"])
-        params.update(isa=BF16_ISAS[isa], T=tokens, y_feature_major=False)
-        if keep_all:  # column-major pairs, KP lanes per column: the loop needs no index
+        tokens = tokens if amx else token_tile(k, tokens, BF16_ISAS[isa]["lanes"])
+        params.update(isa=BF16_ISAS[isa], T=tokens, y_feature_major=False, amx=amx,
+                      KPX=amx_groups(k, PAIR) if amx else -(-k // PAIR))
+        if amx:
+            tile_ptr, starts, rows, tiles = amx_tiles(bits, keep_all, PAIR)
+            params.update(num_tiles=int(len(starts)), tile_ptr=req.blob.add(tile_ptr),
+                          tile_start=req.blob.add(starts), tile_rows=req.blob.add(rows),
+                          tiles=req.blob.add(tiles))
+        elif keep_all:  # column-major pairs, KP lanes per column: the loop needs no index
             params.update(values=req.blob.add(lanes))
         else:  # one stream per column: (byte offset of the pair's row in the tile, the pair)
             pairs = np.stack([k_idx * (4 * tokens), lanes], axis=1).astype(np.int32)
@@ -83,10 +94,12 @@ def bf16_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "") -> dic
     return params
 
 
-def bf16_tokens_scratch(graph: Graph, node: Node, tokens: int, isa: str) -> int:
-    """Per token tile: bf16 pairs ([KP][T] lanes) and the fp32 Y tile ([N][T])."""
+def bf16_tokens_scratch(graph: Graph, node: Node, tokens: int, isa: str,
+                        amx: bool = False) -> int:
+    """Per token tile: bf16 pairs ([KPX][T] lanes) and the fp32 Y tile ([N][T])."""
     k, n = graph.tensors[node.inputs[1]].shape
     a = graph.tensors[node.inputs[0]]
-    tokens = token_tile(k, tokens, BF16_ISAS[isa]["lanes"])
+    tokens = AMX_TOKENS if amx else token_tile(k, tokens, BF16_ISAS[isa]["lanes"])
+    pairs = amx_groups(k, PAIR) if amx else -(-k // PAIR)
     tiles = max(1, -(-(a.size // k if k else 0) // tokens))
-    return tiles * 4 * (-(-k // PAIR) * tokens + n * tokens)
+    return tiles * 4 * (pairs * tokens + n * tokens)

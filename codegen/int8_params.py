@@ -160,18 +160,19 @@ AMX_ROWS = 16  # C and A tile rows: output channels per panel
 AMX_GROUPS = 16  # A tile dwords per row, B tile rows: 4x1 groups per tile
 
 
-def amx_tiles(codes: np.ndarray, keep_all: bool) -> tuple[np.ndarray, ...]:
+def amx_tiles(codes: np.ndarray, keep_all: bool, group: int = GROUP) -> tuple[np.ndarray, ...]:
     """Per panel of 16 output channels: tile_ptr (panels + 1), and per tile its first group's
     row offset in the B operand when its 16 groups are consecutive (else -1), the row offsets
-    of its 16 groups (padding repeats a kept group: its weights are zero), and its 1024 s8
-    codes, [channel][group][4]."""
+    of its 16 groups (padding repeats a kept group: its weights are zero), and its 1024 bytes
+    of weights, [channel][group][`group` values]: 4 s8 codes, or 2 bf16 (bits as uint16)."""
     k, n = codes.shape
-    kb = -(-k // GROUP)
+    assert group * codes.dtype.itemsize == 4, "a group fills one 32-bit lane"
+    kb = -(-k // group)
     panels = -(-n // AMX_ROWS)
-    padded = np.zeros((kb * GROUP, panels * AMX_ROWS), dtype=np.int8)
+    padded = np.zeros((kb * group, panels * AMX_ROWS), dtype=codes.dtype)
     padded[:k, :n] = codes
-    # [panel][group][channel][4]
-    blocks = padded.reshape(kb, GROUP, panels, AMX_ROWS).transpose(2, 0, 3, 1)
+    # [panel][group][channel][values]
+    blocks = padded.reshape(kb, group, panels, AMX_ROWS).transpose(2, 0, 3, 1)
     tile_ptr, starts, rows, tiles = [0], [], [], []
     for panel in range(panels):
         if keep_all:
@@ -181,7 +182,7 @@ def amx_tiles(codes: np.ndarray, keep_all: bool) -> tuple[np.ndarray, ...]:
         for first in range(0, len(kept), AMX_GROUPS):
             groups = kept[first:first + AMX_GROUPS]
             consecutive = len(groups) == AMX_GROUPS and groups[-1] - groups[0] == AMX_GROUPS - 1
-            tile = np.zeros((AMX_ROWS, AMX_GROUPS, GROUP), dtype=np.int8)
+            tile = np.zeros((AMX_ROWS, AMX_GROUPS, group), dtype=codes.dtype)
             real = groups[groups < kb]
             tile[:, :len(real)] = blocks[panel, real].transpose(1, 0, 2)
             padding = np.full(AMX_GROUPS - len(groups), groups[-1])
@@ -189,16 +190,17 @@ def amx_tiles(codes: np.ndarray, keep_all: bool) -> tuple[np.ndarray, ...]:
             rows.append(np.concatenate([groups, padding]))
             tiles.append(tile)
         tile_ptr.append(len(starts))
-    row_bytes = GROUP * AMX_TOKENS
+    row_bytes = 4 * AMX_TOKENS  # a B row: one 32-bit lane per token
     return (np.array(tile_ptr, np.int32),
             np.array([s * row_bytes if s >= 0 else -1 for s in starts], np.int32),
             (np.array(rows, np.int32).reshape(-1, AMX_GROUPS) * row_bytes).astype(np.int32),
-            np.array(tiles, np.int8).reshape(-1, AMX_ROWS * AMX_GROUPS * GROUP))
+            np.array(tiles, codes.dtype).reshape(-1, AMX_ROWS * AMX_GROUPS * group)
+            .view(np.uint8))
 
 
-def amx_groups(k: int) -> int:
+def amx_groups(k: int, group: int = GROUP) -> int:
     """Groups of the B operand per token tile: K's groups rounded up to whole B tiles."""
-    return -(-k // (GROUP * AMX_GROUPS)) * AMX_GROUPS
+    return -(-k // (group * AMX_GROUPS)) * AMX_GROUPS
 
 
 def int8_amx_scratch(graph: Graph, node: Node) -> int:

@@ -326,6 +326,18 @@ KERNELS: list[KernelSpec] = [
                  cost_ns={"generic": cost})
       for isa, costs in (("avx512f", (0.0107, 0.033)), ("avx512bf16", (0.0065, 0.025)))
       for p, cost in zip(("dense", "2x1"), costs)],
+    # AMX bf16 (x86-amx): the bf16 token-tile kernel at 16 tokens, its columns on tiles
+    # (TDPBF16PS); a 2x16 weight skips its all-zero 2x16 blocks. Estimated costs, no AMX
+    # machine here: half of the int8 rows' rate (half the products per TDPBF16PS).
+    *[KernelSpec(op=DENSE, dtypes=FLOAT, weight_dtype="bfloat16", isa="amx", pattern=p,
+                 mr=16, nr=16, family="bf16_dense", template="bf16-dense/x86-tokens.c.j2",
+                 parallel=True,
+                 params=functools.partial(bp.bf16_dense_params, tokens=16, isa="avx512f",
+                                          amx=True),
+                 scratch=functools.partial(bp.bf16_tokens_scratch, tokens=16, isa="avx512f",
+                                           amx=True),
+                 cost_ns={"generic": cost})
+      for p, cost in (("dense", 0.0013), ("2x16", 0.05))],
     # Vectors of 4 where the target has no SIMD ISA: GCC lowers them to what the machine has.
     *[KernelSpec(op=ATTENTION, dtypes=FLOAT, isa=isa, mr=8, nr=vector, family="f32_attention",
                  template="f32-attention/vector.c.j2", parallel=True,

@@ -84,10 +84,10 @@ TARGETS: dict[str, Target] = {
                AVX512_CFLAGS,
                AVX512_FEATURES, 64, ("immintrin.h", "sparsec_avx2.h", "sparsec_avx512.h"),
                dispatch=(AVX512_BF16,)),
-        Target("x86-amx", "x86-64 with AMX tiles (int8) and AVX-512 (Sapphire Rapids and later)",
-               "x86_64", ("scalar", "avx2", "avx512f", "avx512vnni", "amx"),
+        Target("x86-amx", "x86-64 with AMX tiles (int8, bf16) and AVX-512 (Sapphire Rapids "
+               "and later)", "x86_64", ("scalar", "avx2", "avx512f", "avx512vnni", "amx"),
                AVX512_CFLAGS + ("-mamx-tile", "-mamx-int8", "-mamx-bf16"),
-               AVX512_FEATURES + ("amx_tile", "amx_int8"), 64,
+               AVX512_FEATURES + ("amx_tile", "amx_int8", "amx_bf16"), 64,
                ("immintrin.h", "sparsec_avx2.h", "sparsec_avx512.h", "sparsec_amx.h"),
                emulation=Emulation(("-DSPARSEC_AMX_EMULATE",), AVX512_FEATURES,
                                    "AMX tile instructions emulated in scalar C "

@@ -60,8 +60,8 @@ def host_target(name: str):
 
 
 HOST_TARGETS = [host_target("generic"), host_target("native")]
-# The int8 cases also run x86-amx's tile kernel, through its emulation header where the host
-# lacks AMX (its fp32 kernels are x86-avx512's, already covered by "native").
+# The int8 and bf16 cases also run x86-amx's tile kernels, through its emulation header where
+# the host lacks AMX (its fp32 kernels are x86-avx512's, already covered by "native").
 INT8_TARGETS = HOST_TARGETS + [host_target("x86-amx")]
 
 
@@ -78,8 +78,8 @@ def with_case(target, case: str):
 
 @pytest.mark.parametrize("target,case", [
     with_case(target, case) for target in HOST_TARGETS
-    for case in ("sample", "sample-int8", "odd-sizes")] + [with_case(INT8_TARGETS[-1],
-                                                                     "sample-int8")])
+    for case in ("sample", "sample-int8", "sample-bf16", "odd-sizes")]
+    + [with_case(INT8_TARGETS[-1], case) for case in ("sample-int8", "sample-bf16")])
 def test_encoders_run_clean_under_sanitizers(target, case, compiler):
     tiny_bert = tiny_bert_module()
     if case == "odd-sizes":
@@ -88,14 +88,16 @@ def test_encoders_run_clean_under_sanitizers(target, case, compiler):
         feeds = tiny_bert.tiny_bert_inputs(3, vocab=64, seq=23, padded=5)
     else:
         model, feeds = tiny_bert.tiny_bert(), tiny_bert.tiny_bert_inputs()
-    quantize = "dynamic" if case.endswith("int8") else None
+    quantize = {"sample-int8": "dynamic", "sample-bf16": "bf16"}.get(case)
     result = compiler.compile(model, target, extra_cflags=SANITIZE, quantize=quantize)
     outputs = emulation.run(result.library, targets.resolve(target), result.info, feeds,
                             threads=2, cache_dir=compiler.cache_dir, driver_flags=SANITIZE)
     got = outputs["last_hidden_state"]
     wanted = run_onnxruntime(model, feeds)[0]
     # int8 against fp32: the sample's --quantize tolerance (tests/test_tiny_bert.py)
-    tolerance = 0.02 * (wanted.max() - wanted.min()) if quantize else 1e-4
+    # bf16: tests/test_tiny_bert.py's bound, 1 % of the largest output
+    tolerance = {"dynamic": 0.02 * (wanted.max() - wanted.min()),
+                 "bf16": 0.01 * np.max(np.abs(wanted))}.get(quantize, 1e-4)
     np.testing.assert_allclose(got, wanted, rtol=0, atol=tolerance)
 
 

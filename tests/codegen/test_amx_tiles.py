@@ -38,7 +38,7 @@ def simulate(codes: np.ndarray, x_codes: np.ndarray, keep_all: bool) -> np.ndarr
             group_rows = rows[t] // row_bytes
             if starts[t] >= 0:  # the kernel loads 16 consecutive rows from starts[t]
                 assert starts[t] == rows[t][0] and np.all(np.diff(group_rows) == 1)
-            a = tiles[t].astype(np.int64).reshape(16, 16, 4)  # channel, group, 4
+            a = tiles[t].view(np.int8).astype(np.int64).reshape(16, 16, 4)  # channel, group, 4
             bt = b_rows[group_rows].reshape(16, qp.AMX_TOKENS, 4)  # group, token, 4
             out[panel * 16:(panel + 1) * 16] += np.einsum("cgj,gtj->ct", a, bt)
     return out[:n]
@@ -102,7 +102,8 @@ def test_real_build_compiles_with_werror_and_uses_tiles(row, compiler):
     w = (rng.standard_normal((80, 48)) * keep).astype(np.float32)
     m = model([helper.make_node("MatMul", ["x", "w"], ["y"])], [("x", [20, 80])],
               [("y", [20, 48])], [("w", w)])
-    result = compiler.compile(m, "x86-amx", emulate=False, quantize="dynamic",
+    bf16 = row.weight_dtype == "bfloat16"
+    result = compiler.compile(m, "x86-amx", emulate=False, quantize="bf16" if bf16 else "dynamic",
                               force_pattern=row.pattern, extra_cflags=("-Werror",))
     assert result.info["layers"][0]["kernel"] == row.symbol
     assert "emulated" not in result.info and "amx_tile" in result.info["features"]
@@ -110,12 +111,13 @@ def test_real_build_compiles_with_werror_and_uses_tiles(row, compiler):
         import sparsec
         from sparsec.errors import LoadError
 
-        with pytest.raises(LoadError, match=r"lacks: .*amx_tile amx_int8 \(AMX needs the "
-                           r"CPU.*Linux 5.16 or later\); rebuild it"):
+        with pytest.raises(LoadError, match=r"lacks: .*amx_tile amx_int8 amx_bf16 \(AMX needs "
+                           r"the CPU.*Linux 5.16 or later\); rebuild it"):
             sparsec.load(result.library)
     objdump = shutil.which("objdump")
     if objdump:
         text = subprocess.run([objdump, "-d", str(result.library)], capture_output=True,
                               text=True, check=True).stdout
-        for instruction in ("ldtilecfg", "tileloadd", "tdpbsud", "tilestored", "tilerelease"):
+        product = "tdpbf16ps" if bf16 else "tdpbsud"
+        for instruction in ("ldtilecfg", "tileloadd", product, "tilestored", "tilerelease"):
             assert instruction in text, f"{instruction} missing from the real build"

@@ -9,7 +9,8 @@ absolute terms bounds (plus the bias add); Relu and Clip do not increase it.
 
 Rows run natively where the host has their ISA: the AVX-512 library carries both rows and
 calls the VDPBF16PS one where the CPU reports avx512bf16, so its avx512f row runs with that
-feature hidden. Elsewhere they are compile-only; the test ids say which.
+feature hidden. The AMX rows (TDPBF16PS) run through the emulation header where the CPU has
+AVX-512 but no AMX. Elsewhere they are compile-only; the test ids say which.
 """
 
 from __future__ import annotations
@@ -35,10 +36,13 @@ HIDE_BF16 = f"-DSPARSEC_HIDE_FEATURES={1 << targets.FEATURE_BITS['avx512bf16']}"
 
 
 def target_of(row: KernelSpec) -> targets.Target:
-    return targets.TARGETS["generic"] if row.isa == "scalar" else AVX512
+    return {"scalar": targets.TARGETS["generic"], "amx": targets.TARGETS["x86-amx"]}.get(
+        row.isa, AVX512)
 
 
 def mode_of(row: KernelSpec) -> str:
+    if targets.runs_emulated(target_of(row)):
+        return "emulated"  # AMX tiles in scalar C (runtime_c/sparsec_amx.h)
     features = {"avx512bf16": ("avx512bf16",)}.get(row.isa, ())
     runs = targets.can_execute(target_of(row)) and all(
         f in targets.host_features() for f in features)

@@ -51,7 +51,7 @@ def test_amx_runs_emulated_on_avx512_and_natively_with_amx():
     amx = targets.TARGETS["x86-amx"]
     avx512 = frozenset(targets.AVX512_FEATURES)
     assert targets.runs_emulated(amx, avx512)
-    with_amx = avx512 | {"amx_tile", "amx_int8"}
+    with_amx = avx512 | {"amx_tile", "amx_int8", "amx_bf16"}
     assert targets.can_execute(amx, with_amx) and not targets.runs_emulated(amx, with_amx)
     assert not targets.runs_emulated(amx, frozenset({"avx2", "fma"}))  # compile-only there
     assert not targets.runs_emulated(targets.TARGETS["x86-avx512"], avx512)  # no emulation
