@@ -36,6 +36,8 @@ from hypothesis import HealthCheck, given, settings
 from sparsec import emulation
 from sparsec.codegen import targets
 from sparsec.errors import RuntimeFailure
+from tests.codegen.test_bf16_kernels import one_node_model as bf16_model
+from tests.codegen.test_bf16_kernels import reference as bf16_reference
 from tests.conftest import run_onnxruntime
 from tests.faults import patched_library
 from tests.runs import Runs
@@ -157,6 +159,35 @@ def test_quantized_mlps_equal_onnxruntime_under_sanitizers(target, compiler):
 
     check()
     assert runs.flush() == len(submitted) > 0
+
+
+BF16_SHAPES = [(5, 1, 17), (70, 35, 20), (33, 130, 40), (16, 64, 16)]  # (M, K, N): tails
+
+
+@pytest.mark.parametrize("target", INT8_TARGETS)
+def test_bf16_layers_run_clean_under_sanitizers(target, compiler):
+    """--dtype bf16 layers of odd shapes (K = 1 is half a pair; x86-amx rounds K up to whole
+    B tiles), dense and sparse, sanitized, within tests/codegen/test_bf16_kernels.py's bound."""
+    runs = Runs(targets.resolve(target), compiler.cache_dir, threads=2, driver_flags=SANITIZE)
+    rng = np.random.default_rng(0)
+    for m, k, n in BF16_SHAPES:
+        for density in (1.0, 0.3):
+            keep = np.repeat(rng.random((-(-k // 2), n)) < density, 2, 0)[:k]
+            w = (rng.standard_normal((k, n)) * keep).astype(np.float32)
+            b = rng.standard_normal(n).astype(np.float32)
+            x = rng.standard_normal((m, k)).astype(np.float32)
+            result = compiler.compile(bf16_model(m, k, n, w, b, "Relu"), target,
+                                      quantize="bf16", extra_cflags=SANITIZE)
+            expected, bound = bf16_reference(x, w, b, "Relu")
+            runs.submit(result, {"x": x}, functools.partial(within, expected, bound),
+                        label=f"{m}x{k}x{n} density {density}")
+    assert runs.flush() == 2 * len(BF16_SHAPES)
+
+
+def within(expected: np.ndarray, bound: np.ndarray, outputs: dict) -> None:
+    (actual,) = outputs.values()
+    error = np.abs(actual - expected)
+    assert np.all(error <= bound), f"{int((error > bound).sum())} outputs past the bound"
 
 
 # --- negative controls: the mode catches a broken kernel -----------------------------------------

@@ -56,12 +56,7 @@ def run(graph: Graph, ctx) -> Graph:
     if ctx.quantize == "bf16":
         return _mark_bf16(graph, ctx)
     done: dict[str, tuple[str, str]] = {}  # float weight -> its codes and scales (shared weights)
-    for node in graph.nodes:
-        if node.op != DENSE:
-            continue
-        weight = graph.tensors[node.inputs[1]]
-        if not weight.is_constant or weight.dtype != "float32" or len(weight.shape) != 2:
-            continue
+    for node, weight in _float_weights(graph):
         if not np.all(np.isfinite(weight.data)):
             raise SparsecError(f"node {node.name!r}: weight {weight.name!r} holds inf or NaN, "
                                "which int8 cannot represent; compile it without --quantize")
@@ -81,18 +76,23 @@ def run(graph: Graph, ctx) -> Graph:
     return graph
 
 
+def _float_weights(graph: Graph):
+    """Each Dense node whose weight is a constant K x N float32 tensor, with that tensor."""
+    for node in graph.nodes:
+        if node.op != DENSE:
+            continue
+        weight = graph.tensors[node.inputs[1]]
+        if weight.is_constant and weight.dtype == "float32" and len(weight.shape) == 2:
+            yield node, weight
+
+
 def _mark_bf16(graph: Graph, ctx) -> Graph:
     """--dtype bf16: every Dense node with a constant float32 weight multiplies in bf16 (attr
     precision; the kernel rounds the weight when it is packed and the activations when it
     runs, and sums in fp32). The weight's pattern is chosen again by the bf16 kernels' costs,
     which walk 2x1 pairs."""
     analysed: set[str] = set()  # a weight shared by several nodes is analysed once
-    for node in graph.nodes:
-        if node.op != DENSE:
-            continue
-        weight = graph.tensors[node.inputs[1]]
-        if not weight.is_constant or weight.dtype != "float32" or len(weight.shape) != 2:
-            continue
+    for node, weight in _float_weights(graph):
         node.attrs["precision"] = "bf16"
         if weight.name not in analysed:
             analysed.add(weight.name)
