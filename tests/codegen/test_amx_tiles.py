@@ -115,9 +115,11 @@ def test_real_build_compiles_with_werror_and_uses_tiles(row, compiler):
                            r"the CPU.*Linux 5.16 or later\); rebuild it"):
             sparsec.load(result.library)
     objdump = shutil.which("objdump")
-    if objdump:
-        text = subprocess.run([objdump, "-d", str(result.library)], capture_output=True,
-                              text=True, check=True).stdout
-        product = "tdpbf16ps" if bf16 else "tdpbsud"
-        for instruction in ("ldtilecfg", "tileloadd", product, "tilestored", "tilerelease"):
-            assert instruction in text, f"{instruction} missing from the real build"
+    if not objdump:  # binutils comes with gcc; say so rather than pass quietly
+        pytest.skip("objdump not found (apt-get install binutils): the build compiled, its "
+                    "instructions are unchecked")
+    text = subprocess.run([objdump, "-d", str(result.library)], capture_output=True,
+                          text=True, check=True).stdout
+    product = "tdpbf16ps" if bf16 else "tdpbsud"
+    for instruction in ("ldtilecfg", "tileloadd", product, "tilestored", "tilerelease"):
+        assert instruction in text, f"{instruction} missing from the real build"
