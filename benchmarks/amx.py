@@ -1,4 +1,4 @@
-"""The x86-amx target: its int8 kernel's instructions per tile, and its speed where AMX exists.
+"""The x86-amx target: its kernels' instructions per tile, and their speed where AMX exists.
 
     python benchmarks/amx.py
 
@@ -6,8 +6,10 @@
    row of the kernel table: the loop over one panel's tiles of a 768 x 768 layer, in which
    every trip loads an A tile of weight codes and a B tile of activation codes and issues one
    TDPBSUD (16 channels x 16 tokens x 64 products). For a 4x16 weight, a trip whose groups
-   are not consecutive first copies 16 activation rows into the B tile. Written to
-   benchmarks/results/amx-instructions.md.
+   are not consecutive first copies 16 activation rows into the B tile; for a BITMASK weight,
+   every trip first expands its A tile from the nonzeros (16 VPEXPANDB or VPEXPANDW). With
+   them, the weight bytes each pass over the layer reads (once per 16 tokens), which BITMASK
+   trades the expansion for. Written to benchmarks/results/amx-instructions.md.
 2. Timing: on a CPU with AMX (`sparsec targets` says x86-amx runs here), the int8 benchmark of
    benchmarks/spmm.py on target x86-amx, against onnxruntime's MatMulInteger and dynamic
    quantization in the same run. Elsewhere it says why it cannot: the emulated build
@@ -29,6 +31,7 @@ from common import functions, one_layer, write_table
 import sparsec
 from sparsec.codegen import targets
 from sparsec.codegen.kernels import KERNELS
+from sparsec.compiler.ir import BITMASK
 
 PRODUCTS = ("tdpbsud", "tdpbf16ps")  # the int8 and bf16 rows' tile products
 LINE = re.compile(r"^\s*([0-9a-f]+):\s+(?:[0-9a-f]{2} )+\s*(\S+)\s*(.*)$")
@@ -64,6 +67,17 @@ def copy_path(code: list[tuple[int, str, str]], loop: list) -> list[tuple[int, s
     return []
 
 
+def weight_bytes(result, pattern: str, value_bytes: int) -> float:
+    """What one pass over the layer's weights reads: values (and BITMASK's bit a weight)."""
+    counts = result.info["layers"][0]["blocks"]
+    if pattern == "dense":
+        return K * N * value_bytes
+    if pattern == BITMASK:  # its count is of nonzero weights
+        return counts[BITMASK]["nonzero_blocks"] * value_bytes + K * N / 8
+    rows, cols = (int(d) for d in pattern.split("x"))
+    return counts[pattern]["nonzero_blocks"] * rows * cols * value_bytes
+
+
 def instruction_rows(workdir: Path) -> list[list]:
     rows = []
     for row in (k for k in KERNELS if k.isa == "amx"):
@@ -83,11 +97,15 @@ def instruction_rows(workdir: Path) -> list[list]:
         blocks = result.info["layers"][0]["blocks"][unit]["nonzero_blocks"]
         if row.pattern == "dense":
             blocks = K // (2 if bf16 else 4) * N // 16
+        if row.pattern == BITMASK:
+            blocks = K // (2 if bf16 else 4) * N // 16
+        kib = weight_bytes(result, row.pattern, 2 if bf16 else 1) / 1024
         rows.append([row.symbol, row.pattern, str(len(loop)),
                      str(sum(m == "tileloadd" for _, m, _ in loop)),
                      str(sum(m in PRODUCTS for _, m, _ in loop)),
+                     str(sum(m.startswith("vpexpand") for _, m, _ in loop)),
                      f"{len(copy)} ({zmm_moves} zmm loads/stores)" if copy else "-",
-                     f"{blocks} {unit}"])
+                     f"{blocks} {unit}", f"{kib:.0f}"])
         print(rows[-1], flush=True)
     return rows
 
@@ -101,15 +119,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rows = instruction_rows(Path(tmp))
     path = write_table(
-        "amx-instructions", "x86-amx int8 kernel: instructions per tile product",
+        "amx-instructions", "x86-amx kernels: instructions per tile product",
         ["kernel", "weights", "instructions a trip", "TILELOADD", "TDPBSUD / TDPBF16PS",
-         "B-tile copy (when blocks are not consecutive)", "blocks walked"], rows,
+         "VPEXPAND", "B-tile copy (when blocks are not consecutive)", "blocks walked",
+         "KiB of weights a pass"], rows,
         f"From objdump of the real x86-amx build (not the emulation) of a {M}x{K}x{N} layer "
         "pruned 80 % in 4x16 blocks, in int8 and in bf16. One loop trip is one tile product: "
         "16 output channels x 16 tokens x 64 int8 products (16 4x16 blocks) or 32 bf16 ones "
-        "(16 2x16 blocks). The dense rows walk every block; the others skip all-zero blocks "
-        "and copy a tile's 16 activation rows (64 bytes each) into the B tile when its blocks "
-        "are not consecutive.")
+        "(16 2x16 blocks). The dense rows walk every block; the 4x16 and 2x16 rows skip "
+        "all-zero blocks and copy a tile's 16 activation rows (64 bytes each) into the B tile "
+        "when its blocks are not consecutive; the bitmask rows walk every block too, each "
+        "trip expanding its A tile from the nonzeros first (16 expand-loads, unrolled). A "
+        "pass over the weights is made once per 16 tokens: its bytes are what the cost model "
+        "streams (codegen/kernels.py SAPPHIRE_RAPIDS_STREAM).")
     print(f"wrote {path}")
     if not targets.can_execute(amx):
         missing = [f for f in amx.features if f not in targets.host_features()]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparsec.codegen.int8_params import AMX_TOKENS, amx_groups, amx_tiles, groups_by_column
+from sparsec.codegen.int8_params import AMX_TOKENS, amx_groups, amx_params, groups_by_column
 from sparsec.codegen.matrix_params import (
     TOKEN_TILE_ISAS,
     _activation_rows,
@@ -20,7 +20,7 @@ from sparsec.codegen.matrix_params import (
     _vector_epilogue,
 )
 from sparsec.codegen.params import KernelRequest
-from sparsec.compiler.ir import Graph, Node
+from sparsec.compiler.ir import BITMASK, Graph, Node
 
 PAIR = 2  # K values per 32-bit lane of vdpbf16ps
 TILE_BYTES = 64 * 1024  # bf16 activations per tile beyond which the tile is halved
@@ -60,7 +60,8 @@ def bf16_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "",
     node, a, weight = req.node, req.input(0), req.input(1)
     m, k, a_sm, a_sk = _activation_rows(a, node.attrs.get("trans_a", 0))
     n = weight.shape[1]
-    keep_all = weight.sparsity is None or weight.sparsity.pattern == "dense"
+    pattern = "dense" if weight.sparsity is None else weight.sparsity.pattern
+    keep_all = pattern in ("dense", BITMASK)  # BITMASK: dense tiles, compressed in memory
     # -0.0 (a pruned weight times -1 in the exporter) must not keep its pair
     bits = bf16_bits(np.where(weight.data == 0, np.float32(0), weight.data))
     col_ptr, k_idx, lanes = groups_by_column(bits, keep_all, PAIR)
@@ -81,10 +82,7 @@ def bf16_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "",
         params.update(isa=BF16_ISAS[isa], T=tokens, y_feature_major=False, amx=amx,
                       KPX=amx_groups(k, PAIR) if amx else -(-k // PAIR))
         if amx:
-            tile_ptr, starts, rows, tiles = amx_tiles(bits, keep_all, PAIR)
-            params.update(num_tiles=int(len(starts)), tile_ptr=req.blob.add(tile_ptr),
-                          tile_start=req.blob.add(starts), tile_rows=req.blob.add(rows),
-                          tiles=req.blob.add(tiles))
+            params.update(amx_params(req, bits, keep_all, pattern == BITMASK, PAIR))
         elif keep_all:  # column-major pairs, KP lanes per column: the loop needs no index
             params.update(values=req.blob.add(lanes))
         else:  # one stream per column: (byte offset of the pair's row in the tile, the pair)

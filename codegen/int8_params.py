@@ -19,7 +19,8 @@ from sparsec.codegen.matrix_params import (
     _vector_epilogue,
 )
 from sparsec.codegen.params import KernelRequest
-from sparsec.compiler.ir import Graph, Node
+from sparsec.compiler.ir import BITMASK, Graph, Node
+from sparsec.errors import SparsecError
 
 GROUP = 4  # K values per 32-bit lane of vpdpbusd
 
@@ -110,7 +111,8 @@ def int8_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "",
     scales = req.input(3)
     m, k, a_sm, a_sk = _activation_rows(a, node.attrs.get("trans_a", 0))
     n = codes.shape[1]
-    keep_all = codes.sparsity is None or codes.sparsity.pattern == "dense"
+    pattern = "dense" if codes.sparsity is None else codes.sparsity.pattern
+    keep_all = pattern in ("dense", BITMASK)  # BITMASK: dense tiles, compressed in memory
     colsum = codes.data.astype(np.int32).sum(axis=0, dtype=np.int32)
     req.take(a)
     params = {
@@ -135,10 +137,7 @@ def int8_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "",
         params.update(isa=names, T=tokens, SLICES=max(1, min(8, m * k // 4096)),
                       y_feature_major=False, amx=amx, KBX=amx_groups(k) if amx else -(-k // GROUP))
         if amx:
-            tile_ptr, starts, rows, tiles = amx_tiles(codes.data, keep_all)
-            params.update(num_tiles=int(len(starts)), tile_ptr=req.blob.add(tile_ptr),
-                          tile_start=req.blob.add(starts), tile_rows=req.blob.add(rows),
-                          tiles=req.blob.add(tiles))
+            params.update(amx_params(req, codes.data, keep_all, pattern == BITMASK))
         elif keep_all:  # column-major codes, KB lanes per column: the loop needs no index
             params.update(values=req.blob.add(lanes))
         else:  # one stream per column: (byte offset of the group's row in the tile, codes)
@@ -196,6 +195,43 @@ def amx_tiles(codes: np.ndarray, keep_all: bool, group: int = GROUP) -> tuple[np
             (np.array(rows, np.int32).reshape(-1, AMX_GROUPS) * row_bytes).astype(np.int32),
             np.array(tiles, codes.dtype).reshape(-1, AMX_ROWS * AMX_GROUPS * group)
             .view(np.uint8))
+
+
+def bitmask_tiles(tiles: np.ndarray, value_bytes: int) -> tuple[np.ndarray, ...]:
+    """A tiles (rows of 1024 bytes, from amx_tiles) without their zero values, for the
+    BITMASK form: per 64-byte tile row a mask with one bit per value of `value_bytes` (64 bits
+    for int8, 32 for bf16; bit i is value i), set where the value is nonzero; each tile's
+    byte offset into the nonzeros; and the nonzero values, tile by tile and row by row."""
+    lanes = 64 // value_bytes
+    values = tiles.reshape(len(tiles), AMX_ROWS, lanes, value_bytes)
+    present = values.any(axis=3)
+    masks = np.packbits(present, axis=2, bitorder="little")  # tiles, rows, lanes / 8 bytes
+    sizes = present.sum(axis=(1, 2)) * value_bytes
+    offsets = np.zeros(len(tiles), np.int64)
+    np.cumsum(sizes[:-1], out=offsets[1:])
+    if offsets.size and offsets[-1] + sizes[-1] >= 2**31:
+        raise SparsecError("a BITMASK weight's nonzeros exceed 2 GiB; compile it without "
+                           "--target x86-amx, or with --pattern dense")
+    return (np.ascontiguousarray(masks).reshape(-1), offsets.astype(np.int32),
+            np.ascontiguousarray(values[present]).reshape(-1))
+
+
+def amx_params(req: KernelRequest, values: np.ndarray, keep_all: bool, bitmask: bool,
+               group: int = GROUP) -> dict:
+    """The tables of the AMX tile loop (templates/amx-tiles.j2) for K x N `values` (int8
+    codes, or bf16 bits as uint16) walked in `group`-value groups: the A tiles as they are,
+    or for BITMASK (every group kept) their masks and nonzeros."""
+    tile_ptr, starts, rows, tiles = amx_tiles(values, keep_all, group)
+    params = {"num_tiles": int(len(starts)), "tile_ptr": req.blob.add(tile_ptr),
+              "bitmask": bitmask, "value_bytes": values.dtype.itemsize}
+    if bitmask:
+        masks, offsets, nonzeros = bitmask_tiles(tiles, values.dtype.itemsize)
+        params.update(tile_masks=req.blob.add(masks), tile_values=req.blob.add(offsets),
+                      nonzeros=req.blob.add(nonzeros))
+    else:
+        params.update(tile_start=req.blob.add(starts), tile_rows=req.blob.add(rows),
+                      tiles=req.blob.add(tiles))
+    return params
 
 
 def amx_groups(k: int, group: int = GROUP) -> int:

@@ -17,7 +17,7 @@ from sparsec.codegen import int8_params as qp
 from sparsec.codegen import matrix_params as mp
 from sparsec.codegen import params as kp
 from sparsec.codegen.targets import Dispatch, Target
-from sparsec.compiler.ir import SPARSE_PATTERNS, Graph, Node, block_shape
+from sparsec.compiler.ir import BITMASK, SPARSE_PATTERNS, Graph, Node, block_shape
 from sparsec.compiler.ops import (
     ADD_LAYER_NORM,
     ATTENTION,
@@ -29,7 +29,12 @@ from sparsec.compiler.ops import (
     FLOAT_ONLY,
     LOGICAL_BINARY,
 )
-from sparsec.compiler.passes import LayoutSupport
+from sparsec.compiler.passes import (
+    LayoutSupport,
+    SparseKernelCost,
+    StreamedWeights,
+    WeightStream,
+)
 from sparsec.errors import KernelNotFoundError
 
 FLOAT = ("float32",)
@@ -58,6 +63,9 @@ class KernelSpec:
     # nonzero block for sparse rows) by target name; "generic" stands in for targets not
     # listed. Filled from `python benchmarks/kernels.py --calibrate`. Only Dense rows need it.
     cost_ns: Mapping[str, float] = field(default_factory=dict)
+    # cost_ns is an estimate of compute alone: selection adds the time to stream the stored
+    # weights from here once per `mr` activation rows (measured costs include it already).
+    stream: WeightStream | None = None
     # Bytes of arena scratch the kernel needs for a node; the pointer is its last argument.
     scratch: Callable[[Graph, Node], int] | None = None
     parallel: bool = False  # the kernel splits its work over the run context's threads
@@ -70,8 +78,8 @@ class KernelSpec:
 
     @property
     def symbol(self) -> str:
-        pattern = {"any": "", "dense": "", "runtime": "_rt", "1x1": "_u"}.get(
-            self.pattern, f"_b{self.pattern}")
+        pattern = {"any": "", "dense": "", "runtime": "_rt", "1x1": "_u",
+                   BITMASK: "_bitmask"}.get(self.pattern, f"_b{self.pattern}")
         return f"sparsec_{self.family}_ukernel_{self.mr}x{self.nr}{pattern}__{self.isa}"
 
 
@@ -176,7 +184,7 @@ def predicted_ns(graph: Graph, node: Node, spec: KernelSpec, target: Target) -> 
     k = weight.shape[0]
     rows = graph.tensors[node.inputs[0]].size // k if k else 0
     info = weight.sparsity
-    if info is None or info.pattern == "dense" or spec.pattern == "dense":
+    if info is None or info.pattern in ("dense", BITMASK) or spec.pattern == "dense":
         return rows * weight.size * _cost(spec, target)
     blocks, _fill = info.block_stats[info.pattern]
     return rows * blocks * _cost(spec, target)
@@ -197,21 +205,43 @@ def _dense_rows(target: Target, pattern: str, weights: str) -> list[KernelSpec]:
             and k.weight_dtype == weights and k.isa in target.isas]
 
 
-def dense_cost(target: Target, weights: str = "float32") -> float:
-    """ns per weight element and activation row of the dense kernel the target would use."""
-    best = max(_dense_rows(target, "dense", weights), key=lambda k: ISA_ORDER.index(k.isa))
-    return _cost(best, target)
+def _best_rows(target: Target, weights: str) -> dict[str, KernelSpec]:
+    """Per weight pattern the target offers, the row it would use: its shiniest."""
+    offered = {k.pattern for k in KERNELS if k.op == DENSE} - {"any", "runtime"}
+    best = {}
+    for pattern in sorted(offered, key=lambda p: (p not in SPARSE_PATTERNS, p)):
+        rows = _dense_rows(target, pattern, weights)
+        if rows:
+            best[pattern] = max(rows, key=lambda k: ISA_ORDER.index(k.isa))
+    return best
+
+
+VALUE_BYTES = {"float32": 4, "int8": 1, "bfloat16": 2}
+
+
+def cost_model(target: Target, weights: str = "float32") -> SparseKernelCost:
+    """What the passes need to price a weight's storage on `target` with `weights` values:
+    per element for dense and BITMASK rows, per nonzero block for block rows, and how the
+    rows with compute-only estimates stream their weights."""
+    best = _best_rows(target, weights)
+    return SparseKernelCost(
+        dense_per_element=_cost(best["dense"], target),
+        per_block={p: _cost(k, target) for p, k in best.items() if p not in ("dense", BITMASK)},
+        per_element={p: _cost(k, target) for p, k in best.items() if p == BITMASK},
+        streamed={p: StreamedWeights(k.mr, k.stream) for p, k in best.items() if k.stream},
+        value_bytes=VALUE_BYTES[weights])
 
 
 def sparse_costs(target: Target, weights: str = "float32") -> dict[str, float]:
     """ns per nonzero block and activation row, for each block pattern the target has."""
-    costs = {}
-    offered = {k.pattern for k in KERNELS if k.op == DENSE} - {"dense", "any", "runtime"}
-    for pattern in sorted(offered, key=lambda p: (p not in SPARSE_PATTERNS, p)):
-        rows = _dense_rows(target, pattern, weights)
-        if rows:
-            costs[pattern] = _cost(max(rows, key=lambda k: ISA_ORDER.index(k.isa)), target)
-    return costs
+    return cost_model(target, weights).per_block
+
+
+# Sapphire Rapids, one core, for the AMX rows' estimates: 2 MiB of L2 read at about 32 bytes a
+# cycle at 3 GHz (100 bytes/ns), and beyond it (L3, DRAM) about 20 GB/s, what one core streams
+# on published measurements. No AMX machine here to measure them on.
+SAPPHIRE_RAPIDS_STREAM = WeightStream(cache_bytes=2 << 20, cached_bytes_per_ns=100.0,
+                                      memory_bytes_per_ns=20.0)
 
 
 # Measured by `python benchmarks/kernels.py --calibrate` (ns per activation row and weight
@@ -299,17 +329,21 @@ KERNELS: list[KernelSpec] = [
       for p, cost in zip(("dense", "4x1"), costs)],
     # AMX (x86-amx): the VNNI token-tile kernel at 16 tokens, its columns on tiles (TDPBSUD,
     # 16 channels x 16 tokens per C tile); a 4x16 weight skips the 4x16 blocks without a
-    # nonzero. No AMX machine here to calibrate on: the costs are estimates, Sapphire Rapids'
-    # 1024 int8 products a cycle per core at 3 GHz at half that peak (0.00065 ns per weight
-    # element and row), a kept 4x16 block 64 such products plus the copy of its activations
-    # into the B tile (0.05 ns per block and row).
+    # nonzero; a BITMASK weight is dense tiles expanded from its nonzeros. No AMX machine
+    # here to calibrate on: the costs are estimates of compute alone (the weights' streaming
+    # is added from SAPPHIRE_RAPIDS_STREAM), Sapphire Rapids' 1024 int8 products a cycle per
+    # core at 3 GHz at half that peak (0.00065 ns per weight element and row); a kept 4x16
+    # block 64 such products plus the copy of its activations into the B tile (0.05 ns per
+    # block and row); BITMASK the dense rate plus 16 expand-loads a tile at 2 cycles each
+    # (another 0.00065).
     *[KernelSpec(op=DENSE, dtypes=FLOAT, weight_dtype="int8", isa="amx", pattern=p, mr=16,
                  nr=16, family="qs8_dense", template="i8-dense/x86-vnni-tokens.c.j2",
                  parallel=True,
                  params=functools.partial(qp.int8_dense_params, tokens=qp.AMX_TOKENS,
                                           isa="avx512vnni", amx=True),
-                 scratch=qp.int8_amx_scratch, cost_ns={"generic": cost})
-      for p, cost in (("dense", 0.00065), ("4x16", 0.05))],
+                 scratch=qp.int8_amx_scratch, cost_ns={"generic": cost},
+                 stream=SAPPHIRE_RAPIDS_STREAM)
+      for p, cost in (("dense", 0.00065), ("4x16", 0.05), (BITMASK, 0.0013))],
     # bf16 weights (--dtype bf16), walked as 2x1 pairs; "dense" keeps them all. Costs per
     # weight element or kept pair and activation row, measured on the Zen 5 machine (which
     # has AVX512_BF16; the avx512f rows with it hidden) on 128x768x768 layers, dense and 90 %
@@ -327,8 +361,9 @@ KERNELS: list[KernelSpec] = [
       for isa, costs in (("avx512f", (0.0107, 0.033)), ("avx512bf16", (0.0065, 0.025)))
       for p, cost in zip(("dense", "2x1"), costs)],
     # AMX bf16 (x86-amx): the bf16 token-tile kernel at 16 tokens, its columns on tiles
-    # (TDPBF16PS); a 2x16 weight skips its all-zero 2x16 blocks. Estimated costs, no AMX
-    # machine here: half of the int8 rows' rate (half the products per TDPBF16PS).
+    # (TDPBF16PS); a 2x16 weight skips its all-zero 2x16 blocks; BITMASK as for int8.
+    # Estimated compute costs, no AMX machine here: half of the int8 rows' rate (half the
+    # products per TDPBF16PS and per expand-load).
     *[KernelSpec(op=DENSE, dtypes=FLOAT, weight_dtype="bfloat16", isa="amx", pattern=p,
                  mr=16, nr=16, family="bf16_dense", template="bf16-dense/x86-tokens.c.j2",
                  parallel=True,
@@ -336,8 +371,8 @@ KERNELS: list[KernelSpec] = [
                                           amx=True),
                  scratch=functools.partial(bp.bf16_tokens_scratch, tokens=16, isa="avx512f",
                                            amx=True),
-                 cost_ns={"generic": cost})
-      for p, cost in (("dense", 0.0013), ("2x16", 0.05))],
+                 cost_ns={"generic": cost}, stream=SAPPHIRE_RAPIDS_STREAM)
+      for p, cost in (("dense", 0.0013), ("2x16", 0.05), (BITMASK, 0.0026))],
     # Vectors of 4 where the target has no SIMD ISA: GCC lowers them to what the machine has.
     *[KernelSpec(op=ATTENTION, dtypes=FLOAT, isa=isa, mr=8, nr=vector, family="f32_attention",
                  template="f32-attention/vector.c.j2", parallel=True,

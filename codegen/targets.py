@@ -62,6 +62,10 @@ class Target:
 AVX512_CFLAGS = ("-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512dq",
                  "-mavx512vl", "-mavx512vnni")
 AVX512_FEATURES = ("avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni")
+# AMX, and VBMI2's byte and word expand-loads for BITMASK weights (every AMX CPU has both;
+# POPCNT, which the expansion counts with, every AVX-512 CPU has).
+AMX_CFLAGS = ("-mamx-tile", "-mamx-int8", "-mamx-bf16", "-mavx512vbmi2", "-mpopcnt")
+AMX_FEATURES = ("avx512vbmi2", "amx_tile", "amx_int8", "amx_bf16")
 # bf16 layers (--dtype bf16) on AVX-512 libraries: VDPBF16PS where the CPU has AVX512_BF16
 # (Cooper Lake, Sapphire Rapids, Zen 4 and later), the same products by FMA elsewhere.
 AVX512_BF16 = Dispatch("avx512bf16", "avx512bf16", "SPARSEC_AVX512BF16_BEGIN",
@@ -86,10 +90,10 @@ TARGETS: dict[str, Target] = {
                dispatch=(AVX512_BF16,)),
         Target("x86-amx", "x86-64 with AMX tiles (int8, bf16) and AVX-512 (Sapphire Rapids "
                "and later)", "x86_64", ("scalar", "avx2", "avx512f", "avx512vnni", "amx"),
-               AVX512_CFLAGS + ("-mamx-tile", "-mamx-int8", "-mamx-bf16"),
-               AVX512_FEATURES + ("amx_tile", "amx_int8", "amx_bf16"), 64,
+               AVX512_CFLAGS + AMX_CFLAGS, AVX512_FEATURES + AMX_FEATURES, 64,
                ("immintrin.h", "sparsec_avx2.h", "sparsec_avx512.h", "sparsec_amx.h"),
-               emulation=Emulation(("-DSPARSEC_AMX_EMULATE",), AVX512_FEATURES,
+               emulation=Emulation(("-DSPARSEC_AMX_EMULATE",),
+                                   AVX512_FEATURES + ("avx512vbmi2",),
                                    "AMX tile instructions emulated in scalar C "
                                    "(runtime_c/sparsec_amx.h): for tests, not for speed"),
                dispatch=(AVX512_BF16,)),
@@ -111,7 +115,7 @@ TARGETS: dict[str, Target] = {
 # Feature bits shared with runtime_c/cpu.c: the library reports missing ones by these names.
 FEATURE_BITS = {"avx2": 0, "fma": 1, "avx512f": 2, "avx512bw": 3, "avx512dq": 4, "avx512vl": 5,
                 "avx512vnni": 6, "avxvnni": 7, "asimddp": 8, "amx_tile": 9, "amx_int8": 10,
-                "amx_bf16": 11, "avx512bf16": 12}
+                "amx_bf16": 11, "avx512bf16": 12, "avx512vbmi2": 13}
 
 
 def host_arch() -> str:
@@ -135,6 +139,8 @@ def host_features() -> frozenset[str]:
                 flags.add("avxvnni")
             if "avx512_bf16" in flags:
                 flags.add("avx512bf16")
+            if "avx512_vbmi2" in flags:
+                flags.add("avx512vbmi2")
             return frozenset(flags)
     return frozenset()
 

@@ -37,6 +37,12 @@ A target's cost model may offer others (x86-amx's int8 kernel skips 4x16 blocks)
 counted too, for the weights it prices."""
 
 
+BITMASK = "bitmask"
+"""A stored form, not a block shape: the weight's nonzeros in order plus one bit per element,
+expanded into dense tiles as the kernel runs (x86-amx). It computes every product, as dense
+does, but streams fewer bytes, which pays where the weights come from beyond the cache."""
+
+
 def block_shape(pattern: str) -> tuple[int, int]:
     rows, cols = pattern.split("x")
     return int(rows), int(cols)
@@ -67,8 +73,9 @@ class SparsityInfo:
     """What detect_sparsity learned about one weight, and what it chose."""
 
     density: float
-    block_stats: dict[str, tuple[int, float]]  # pattern -> (nonzero blocks, fill ratio)
-    pattern: str  # "dense", one of SPARSE_PATTERNS, or a block shape the cost model offered
+    # pattern -> (nonzero blocks, fill ratio); BITMASK -> (nonzero elements, density)
+    block_stats: dict[str, tuple[int, float]]
+    pattern: str  # "dense", one of SPARSE_PATTERNS, a block shape the cost model offered, BITMASK
     reason: str
     packed: PackedBlocks | None = None
 

@@ -45,6 +45,7 @@ uint32_t sparsec__host_features(void)
     if ((ebx >> 30) & 1) features |= SPARSEC_FEATURE_AVX512BW;
     if ((ebx >> 31) & 1) features |= SPARSEC_FEATURE_AVX512VL;
     if ((ecx >> 11) & 1) features |= SPARSEC_FEATURE_AVX512VNNI;
+    if ((ecx >> 6) & 1) features |= SPARSEC_FEATURE_AVX512VBMI2;
   }
   /* AVX-VNNI (VEX-encoded, 256-bit) and AVX512_BF16 sit in leaf 7 subleaf 1, EAX bits 4, 5. */
   if (max_subleaf >= 1 && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) {

@@ -22,10 +22,11 @@ enum {
   SPARSEC_FEATURE_AMX_TILE = 1u << 9, /* with the OS's XTILECFG/XTILEDATA state (XCR0) */
   SPARSEC_FEATURE_AMX_INT8 = 1u << 10,
   SPARSEC_FEATURE_AMX_BF16 = 1u << 11,
-  SPARSEC_FEATURE_AVX512BF16 = 1u << 12 /* VCVTNE2PS2BF16, VDPBF16PS */
+  SPARSEC_FEATURE_AVX512BF16 = 1u << 12, /* VCVTNE2PS2BF16, VDPBF16PS */
+  SPARSEC_FEATURE_AVX512VBMI2 = 1u << 13 /* VPEXPANDB/W: x86-amx's BITMASK weights */
 };
 #define SPARSEC_FEATURE_NAMES \
-  { "avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni", "avxvnni", "asimddp", "amx_tile", "amx_int8", "amx_bf16", "avx512bf16" }
+  { "avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni", "avxvnni", "asimddp", "amx_tile", "amx_int8", "amx_bf16", "avx512bf16", "avx512vbmi2" }
 
 /* A double as int64: NaN gives 0, values beyond the range the nearest bound (C leaves the
  * plain conversion of those undefined). */

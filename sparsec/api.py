@@ -12,7 +12,7 @@ from sparsec.codegen import build as builder
 from sparsec.codegen import emit, kernels, targets
 from sparsec.compiler import frontend, limits
 from sparsec.compiler.ir import Graph
-from sparsec.compiler.passes import PassContext, SparseKernelCost, run_pipeline
+from sparsec.compiler.passes import PassContext, run_pipeline
 from sparsec.errors import SparsecError
 from sparsec.version import __version__
 
@@ -23,11 +23,6 @@ class CompileResult:
     header: Path
     info: dict
     graph: Graph
-
-
-def cost_model(target: targets.Target, weight_dtype: str = "float32") -> SparseKernelCost:
-    return SparseKernelCost(dense_per_element=kernels.dense_cost(target, weight_dtype),
-                            per_block=kernels.sparse_costs(target, weight_dtype))
 
 
 def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "native",
@@ -66,10 +61,10 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "nat
         raise SparsecError("output sparsec.so would put the model header where the ABI header "
                            "sparsec.h goes; choose another name")
     graph = frontend.import_model(model, input_shapes, max_memory)
-    ctx = PassContext(cost=cost_model(resolved), verify_each=verify_each,
+    ctx = PassContext(cost=kernels.cost_model(resolved), verify_each=verify_each,
                       dump_dir=Path(dump_ir) if dump_ir else None, force_pattern=force_pattern,
-                      quantize=quantize, int8_cost=cost_model(resolved, "int8"),
-                      bf16_cost=cost_model(resolved, "bfloat16"), reorder=reorder,
+                      quantize=quantize, int8_cost=kernels.cost_model(resolved, "int8"),
+                      bf16_cost=kernels.cost_model(resolved, "bfloat16"), reorder=reorder,
                       max_memory=max_memory,
                       scratch_bytes=lambda g, n: kernels.scratch_bytes(g, n, resolved),
                       layouts=(lambda g, n: kernels.layout_support(g, n, resolved))

@@ -35,8 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--report", action="store_true",
                    help="print per-layer sparsity, chosen kernel and why")
     p.add_argument("--pattern", metavar="P", dest="force_pattern",
-                   help="store every weight as P (dense, 1x1, 4x1, 1x4, 1x16, 16x1, 4x4) "
-                        "instead of the cost model's choice")
+                   help="store every weight as P (dense, 1x1, 4x1, 1x4, 1x16, 16x1, 4x4; "
+                        "x86-amx int8 and bf16 also 4x16, 2x16, bitmask) instead of the "
+                        "cost model's choice")
     p.add_argument("--quantize", choices=["dynamic"],
                    help="dynamic: int8 matrix products (weights per output channel at compile "
                         "time, activations per tensor at run time, as onnxruntime's "

@@ -13,6 +13,8 @@ arena is one allocation, so an overflow from one arena tensor into the next is n
 - The differential test's drawn MLPs (tests/test_differential.py: its strategy, model builder
   and error bound) and test_quantize's drawn int8 MLPs (equal to onnxruntime's quantized twin bit
   for bit), all of a target's cases in one sanitized driver process (tests/runs.py).
+- x86-amx's BITMASK layers (int8 and bf16; tiles expanded from masks and nonzeros), forced, at
+  odd shapes and densities down to an all-zero weight.
 - Negative controls: a compiled model's C source with one deliberate fault injected (a write
   past the output, a read past the input, a write past the arena, a signed overflow, a leak),
   built the same way, must fail with the sanitizer's report; the same source unpatched passes.
@@ -182,6 +184,32 @@ def test_bf16_layers_run_clean_under_sanitizers(target, compiler):
             runs.submit(result, {"x": x}, functools.partial(within, expected, bound),
                         label=f"{m}x{k}x{n} density {density}")
     assert runs.flush() == 2 * len(BF16_SHAPES)
+
+
+@pytest.mark.parametrize("target", [host_target("x86-amx")])
+def test_bitmask_layers_run_clean_under_sanitizers(target, compiler):
+    """x86-amx's BITMASK layers, int8 and bf16, forced (the gate picks them only for weights
+    past 2 MiB) at odd shapes and densities down to an all-zero weight, whose tiles expand
+    from no nonzeros at all: sanitized, int8 bit for bit as onnxruntime, bf16 within bound."""
+    runs = Runs(targets.resolve(target), compiler.cache_dir, threads=2, driver_flags=SANITIZE)
+    rng = np.random.default_rng(0)
+    for m, k, n in ((5, 1, 17), (33, 130, 40), (20, 70, 33)):
+        for density in (0.0, 0.35, 1.0):
+            fp32, quantized = quantized_mlp(rng, m, [k, n], [density], [True], [True], (1, 1))
+            x = rng.standard_normal((m, k)).astype(np.float32)
+            result = compiler.compile(fp32, target, quantize="dynamic", force_pattern="bitmask",
+                                      extra_cflags=SANITIZE)
+            (expected,) = run_onnxruntime(quantized, {"x": x})
+            runs.submit(result, {"x": x}, functools.partial(equal_bits, expected),
+                        label=f"int8 {m}x{k}x{n} density {density}")
+            w = (rng.standard_normal((k, n)) * (rng.random((k, n)) < density)).astype(np.float32)
+            b = rng.standard_normal(n).astype(np.float32)
+            result = compiler.compile(bf16_model(m, k, n, w, b, "Relu"), target, quantize="bf16",
+                                      force_pattern="bitmask", extra_cflags=SANITIZE)
+            expected, bound = bf16_reference(x, w, b, "Relu")
+            runs.submit(result, {"x": x}, functools.partial(within, expected, bound),
+                        label=f"bf16 {m}x{k}x{n} density {density}")
+    assert runs.flush() == 18
 
 
 def within(expected: np.ndarray, bound: np.ndarray, outputs: dict) -> None:

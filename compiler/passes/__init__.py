@@ -33,6 +33,35 @@ class SparseKernelCost:
 
     dense_per_element: float
     per_block: dict[str, float]  # pattern -> time per nonzero block
+    # Stored forms priced per weight element, like dense, that keep only the nonzeros in
+    # memory (BITMASK): form -> time per weight element.
+    per_element: dict[str, float] = field(default_factory=dict)
+    # Forms whose time above is compute alone (estimates for a machine not at hand): each
+    # walks its weights once per `rows_per_pass` activation rows, and a row's time is the
+    # larger of its compute and its share of streaming the stored weights (see WeightStream).
+    streamed: dict[str, StreamedWeights] = field(default_factory=dict)
+    value_bytes: int = 4  # bytes per stored weight value (int8 1, bf16 2, float32 4)
+
+
+@dataclass(frozen=True)
+class WeightStream:
+    """Where a kernel's weights come from on each walk: from the core's cache while they fit
+    in `cache_bytes`, else from beyond it (L3 or DRAM), at the bandwidths given."""
+
+    cache_bytes: int
+    cached_bytes_per_ns: float
+    memory_bytes_per_ns: float
+
+    def ns_per_walk(self, stored_bytes: float) -> float:
+        rate = (self.cached_bytes_per_ns if stored_bytes <= self.cache_bytes
+                else self.memory_bytes_per_ns)
+        return stored_bytes / rate
+
+
+@dataclass(frozen=True)
+class StreamedWeights:
+    rows_per_pass: int  # activation rows the kernel computes per walk over the weights
+    stream: WeightStream
 
 
 @dataclass(frozen=True)

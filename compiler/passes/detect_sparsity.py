@@ -3,8 +3,9 @@
 Requires: constants folded. Weights are the constant 2-D right-hand operands of MatMul and Gemm.
 Establishes: every such weight is stored K x N (Gemm transB folded into the data) and carries a
 `SparsityInfo`: density, zero-block statistics for every candidate block shape, the chosen pattern
-(one of `SPARSE_PATTERNS` or "dense") with the reason, and for a sparse choice the packed blocks.
-The choice is the cheapest by the target's cost model (`ctx.cost`); dense wins ties.
+(one of `SPARSE_PATTERNS`, "dense", or a form the cost model offers such as BITMASK) with the
+reason, and for a block pattern the packed blocks. The choice is the cheapest by the target's
+cost model (`ctx.cost`); dense wins ties.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from sparsec.compiler.ir import (
+    BITMASK,
     SPARSE_PATTERNS,
     Graph,
     PackedBlocks,
@@ -31,7 +33,8 @@ def run(graph: Graph, ctx) -> Graph:
     # A pattern only the int8 kernels offer (x86-amx's 4x16) is forced when quantize runs; the
     # float weight it replaces is analysed as usual meanwhile.
     force = ctx.force_pattern
-    if ctx.quantize and force not in (None, "dense", *ctx.cost.per_block):
+    if ctx.quantize and force not in (None, "dense", *ctx.cost.per_block,
+                                      *ctx.cost.per_element):
         force = None
     for node in graph.nodes:
         if node.op not in ("MatMul", "Gemm") or len(node.inputs) < 2:
@@ -89,17 +92,33 @@ def pack_blocks(weight: np.ndarray, rows: int, cols: int) -> PackedBlocks:
 
 
 def predicted_costs(weight: np.ndarray, stats: dict[str, tuple[int, float]], cost) -> dict:
-    """Predicted time per activation row of the dense kernel and of each offered pattern."""
-    costs = {"dense": weight.size * cost.dense_per_element}
-    for pattern, (blocks, _fill) in stats.items():
+    """Predicted time per activation row of the dense kernel and of each offered form: its
+    compute, or for a form the cost model streams, the larger of that and its share of
+    reading the stored weights (values, and for BITMASK one bit per element) once per pass."""
+    elements = weight.size
+    compute = {"dense": elements * cost.dense_per_element}
+    stored = {"dense": elements * cost.value_bytes}
+    for pattern, (count, _fill) in stats.items():
         if pattern in cost.per_block:
-            costs[pattern] = blocks * cost.per_block[pattern]
+            rows, cols = block_shape(pattern)
+            compute[pattern] = count * cost.per_block[pattern]
+            stored[pattern] = count * rows * cols * cost.value_bytes
+        elif pattern in cost.per_element:
+            compute[pattern] = elements * cost.per_element[pattern]
+            stored[pattern] = count * cost.value_bytes + elements / 8
+    costs = {}
+    for pattern, ns in compute.items():
+        streamed = cost.streamed.get(pattern)
+        if streamed is not None:
+            ns = max(ns, streamed.stream.ns_per_walk(stored[pattern]) / streamed.rows_per_pass)
+        costs[pattern] = ns
     return costs
 
 
 def analyse(weight: np.ndarray, cost, force: str | None = None) -> SparsityInfo:
-    """Statistics for every candidate block shape, and the choice: the cheapest by `cost`, or
-    `force` ("dense" or a pattern) when the user pinned one (benchmarks, kernel tests)."""
+    """Statistics for every candidate block shape (and BITMASK where the cost model offers
+    it), and the choice: the cheapest by `cost`, or `force` ("dense" or a pattern) when the
+    user pinned one (benchmarks, kernel tests)."""
     nonzeros = int(np.count_nonzero(weight))
     density = nonzeros / weight.size if weight.size else 1.0
     stats = {}
@@ -107,6 +126,8 @@ def analyse(weight: np.ndarray, cost, force: str | None = None) -> SparsityInfo:
         rows, cols = block_shape(pattern)
         blocks = block_counts(weight, rows, cols)
         stats[pattern] = (blocks, nonzeros / (blocks * rows * cols) if blocks else 1.0)
+    if BITMASK in cost.per_element:
+        stats[BITMASK] = (nonzeros, density)
     costs = predicted_costs(weight, stats, cost)
     relative = {p: c / costs["dense"] if costs["dense"] else 1.0 for p, c in costs.items()}
     if force is not None:
@@ -117,14 +138,18 @@ def analyse(weight: np.ndarray, cost, force: str | None = None) -> SparsityInfo:
         reason = f"{force}: requested (predicted {relative[force]:.2f}x the dense kernel's work)"
     else:
         choice = min(costs, key=lambda p: (costs[p], p != "dense"))
-        reason = _reason(choice, stats, relative, density)
-    if choice == "dense":
-        return SparsityInfo(density, stats, "dense", reason)
+        reason = _reason(choice, stats, relative, density) + _streaming(weight, cost)
+    if choice in ("dense", BITMASK):
+        return SparsityInfo(density, stats, choice, reason)
     rows, cols = block_shape(choice)
     return SparsityInfo(density, stats, choice, reason, pack_blocks(weight, rows, cols))
 
 
 def _reason(choice: str, stats: dict, relative: dict, density: float) -> str:
+    if choice == BITMASK:
+        return (f"{BITMASK}: {1 - density:.0%} zeros, dense tiles expanded from a bit mask and "
+                f"{stats[BITMASK][0]} nonzeros, predicted {relative[choice]:.2f}x the dense "
+                f"kernel's time")
     if choice != "dense":
         blocks, fill = stats[choice]
         return (f"{choice}: {blocks} nonzero blocks, fill {fill:.0%}, predicted "
@@ -135,3 +160,15 @@ def _reason(choice: str, stats: dict, relative: dict, density: float) -> str:
     runner_up = min(offered, key=relative.get)
     return (f"dense is cheapest; best sparse {runner_up} would cost "
             f"{relative[runner_up]:.2f}x dense (density {density:.2f})")
+
+
+def _streaming(weight: np.ndarray, cost) -> str:
+    """Where a streamed cost model expects the dense weights to come from: what decides
+    between dense tiles and BITMASK."""
+    if "dense" not in cost.streamed:
+        return ""
+    stream = cost.streamed["dense"].stream
+    size = weight.size * cost.value_bytes
+    where = "stay in" if size <= stream.cache_bytes else "stream from beyond"
+    return (f"; dense, its {size / 1024:.0f} KiB {where} the {stream.cache_bytes >> 10} KiB "
+            "cache on each pass")

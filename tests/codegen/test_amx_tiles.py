@@ -2,7 +2,8 @@
 the kernel reads them (per panel, per tile: the A tile of codes times the B rows named by the
 tile), they must give the integer product of any activations with the codes; a 4x16 weight
 keeps only the groups with a nonzero in the panel, and tiles whose groups are consecutive are
-marked so the kernel loads them without copying. Also: the real-hardware build of both AMX
+marked so the kernel loads them without copying; BITMASK's masks and nonzeros expand back into
+the dense tiles. Also: the real-hardware build of both AMX
 rows compiles with -Werror, holds the tile instructions, and (on a CPU without AMX) refuses to
 load with the missing features named."""
 
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from sparsec.codegen import int8_params as qp
 from sparsec.codegen import targets
 from sparsec.codegen.kernels import KERNELS
+from sparsec.compiler.ir import BITMASK
 from tests.graphs import model
 
 
@@ -88,6 +90,39 @@ def test_consecutive_groups_load_without_copying():
     assert list(rows[1] // (4 * qp.AMX_TOKENS)) == [50] * 16  # padding repeats a kept group
 
 
+def expand(masks: np.ndarray, offsets: np.ndarray, nonzeros: np.ndarray, tiles: int,
+           value_bytes: int) -> np.ndarray:
+    """The A tiles as the BITMASK kernel rebuilds them: per 64-byte row, a masked expand-load
+    from its tile's offset, advancing by the mask's population count."""
+    lanes = 64 // value_bytes
+    bits = np.unpackbits(masks.reshape(tiles, 16, lanes // 8), axis=2, bitorder="little")
+    out = np.zeros((tiles, 16, lanes, value_bytes), np.uint8)
+    values = nonzeros.reshape(-1, value_bytes) if nonzeros.size else nonzeros.reshape(0, 1)
+    for t in range(tiles):
+        at = offsets[t] // value_bytes
+        for r in range(16):
+            present = np.flatnonzero(bits[t, r])
+            out[t, r, present] = values[at:at + len(present)]
+            at += len(present)
+        assert t + 1 == tiles or at == offsets[t + 1] // value_bytes
+    return out.reshape(tiles, 1024)
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=weights(), bf16=st.booleans())
+def test_bitmask_tiles_expand_back_to_the_dense_tiles(case, bf16):
+    codes, _ = case
+    values = codes.astype(np.uint16) * 0x3F81 if bf16 else codes  # bf16 bits, zero stays zero
+    group = 2 if bf16 else 4
+    _, starts, _, tiles = qp.amx_tiles(values, keep_all=True, group=group)
+    assert np.all(starts >= 0)  # every group kept: B is read in place
+    masks, offsets, nonzeros = qp.bitmask_tiles(tiles, values.dtype.itemsize)
+    assert nonzeros.size == np.count_nonzero(values) * values.dtype.itemsize
+    assert masks.size == len(tiles) * 1024 // values.dtype.itemsize // 8
+    np.testing.assert_array_equal(expand(masks, offsets, nonzeros, len(tiles),
+                                         values.dtype.itemsize), tiles)
+
+
 AMX_ROWS = [k for k in KERNELS if k.isa == "amx"]
 
 
@@ -111,8 +146,8 @@ def test_real_build_compiles_with_werror_and_uses_tiles(row, compiler):
         import sparsec
         from sparsec.errors import LoadError
 
-        with pytest.raises(LoadError, match=r"lacks: .*amx_tile amx_int8 amx_bf16 \(AMX needs "
-                           r"the CPU.*Linux 5.16 or later\); rebuild it"):
+        with pytest.raises(LoadError, match=r"lacks: .*amx_tile amx_int8 amx_bf16( avx512vbmi2)? "
+                           r"\(AMX needs the CPU.*Linux 5.16 or later\); rebuild it"):
             sparsec.load(result.library)
     objdump = shutil.which("objdump")
     if not objdump:  # binutils comes with gcc; say so rather than pass quietly
@@ -121,5 +156,8 @@ def test_real_build_compiles_with_werror_and_uses_tiles(row, compiler):
     text = subprocess.run([objdump, "-d", str(result.library)], capture_output=True,
                           text=True, check=True).stdout
     product = "tdpbf16ps" if bf16 else "tdpbsud"
-    for instruction in ("ldtilecfg", "tileloadd", product, "tilestored", "tilerelease"):
+    expected = ["ldtilecfg", "tileloadd", product, "tilestored", "tilerelease"]
+    if row.pattern == BITMASK:
+        expected.append("vpexpandw" if bf16 else "vpexpandb")
+    for instruction in expected:
         assert instruction in text, f"{instruction} missing from the real build"

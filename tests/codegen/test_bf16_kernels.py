@@ -106,7 +106,7 @@ def test_bf16_row_matches_the_reference(row, m, k, n, density, bias, activation,
                               extra_cflags=("-Werror", *hide))
     (layer,) = result.info["layers"]
     assert row.symbol in (layer["kernel"], layer.get("dispatch", {}).get(row.isa))
-    if mode_of(row) != "native":
+    if mode_of(row) == "compile-only":  # emulated: the AMX header's build loads in process
         return
     (actual,) = sparsec.load(result.library, threads=2).run({"x": x}).values()
     expected, bound = reference(x, weight, b, activation)

@@ -1,4 +1,4 @@
-from sparsec.api import cost_model
+from sparsec.codegen.kernels import cost_model
 from sparsec.codegen.targets import resolve
 from sparsec.compiler.passes import PassContext
 

@@ -2,9 +2,16 @@ import numpy as np
 import pytest
 from onnx import helper
 
+from sparsec.codegen import targets
+from sparsec.codegen.kernels import cost_model
 from sparsec.compiler import frontend
-from sparsec.compiler.ir import SPARSE_PATTERNS, block_shape
-from sparsec.compiler.passes import SparseKernelCost, detect_sparsity
+from sparsec.compiler.ir import BITMASK, SPARSE_PATTERNS, block_shape
+from sparsec.compiler.passes import (
+    SparseKernelCost,
+    StreamedWeights,
+    WeightStream,
+    detect_sparsity,
+)
 from sparsec.compiler.verify import verify
 from sparsec.errors import SparsecError
 from tests.graphs import mlp, model
@@ -112,3 +119,73 @@ def test_transposed_weight_that_is_an_output_keeps_its_original():
     verify(graph, "detect")
     np.testing.assert_array_equal(graph.tensors["w"].data, w)
     assert graph.nodes[0].inputs[1] == graph.nodes[1].inputs[1] == "w::transposed"
+
+
+# --- streamed forms: the weight-bandwidth term and BITMASK (x86-amx) --------------------------
+
+STREAM = WeightStream(cache_bytes=4096, cached_bytes_per_ns=100.0, memory_bytes_per_ns=10.0)
+# per 4x16 block about 100 times the dense kernel's per element, as on x86-amx (copying B)
+STREAMED = SparseKernelCost(dense_per_element=0.001, per_block={"4x16": 0.1},
+                            per_element={BITMASK: 0.002},
+                            streamed={p: StreamedWeights(16, STREAM)
+                                      for p in ("dense", "4x16", BITMASK)},
+                            value_bytes=1)
+
+
+def unstructured(k: int, n: int, density: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.integers(1, 100, (k, n)) * (rng.random((k, n)) < density)).astype(np.int8)
+
+
+def test_streamed_cost_is_the_larger_of_compute_and_reading_the_weights():
+    w = unstructured(128, 64, 0.25)  # 8 KiB: beyond the 4 KiB cache
+    nonzeros = int(np.count_nonzero(w))
+    stats = {BITMASK: (nonzeros, nonzeros / w.size),
+             "4x16": (detect_sparsity.block_counts(w, 4, 16), 1.0)}
+    costs = detect_sparsity.predicted_costs(w, stats, STREAMED)
+    # dense: 8192 bytes at 10 bytes/ns once per 16 rows, over its compute of 8.2 ns a row
+    assert costs["dense"] == pytest.approx(8192 / 10 / 16)
+    # BITMASK: the nonzeros and a bit per weight (3 KiB) fit the cache: compute bound
+    stored = nonzeros + 8192 / 8
+    assert stored < 4096 and costs[BITMASK] == pytest.approx(max(8192 * 0.002,
+                                                                  stored / 100 / 16))
+    blocks = stats["4x16"][0]
+    assert costs["4x16"] == pytest.approx(max(blocks * 0.1, blocks * 64 / 10 / 16))
+    cached = unstructured(32, 64, 0.25)  # 2 KiB: read from the cache
+    assert detect_sparsity.predicted_costs(cached, {}, STREAMED)["dense"] == pytest.approx(
+        max(2048 * 0.001, 2048 / 100 / 16))
+
+
+def test_bitmask_is_chosen_where_the_weights_stream_from_memory():
+    big = detect_sparsity.analyse(unstructured(128, 64, 0.3), STREAMED)
+    assert big.pattern == BITMASK and big.packed is None
+    assert big.block_stats[BITMASK][0] == np.count_nonzero(unstructured(128, 64, 0.3))
+    assert big.reason.startswith(f"{BITMASK}: 70% zeros, dense tiles expanded from a bit mask")
+    assert "8 KiB stream from beyond the 4 KiB cache" in big.reason
+    small = detect_sparsity.analyse(unstructured(32, 64, 0.3), STREAMED)
+    assert small.pattern == "dense" and "2 KiB stay in the 4 KiB cache" in small.reason
+    # nearly dense: a bit per weight on top of 95 % of the values costs more than it saves
+    assert detect_sparsity.analyse(unstructured(128, 64, 0.95), STREAMED).pattern == "dense"
+    blocks = np.zeros((128, 64), np.int8)
+    blocks[:8, :16] = 1  # two full 4x16 blocks: skipping beats any dense form
+    assert detect_sparsity.analyse(blocks, STREAMED).pattern == "4x16"
+
+
+@pytest.mark.parametrize("weights", ["int8", "bfloat16"])
+def test_x86_amx_gate_on_bert_base_shapes(weights):
+    """The x86-amx cost model on BERT-base's weights at 70 % unstructured sparsity: the
+    768 x 768 attention weights stay in a Sapphire Rapids core's 2 MiB L2 (int8) and stay
+    dense; the 768 x 3072 feed-forward weights stream from beyond it and go BITMASK."""
+    cost = cost_model(targets.TARGETS["x86-amx"], weights)
+    assert cost.value_bytes == (1 if weights == "int8" else 2)
+    dtype = np.int8 if weights == "int8" else np.float32
+    ffn = detect_sparsity.analyse(unstructured(768, 3072, 0.3).astype(dtype), cost)
+    assert ffn.pattern == BITMASK, ffn.reason
+    if weights == "int8":
+        attention = detect_sparsity.analyse(unstructured(768, 768, 0.3).astype(dtype), cost)
+        assert attention.pattern == "dense", attention.reason
+    # x86-avx512 has no BITMASK kernel: it is neither offered nor accepted when forced
+    avx512 = cost_model(targets.TARGETS["x86-avx512"], weights)
+    assert BITMASK not in avx512.per_element and not avx512.streamed
+    with pytest.raises(SparsecError, match="no kernel for it"):
+        detect_sparsity.analyse(unstructured(16, 16, 0.3).astype(dtype), avx512, force=BITMASK)
