@@ -167,8 +167,10 @@ def _streaming(weight: np.ndarray, cost) -> str:
     between dense tiles and BITMASK."""
     if "dense" not in cost.streamed:
         return ""
-    stream = cost.streamed["dense"].stream
+    streamed = cost.streamed["dense"]
     size = weight.size * cost.value_bytes
-    where = "stay in" if size <= stream.cache_bytes else "stream from beyond"
-    return (f"; dense, its {size / 1024:.0f} KiB {where} the {stream.cache_bytes >> 10} KiB "
-            "cache on each pass")
+    cache = f"the {streamed.stream.cache_bytes >> 10} KiB cache"
+    if size <= streamed.stream.cache_bytes:
+        return f"; the dense weights' {size / 1024:.0f} KiB stay in {cache}"
+    return (f"; the dense weights' {size / 1024:.0f} KiB stream from beyond {cache} every "
+            f"{streamed.rows_per_pass} rows")
