@@ -1,8 +1,10 @@
 """One Dense layer (M x K times K x N, bias, ReLU) at several densities and block patterns.
 
     python benchmarks/kernels.py [--target generic] [--m 128] [--k 768] [--n 768]
-    python benchmarks/kernels.py --calibrate [--target T] [--quantize dynamic]
-        # the kernel table's cost_ns (fp32 rows, or the int8 rows with --quantize)
+    python benchmarks/kernels.py --calibrate [--target T] [--quantize dynamic|bf16]
+        [--hide FEATURE]
+        # the kernel table's cost_ns (fp32 rows, or the int8 or bf16 rows with --quantize;
+        # --hide avx512bf16 times the rows a library runs where the CPU lacks that feature)
 
 For each density: onnxruntime and numpy on the same pruned weight (dense kernels, they cannot
 skip zeros), and sparsec with every storage (dense and each block pattern, forced with
@@ -63,15 +65,18 @@ def calibrate(args, tmp: str) -> None:
 
     def per_unit(w, pattern, units):
         out = Path(tmp) / f"calibrate-{pattern}-{units}.so"
+        hide = (f"-DSPARSEC_HIDE_FEATURES={1 << targets.FEATURE_BITS[args.hide]}",
+                ) if args.hide else ()
         result = sparsec.compile_model(layer_model(w, args.m), args.target, out,
-                                       force_pattern=pattern, quantize=args.quantize)
+                                       force_pattern=pattern, quantize=args.quantize,
+                                       extra_cflags=hide)
         with sparsec.load(result.library, threads=1) as module:
             seconds = median_seconds(lambda: module.run({"x": x}))
         return 1e9 * seconds / (units * args.m)
 
     dense_w = rng.standard_normal((args.k, args.n)).astype(np.float32)
     costs = {"dense": per_unit(dense_w, "dense", dense_w.size)}
-    weights = "int8" if args.quantize else "float32"
+    weights = {"dynamic": "int8", "bf16": "bfloat16"}.get(args.quantize, "float32")
     for pattern in kernels.sparse_costs(targets.resolve(args.target), weights):
         samples = []
         for density in (0.2, 0.1, 0.05):
@@ -93,8 +98,10 @@ def main() -> None:
     parser.add_argument("--block", default="4x1", help="block shape the weights are pruned in")
     parser.add_argument("--calibrate", action="store_true",
                         help="measure the kernel table's cost_ns for --target and print them")
-    parser.add_argument("--quantize", choices=["dynamic"],
-                        help="with --calibrate: the int8 rows (weights quantized)")
+    parser.add_argument("--quantize", choices=["dynamic", "bf16"],
+                        help="with --calibrate: the int8 rows (weights quantized) or bf16 rows")
+    parser.add_argument("--hide", choices=sorted(targets.FEATURE_BITS),
+                        help="with --calibrate: build as if the CPU lacked this feature")
     args = parser.parse_args()
     if args.calibrate:
         with tempfile.TemporaryDirectory() as tmp:

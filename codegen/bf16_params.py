@@ -18,6 +18,7 @@ from sparsec.codegen.matrix_params import (
     _bias,
     _epilogue,
     _vector_epilogue,
+    column_blocks,
 )
 from sparsec.codegen.params import KernelRequest
 from sparsec.compiler.ir import BITMASK, Graph, Node
@@ -90,6 +91,52 @@ def bf16_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "",
             params.update(col_ptr=req.blob.add(col_ptr), pairs=req.blob.add(pairs))
     req.take(req.output())
     return params
+
+
+def bf16_columns_params(req: KernelRequest, mr: int, isa: str) -> dict:
+    """1x16 blocks taken two at a time for the AVX-512 column kernel (bf16-dense/
+    x86-columns.c.j2): per column block, its nonzero blocks in K order paired (kA, kB), the
+    odd last one with row K of the packed activations (zero) and zero weights; a pair's
+    values are 16 lanes, each one output's W[kA][n] as bf16 in the low half, W[kB][n] high."""
+    node, a, weight = req.node, req.input(0), req.input(1)
+    packed = weight.sparsity.packed
+    m, k, a_sm, a_sk = _activation_rows(a, node.attrs.get("trans_a", 0))
+    n = weight.shape[1]
+    columns = -(-n // packed.cols)
+    col_ptr, k_idx, values = column_blocks(packed, columns)  # values: [block][1][16]
+    bits = bf16_bits(np.where(values == 0, np.float32(0), values)).reshape(-1, 16)
+    counts = np.diff(col_ptr)
+    pair_ptr = np.zeros(columns + 1, np.int32)
+    np.cumsum(-(-counts // 2), out=pair_ptr[1:])
+    pair_k = np.full((int(pair_ptr[-1]), 2), k, np.int32)
+    lanes = np.zeros((int(pair_ptr[-1]), 16), np.uint32)
+    for column in range(columns):
+        first, last = col_ptr[column], col_ptr[column + 1]
+        pairs = slice(pair_ptr[column], pair_ptr[column + 1])
+        even, odd = np.arange(first, last, 2), np.arange(first + 1, last, 2)
+        pair_k[pairs, 0] = k_idx[even]
+        pair_k[pairs.start:pairs.start + len(odd), 1] = k_idx[odd]
+        lanes[pairs] = bits[even]
+        lanes[pairs.start:pairs.start + len(odd)] |= bits[odd].astype(np.uint32) << 16
+    req.take(a)
+    params = {
+        "M": m, "K": k, "N": n, "a_sm": a_sm, "a_sk": a_sk, "NB": columns, "MR": mr,
+        "n_tail": n - (columns - 1) * packed.cols, "num_blocks": packed.num_blocks,
+        "isa": BF16_ISAS[isa], "fma": isa == "avx512f", "pair_ptr": req.blob.add(pair_ptr),
+        "pair_k": req.blob.add(pair_k), "values": req.blob.add(lanes),
+        **_bias(req, m, n), **_epilogue(req, node.attrs, "float32"),
+        **_vector_epilogue(node.attrs),
+    }
+    req.take(req.output())
+    return params
+
+
+def bf16_columns_scratch(graph: Graph, node: Node, mr: int) -> int:
+    """A packed tile by tile as bf16-rounded floats, [tiles][K + 1][MR]."""
+    k, _ = graph.tensors[node.inputs[1]].shape
+    a = graph.tensors[node.inputs[0]]
+    m = a.size // k if k else 0
+    return 4 * max(1, -(-m // mr)) * mr * (k + 1)
 
 
 def bf16_tokens_scratch(graph: Graph, node: Node, tokens: int, isa: str,

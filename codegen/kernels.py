@@ -360,6 +360,16 @@ KERNELS: list[KernelSpec] = [
                  cost_ns={"generic": cost})
       for isa, costs in (("avx512f", (0.0107, 0.033)), ("avx512bf16", (0.0065, 0.025)))
       for p, cost in zip(("dense", "2x1"), costs)],
+    # 1x16 blocks on AVX-512, two at a time (16 rows of A, 16 accumulators): for weights
+    # pruned in 1x16 blocks, which 2x1 pairs walk one column at a time. Cost per 1x16 block
+    # and row: `benchmarks/kernels.py --calibrate --target x86-avx512 --quantize bf16`
+    # (768 x 768, M = 128), with `--hide avx512bf16` for the avx512f row.
+    *[KernelSpec(op=DENSE, dtypes=FLOAT, weight_dtype="bfloat16", isa=isa, pattern="1x16",
+                 mr=16, nr=16, family="bf16_dense", template="bf16-dense/x86-columns.c.j2",
+                 parallel=True, params=functools.partial(bp.bf16_columns_params, mr=16, isa=isa),
+                 scratch=functools.partial(bp.bf16_columns_scratch, mr=16),
+                 cost_ns={"generic": cost})
+      for isa, cost in (("avx512f", 0.26), ("avx512bf16", 0.21))],
     # AMX bf16 (x86-amx): the bf16 token-tile kernel at 16 tokens, its columns on tiles
     # (TDPBF16PS); a 2x16 weight skips its all-zero 2x16 blocks; BITMASK as for int8.
     # Estimated compute costs, no AMX machine here: half of the int8 rows' rate (half the

@@ -170,20 +170,27 @@ BF16_SHAPES = [(5, 1, 17), (70, 35, 20), (33, 130, 40), (16, 64, 16)]  # (M, K, 
 def test_bf16_layers_run_clean_under_sanitizers(target, compiler):
     """--dtype bf16 layers of odd shapes (K = 1 is half a pair; x86-amx rounds K up to whole
     B tiles), dense and sparse, sanitized, within tests/codegen/test_bf16_kernels.py's bound."""
-    runs = Runs(targets.resolve(target), compiler.cache_dir, threads=2, driver_flags=SANITIZE)
+    resolved = targets.resolve(target)
+    runs = Runs(resolved, compiler.cache_dir, threads=2, driver_flags=SANITIZE)
     rng = np.random.default_rng(0)
+    # AVX-512 libraries also carry the 1x16 column kernel: forced on 1x16-pruned weights
+    cases = [(2, 1, 1.0, None), (2, 1, 0.3, None)]
+    if "avx512f" in resolved.isas:
+        cases.append((1, 16, 0.3, "1x16"))
     for m, k, n in BF16_SHAPES:
-        for density in (1.0, 0.3):
-            keep = np.repeat(rng.random((-(-k // 2), n)) < density, 2, 0)[:k]
+        for rows, cols, density, pattern in cases:
+            keep = rng.random((-(-k // rows), -(-n // cols))) < density
+            keep = np.repeat(np.repeat(keep, rows, 0), cols, 1)[:k, :n]
             w = (rng.standard_normal((k, n)) * keep).astype(np.float32)
             b = rng.standard_normal(n).astype(np.float32)
             x = rng.standard_normal((m, k)).astype(np.float32)
             result = compiler.compile(bf16_model(m, k, n, w, b, "Relu"), target,
-                                      quantize="bf16", extra_cflags=SANITIZE)
+                                      quantize="bf16", force_pattern=pattern,
+                                      extra_cflags=SANITIZE)
             expected, bound = bf16_reference(x, w, b, "Relu")
             runs.submit(result, {"x": x}, functools.partial(within, expected, bound),
-                        label=f"{m}x{k}x{n} density {density}")
-    assert runs.flush() == 2 * len(BF16_SHAPES)
+                        label=f"{m}x{k}x{n} {rows}x{cols} density {density}")
+    assert runs.flush() == len(cases) * len(BF16_SHAPES)
 
 
 @pytest.mark.parametrize("target", [host_target("x86-amx")])

@@ -137,3 +137,26 @@ def test_negative_zero_weights_keep_no_pair(compiler, tmp_path):
     x = np.arange(16, dtype=np.float32).reshape(2, 8)
     (y,) = sparsec.load(result.library).run({"x": x}).values()
     np.testing.assert_array_equal(y, [[0, 10, 0], [0, 26, 0]])
+
+
+@pytest.mark.parametrize("row", [pytest.param(r, id=f"{r.symbol}:{mode_of(r)}") for r in ROWS
+                                 if r.pattern == "1x16"])
+def test_unpaired_1x16_block_adds_nothing_even_to_inf(row, compiler):
+    """The 1x16 rows take a column block's blocks two at a time; an odd last block pairs with
+    a zero row of activations, never with a real one, whose inf times its zero weights would
+    be NaN."""
+    w = np.zeros((8, 32), np.float32)
+    w[3, :16] = np.arange(1, 17)  # one block in the first column block: unpaired
+    w[[1, 5, 6], 16:] = 1.0  # three in the second: one pair and one unpaired
+    x = np.ones((2, 8), np.float32)
+    x[:, 3] = np.inf
+    hide = (HIDE_BF16,) if row.isa == "avx512f" else ()
+    result = compiler.compile(one_node_model(2, 8, 32, w, None, ""), "x86-avx512",
+                              quantize="bf16", force_pattern="1x16", extra_cflags=hide)
+    (layer,) = result.info["layers"]
+    assert row.symbol in (layer["kernel"], layer.get("dispatch", {}).get(row.isa))
+    if mode_of(row) == "compile-only":
+        return
+    (y,) = sparsec.load(result.library).run({"x": x}).values()
+    np.testing.assert_array_equal(y[:, :16], np.inf)
+    np.testing.assert_array_equal(y[:, 16:], 3.0)
