@@ -4,12 +4,12 @@
 
 1. Instructions per tile product, read from the real build's assembly (objdump), for each AMX
    row of the kernel table: the loop over one panel's tiles of a 768 x 768 layer, in which
-   every trip loads an A tile of weight codes and a B tile of activation codes and issues one
-   TDPBSUD (16 channels x 16 tokens x 64 products). For a 4x16 weight, a trip whose groups
-   are not consecutive first copies 16 activation rows into the B tile; for a BITMASK weight,
-   every trip first expands its A tile from the nonzeros (16 VPEXPANDB or VPEXPANDW). With
-   them, the weight bytes each pass over the layer reads (once per 16 tokens), which BITMASK
-   trades the expansion for. Written to benchmarks/results/amx-instructions.md.
+   every trip loads an A tile of weight codes and two B tiles of activation codes and issues
+   two TDPBSUD (16 channels x 32 tokens x 64 products). For a 4x16 weight, a trip whose
+   groups are not consecutive first copies 16 activation rows into staging; for a BITMASK
+   weight, every trip first expands its A tile from the nonzeros (16 VPEXPANDB or VPEXPANDW).
+   With them, the weight bytes each pass over the layer reads (once per 32 tokens), which
+   BITMASK trades the expansion for. Written to benchmarks/results/amx-instructions.md.
 2. Timing: on a CPU with AMX (`sparsec targets` says x86-amx runs here), the int8 benchmark of
    benchmarks/spmm.py on target x86-amx, against onnxruntime's MatMulInteger and dynamic
    quantization in the same run. Elsewhere it says why it cannot: the emulated build
@@ -119,18 +119,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rows = instruction_rows(Path(tmp))
     path = write_table(
-        "amx-instructions", "x86-amx kernels: instructions per tile product",
+        "amx-instructions", "x86-amx kernels: instructions per A tile",
         ["kernel", "weights", "instructions a trip", "TILELOADD", "TDPBSUD / TDPBF16PS",
          "VPEXPAND", "B-tile copy (when blocks are not consecutive)", "blocks walked",
          "KiB of weights a pass"], rows,
         f"From objdump of the real x86-amx build (not the emulation) of a {M}x{K}x{N} layer "
-        "pruned 80 % in 4x16 blocks, in int8 and in bf16. One loop trip is one tile product: "
-        "16 output channels x 16 tokens x 64 int8 products (16 4x16 blocks) or 32 bf16 ones "
-        "(16 2x16 blocks). The dense rows walk every block; the 4x16 and 2x16 rows skip "
-        "all-zero blocks and copy a tile's 16 activation rows (64 bytes each) into the B tile "
-        "when its blocks are not consecutive; the bitmask rows walk every block too, each "
-        "trip expanding its A tile from the nonzeros first (16 expand-loads, unrolled). A "
-        "pass over the weights is made once per 16 tokens: its bytes are what the cost model "
+        "pruned 80 % in 4x16 blocks, in int8 and in bf16. One loop trip is one A tile's "
+        "products: 16 output channels x 32 tokens (two C tiles) x 64 int8 products (16 4x16 "
+        "blocks) or 32 bf16 ones (16 2x16 blocks). The dense rows walk every block; the 4x16 "
+        "and 2x16 rows skip all-zero blocks and copy a tile's 16 activation rows (128 bytes "
+        "each) into staging when its blocks are not consecutive; the bitmask rows walk every "
+        "block too, each trip expanding its A tile from the nonzeros first (16 expand-loads, "
+        "unrolled). A "
+        "pass over the weights is made once per 32 tokens: its bytes are what the cost model "
         "streams (codegen/kernels.py SAPPHIRE_RAPIDS_STREAM).")
     print(f"wrote {path}")
     if not targets.can_execute(amx):

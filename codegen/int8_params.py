@@ -106,7 +106,7 @@ def int8_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "",
                       amx: bool = False) -> dict:
     """Dense node with int8 codes (input 1) and per-column scales (input 3). `tokens` and `isa`
     pick the VNNI token-tile form; without them, the portable kernel's parameters. `amx`: the
-    token-tile form's columns on AMX tiles (16 tokens, avx512vnni for the rest)."""
+    token-tile form's columns on AMX tiles (AMX_TOKENS tokens, avx512vnni for the rest)."""
     node, a, codes = req.node, req.input(0), req.input(1)
     scales = req.input(3)
     m, k, a_sm, a_sk = _activation_rows(a, node.attrs.get("trans_a", 0))
@@ -147,14 +147,18 @@ def int8_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "",
     return params
 
 
-# AMX (TDPBSUD): the token-tile kernel's quantized activations, 16 tokens a tile in VNNI order
-# ([groups][16 tokens][4] u8), are the B operand as they are: 16 consecutive 4x1 groups make one
-# 16 x 64-byte B tile. The weights are the A operand, s8, packed at compile time into 16 x 64-byte
-# tiles per panel of 16 output channels: row c holds channel c's codes for 16 groups. A "dense"
-# weight's tiles walk every group in order; a 4x16 one's keep only the groups where one of the
-# panel's channels has a nonzero, so a tile's groups need not be consecutive and the kernel
-# copies their activation rows into one B tile first (one 64-byte row per group).
-AMX_TOKENS = 16  # C tile columns: int32 per token
+# AMX (TDPBSUD): the token-tile kernel's quantized activations, AMX_TOKENS tokens a tile in VNNI
+# order ([groups][tokens][4] u8), are the B operands as they are: 16 consecutive 4x1 groups by
+# 16 tokens make one 16 x 64-byte B tile (rows strided by the tile's 4 * AMX_TOKENS bytes). The
+# weights are the A operand, s8, packed at compile time into 16 x 64-byte tiles per panel of 16
+# output channels: row c holds channel c's codes for 16 groups. A "dense" weight's tiles walk
+# every group in order; a 4x16 one's keep only the groups where one of the panel's channels has
+# a nonzero, so a tile's groups need not be consecutive and the kernel copies their activation
+# rows into staging first (one row of 4 * AMX_TOKENS bytes per group).
+# Tokens per pass over the weights: two C tiles of 16 tokens side by side share each A tile, so
+# a tile of weights is read (and, BITMASK, expanded) once per 32 tokens; Intel's AMX guidance
+# is to reuse every tile load across tile products, one load per product being the bound.
+AMX_TOKENS = 32
 AMX_ROWS = 16  # C and A tile rows: output channels per panel
 AMX_GROUPS = 16  # A tile dwords per row, B tile rows: 4x1 groups per tile
 

@@ -327,23 +327,23 @@ KERNELS: list[KernelSpec] = [
                                  ("neondot", 16, (0.0192, 0.184)),
                                  ("neon", 16, (0.035, 0.33)))
       for p, cost in zip(("dense", "4x1"), costs)],
-    # AMX (x86-amx): the VNNI token-tile kernel at 16 tokens, its columns on tiles (TDPBSUD,
-    # 16 channels x 16 tokens per C tile); a 4x16 weight skips the 4x16 blocks without a
-    # nonzero; a BITMASK weight is dense tiles expanded from its nonzeros. No AMX machine
-    # here to calibrate on: the costs are estimates of compute alone (the weights' streaming
-    # is added from SAPPHIRE_RAPIDS_STREAM), Sapphire Rapids' 1024 int8 products a cycle per
-    # core at 3 GHz at half that peak (0.00065 ns per weight element and row); a kept 4x16
-    # block 64 such products plus the copy of its activations into the B tile (0.05 ns per
-    # block and row); BITMASK the dense rate plus 16 expand-loads a tile at 2 cycles each
-    # (another 0.00065).
-    *[KernelSpec(op=DENSE, dtypes=FLOAT, weight_dtype="int8", isa="amx", pattern=p, mr=16,
-                 nr=16, family="qs8_dense", template="i8-dense/x86-vnni-tokens.c.j2",
-                 parallel=True,
+    # AMX (x86-amx): the VNNI token-tile kernel at 32 tokens, its columns on tiles (TDPBSUD,
+    # two C tiles of 16 channels x 16 tokens sharing each A tile); a 4x16 weight skips the
+    # 4x16 blocks without a nonzero; a BITMASK weight is dense tiles expanded from its
+    # nonzeros. No AMX machine here to calibrate on: the costs are estimates of compute alone
+    # (the weights' streaming is added from SAPPHIRE_RAPIDS_STREAM), Sapphire Rapids' 1024
+    # int8 products a cycle per core at 3 GHz at half that peak (0.00065 ns per weight element
+    # and row); a kept 4x16 block 64 such products plus the copy of its activations into the
+    # B tiles (0.05 ns per block and row); BITMASK the dense rate plus 16 expand-loads a tile
+    # at 2 cycles each, once per 32 tokens (another 0.00033).
+    *[KernelSpec(op=DENSE, dtypes=FLOAT, weight_dtype="int8", isa="amx", pattern=p,
+                 mr=qp.AMX_TOKENS, nr=16, family="qs8_dense",
+                 template="i8-dense/x86-vnni-tokens.c.j2", parallel=True,
                  params=functools.partial(qp.int8_dense_params, tokens=qp.AMX_TOKENS,
                                           isa="avx512vnni", amx=True),
                  scratch=qp.int8_amx_scratch, cost_ns={"generic": cost},
                  stream=SAPPHIRE_RAPIDS_STREAM)
-      for p, cost in (("dense", 0.00065), ("4x16", 0.05), (BITMASK, 0.0013))],
+      for p, cost in (("dense", 0.00065), ("4x16", 0.05), (BITMASK, 0.001))],
     # bf16 weights (--dtype bf16), walked as 2x1 pairs; "dense" keeps them all. Costs per
     # weight element or kept pair and activation row, measured on the Zen 5 machine (which
     # has AVX512_BF16; the avx512f rows with it hidden) on 128x768x768 layers, dense and 90 %
@@ -370,19 +370,20 @@ KERNELS: list[KernelSpec] = [
                  scratch=functools.partial(bp.bf16_columns_scratch, mr=16),
                  cost_ns={"generic": cost})
       for isa, cost in (("avx512f", 0.26), ("avx512bf16", 0.21))],
-    # AMX bf16 (x86-amx): the bf16 token-tile kernel at 16 tokens, its columns on tiles
-    # (TDPBF16PS); a 2x16 weight skips its all-zero 2x16 blocks; BITMASK as for int8.
+    # AMX bf16 (x86-amx): the bf16 token-tile kernel at 32 tokens, its columns on tiles
+    # (TDPBF16PS) as above; a 2x16 weight skips its all-zero 2x16 blocks; BITMASK as for int8.
     # Estimated compute costs, no AMX machine here: half of the int8 rows' rate (half the
     # products per TDPBF16PS and per expand-load).
     *[KernelSpec(op=DENSE, dtypes=FLOAT, weight_dtype="bfloat16", isa="amx", pattern=p,
-                 mr=16, nr=16, family="bf16_dense", template="bf16-dense/x86-tokens.c.j2",
+                 mr=qp.AMX_TOKENS, nr=16, family="bf16_dense",
+                 template="bf16-dense/x86-tokens.c.j2",
                  parallel=True,
-                 params=functools.partial(bp.bf16_dense_params, tokens=16, isa="avx512f",
-                                          amx=True),
-                 scratch=functools.partial(bp.bf16_tokens_scratch, tokens=16, isa="avx512f",
-                                           amx=True),
+                 params=functools.partial(bp.bf16_dense_params, tokens=qp.AMX_TOKENS,
+                                          isa="avx512f", amx=True),
+                 scratch=functools.partial(bp.bf16_tokens_scratch, tokens=qp.AMX_TOKENS,
+                                           isa="avx512f", amx=True),
                  cost_ns={"generic": cost}, stream=SAPPHIRE_RAPIDS_STREAM)
-      for p, cost in (("dense", 0.0013), ("2x16", 0.05), (BITMASK, 0.0026))],
+      for p, cost in (("dense", 0.0013), ("2x16", 0.05), (BITMASK, 0.002))],
     # Vectors of 4 where the target has no SIMD ISA: GCC lowers them to what the machine has.
     *[KernelSpec(op=ATTENTION, dtypes=FLOAT, isa=isa, mr=8, nr=vector, family="f32_attention",
                  template="f32-attention/vector.c.j2", parallel=True,

@@ -118,7 +118,7 @@ def test_x86_amx_streams_big_weights_as_bitmask(target, compiler):
     result = compiler.compile(fp32, target, quantize="dynamic")
     layers = [layer for layer in result.info["layers"] if "shape" in layer]
     assert [layer["pattern"] for layer in layers] == ["bitmask", "dense"]
-    assert layers[0]["kernel"] == "sparsec_qs8_dense_ukernel_16x16_bitmask__amx"
+    assert layers[0]["kernel"].endswith("_bitmask__amx")
     if not compiler.can_run(target):
         return
     x = rng.standard_normal((40, 1024)).astype(np.float32)

@@ -25,11 +25,12 @@ from tests.graphs import model
 
 
 def simulate(codes: np.ndarray, x_codes: np.ndarray, keep_all: bool) -> np.ndarray:
-    """Y^T (N x tokens, int64) as the kernel computes it from the tables, for 16 tokens."""
+    """Y^T (N x tokens, int64) as the kernel computes it from the tables, for one token tile
+    (AMX_TOKENS: the kernel splits it over C tiles of 16, which the einsum need not)."""
     k, n = codes.shape
     tile_ptr, starts, rows, tiles = qp.amx_tiles(codes, keep_all)
     groups = qp.amx_groups(k)
-    # the B operand: [groups][16 tokens][4] codes, zero past K
+    # the B operands: [groups][tokens][4] codes, zero past K
     b = np.zeros((groups * 4, qp.AMX_TOKENS), np.int64)
     b[:k] = x_codes
     b_rows = b.reshape(groups, 4, qp.AMX_TOKENS).transpose(0, 2, 1).reshape(groups, -1)
