@@ -1,14 +1,16 @@
 """Whole models: sparsec against onnxruntime on the same model files, 1 and 2 threads.
 
-    python benchmarks/e2e.py [MODEL.onnx ...] [--target native] [--quantize]
+    python benchmarks/e2e.py [MODEL.onnx ...] [--target native] [--dtype fp32,int8,bf16]
+        [--name e2e-TARGET]
 
-Default model: samples/tiny_bert.onnx. For each model: median latency of onnxruntime and of
-sparsec (fp32, and int8 with --quantize dynamic when --quantize is given) on 1 and 2 threads,
+Default model: samples/tiny_bert.onnx. For each model: median latency of onnxruntime (fp32)
+and of sparsec in each --dtype (default fp32; int8 is --quantize dynamic, and --quantize
+alone adds it; bf16 is --dtype bf16) on 1 and 2 threads,
 the ratios measured in the same run, the largest absolute difference from onnxruntime's fp32
 output, and the compile time and peak memory. Inputs: float inputs standard normal; int64
 inputs named like an attention mask get ones (the last 10 % of positions zero), token type
 ids zeros, other integer inputs token ids below 100; all seeded. Writes
-benchmarks/results/e2e-TARGET.md.
+benchmarks/results/NAME.md (default e2e-TARGET.md).
 """
 
 from __future__ import annotations
@@ -77,11 +79,11 @@ sys.exit(status)
 
 
 def compile_in_child(model: str, target: str, library: Path,
-                     quantize: str | None) -> tuple[float, float]:
+                     dtype: str) -> tuple[float, float]:
     """`sparsec compile` in a child process: wall seconds and peak resident megabytes (the
     child's own VmHWM, which exec resets; rusage would count this big parent's pages)."""
     command = [sys.executable, "-c", PEAK_PROBE, "compile", model, "--target", target,
-               "-o", str(library), "--no-cache"] + (["--quantize", quantize] if quantize else [])
+               "-o", str(library), "--no-cache", "--dtype", "float32" if dtype == "fp32" else dtype]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -95,18 +97,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", default=[str(ROOT / "samples" / "tiny_bert.onnx")])
     parser.add_argument("--target", default="native")
+    parser.add_argument("--dtype", default="fp32",
+                        help="comma-separated sparsec dtypes to time: fp32, int8, bf16")
     parser.add_argument("--quantize", action="store_true", help="also int8 (dynamic)")
+    parser.add_argument("--name", help="results file stem (default e2e-TARGET)")
     args = parser.parse_args()
     target = targets.resolve(args.target)
+    dtypes = list(dict.fromkeys(args.dtype.split(",") + (["int8"] if args.quantize else [])))
+    unknown = set(dtypes) - {"fp32", "int8", "bf16"}
+    if unknown:
+        raise SystemExit(f"unknown --dtype {', '.join(sorted(unknown))}: choose fp32, int8, bf16")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for path in args.models:
             model = onnx.load(path)
             feeds = make_inputs(model, np.random.default_rng(0))
             reference = ort_session(model.SerializeToString(), 1).run(None, feeds)[0]
-            for quantize in (None, "dynamic") if args.quantize else (None,):
-                library = Path(tmp) / f"{Path(path).stem}-{quantize}.so"
-                compile_s, peak_mb = compile_in_child(path, target.name, library, quantize)
+            for dtype in dtypes:
+                library = Path(tmp) / f"{Path(path).stem}-{dtype}.so"
+                compile_s, peak_mb = compile_in_child(path, target.name, library, dtype)
                 ms = {}
                 for threads in (1, 2):
                     ort_run = functools.partial(
@@ -115,7 +124,7 @@ def main() -> None:
                         output = list(module.run(feeds).values())[0]
                         ms[threads] = paired_medians(ort_run, lambda: module.run(feeds))
                     del ort_run  # the session's spinning threads must not share the cores
-                rows.append([Path(path).name, "int8" if quantize else "fp32",
+                rows.append([Path(path).name, dtype,
                              *[f"{v:.3f}" if i < 2 else v for threads in (1, 2)
                                for i, v in enumerate(
                                    (*ms[threads], f"{ms[threads][0] / ms[threads][1]:.2f}x"))],
@@ -123,7 +132,7 @@ def main() -> None:
                              f"{peak_mb:.0f}"])
                 print(rows[-1], flush=True)
     path = write_table(
-        f"e2e-{target.name}", f"Whole models, target {target.name}",
+        args.name or f"e2e-{target.name}", f"Whole models, target {target.name}",
         ["model", "sparsec dtype", "ORT ms (1 thread)", "sparsec ms (1 thread)", "ratio",
          "ORT ms (2 threads)", "sparsec ms (2 threads)", "ratio", "max abs diff vs ORT fp32",
          "compile s", "compile peak MB"], rows,
