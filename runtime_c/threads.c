@@ -7,20 +7,26 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 
+/* Cache lines: what spinning workers read (generation, with the region it publishes), the
+ * task counter and the done counter each sit alone, and the pool is allocated on whole lines
+ * of its own. Spinning on a line that a kernel writes costs a transfer per write: with the
+ * pool malloc'd next to the arena, whose last bytes the kernels write, 2-thread MiniLM runs
+ * took 5.9 ms instead of 3.3, whenever glibc placed the arena on the heap. */
 struct sparsec_pool {
+  _Alignas(64) atomic_ulong generation; /* bumped for each region, then broadcast under the mutex */
+  sparsec_task task;
+  void *args;
+  size_t count;
+  _Alignas(64) atomic_size_t next;
+  _Alignas(64) atomic_size_t busy; /* workers not yet done with the current region */
+  _Alignas(64) atomic_int stop;
   size_t workers;
   pthread_t *threads;
   pthread_mutex_t mutex;
   pthread_cond_t start;
   pthread_cond_t finished;
-  atomic_ulong generation; /* bumped for each region, then broadcast under the mutex */
-  atomic_int stop;
-  sparsec_task task;
-  void *args;
-  size_t count;
-  atomic_size_t next;
-  atomic_size_t busy; /* workers not yet done with the current region */
 };
 
 /* How long a worker (or the caller) spins before it sleeps on a condition variable: about
@@ -85,9 +91,10 @@ static void *worker_main(void *arg)
 
 sparsec_pool *sparsec__pool_create(size_t threads)
 {
-  sparsec_pool *pool = calloc(1, sizeof *pool);
+  sparsec_pool *pool = aligned_alloc(_Alignof(sparsec_pool), sizeof *pool); /* whole lines */
   if (!pool)
     return NULL;
+  memset(pool, 0, sizeof *pool);
   pool->workers = threads > 1 ? threads - 1 : 0;
   pool->threads = pool->workers ? calloc(pool->workers, sizeof *pool->threads) : NULL;
   if (pool->workers && !pool->threads) {
