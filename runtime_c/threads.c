@@ -11,9 +11,8 @@
 
 /* Cache lines: what spinning workers read (generation, with the region it publishes), the
  * task counter and the done counter each sit alone, and the pool is allocated on whole lines
- * of its own. Spinning on a line that a kernel writes costs a transfer per write: with the
- * pool malloc'd next to the arena, whose last bytes the kernels write, 2-thread MiniLM runs
- * took 5.9 ms instead of 3.3, whenever glibc placed the arena on the heap. */
+ * of its own, so that no other data (the heap neighbours of a malloc'd pool) shares a line
+ * that workers spin on: each write to such a line would cost the spinners a transfer. */
 struct sparsec_pool {
   _Alignas(64) atomic_ulong generation; /* bumped for each region, then broadcast under the mutex */
   sparsec_task task;
