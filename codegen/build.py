@@ -25,8 +25,6 @@ from sparsec.codegen.targets import BASE_CFLAGS, Target
 from sparsec.errors import BuildError
 
 RUNTIME_SOURCES = ("runtime.c", "cpu.c", "threads.c")
-RUNTIME_HEADERS = ("sparsec.h", "sparsec_model.h", "sparsec_avx2.h", "sparsec_avx512.h",
-                   "sparsec_neon.h")
 
 
 def runtime_dir() -> Path:
@@ -148,7 +146,9 @@ def cache_key(rendered: Rendered, target: Target, compiler: str,
                  " ".join(extra_flags), compiler_identity(compiler)):
         h.update(part.encode())
         h.update(b"\0")
-    for name in RUNTIME_SOURCES + RUNTIME_HEADERS:
+    # every header, so that an edited one (sparsec_amx.h, sparsec_vmath_body.h) is a new key
+    headers = sorted(path.name for path in runtime_dir().glob("*.h"))
+    for name in (*RUNTIME_SOURCES, *headers):
         h.update((runtime_dir() / name).read_bytes())
     return h.hexdigest()
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from sparsec.codegen.params import (
     CTYPES,
+    VECTOR_MATH,
     KernelRequest,
     activation_statements,
     broadcast_strides,
@@ -186,25 +187,29 @@ def column_blocks(packed, columns: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     return col_ptr, block_rows[order].astype(np.int32), packed.values[order]
 
 
-# Names the token-tile template (f32-spmm/x86-tokens.c.j2) uses for each ISA.
+# Names the token-tile template (f32-spmm/x86-tokens.c.j2) uses for each ISA; `vmath` prefixes
+# the ISA's functions in runtime_c/sparsec_vmath.h.
 TOKEN_TILE_ISAS = {
     # AArch64: vector helpers in runtime_c/sparsec_neon.h, under the x86 intrinsics' argument
     # order; the epilogue takes whole vectors only (see neon-epilogue.j2).
-    "neon": {"name": "NEON", "lanes": 4, "vec": "float32x4_t", "zero": "sparsec_neon_zero",
+    "neon": {"name": "NEON", "lanes": 4, "vmath": "sparsec_v4_", "vec": "float32x4_t",
+             "zero": "sparsec_neon_zero",
              "broadcast": "vld1q_dup_f32({})", "load": "vld1q_f32", "store": "vst1q_f32",
              "fmadd": "sparsec_neon_fmadd", "add": "vaddq_f32",
              "transpose": "sparsec_transpose4x4", "epilogue": "neon-epilogue.j2",
              "mask_type": "int", "full_mask": "1", "set1": "vdupq_n_f32", "mul": "vmulq_f32",
              "max": "vmaxq_f32", "min": "vminq_f32", "loadu": "vld1q_f32",
              "storeu": "vst1q_f32"},
-    "avx512f": {"name": "AVX-512F", "lanes": 16, "vec": "__m512", "zero": "_mm512_setzero_ps",
+    "avx512f": {"name": "AVX-512F", "lanes": 16, "vmath": "sparsec_v16_", "vec": "__m512",
+                "zero": "_mm512_setzero_ps",
                 "broadcast": "_mm512_set1_ps(*({}))", "load": "_mm512_load_ps",
                 "store": "_mm512_store_ps", "fmadd": "_mm512_fmadd_ps", "add": "_mm512_add_ps",
                 "transpose": "sparsec_transpose16x16", "epilogue": "avx512-epilogue.j2",
                 "mask_type": "__mmask16", "full_mask": "(__mmask16)0xffff",
                 "set1": "_mm512_set1_ps", "mul": "_mm512_mul_ps", "max": "_mm512_max_ps",
                 "min": "_mm512_min_ps", "loadu": "_mm512_loadu_ps", "storeu": "_mm512_storeu_ps"},
-    "avx2": {"name": "AVX2", "lanes": 8, "vec": "__m256", "zero": "_mm256_setzero_ps",
+    "avx2": {"name": "AVX2", "lanes": 8, "vmath": "sparsec_v8_", "vec": "__m256",
+             "zero": "_mm256_setzero_ps",
              "broadcast": "_mm256_broadcast_ss({})", "load": "_mm256_load_ps",
              "store": "_mm256_store_ps", "fmadd": "_mm256_fmadd_ps", "add": "_mm256_add_ps",
              "transpose": "sparsec_transpose8x8", "epilogue": "avx2-epilogue.j2",
@@ -288,16 +293,18 @@ def spmm_tokens_scratch(graph: Graph, node: Node, tokens: int) -> int:
 
 
 def _vector_epilogue(attrs: dict, dtype: str = "float32") -> dict:
-    """Relu and Clip as vector min/max in SIMD epilogues; the others (`after_store`) as scalar
-    statements over the stored values. `activation` keeps the full scalar form for tails."""
+    """The fused activation on whole vectors in SIMD epilogues: Relu and Clip as min/max, the
+    others through runtime_c/sparsec_vmath.h, whose functions return what the scalar
+    statements (`activation`, for tails and portable C) return, bit for bit."""
     activation = attrs.get("activation", "")
     if activation == "Relu":
-        return {"vector_activation": "relu", "after_store": []}
+        return {"vector_activation": "relu"}
     if activation == "Clip":
         low, high = (c_literal(b, dtype) for b in attrs["activation_params"])
-        return {"vector_activation": "clip", "low": low, "high": high, "after_store": []}
-    return {"vector_activation": "",
-            "after_store": activation_statements(activation, (), dtype, "v")}
+        return {"vector_activation": "clip", "low": low, "high": high}
+    if activation and activation not in VECTOR_MATH:
+        raise KernelNotFoundError(f"no vector form of the fused activation {activation!r}")
+    return {"vector_activation": VECTOR_MATH.get(activation, "")}
 
 
 PACK_ABOVE_BYTES = 48 * 1024

@@ -140,6 +140,15 @@ def elementwise_loops(out_shape, operand_shapes) -> tuple[list[dict], list[str]]
 
 # --- activations and arithmetic as C statements ---------------------------------------------
 
+# Float activations computed inline and branch-free by runtime_c/sparsec_model.h instead of
+# libm calls (a call per element, which no loop vectorises); runtime_c/sparsec_vmath.h has the
+# same functions on whole vectors, as VECTOR_MATH names them, returning the same bits.
+SCALAR_MATH = {"Sigmoid": "sparsec__sigmoid", "Tanh": "sparsec__tanh", "Gelu": "sparsec__gelu",
+               "GeluTanh": "sparsec__gelu_tanh", "Erf": "sparsec__erff", "Exp": "sparsec__expf"}
+VECTOR_MATH = {"Sigmoid": "sigmoid", "Tanh": "tanh", "Gelu": "gelu", "GeluTanh": "gelu_tanh",
+               "Erf": "erf", "Exp": "exp"}
+
+
 def activation_statements(op: str, bounds: tuple[str, ...], dtype: str,
                           var: str = "x") -> list[str]:
     """C statements that apply an activation to `var` in place (NaN propagates as in ORT).
@@ -147,24 +156,23 @@ def activation_statements(op: str, bounds: tuple[str, ...], dtype: str,
     ctype = CTYPES[dtype]
     zero = c_literal(0, dtype)
     one = c_literal(1, dtype)
-    suffix = "f" if ctype == "float" else ""
     if op == "":
         return []
+    if op in SCALAR_MATH and ctype == "float":
+        return [f"{var} = {SCALAR_MATH[op]}({var});"]
     if op == "Relu":
         return [f"{var} = {var} < {zero} ? {zero} : {var};"]
     if op == "Sigmoid":
-        return [f"{var} = {one} / ({one} + exp{suffix}(-{var}));"]
-    if op == "Tanh":
-        return [f"{var} = tanh{suffix}({var});"]
+        return [f"{var} = {one} / ({one} + exp(-{var}));"]
     if op == "Clip":
         low, high = bounds
         # max then min: with min > max every value becomes max, as ONNX specifies.
         return [f"{var} = {var} < {low} ? {low} : {var};",
                 f"{var} = {var} > {high} ? {high} : {var};"]
-    if op == "Erf" and ctype == "float":  # inline and vectorisable (runtime_c/sparsec_model.h)
-        return [f"{var} = sparsec__erff({var});"]
-    if op in ("Sqrt", "Erf", "Exp"):
-        return [f"{var} = {op.lower()}{suffix}({var});"]
+    if op == "Sqrt":
+        return [f"{var} = sqrt{'f' if ctype == 'float' else ''}({var});"]
+    if op in ("Tanh", "Erf", "Exp"):  # double
+        return [f"{var} = {op.lower()}({var});"]
     if op == "Not":  # bool is a 0/1 byte
         return [f"{var} = ({ctype})!{var};"]
     if op == "Neg":
@@ -173,14 +181,12 @@ def activation_statements(op: str, bounds: tuple[str, ...], dtype: str,
         wide = "uint64_t" if dtype.endswith("64") else "uint32_t"  # INT_MIN wraps, no UB
         return [f"{var} = ({ctype})(({wide})0 - ({wide}){var});"]
     if op == "Gelu":  # approximate="none": x/2 (1 + erf(x / sqrt 2))
-        if ctype == "float":  # inline, vectorisable, through erfc (runtime_c/sparsec_model.h)
-            return [f"{var} = sparsec__gelu({var});"]
         half, root_half = c_literal(0.5, dtype), c_literal(np.sqrt(0.5), dtype)
         return [f"{var} = {half} * {var} * ({one} + erf({var} * {root_half}));"]
     if op == "GeluTanh":  # approximate="tanh": x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
         half, scale = c_literal(0.5, dtype), c_literal(np.sqrt(2 / np.pi), dtype)
         cubic = c_literal(0.044715, dtype)
-        return [f"{var} = {half} * {var} * ({one} + tanh{suffix}({scale} * ({var} + {cubic} * "
+        return [f"{var} = {half} * {var} * ({one} + tanh({scale} * ({var} + {cubic} * "
                 f"{var} * {var} * {var})));"]
     raise KernelNotFoundError(f"no activation {op!r}")
 
@@ -241,7 +247,8 @@ def unary_params(req: KernelRequest) -> dict:
                                       f"{approximate!r}; ONNX defines 'none' and 'tanh'")
         op = "GeluTanh" if approximate == "tanh" else "Gelu"
     return {"ctype": CTYPES[y.dtype], "count": y.size, "bound_args": bound_args,
-            "statements": activation_statements(op, bounds, y.dtype, "v")}
+            "statements": activation_statements(op, bounds, y.dtype, "v"),
+            "vector_function": VECTOR_MATH.get(op, "") if y.dtype == "float32" else ""}
 
 
 def clip_bounds(req: KernelRequest) -> tuple[tuple[str, str], list[str]]:
