@@ -256,6 +256,16 @@ SCALAR_SPMM_COST_NS = {
     "4x4": {"generic": 0.99, "x86-avx2": 0.92, "x86-avx512": 0.92},
 }
 
+# int8 on AVX2 without VNNI (dense, 4x1): VPMADDWD on 16-bit codes, two per VNNI step. No
+# AVX2-only host here to measure on: the AVX-VNNI row's costs times the ratio of inner-loop
+# instructions per product (objdump of the built kernels, 384 x 384 layers, 32 tokens):
+# dense 40 per group of 2 columns against VNNI's 34 per group of 4 columns (its AVX-512 loop,
+# at 32 tokens), 2.35x; 4x1 41 per pair of groups against 23, 1.78x. For comparison, the fp32
+# AVX2 kernels' loops take 24 instructions per 96 products (dense) and 26 per 4x1 block:
+# by count int8 is the cheaper, and on cores that issue VPMADDWD on one port (Haswell, Zen 2)
+# its products run at the fp32 FMAs' rate (16 a cycle), on two ports (Skylake on) at twice it.
+AVX2_INT8_COST_NS = (round(0.0096 * 80 / 34, 4), round(0.092 * 41 / 23, 3))
+
 KERNELS: list[KernelSpec] = [
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="scalar", pattern="dense", mr=4, nr=32,
                family="f32_gemm", template="f32-gemm/scalar.c.j2", params=mp.dense_params,
@@ -325,7 +335,8 @@ KERNELS: list[KernelSpec] = [
       for isa, tokens, costs in (("avx512vnni", 64, (0.0048, 0.046)),
                                  ("avxvnni", 32, (0.0096, 0.092)),
                                  ("neondot", 16, (0.0192, 0.184)),
-                                 ("neon", 16, (0.035, 0.33)))
+                                 ("neon", 16, (0.035, 0.33)),
+                                 ("avx2", 32, AVX2_INT8_COST_NS))
       for p, cost in zip(("dense", "4x1"), costs)],
     # AMX (x86-amx): the VNNI token-tile kernel at 32 tokens, its columns on tiles (TDPBSUD,
     # two C tiles of 16 channels x 16 tokens sharing each A tile); a 4x16 weight skips the
