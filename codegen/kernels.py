@@ -16,7 +16,7 @@ from sparsec.codegen import bf16_params as bp
 from sparsec.codegen import int8_params as qp
 from sparsec.codegen import matrix_params as mp
 from sparsec.codegen import params as kp
-from sparsec.codegen.targets import Dispatch, Target
+from sparsec.codegen.targets import TARGETS, Dispatch, Target
 from sparsec.compiler.ir import BITMASK, SPARSE_PATTERNS, Graph, Node, block_shape
 from sparsec.compiler.ops import (
     ADD_LAYER_NORM,
@@ -168,6 +168,41 @@ def weight_pattern(graph: Graph, node: Node) -> str:
     if not weight.is_constant or weight.sparsity is None:
         return "runtime"  # a product of two activations (Gemm with a run-time B)
     return weight.sparsity.pattern
+
+
+# Matrix products: where one of these runs portable C on a SIMD target, compile says so.
+MATRIX_OPS = (DENSE, ATTENTION, "MatMul", "MatMulInteger")
+ISA_NAMES = {"neon": "NEON", "neondot": "NEON dot-product", "avx2": "AVX2",
+             "avxvnni": "AVX-VNNI", "avx512f": "AVX-512", "avx512vnni": "AVX-512 VNNI",
+             "avx512bf16": "AVX-512 BF16", "amx": "AMX"}
+
+
+def portable_reason(graph: Graph, node: Node, spec: KernelSpec, target: Target) -> str | None:
+    """Why a matrix product runs a portable-C row on a SIMD target, e.g. "int8 Dense runs
+    portable C on x86-avx2: no AVX2 int8 kernel for pattern 4x4"; None where it does not."""
+    simd = [isa for isa in target.isas if isa != "scalar"]
+    if spec.isa != "scalar" or not simd or node.op not in MATRIX_OPS:
+        return None
+    if node.op == ATTENTION and target.vector_bytes <= 16:
+        return None  # its GCC vectors of 4 floats are the whole NEON register
+    dtype, weights = node_dtype(graph, node), weight_dtype(graph, node)
+    kind = {"int8": "int8 ", "bfloat16": "bf16 "}.get(weights, "") + node.op
+    isas = " or ".join(ISA_NAMES[isa] for isa in reversed(simd))
+    rows = [k for k in KERNELS if k.op == node.op and dtype in k.dtypes
+            and k.weight_dtype == weights and k.isa != "scalar"]
+    here = sorted({k.pattern for k in rows if k.isa in simd})
+    pattern = weight_pattern(graph, node)
+    if pattern == "runtime":
+        why = f"no {isas} kernel for a product of two run-time operands"
+    elif here:
+        why = (f"no {isas} {kind} kernel for pattern {pattern} (they take: "
+               f"{', '.join(here)}; the pattern is the cost model's or --pattern's choice)")
+    else:
+        elsewhere = [t.name for t in TARGETS.values()
+                     if any(k.isa in t.isas for k in rows)]
+        why = f"no {isas} kernel for {kind}" + (
+            f" (targets with one: {', '.join(elsewhere)})" if elsewhere else "")
+    return f"{kind} runs portable C on {target.name}: {why}"
 
 
 PARALLEL_MIN_NS = 30_000.0

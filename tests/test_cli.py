@@ -124,3 +124,31 @@ def test_emulate_needs_a_target_with_an_emulation_build(workdir, capsys):
     assert main(["compile", str(SAMPLE), "--target", "generic", "--emulate"]) != 0
     assert "target generic has no emulation build; emulate applies to x86-amx" in \
         capsys.readouterr().err
+
+
+def test_compile_warns_of_portable_matrix_products(workdir, capsys):
+    """No silent slow path: x86-avx2 has no bf16 kernel, so each bf16 layer runs portable C;
+    compile names every such layer and why on stderr, and --report marks it."""
+    assert main(["compile", str(SAMPLE), "--target", "x86-avx2", "--dtype", "bf16",
+                 "-o", "build/mlp.so", "--report"]) == 0
+    captured = capsys.readouterr()
+    warned = [line for line in captured.err.splitlines() if line.startswith("sparsec: warning:")]
+    layers = [layer["node"] for layer in json.loads(
+        subprocess.run([sys.executable, "-m", "sparsec", "info", "build/mlp.so", "--json"],
+                       capture_output=True, text=True, check=True).stdout)["layers"]
+        if layer["op"] == "Dense"]
+    assert layers and len(warned) == len(layers)
+    for name, line in zip(layers, warned):
+        assert line == (f"sparsec: warning: layer {name!r}: bf16 Dense runs portable C on "
+                        "x86-avx2: no AVX2 kernel for bf16 Dense (targets with one: "
+                        "x86-avx512, x86-amx)")
+    report = [line for line in captured.out.splitlines() if line.startswith(tuple(layers))]
+    assert len(report) == len(layers)
+    assert all("PORTABLE C: bf16 Dense runs portable C on x86-avx2" in line for line in report)
+
+
+def test_compile_is_quiet_where_every_product_has_a_simd_kernel(workdir, capsys):
+    assert main(["compile", str(SAMPLE), "--target", "x86-avx2", "--dtype", "int8",
+                 "-o", "build/mlp.so", "--report"]) == 0
+    captured = capsys.readouterr()
+    assert "warning" not in captured.err and "PORTABLE" not in captured.out
