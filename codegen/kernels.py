@@ -406,6 +406,20 @@ KERNELS: list[KernelSpec] = [
                  cost_ns={"generic": cost})
       for isa, costs in (("avx512f", (0.0107, 0.033)), ("avx512bf16", (0.0065, 0.025)))
       for p, cost in zip(("dense", "2x1"), costs)],
+    # AVX2 (x86-avx2): the same kernel at 32 tokens, the tile's pairs widened to floats as
+    # they are packed, so its inner loop is the fp32 token kernels' FMAs. Not measured (no
+    # AVX2-only host here): the fp32 AVX2 rows' costs times the ratio of inner-loop
+    # instructions per product (objdump, 384 x 384 layers): dense 29 per 128 products
+    # against the fp32 GEMM's 24 per 96; 2x1 14 per pair (64 products) against 26 per 4x1
+    # block (128) of the fp32 token kernel.
+    *[KernelSpec(op=DENSE, dtypes=FLOAT, weight_dtype="bfloat16", isa="avx2", pattern=p,
+                 mr=32, nr=1, family="bf16_dense", template="bf16-dense/x86-tokens.c.j2",
+                 parallel=True,
+                 params=functools.partial(bp.bf16_dense_params, tokens=32, isa="avx2"),
+                 scratch=functools.partial(bp.bf16_tokens_scratch, tokens=32, isa="avx2"),
+                 cost_ns={"generic": cost})
+      for p, cost in (("dense", round(0.0183 * (29 / 128) / (24 / 96), 4)),
+                      ("2x1", round(0.149 * 14 / 26, 3)))],
     # 1x16 blocks on AVX-512, two at a time (16 rows of A, 16 accumulators): for weights
     # pruned in 1x16 blocks, which 2x1 pairs walk one column at a time. Cost per 1x16 block
     # and row: `benchmarks/kernels.py --calibrate --target x86-avx512 --quantize bf16`
