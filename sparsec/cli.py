@@ -113,27 +113,34 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def cmd_compile(args) -> int:
+def _compile(*args, **options):
+    """api.compile_model, its portable-kernel warnings printed as `sparsec: warning: ...`
+    (one line per layer) instead of Python's warning format; other warnings as usual."""
     from sparsec.api import compile_model
-    from sparsec.compiler.frontend import parse_input_shapes
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PortableKernelWarning)
-        result = compile_model(args.model, args.target, args.output,
-                               input_shapes=parse_input_shapes(args.input_shape),
-                               dump_ir=args.dump_ir, cache_dir=args.cache_dir,
-                               use_cache=not args.no_cache, keep_source=args.keep_source,
-                               force_pattern=args.force_pattern,
-                               quantize=args.quantize or {"int8": "dynamic", "bf16": "bf16"}.get(
-                                   args.dtype),
-                               profile=args.profile, reorder=not args.no_reorder,
-                               max_memory=args.max_memory, emulate=args.emulate)
+        result = compile_model(*args, **options)
     for warning in caught:
         if issubclass(warning.category, PortableKernelWarning):
             print(f"sparsec: warning: {warning.message}", file=sys.stderr)
         else:
             warnings.showwarning(warning.message, warning.category, warning.filename,
                                  warning.lineno)
+    return result
+
+
+def cmd_compile(args) -> int:
+    from sparsec.compiler.frontend import parse_input_shapes
+
+    result = _compile(args.model, args.target, args.output,
+                      input_shapes=parse_input_shapes(args.input_shape),
+                      dump_ir=args.dump_ir, cache_dir=args.cache_dir,
+                      use_cache=not args.no_cache, keep_source=args.keep_source,
+                      force_pattern=args.force_pattern,
+                      quantize=args.quantize or {"int8": "dynamic", "bf16": "bf16"}.get(args.dtype),
+                      profile=args.profile, reorder=not args.no_reorder,
+                      max_memory=args.max_memory, emulate=args.emulate)
     if args.report:
         print(format_layers(result.info))
     emulated = f"; {result.info['emulated']}" if "emulated" in result.info else ""
@@ -313,13 +320,12 @@ def cmd_verify(args) -> int:
     import onnxruntime as ort
 
     from sparsec import emulation
-    from sparsec.api import compile_model
     from sparsec.codegen import targets
     from sparsec.compiler.frontend import parse_input_shapes
 
     target = targets.resolve(args.target)
     with tempfile.TemporaryDirectory(prefix="sparsec-verify-") as tmp:
-        result = compile_model(args.model, target.name, Path(tmp) / "model.so",
+        result = _compile(args.model, target.name, Path(tmp) / "model.so",
                                input_shapes=parse_input_shapes(args.input_shape),
                                quantize=args.quantize, cache_dir=args.cache_dir,
                                max_memory=args.max_memory,
