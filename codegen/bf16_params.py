@@ -34,6 +34,12 @@ BF16_ISAS = {
 }
 BF16_ISAS["avx512bf16"] = {**BF16_ISAS["avx512f"], "name": "AVX512_BF16",
                            "pack": "sparsec_bf16_pairs512_hw", "dot": "sparsec_dpbf16_512_hw"}
+# AVX2: the tile's pairs widened to floats as they are packed (two parts per pair), so the
+# inner loop is the fp32 kernels' FMAs; helpers `{fn}_...` in the template; 16 ymm registers.
+BF16_ISAS["avx2"] = {**TOKEN_TILE_ISAS["avx2"], "name": "AVX2 (bf16 products by FMA)",
+                     "ivec": "__m256i", "iload": "_mm256_load_si256",
+                     "iset1": "_mm256_set1_epi32", "istore": "_mm256_store_si256",
+                     "pack": "{fn}_bf16_pairs", "parts": 2, "accumulators": 8}
 
 
 def bf16_bits(x: np.ndarray) -> np.ndarray:
@@ -44,10 +50,10 @@ def bf16_bits(x: np.ndarray) -> np.ndarray:
     return np.where(nan, (bits >> 16) | 0x40, rounded).astype(np.uint16)
 
 
-def token_tile(k: int, tokens: int, lanes: int) -> int:
-    """Tokens per tile: halved while the tile's bf16 activations (K x T x 2 bytes) exceed
-    TILE_BYTES and the tile stays a whole number of vectors."""
-    while tokens > 2 * lanes and -(-k // PAIR) * PAIR * tokens * 2 > TILE_BYTES:
+def token_tile(k: int, tokens: int, lanes: int, parts: int = 1) -> int:
+    """Tokens per tile: halved while the tile's activations (K x T x 2 bytes, twice that
+    widened to floats) exceed TILE_BYTES and the tile stays a whole number of vectors."""
+    while tokens > 2 * lanes and -(-k // PAIR) * PAIR * tokens * 2 * parts > TILE_BYTES:
         tokens //= 2
     return tokens
 
@@ -79,7 +85,8 @@ def bf16_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "",
         params.update(col_ptr=req.blob.add(col_ptr), k_idx=req.blob.add(k_idx),
                       values=req.blob.add(lanes))
     else:
-        tokens = tokens if amx else token_tile(k, tokens, BF16_ISAS[isa]["lanes"])
+        parts = BF16_ISAS[isa].get("parts", 1)
+        tokens = tokens if amx else token_tile(k, tokens, BF16_ISAS[isa]["lanes"], parts)
         params.update(isa=BF16_ISAS[isa], T=tokens, y_feature_major=False, amx=amx,
                       KPX=amx_groups(k, PAIR) if amx else -(-k // PAIR))
         if amx:
@@ -87,7 +94,7 @@ def bf16_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "",
         elif keep_all:  # column-major pairs, KP lanes per column: the loop needs no index
             params.update(values=req.blob.add(lanes))
         else:  # one stream per column: (byte offset of the pair's row in the tile, the pair)
-            pairs = np.stack([k_idx * (4 * tokens), lanes], axis=1).astype(np.int32)
+            pairs = np.stack([k_idx * (4 * tokens * parts), lanes], axis=1).astype(np.int32)
             params.update(col_ptr=req.blob.add(col_ptr), pairs=req.blob.add(pairs))
     req.take(req.output())
     return params
@@ -141,10 +148,12 @@ def bf16_columns_scratch(graph: Graph, node: Node, mr: int) -> int:
 
 def bf16_tokens_scratch(graph: Graph, node: Node, tokens: int, isa: str,
                         amx: bool = False) -> int:
-    """Per token tile: bf16 pairs ([KPX][T] lanes) and the fp32 Y tile ([N][T])."""
+    """Per token tile: bf16 pairs ([KPX][T] lanes; AVX2 [KP][2][T] floats) and the fp32 Y
+    tile ([N][T])."""
     k, n = graph.tensors[node.inputs[1]].shape
     a = graph.tensors[node.inputs[0]]
-    tokens = AMX_TOKENS if amx else token_tile(k, tokens, BF16_ISAS[isa]["lanes"])
+    parts = BF16_ISAS[isa].get("parts", 1)
+    tokens = AMX_TOKENS if amx else token_tile(k, tokens, BF16_ISAS[isa]["lanes"], parts)
     pairs = amx_groups(k, PAIR) if amx else -(-k // PAIR)
     tiles = max(1, -(-(a.size // k if k else 0) // tokens))
-    return tiles * 4 * (pairs * tokens + n * tokens)
+    return tiles * 4 * (pairs * tokens * parts + n * tokens)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass
 from importlib import resources
 
@@ -20,6 +21,7 @@ from sparsec.codegen.kernels import (
     PARALLEL_MIN_NS,
     KernelSpec,
     dispatched,
+    portable_reason,
     runs_parallel,
     select,
 )
@@ -27,7 +29,7 @@ from sparsec.codegen.params import CTYPES, KernelRequest, WeightSink
 from sparsec.codegen.targets import FEATURE_BITS, Target
 from sparsec.compiler.ir import Graph
 from sparsec.compiler.ops import DENSE
-from sparsec.errors import KernelNotFoundError, TemplateError
+from sparsec.errors import KernelNotFoundError, PortableKernelWarning, TemplateError
 
 BLOB_ALIGNMENT = 64
 
@@ -139,6 +141,10 @@ def emit(graph: Graph, target: Target, version: str,
         calls.append({"fn": fn, "args": args, "checked": request.checked,
                       "dispatch": alternatives})
         layers.append(_layer_info(graph, node, spec))
+        slow = portable_reason(graph, node, spec, target)
+        if slow:  # never silently: a portable product can be 10x the rest of the model
+            layers[-1]["portable"] = slow
+            warnings.warn(f"layer {node.name!r}: {slow}", PortableKernelWarning, stacklevel=3)
         if alternatives:
             layers[-1]["dispatch"] = {a["feature"]: a["kernel"] for a in alternatives}
         if spec.parallel:

@@ -58,16 +58,28 @@ VNNI_ISAS = {
                 "istore": "_mm256_store_si256", "iadd": "_mm256_add_epi32",
                 "storeu": "_mm256_storeu_ps", "quantize": "sparsec_quantize_u8x32"},
 }
+# AVX2 without VNNI: VPMADDUBSW's int16 pair sums saturate (2 * 255 * 128 > 32767), so the
+# products run on VPMADDWD, exact in int32, over codes widened to 16 bits. A 4x1 group is two
+# steps ("parts"): codes 0 and 2 of a token in one 32-bit lane, codes 1 and 3 in another
+# (the even and odd bytes of VNNI's lane, split by an and and a shift when the tile is
+# quantized, once per tile), against weight lanes packed the same way at compile time.
+VNNI_ISAS["avx2"] = {**VNNI_ISAS["avxvnni"], "name": "AVX2 (vpmaddwd on 16-bit codes)",
+                     "madd": "vpmaddwd", "madd_add": "vpaddd", "parts": 2,
+                     "iand": "_mm256_and_si256", "ishr16": "_mm256_srli_epi16",
+                     # 16 ymm registers: accumulators for the dense loop's columns x tokens
+                     "accumulators": 8}
+del VNNI_ISAS["avx2"]["dpbusd"]
 
 
 TILE_BYTES = 64 * 1024  # activation codes per tile beyond which halving the tile measured faster
 
 
-def token_tile(k: int, tokens: int, lanes: int) -> int:
-    """Tokens per tile: the row's width, halved while the tile's codes (K x T bytes) exceed
-    TILE_BYTES and stay a whole number of vectors; benchmarks/spmm.py --dtype int8 at K = 3072
-    and 4096 ran 10 % faster with 32 tokens than with 64, at K <= 1024 no faster."""
-    while tokens > 2 * lanes and -(-k // GROUP) * GROUP * tokens > TILE_BYTES:
+def token_tile(k: int, tokens: int, lanes: int, code_bytes: int = 1) -> int:
+    """Tokens per tile: the row's width, halved while the tile's codes (K x T codes of
+    `code_bytes`) exceed TILE_BYTES and stay a whole number of vectors; benchmarks/spmm.py
+    --dtype int8 at K = 3072 and 4096 ran 10 % faster with 32 tokens than with 64, at K <= 1024
+    no faster."""
+    while tokens > 2 * lanes and -(-k // GROUP) * GROUP * tokens * code_bytes > TILE_BYTES:
         tokens //= 2
     return tokens
 
@@ -89,6 +101,13 @@ def groups_by_column(codes: np.ndarray, keep_all: bool,
     np.cumsum(np.bincount(columns, minlength=n), out=col_ptr[1:])
     lanes = np.ascontiguousarray(groups[columns, rows]).view(np.int32).reshape(-1)
     return col_ptr, rows.astype(np.int32), lanes
+
+
+def split_lanes(lanes: np.ndarray) -> np.ndarray:
+    """4x1 groups' lanes of 4 s8 codes (w0 w1 w2 w3) as the AVX2 kernel's two int32 lanes per
+    group, each two int16: (w0, w2) then (w1, w3), against the tile's even and odd codes."""
+    codes = lanes.view(np.int8).reshape(-1, GROUP).astype(np.int16)
+    return np.ascontiguousarray(codes[:, [0, 2, 1, 3]]).view(np.int32).reshape(-1)
 
 
 def kept_groups(codes: np.ndarray, keep_all: bool) -> int:
@@ -129,11 +148,14 @@ def int8_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "",
         params.update(col_ptr=req.blob.add(col_ptr), k_idx=req.blob.add(k_idx),
                       values=req.blob.add(lanes))
     else:
-        tokens = token_tile(k, tokens, VNNI_ISAS[isa]["lanes"])
-        # The range pass splits A into slices of at least 4096 floats (at most 8 slices).
         names = dict(VNNI_ISAS[isa])
+        parts = names.get("parts", 1)
+        tokens = token_tile(k, tokens, names["lanes"], parts)
+        if parts == 2:
+            lanes = split_lanes(lanes)
         if "dpbusd_full_range" in names and codes.data.size and codes.data.min() < -127:
             names["dpbusd"] = names["dpbusd_full_range"]
+        # The range pass splits A into slices of at least 4096 floats (at most 8 slices).
         params.update(isa=names, T=tokens, SLICES=max(1, min(8, m * k // 4096)),
                       y_feature_major=False, amx=amx, KBX=amx_groups(k) if amx else -(-k // GROUP))
         if amx:
@@ -141,7 +163,8 @@ def int8_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "",
         elif keep_all:  # column-major codes, KB lanes per column: the loop needs no index
             params.update(values=req.blob.add(lanes))
         else:  # one stream per column: (byte offset of the group's row in the tile, codes)
-            pairs = np.stack([k_idx * (GROUP * tokens), lanes], axis=1).astype(np.int32)
+            pairs = np.concatenate([(k_idx * (GROUP * tokens * parts))[:, None],
+                                    lanes.reshape(-1, parts)], axis=1).astype(np.int32)
             params.update(col_ptr=req.blob.add(col_ptr), pairs=req.blob.add(pairs))
     req.take(req.output())
     return params
@@ -260,9 +283,11 @@ def int8_scalar_scratch(graph: Graph, node: Node) -> int:
 
 
 def int8_tokens_scratch(graph: Graph, node: Node, tokens: int, isa: str) -> int:
-    """Per token tile: u8 codes in VNNI order ([K/4][T][4]) and the fp32 Y tile ([N][T])."""
+    """Per token tile: codes in VNNI order ([K/4][T][4] u8; AVX2 [K/4][2][T][2] u16) and the
+    fp32 Y tile ([N][T])."""
     k, n = graph.tensors[node.inputs[1]].shape
     a = graph.tensors[node.inputs[0]]
-    tokens = token_tile(k, tokens, VNNI_ISAS[isa]["lanes"])
+    parts = VNNI_ISAS[isa].get("parts", 1)
+    tokens = token_tile(k, tokens, VNNI_ISAS[isa]["lanes"], parts)
     tiles = max(1, -(-(a.size // k if k else 0) // tokens))
-    return tiles * (-(-k // GROUP) * GROUP * tokens + 4 * n * tokens)
+    return tiles * (-(-k // GROUP) * GROUP * tokens * parts + 4 * n * tokens)

@@ -16,7 +16,7 @@ from sparsec.codegen import bf16_params as bp
 from sparsec.codegen import int8_params as qp
 from sparsec.codegen import matrix_params as mp
 from sparsec.codegen import params as kp
-from sparsec.codegen.targets import Dispatch, Target
+from sparsec.codegen.targets import TARGETS, Dispatch, Target
 from sparsec.compiler.ir import BITMASK, SPARSE_PATTERNS, Graph, Node, block_shape
 from sparsec.compiler.ops import (
     ADD_LAYER_NORM,
@@ -170,6 +170,41 @@ def weight_pattern(graph: Graph, node: Node) -> str:
     return weight.sparsity.pattern
 
 
+# Matrix products: where one of these runs portable C on a SIMD target, compile says so.
+MATRIX_OPS = (DENSE, ATTENTION, "MatMul", "MatMulInteger")
+ISA_NAMES = {"neon": "NEON", "neondot": "NEON dot-product", "avx2": "AVX2",
+             "avxvnni": "AVX-VNNI", "avx512f": "AVX-512", "avx512vnni": "AVX-512 VNNI",
+             "avx512bf16": "AVX-512 BF16", "amx": "AMX"}
+
+
+def portable_reason(graph: Graph, node: Node, spec: KernelSpec, target: Target) -> str | None:
+    """Why a matrix product runs a portable-C row on a SIMD target, e.g. "int8 Dense runs
+    portable C on x86-avx2: no AVX2 int8 kernel for pattern 4x4"; None where it does not."""
+    simd = [isa for isa in target.isas if isa != "scalar"]
+    if spec.isa != "scalar" or not simd or node.op not in MATRIX_OPS:
+        return None
+    if node.op == ATTENTION and target.vector_bytes <= 16:
+        return None  # its GCC vectors of 4 floats are the whole NEON register
+    dtype, weights = node_dtype(graph, node), weight_dtype(graph, node)
+    kind = {"int8": "int8 ", "bfloat16": "bf16 "}.get(weights, "") + node.op
+    isas = " or ".join(ISA_NAMES[isa] for isa in reversed(simd))
+    rows = [k for k in KERNELS if k.op == node.op and dtype in k.dtypes
+            and k.weight_dtype == weights and k.isa != "scalar"]
+    here = sorted({k.pattern for k in rows if k.isa in simd})
+    pattern = weight_pattern(graph, node)
+    if pattern == "runtime":
+        why = f"no {isas} kernel for a product of two run-time operands"
+    elif here:
+        why = (f"no {isas} {kind} kernel for pattern {pattern} (they take: "
+               f"{', '.join(here)}; the pattern is the cost model's or --pattern's choice)")
+    else:
+        elsewhere = [t.name for t in TARGETS.values()
+                     if any(k.isa in t.isas for k in rows)]
+        why = f"no {isas} kernel for {kind}" + (
+            f" (targets with one: {', '.join(elsewhere)})" if elsewhere else "")
+    return f"{kind} runs portable C on {target.name}: {why}"
+
+
 PARALLEL_MIN_NS = 30_000.0
 """A parallel kernel predicted to run shorter than this runs on the calling thread alone:
 handing a region to the pool and waiting for it costs microseconds, and a worker spinning
@@ -256,6 +291,16 @@ SCALAR_SPMM_COST_NS = {
     "4x4": {"generic": 0.99, "x86-avx2": 0.92, "x86-avx512": 0.92},
 }
 
+# int8 on AVX2 without VNNI (dense, 4x1): VPMADDWD on 16-bit codes, two per VNNI step. No
+# AVX2-only host here to measure on: the AVX-VNNI row's costs times the ratio of inner-loop
+# instructions per product (objdump of the built kernels, 384 x 384 layers, 32 tokens):
+# dense 40 per group of 2 columns against VNNI's 34 per group of 4 columns (its AVX-512 loop,
+# at 32 tokens), 2.35x; 4x1 41 per pair of groups against 23, 1.78x. For comparison, the fp32
+# AVX2 kernels' loops take 24 instructions per 96 products (dense) and 26 per 4x1 block:
+# by count int8 is the cheaper, and on cores that issue VPMADDWD on one port (Haswell, Zen 2)
+# its products run at the fp32 FMAs' rate (16 a cycle), on two ports (Skylake on) at twice it.
+AVX2_INT8_COST_NS = (round(0.0096 * 80 / 34, 4), round(0.092 * 41 / 23, 3))
+
 KERNELS: list[KernelSpec] = [
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="scalar", pattern="dense", mr=4, nr=32,
                family="f32_gemm", template="f32-gemm/scalar.c.j2", params=mp.dense_params,
@@ -325,7 +370,8 @@ KERNELS: list[KernelSpec] = [
       for isa, tokens, costs in (("avx512vnni", 64, (0.0048, 0.046)),
                                  ("avxvnni", 32, (0.0096, 0.092)),
                                  ("neondot", 16, (0.0192, 0.184)),
-                                 ("neon", 16, (0.035, 0.33)))
+                                 ("neon", 16, (0.035, 0.33)),
+                                 ("avx2", 32, AVX2_INT8_COST_NS))
       for p, cost in zip(("dense", "4x1"), costs)],
     # AMX (x86-amx): the VNNI token-tile kernel at 32 tokens, its columns on tiles (TDPBSUD,
     # two C tiles of 16 channels x 16 tokens sharing each A tile); a 4x16 weight skips the
@@ -360,6 +406,20 @@ KERNELS: list[KernelSpec] = [
                  cost_ns={"generic": cost})
       for isa, costs in (("avx512f", (0.0107, 0.033)), ("avx512bf16", (0.0065, 0.025)))
       for p, cost in zip(("dense", "2x1"), costs)],
+    # AVX2 (x86-avx2): the same kernel at 32 tokens, the tile's pairs widened to floats as
+    # they are packed, so its inner loop is the fp32 token kernels' FMAs. Not measured (no
+    # AVX2-only host here): the fp32 AVX2 rows' costs times the ratio of inner-loop
+    # instructions per product (objdump, 384 x 384 layers): dense 29 per 128 products
+    # against the fp32 GEMM's 24 per 96; 2x1 14 per pair (64 products) against 26 per 4x1
+    # block (128) of the fp32 token kernel.
+    *[KernelSpec(op=DENSE, dtypes=FLOAT, weight_dtype="bfloat16", isa="avx2", pattern=p,
+                 mr=32, nr=1, family="bf16_dense", template="bf16-dense/x86-tokens.c.j2",
+                 parallel=True,
+                 params=functools.partial(bp.bf16_dense_params, tokens=32, isa="avx2"),
+                 scratch=functools.partial(bp.bf16_tokens_scratch, tokens=32, isa="avx2"),
+                 cost_ns={"generic": cost})
+      for p, cost in (("dense", round(0.0183 * (29 / 128) / (24 / 96), 4)),
+                      ("2x1", round(0.149 * 14 / 26, 3)))],
     # 1x16 blocks on AVX-512, two at a time (16 rows of A, 16 accumulators): for weights
     # pruned in 1x16 blocks, which 2x1 pairs walk one column at a time. Cost per 1x16 block
     # and row: `benchmarks/kernels.py --calibrate --target x86-avx512 --quantize bf16`

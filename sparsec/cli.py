@@ -10,11 +10,12 @@ import argparse
 import json
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from sparsec.errors import SparsecError
+from sparsec.errors import PortableKernelWarning, SparsecError
 from sparsec.version import __version__
 
 
@@ -112,19 +113,34 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def cmd_compile(args) -> int:
+def _compile(*args, **options):
+    """api.compile_model, its portable-kernel warnings printed as `sparsec: warning: ...`
+    (one line per layer) instead of Python's warning format; other warnings as usual."""
     from sparsec.api import compile_model
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PortableKernelWarning)
+        result = compile_model(*args, **options)
+    for warning in caught:
+        if issubclass(warning.category, PortableKernelWarning):
+            print(f"sparsec: warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename,
+                                 warning.lineno)
+    return result
+
+
+def cmd_compile(args) -> int:
     from sparsec.compiler.frontend import parse_input_shapes
 
-    result = compile_model(args.model, args.target, args.output,
-                           input_shapes=parse_input_shapes(args.input_shape),
-                           dump_ir=args.dump_ir, cache_dir=args.cache_dir,
-                           use_cache=not args.no_cache, keep_source=args.keep_source,
-                           force_pattern=args.force_pattern,
-                           quantize=args.quantize or {"int8": "dynamic", "bf16": "bf16"}.get(
-                               args.dtype),
-                           profile=args.profile, reorder=not args.no_reorder,
-                           max_memory=args.max_memory, emulate=args.emulate)
+    result = _compile(args.model, args.target, args.output,
+                      input_shapes=parse_input_shapes(args.input_shape),
+                      dump_ir=args.dump_ir, cache_dir=args.cache_dir,
+                      use_cache=not args.no_cache, keep_source=args.keep_source,
+                      force_pattern=args.force_pattern,
+                      quantize=args.quantize or {"int8": "dynamic", "bf16": "bf16"}.get(args.dtype),
+                      profile=args.profile, reorder=not args.no_reorder,
+                      max_memory=args.max_memory, emulate=args.emulate)
     if args.report:
         print(format_layers(result.info))
     emulated = f"; {result.info['emulated']}" if "emulated" in result.info else ""
@@ -203,6 +219,10 @@ def format_profile(layers: list[dict], runs: int, top: int = 15) -> str:
     return "\n".join(lines)
 
 
+def _portable_note(layer: dict) -> str:
+    return f"PORTABLE C: {layer['portable']}; " if "portable" in layer else ""
+
+
 def _reorder_note(layer: dict) -> str:
     reorder = layer.get("reorder")
     return f"; reorder ({reorder['kind']}): {reorder['result']}" if reorder else ""
@@ -218,13 +238,15 @@ def _layout_note(layer: dict) -> str:
 def format_layers(info: dict) -> str:
     rows = [("layer", "weight K x N", "dtype", "density", "pattern", "kernel", "why")]
     for layer in info["layers"]:
-        if "shape" not in layer:
+        if "shape" not in layer and "portable" not in layer:
             continue
-        rows.append((layer["node"] or "?", "x".join(map(str, layer["shape"])),
+        rows.append((layer["node"] or "?", "x".join(map(str, layer.get("shape", ["-"]))),
                      layer.get("weight_dtype", "float32"),
                      f"{layer['density']:.3f}" if "density" in layer else "-",
-                     layer.get("pattern", "dense"), layer["kernel"],
-                     layer.get("reason", "") + _layout_note(layer) + _reorder_note(layer)))
+                     layer.get("pattern", "dense" if "shape" in layer else "-"),
+                     layer["kernel"],
+                     _portable_note(layer) + layer.get("reason", "") + _layout_note(layer)
+                     + _reorder_note(layer)))
     if len(rows) == 1:
         return "no matrix layers"
     widths = [max(len(str(r[i])) for r in rows) for i in range(6)]
@@ -298,13 +320,12 @@ def cmd_verify(args) -> int:
     import onnxruntime as ort
 
     from sparsec import emulation
-    from sparsec.api import compile_model
     from sparsec.codegen import targets
     from sparsec.compiler.frontend import parse_input_shapes
 
     target = targets.resolve(args.target)
     with tempfile.TemporaryDirectory(prefix="sparsec-verify-") as tmp:
-        result = compile_model(args.model, target.name, Path(tmp) / "model.so",
+        result = _compile(args.model, target.name, Path(tmp) / "model.so",
                                input_shapes=parse_input_shapes(args.input_shape),
                                quantize=args.quantize, cache_dir=args.cache_dir,
                                max_memory=args.max_memory,

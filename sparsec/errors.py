@@ -56,3 +56,9 @@ class InputError(SparsecError):
 
 class RuntimeFailure(SparsecError):
     """The compiled library reported an error while running."""
+
+
+class PortableKernelWarning(UserWarning):
+    """A matrix product on a SIMD target runs a portable-C kernel (no kernel of the target's
+    ISA fits it): the model compiles and is correct, but that layer may be many times slower
+    than the rest. The message names the layer and why."""

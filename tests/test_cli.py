@@ -124,3 +124,32 @@ def test_emulate_needs_a_target_with_an_emulation_build(workdir, capsys):
     assert main(["compile", str(SAMPLE), "--target", "generic", "--emulate"]) != 0
     assert "target generic has no emulation build; emulate applies to x86-amx" in \
         capsys.readouterr().err
+
+
+def test_compile_warns_of_portable_matrix_products(workdir, capsys):
+    """No silent slow path: x86-avx2 has no kernel for 4x4 blocks but the portable one, so
+    with --pattern 4x4 every layer runs portable C; compile names each such layer and why on
+    stderr, and --report marks it."""
+    assert main(["compile", str(SAMPLE), "--target", "x86-avx2", "--pattern", "4x4",
+                 "-o", "build/mlp.so", "--report"]) == 0
+    captured = capsys.readouterr()
+    warned = [line for line in captured.err.splitlines() if line.startswith("sparsec: warning:")]
+    layers = [layer["node"] for layer in json.loads(
+        subprocess.run([sys.executable, "-m", "sparsec", "info", "build/mlp.so", "--json"],
+                       capture_output=True, text=True, check=True).stdout)["layers"]
+        if layer["op"] == "Dense"]
+    assert layers and len(warned) == len(layers)
+    for name, line in zip(layers, warned):
+        assert line.startswith(f"sparsec: warning: layer {name!r}: Dense runs portable C on "
+                               "x86-avx2: no AVX2 Dense kernel for pattern 4x4 (they take: ")
+    report = [line for line in captured.out.splitlines() if line.startswith(tuple(layers))]
+    assert len(report) == len(layers)
+    assert all("PORTABLE C: Dense runs portable C on x86-avx2" in line for line in report)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8", "bf16"])
+def test_compile_is_quiet_where_every_product_has_a_simd_kernel(dtype, workdir, capsys):
+    assert main(["compile", str(SAMPLE), "--target", "x86-avx2", "--dtype", dtype,
+                 "-o", "build/mlp.so", "--report"]) == 0
+    captured = capsys.readouterr()
+    assert "warning" not in captured.err and "PORTABLE" not in captured.out

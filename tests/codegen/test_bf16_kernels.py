@@ -7,10 +7,11 @@ exact in float32 (8-bit significands), so the only error is float32 summation: a
 roundings of at most 2**-24 relative to the running sum's magnitude, which the sum of
 absolute terms bounds (plus the bias add); Relu and Clip do not increase it.
 
-Rows run natively where the host has their ISA: the AVX-512 library carries both rows and
-calls the VDPBF16PS one where the CPU reports avx512bf16, so its avx512f row runs with that
-feature hidden. The AMX rows (TDPBF16PS) run through the emulation header where the CPU has
-AVX-512 but no AMX. Elsewhere they are compile-only; the test ids say which.
+Rows run natively where the host has their ISA (the AVX2 rows on any AVX2 host): the AVX-512
+library carries both rows and calls the VDPBF16PS one where the CPU reports avx512bf16, so its
+avx512f row runs with that feature hidden. The AMX rows (TDPBF16PS) run through the emulation
+header where the CPU has AVX-512 but no AMX. Elsewhere they are compile-only;
+the test ids say which.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ HIDE_BF16 = f"-DSPARSEC_HIDE_FEATURES={1 << targets.FEATURE_BITS['avx512bf16']}"
 
 
 def target_of(row: KernelSpec) -> targets.Target:
-    return {"scalar": targets.TARGETS["generic"], "amx": targets.TARGETS["x86-amx"]}.get(
-        row.isa, AVX512)
+    return {"scalar": targets.TARGETS["generic"], "amx": targets.TARGETS["x86-amx"],
+            "avx2": targets.TARGETS["x86-avx2"]}.get(row.isa, AVX512)
 
 
 def mode_of(row: KernelSpec) -> str:

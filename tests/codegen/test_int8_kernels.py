@@ -18,7 +18,9 @@ an emulated Cortex-A53, which lacks it.
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,13 +28,16 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from onnx import helper
 
+import sparsec
 from sparsec.codegen import targets
 from sparsec.codegen.kernels import KERNELS, KernelSpec
 from sparsec.compiler.ops import DENSE
+from sparsec.errors import PortableKernelWarning
 from tests.graphs import model
 from tests.quantization import dense_int8
 from tests.runs import Runs
 
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 ROWS = [k for k in KERNELS if k.op == DENSE and k.weight_dtype == "int8"]
 EVEX_TWIN_FLAGS = ("-mavx512vl", "-mavx512vnni", "-mno-avxvnni",
                    "-DSPARSEC_AVXVNNI_AS_AVX512VL")
@@ -89,20 +94,25 @@ class Case:
     density: float  # probability that a 4x1 group is kept
     bias: bool = True
     activation: str = ""
-    inputs: str = "normal"  # normal, positive, negative, zero, wide
+    inputs: str = "normal"  # normal, positive, negative, zero, wide, top (every code 255)
     seed: int = 0
+    weights: str = "normal"  # normal, or extreme: every kept weight ±max, codes ±127
 
 
 def weight_for(case: Case, rng) -> np.ndarray:
     kb = -(-case.k // 4)
     keep = np.repeat(rng.random((kb, case.n)) < case.density, 4, 0)[:case.k]
-    return (rng.standard_normal((case.k, case.n)) * keep).astype(np.float32)
+    w = rng.standard_normal((case.k, case.n))
+    if case.weights == "extreme":
+        w = np.where(np.arange(case.n) % 3 == 0, 1.0, -1.0) * np.ones_like(w)
+    return (w * keep).astype(np.float32)
 
 
 def inputs_for(case: Case, rng) -> np.ndarray:
     x = rng.standard_normal((case.m, case.k)).astype(np.float32)
     return {"normal": x, "positive": np.abs(x) + 0.25, "negative": -np.abs(x) - 0.25,
-            "zero": np.zeros_like(x), "wide": x * np.float32(1e4)}[case.inputs]
+            "zero": np.zeros_like(x), "wide": x * np.float32(1e4),
+            "top": np.ones_like(x)}[case.inputs]
 
 
 def one_node_model(case: Case, weight, bias):
@@ -164,6 +174,13 @@ def test_int8_row_matches_integer_reference(row: KernelSpec, compiler):
     @example(case=Case("full_token_tiles", m=130, k=130, n=35, density=0.3,
                        activation="Relu"))
     @example(case=Case("deep_k_halves_the_tile", m=70, k=1100, n=20, density=0.3))
+    # Codes 255 against weight codes ±127: every pair of products is ±64770, past int16, so
+    # a kernel that summed pairs in int16 (VPMADDUBSW on AVX2) would saturate. Full tiles
+    # (the vector quantizer) and a ragged one (the scalar quantizer).
+    @example(case=Case("pairs_past_int16", m=70, k=68, n=24, density=1.0, weights="extreme",
+                       inputs="top"))
+    @example(case=Case("pairs_past_int16_sparse", m=40, k=66, n=19, density=0.5,
+                       weights="extreme", inputs="top", bias=False))
     def check(case: Case):
         rng = np.random.default_rng(case.seed)
         weight = weight_for(case, rng)
@@ -207,3 +224,104 @@ def test_nan_and_inf_inputs_stay_defined(row: KernelSpec, compiler):
 def check_shape(outputs: dict) -> None:
     (actual,) = outputs.values()
     assert actual.shape == (70, 20)
+
+
+def imported_int8_mlp(tmp_path, k: int, n: int, m: int):
+    """An MLP through onnxruntime's quantize_dynamic (int8 weights, as exporters ship them),
+    its weight codes then set to -128 in some columns and -127 in others: codes that the
+    compiler's own quantization never makes."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from tests.graphs import mlp
+
+    source, target = tmp_path / "float.onnx", tmp_path / "quantized.onnx"
+    onnx.save(mlp(k=k, n=n, m=m, density=1.0, seed=7), str(source))
+    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    quantized = onnx.load(str(target))
+    (codes,) = [t for t in quantized.graph.initializer
+                if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
+    values = onnx.numpy_helper.to_array(codes).copy()
+    values[:, :3] = -128
+    values[::2, 3:6] = -127
+    codes.CopyFrom(onnx.numpy_helper.from_array(values, codes.name))
+    return quantized
+
+
+@pytest.mark.parametrize("row", [p for p in PARAMS if "compile-only" not in p.id])
+def test_imported_codes_of_minus_128_against_codes_of_255(row: KernelSpec, compiler, tmp_path):
+    """Weight codes -128 and -127 against activation codes 255 (each row of x holds the
+    tensor's maximum in places): pairs of products reach 2 * 255 * 128, past int16, on every
+    row. Against onnx's reference evaluator, whose MatMulInteger sums in exact integers (and
+    onnxruntime's own AVX2 kernel may saturate on a host without VNNI)."""
+    from onnx.reference import ReferenceEvaluator
+
+    model = imported_int8_mlp(tmp_path, k=72, n=24, m=40)
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((40, 72)).astype(np.float32)
+    x[:, ::3] = x.max()
+    (expected,) = ReferenceEvaluator(model).run(None, {"x": x})
+    result = compile_row(compiler, row, model)
+    (layer,) = result.info["layers"]
+    assert layer["kernel"] == row.symbol, layer.get("reason")
+    runs = runs_for(row, compiler, threads=2)
+    runs.submit(result, {"x": x}, functools.partial(equal_to, expected), label="minus_128")
+    runs.flush()
+
+
+def equal_to(expected, outputs: dict) -> None:
+    (actual,) = outputs.values()
+    np.testing.assert_array_equal(actual, expected)
+
+
+AVX2_ROWS = [k for k in ROWS if k.isa == "avx2"]
+
+
+def test_x86_avx2_runs_int8_on_avx2_rows_without_a_portable_warning(compiler):
+    """Every int8 pattern the AVX-VNNI target has a kernel for, x86-avx2 has one too."""
+    vnni = {k.pattern for k in ROWS if k.isa == "avxvnni"}
+    assert {k.pattern for k in AVX2_ROWS} == vnni
+    case = Case("mixed", m=8, k=64, n=16, density=0.3)
+    rng = np.random.default_rng(0)
+    onnx_model = one_node_model(case, weight_for(case, rng), np.zeros(16, "f4"))
+    for pattern in sorted(vnni):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PortableKernelWarning)
+            result = compiler.compile(onnx_model, "x86-avx2", quantize="dynamic",
+                                      force_pattern=pattern)
+        (layer,) = result.info["layers"]
+        assert layer["kernel"].endswith("__avx2") and "portable" not in layer, layer
+
+
+def test_tiny_bert_int8_on_x86_avx2_equals_the_portable_int8_kernels(compiler, monkeypatch):
+    """The sample encoder with --quantize dynamic on x86-avx2, whole: its int8 layers on the
+    AVX2 rows, and again with those rows withheld, on the portable kernels (exact integer sums,
+    tested above against the integer reference); every fp32 layer is the same code in both,
+    so the outputs must be equal bit for bit. (Against onnxruntime the whole model agrees
+    only to a tolerance: tests/test_tiny_bert.py.) The withheld build also shows the
+    warning a portable matrix product gets."""
+    import onnx
+
+    from sparsec.codegen import kernels
+
+    model = onnx.load(str(SAMPLES / "tiny_bert.onnx"))
+    feeds = {name: np.load(SAMPLES / f"tiny_bert_{name}.npy")
+             for name in ("input_ids", "attention_mask")}
+    fast = compiler.compile(model, "x86-avx2", quantize="dynamic")
+    int8 = [layer for layer in fast.info["layers"] if layer.get("weight_dtype") == "int8"]
+    assert len(int8) == 12 and all(layer["kernel"].endswith("__avx2") for layer in int8)
+    monkeypatch.setattr(kernels, "KERNELS", [k for k in kernels.KERNELS if k not in AVX2_ROWS])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PortableKernelWarning)
+        portable = compiler.compile(model, "x86-avx2", quantize="dynamic")
+    messages = [str(w.message) for w in caught if w.category is PortableKernelWarning]
+    assert len(messages) == 12
+    assert ("layer '/encoder.layer.0.attention.self.query/MatMul': int8 Dense runs portable C "
+            "on x86-avx2: no AVX2 kernel for int8 Dense") in messages[0]
+    assert all(layer["kernel"].endswith("__scalar") and "portable" in layer
+               for layer in portable.info["layers"] if layer.get("weight_dtype") == "int8")
+    if not compiler.can_run("x86-avx2"):
+        pytest.skip("this CPU cannot run x86-avx2: compiled only")
+    got = sparsec.load(fast.library).run(feeds)["last_hidden_state"]
+    np.testing.assert_array_equal(
+        got, sparsec.load(portable.library).run(feeds)["last_hidden_state"])
