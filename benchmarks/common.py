@@ -42,15 +42,22 @@ def ort_session(model_bytes: bytes, threads: int = 1):
 
 
 def host_description() -> str:
+    """The CPU model and the vector ISAs it offers (a VM may hide the model's name)."""
     cpu = platform.processor() or platform.machine()
+    flags: set[str] = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith(("flags", "Features")) and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs"
+    isas = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX-512"),
+                                    ("avx512_vnni", "VNNI"), ("avx512_bf16", "BF16"),
+                                    ("amx_tile", "AMX"), ("asimd", "NEON"), ("asimddp", "dotprod"))
+            if flag in flags]
+    return f"{cpu} ({', '.join(isas) or 'no SIMD flags read'}), {os.cpu_count()} logical CPUs"
 
 
 def write_table(name: str, title: str, header: list[str], rows: list[list], notes: str) -> Path:

@@ -1,7 +1,7 @@
 """Whole models: sparsec against onnxruntime on the same model files, 1 and 2 threads.
 
-    python benchmarks/e2e.py [MODEL.onnx ...] [--target native] [--dtype fp32,int8,bf16]
-        [--name e2e-TARGET]
+    python benchmarks/e2e.py [MODEL.onnx ...] [--targets native,x86-avx2] [--threads 1,2]
+        [--dtype fp32,int8,bf16] [--deepsparse] [--name e2e-TARGET]
 
 Default model: samples/tiny_bert.onnx. For each model: median latency of onnxruntime (fp32)
 and of sparsec in each --dtype (default fp32; int8 is --quantize dynamic, and --quantize
@@ -10,7 +10,9 @@ the ratios measured in the same run, the largest absolute difference from onnxru
 output, and the compile time and peak memory. Inputs: float inputs standard normal; int64
 inputs named like an attention mask get ones (the last 10 % of positions zero), token type
 ids zeros, other integer inputs token ids below 100; all seeded. Writes
-benchmarks/results/NAME.md (default e2e-TARGET.md).
+benchmarks/results/e2e-TARGET.md for each target (default: native, and on an AVX-512 host
+x86-avx2 as well), or NAME.md for a single target. --deepsparse adds DeepSparse 1.8
+(benchmarks/deepsparse_peer.py) at the same thread counts.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median_seconds, ort_session, unset_openblas_overrides, write_table
+from deepsparse_peer import Peer
 
 unset_openblas_overrides()
 
@@ -59,13 +62,22 @@ def make_inputs(model: onnx.ModelProto, rng) -> dict[str, np.ndarray]:
     return feeds
 
 
-def paired_medians(ort_run, sparsec_run, rounds: int = 3) -> tuple[float, float]:
-    """Median milliseconds of each, measured in alternating rounds (this VM's speed drifts)."""
-    ort, ours = [], []
+def paired_medians(*runs, rounds: int = 3) -> list[float]:
+    """Median milliseconds of each run (a callable, or a Peer timing itself), measured in
+    alternating rounds (this VM's speed drifts)."""
+    times = [[] for _ in runs]
     for _ in range(rounds):
-        ort.append(1e3 * median_seconds(ort_run))
-        ours.append(1e3 * median_seconds(sparsec_run))
-    return statistics.median(ort), statistics.median(ours)
+        for run, kept in zip(runs, times):
+            kept.append(run.median_ms() if isinstance(run, Peer) else
+                        1e3 * median_seconds(run))
+    return [statistics.median(kept) for kept in times]
+
+
+def default_targets() -> list[str]:
+    """native, and on an AVX-512 host the x86-avx2 build too: it runs here natively, and most
+    x86 machines users own are AVX2-only."""
+    native = targets.resolve("native").name
+    return [native, "x86-avx2"] if native in ("x86-avx512", "x86-amx") else [native]
 
 
 PEAK_PROBE = """
@@ -96,51 +108,85 @@ def compile_in_child(model: str, target: str, library: Path,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", default=[str(ROOT / "samples" / "tiny_bert.onnx")])
-    parser.add_argument("--target", default="native")
+    parser.add_argument("--targets", help="comma-separated (default: native, and x86-avx2 "
+                        "where native is AVX-512); one table each")
+    parser.add_argument("--target", help="one target (the same as --targets T)")
     parser.add_argument("--dtype", default="fp32",
                         help="comma-separated sparsec dtypes to time: fp32, int8, bf16")
     parser.add_argument("--quantize", action="store_true", help="also int8 (dynamic)")
+    parser.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    parser.add_argument("--deepsparse", action="store_true",
+                        help="time DeepSparse 1.8 too (benchmarks/deepsparse_peer.py --install); "
+                             "on x86-avx2 tables with NM_ARCH=avx2")
     parser.add_argument("--name", help="results file stem (default e2e-TARGET)")
     args = parser.parse_args()
-    target = targets.resolve(args.target)
+    names = (args.targets or args.target or ",".join(default_targets())).split(",")
     dtypes = list(dict.fromkeys(args.dtype.split(",") + (["int8"] if args.quantize else [])))
     unknown = set(dtypes) - {"fp32", "int8", "bf16"}
     if unknown:
         raise SystemExit(f"unknown --dtype {', '.join(sorted(unknown))}: choose fp32, int8, bf16")
+    thread_counts = [int(t) for t in args.threads.split(",")]
+    for name in names:
+        target = targets.resolve(name)
+        rows = table(target, args.models, dtypes, thread_counts, args.deepsparse)
+        header = ["model", "sparsec dtype"]
+        for threads in thread_counts:
+            plural = "thread" if threads == 1 else "threads"
+            header += [f"ORT ms ({threads} {plural})", f"sparsec ms ({threads} {plural})",
+                       "ratio"]
+            if args.deepsparse:
+                header += [f"DeepSparse ms ({threads} {plural})", "ratio to DeepSparse"]
+        header += ["max abs diff vs ORT fp32", "compile s", "compile peak MB"]
+        isa_note = (" onnxruntime uses every instruction set the CPU has, so on this AVX-512 "
+                    "host it runs AVX-512 against sparsec's x86-avx2 build."
+                    if target.name == "x86-avx2" and targets.can_execute(
+                        targets.TARGETS["x86-avx512"]) else "")
+        peer = (" DeepSparse 1.8 (its own venv, NM_ARCH=avx2 on x86-avx2 tables) runs the same "
+                "file in a child process, its rounds alternating with the others'; ratio to "
+                "DeepSparse = DeepSparse time / sparsec time." if args.deepsparse else "")
+        path = write_table(
+            (args.name if len(names) == 1 and args.name else None) or f"e2e-{target.name}",
+            f"Whole models, target {target.name}", header, rows,
+            "Medians; ratio = onnxruntime time / sparsec time, same run, same model file; they "
+            "are measured in alternation, three rounds each, and the median round kept, so a "
+            "drift in the machine's speed hits both." + isa_note + peer + " Compile: `sparsec "
+            "compile` in a child process, wall time and peak resident memory.")
+        print(f"wrote {path}")
+
+
+def table(target, models: list[str], dtypes: list[str], thread_counts: list[int],
+          deepsparse: bool) -> list[list]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for path in args.models:
+        for path in models:
             model = onnx.load(path)
             feeds = make_inputs(model, np.random.default_rng(0))
             reference = ort_session(model.SerializeToString(), 1).run(None, feeds)[0]
             for dtype in dtypes:
                 library = Path(tmp) / f"{Path(path).stem}-{dtype}.so"
                 compile_s, peak_mb = compile_in_child(path, target.name, library, dtype)
-                ms = {}
-                for threads in (1, 2):
+                row = [Path(path).name, dtype]
+                for threads in thread_counts:
                     ort_run = functools.partial(
                         ort_session(model.SerializeToString(), threads).run, None, feeds)
+                    peer = Peer(path, feeds, cores=threads,
+                                arch="avx2" if target.name == "x86-avx2" else None) \
+                        if deepsparse else None
                     with sparsec.load(library, threads=threads) as module:
                         output = list(module.run(feeds).values())[0]
-                        ms[threads] = paired_medians(ort_run, lambda: module.run(feeds))
+                        ms = paired_medians(ort_run, lambda: module.run(feeds),
+                                            *([peer] if peer else []))
+                    if peer:
+                        peer.close()
                     del ort_run  # the session's spinning threads must not share the cores
-                rows.append([Path(path).name, dtype,
-                             *[f"{v:.3f}" if i < 2 else v for threads in (1, 2)
-                               for i, v in enumerate(
-                                   (*ms[threads], f"{ms[threads][0] / ms[threads][1]:.2f}x"))],
-                             f"{np.max(np.abs(output - reference)):.2e}", f"{compile_s:.1f}",
-                             f"{peak_mb:.0f}"])
+                    row += [f"{ms[0]:.3f}", f"{ms[1]:.3f}", f"{ms[0] / ms[1]:.2f}x"]
+                    if peer:
+                        row += [f"{ms[2]:.3f}", f"{ms[2] / ms[1]:.2f}x"]
+                row += [f"{np.max(np.abs(output - reference)):.2e}", f"{compile_s:.1f}",
+                        f"{peak_mb:.0f}"]
+                rows.append(row)
                 print(rows[-1], flush=True)
-    path = write_table(
-        args.name or f"e2e-{target.name}", f"Whole models, target {target.name}",
-        ["model", "sparsec dtype", "ORT ms (1 thread)", "sparsec ms (1 thread)", "ratio",
-         "ORT ms (2 threads)", "sparsec ms (2 threads)", "ratio", "max abs diff vs ORT fp32",
-         "compile s", "compile peak MB"], rows,
-        "Medians; ratio = onnxruntime time / sparsec time, same run, same model file; the two "
-        "are measured in alternation, three rounds each, and the median round kept, so a "
-        "drift in the machine's speed hits both. Compile: `sparsec compile` in a child "
-        "process, wall time and peak resident memory.")
-    print(f"wrote {path}")
+    return rows
 
 
 if __name__ == "__main__":
