@@ -225,12 +225,13 @@ def format_layers(info: dict) -> str:
                      f"{layer['density']:.3f}" if "density" in layer else "-",
                      layer.get("pattern", "dense"), layer["kernel"],
                      layer.get("reason", "") + _layout_note(layer) + _reorder_note(layer)))
+    notes = [layer["unfused"] for layer in info["layers"] if "unfused" in layer]
     if len(rows) == 1:
-        return "no matrix layers"
+        return "\n".join(["no matrix layers", *notes])
     widths = [max(len(str(r[i])) for r in rows) for i in range(6)]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r[:6], widths)) + "  " + r[6]
              for r in rows]
-    return "\n".join(lines)
+    return "\n".join(lines + notes)
 
 
 def _describe(tensors: list[dict]) -> str:

@@ -617,5 +617,73 @@ def remove_dead_nodes(graph: Graph) -> None:
 
 
 def run(graph: Graph, ctx) -> Graph:
-    return apply_rules(graph.copy(), RULES)
+    graph = apply_rules(graph.copy(), RULES)
+    uses = Uses(graph)
+    for index, node in enumerate(graph.nodes):
+        if node.op == "Softmax" and graph.tensors[node.inputs[0]].dtype == "float32":
+            why = unfused_attention(graph, node, uses)
+            graph.nodes[index] = Node(node.op, node.inputs, node.outputs,
+                                      dict(node.attrs, unfused=why), node.name)
+            getattr(ctx, "log", []).append(f"{NAME}: {why}")
+    return graph
+
+
+def unfused_attention(graph: Graph, softmax: Node, uses: Uses) -> str:
+    """Why a Softmax left after fusion is not part of an Attention kernel: the first node, in
+    the order fuse_attention looks, that breaks MatMul [-> Mul/Div by a constant scalar]
+    [-> Add mask] -> Softmax(last axis) [-> NaN guard] -> MatMul (for --report)."""
+    head = f"attention at Softmax {softmax.name!r} not fused: "
+    if not _softmax_over_last_axis(graph, softmax):
+        return head + "the Softmax is not over the last axis"
+    probabilities, guard = softmax.outputs[0], _nan_guard(graph, softmax, uses)
+    if guard:
+        probabilities = guard[-1].outputs[0]
+    context = uses.sole_reader(probabilities)
+    if context is None:
+        readers = uses.readers.get(probabilities, [])
+        where = "returned by the graph" if probabilities in uses.outputs else "read by " + (
+            ", ".join(f"{r.name!r} (op {r.op})" for r in readers) or "nothing")
+        return head + f"the probabilities are {where}; the kernel needs one MatMul to read them"
+    if context.op != "MatMul" or context.inputs[0] != probabilities \
+            or not _batched_float(graph, context):
+        return head + (f"node {context.name!r} (op {context.op}) reads the probabilities, "
+                       "where a float32 MatMul by V with the scores' batch dimensions was "
+                       "expected")
+    producers, current, reader, stages = graph.producers(), softmax.inputs[0], softmax, "AS"
+    while True:
+        node = producers.get(current)
+        if node is None:
+            return head + f"the scores {current!r} are an input or constant, not a MatMul"
+        if uses.sole_reader(current) is not reader:
+            return head + f"{current!r} (from {node.name!r}, op {node.op}) is also read " \
+                          "elsewhere or returned, so it cannot stay inside the kernel"
+        if node.op == "Add" and "A" in stages:
+            scores = [n for n in node.inputs if n in producers
+                      and producers[n].op in ("MatMul", "Mul", "Div", "Add")]
+            if len(scores) != 1:
+                return head + f"Add {node.name!r} adds two values neither of which is a mask"
+            mask = graph.tensors[_other_input(node, scores[0]) or scores[0]]
+            if mask.dtype != "float32" or not _broadcasts_to(mask.shape,
+                                                             graph.tensors[current].shape):
+                return head + (f"Add {node.name!r} adds {mask.name!r} ({mask.dtype}"
+                               f"{list(mask.shape)}), which does not broadcast to the scores")
+            current, stages = scores[0], "S"
+        elif node.op in ("Mul", "Div") and "S" in stages:
+            value = graph.tensors.get(_other_input(node, node.inputs[0]) or "")
+            if value is None or not value.is_constant or value.size != 1:
+                return head + f"{node.op} {node.name!r} scales by a value that is not a " \
+                              "constant scalar"
+            current, stages = node.inputs[0] if value.name != node.inputs[0] \
+                else node.inputs[1], ""
+        elif node.op == "MatMul":
+            if not _batched_float(graph, node):
+                shapes = [list(graph.tensors[n].shape) for n in node.inputs]
+                return head + (f"MatMul {node.name!r} multiplies {shapes}: the kernel needs "
+                               "float32 operands with equal batch dimensions")
+            return head + (f"the pattern matched from MatMul {node.name!r}, but V's batch "
+                           "dimensions differ from the scores'")
+        else:
+            return head + (f"node {node.name!r} (op {node.op}) computes the scores, where "
+                           "MatMul [-> Mul/Div by a constant] [-> Add mask] was expected")
+        reader = node
 

@@ -270,3 +270,32 @@ def test_position_bias_and_mask_become_one_attention_mask():
     add, attention = graph.nodes
     assert add.inputs == ["bias", "mask"] and attention.inputs[3] == add.outputs[0]
     assert graph.tensors[add.outputs[0]].shape == (1, 2, 4, 6)
+
+
+@pytest.mark.parametrize("change,reason", [
+    (lambda nodes: nodes.__setitem__(1, helper.make_node("Div", ["s", "x"], ["sc"])),
+     "Div '<unnamed node 1>' scales by a value that is not a constant scalar"),
+    (lambda nodes: nodes.__setitem__(0, helper.make_node("Add", ["q2", "x"], ["s"])),
+     "node '<unnamed node 0>' (op Add) computes the scores"),
+    (lambda nodes: nodes.__setitem__(4, helper.make_node("Mul", ["p", "y0"], ["y"])),
+     "node '<unnamed node 4>' (op Mul) reads the probabilities"),
+])
+def test_unfused_attention_says_which_node_broke_the_pattern(change, reason):
+    nodes = attention_nodes()
+    change(nodes)
+    inputs = ATTENTION_INPUTS + [("x", [1]), ("q2", [1, 2, 4, 6]), ("y0", [1, 2, 4, 6])]
+    out = [("y", [1, 2, 4, 6] if nodes[4].op_type == "Mul" else [1, 2, 4, 8])]
+    graph = fused(model(nodes, inputs, out, [("c", np.float32(2.0))]))
+    (softmax,) = [n for n in graph.nodes if n.op == "Softmax"]
+    assert softmax.attrs["unfused"].startswith("attention at Softmax '<unnamed node 3>' not "
+                                               "fused: ")
+    assert reason in softmax.attrs["unfused"]
+
+
+def test_report_lists_unfused_attention(tmp_path):
+    from sparsec.cli import format_layers
+    nodes = attention_nodes()
+    nodes[1] = helper.make_node("Div", ["s", "x"], ["sc"])
+    m = model(nodes, ATTENTION_INPUTS + [("x", [1])], [("y", [1, 2, 4, 8])])
+    result = sparsec.compile_model(m, "generic", tmp_path / "m.so", cache_dir=tmp_path)
+    assert "not fused: Div '<unnamed node 1>' scales by a value" in format_layers(result.info)
