@@ -110,7 +110,6 @@ def import_model(source: str | os.PathLike | onnx.ModelProto,
     model = load_model(source)
     _check_text(model)
     opset = _standard_opset(model)
-    model = float16.widen(model)
     model = _pin_input_shapes(model, input_shapes or {})
     try:
         onnx.checker.check_model(model)
@@ -119,6 +118,7 @@ def import_model(source: str | os.PathLike | onnx.ModelProto,
     if not model.graph.output:
         raise FrontendError("the model's graph has no outputs, so there is nothing to compute")
     _check_declared_sizes(model, max_memory)
+    model = float16.widen(model)  # after the size checks: widening doubles float16 tensors
     _check_operators(model)
     graph = _build_graph(static_shapes.resolve(model, opset, max_memory), opset, max_memory)
     attributes.check(graph)
