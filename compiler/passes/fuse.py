@@ -188,13 +188,16 @@ def fuse_attention(graph: Graph, node: Node, uses: Uses) -> Rewrite | None:
         return None
     scores = graph.tensors[node.outputs[0]]
     absorbed, current = [], node
-    operands, scale_op, scale = _prescaled_operands(graph, node, uses)
-    if len(operands) == 2:
+    step = uses.sole_reader(current.outputs[0])
+    scale_op, scale = "", 1.0
+    # The kernel applies one scale: pre-scaled operands only where the scores have no other.
+    operands = {} if step is not None and step.op in ("Mul", "Div") \
+        else _prescaled_operands(graph, node, uses)
+    if operands:
         absorbed += [producer for _, producer, _ in operands.values()]
         scale_op, scale = "Mul", float(np.prod([factor for factor, _, _ in operands.values()],
                                                dtype=np.float64))
-    step = uses.sole_reader(current.outputs[0])
-    if step is not None and step.op in ("Mul", "Div") and not operands:
+    if step is not None and step.op in ("Mul", "Div"):
         other = _other_input(step, current.outputs[0])
         value = graph.tensors[other] if other else None
         if (value is not None and value.is_constant and value.size == 1
@@ -234,7 +237,7 @@ def fuse_attention(graph: Graph, node: Node, uses: Uses) -> Rewrite | None:
     return Rewrite(fused, tuple(id(n) for n in absorbed + [context]))
 
 
-def _prescaled_operands(graph: Graph, node: Node, uses: Uses) -> tuple[dict, str, float]:
+def _prescaled_operands(graph: Graph, node: Node, uses: Uses) -> dict:
     """scaled_dot_product_attention as torch exports it scales Q and K^T each by
     1/sqrt(sqrt(head size)) before the product: {operand index: (factor, its Mul, the
     unscaled operand)} when both
@@ -254,7 +257,7 @@ def _prescaled_operands(graph: Graph, node: Node, uses: Uses) -> tuple[dict, str
                     and graph.tensors[x].shape == graph.tensors[mul.outputs[0]].shape):
                 found[index] = (float(factor.data.reshape(())), mul, x)
                 break
-    return (found, "Mul", 1.0) if len(found) == 2 else ({}, "", 1.0)
+    return found if len(found) == 2 else {}
 
 
 def _nan_guard(graph: Graph, softmax: Node, uses: Uses) -> list[Node]:

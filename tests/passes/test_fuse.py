@@ -299,3 +299,17 @@ def test_report_lists_unfused_attention(tmp_path):
     m = model(nodes, ATTENTION_INPUTS + [("x", [1])], [("y", [1, 2, 4, 8])])
     result = sparsec.compile_model(m, "generic", tmp_path / "m.so", cache_dir=tmp_path)
     assert "not fused: Div '<unnamed node 1>' scales by a value" in format_layers(result.info)
+
+
+def test_prescaled_operands_and_a_scaled_product_fuse_with_one_scale():
+    """The kernel applies one scale: with Q and K^T pre-scaled and the product divided too,
+    the Divide is the kernel's and the operands' Muls stay."""
+    nodes = sdpa_nodes()
+    nodes[3:4] = [helper.make_node("MatMul", ["qs", "ks"], ["s0"]),
+                  helper.make_node("Div", ["s0", "c"], ["s"])]
+    m = sdpa_model()
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    graph = fused(m)
+    assert [n.op for n in graph.nodes] == ["Where", "Mul", "Mul", "Attention"]
+    assert (graph.nodes[3].attrs["scale_op"], graph.nodes[3].attrs["scale"]) == ("Div", 0.5)
