@@ -215,6 +215,8 @@ def _output_copies(graph: Graph, index: dict, blob: WeightBlob, pointers: list) 
 
 def _layer_info(graph: Graph, node, spec: KernelSpec) -> dict:
     layer = {"node": node.name, "op": node.op, "kernel": spec.symbol}
+    if "unfused" in node.attrs:  # fuse's reason that this Softmax is not in an Attention
+        layer["unfused"] = node.attrs["unfused"]
     if node.op == DENSE:
         weight = graph.tensors[node.inputs[1]]
         layer.update(weight=weight.name, shape=list(weight.shape), weight_dtype=weight.dtype,

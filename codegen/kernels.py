@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from sparsec.codegen import bf16_params as bp
+from sparsec.codegen import index_params as ip
 from sparsec.codegen import int8_params as qp
 from sparsec.codegen import matrix_params as mp
 from sparsec.codegen import params as kp
@@ -488,6 +489,14 @@ KERNELS: list[KernelSpec] = [
                template="x-slice/scalar.c.j2", params=kp.slice_params),
     KernelSpec(op="Cast", dtypes=ANY, isa="scalar", family="x_cast",
                template="x-cast/scalar.c.j2", params=kp.cast_params),
+    KernelSpec(op="IsNaN", dtypes=FLOATS, isa="scalar", family="x_isnan",
+               template="x-cast/scalar.c.j2", params=ip.isnan_params),
+    KernelSpec(op="CumSum", dtypes=NUMERIC, isa="scalar", family="x_cumsum",
+               template="x-cumsum/scalar.c.j2", params=ip.cumsum_params),
+    KernelSpec(op="GatherElements", dtypes=ANY, isa="scalar", family="x_gatherelements",
+               template="x-gather-elements/scalar.c.j2", params=ip.gather_elements_params),
+    KernelSpec(op="GatherND", dtypes=ANY, isa="scalar", family="x_gathernd",
+               template="x-gather-nd/scalar.c.j2", params=ip.gather_nd_params),
     KernelSpec(op="Where", dtypes=("bool",), isa="scalar", family="x_where",
                template="x-elementwise/where.c.j2", params=kp.where_params),
     *[KernelSpec(op=op, dtypes=ANY if op == "Equal" else NUMERIC, isa="scalar",

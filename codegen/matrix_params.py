@@ -402,7 +402,7 @@ def attention_params(req: KernelRequest, vector: int, registers: int) -> dict:
     return {"VL": vector, "MR": max(1, min(8, registers // columns)), "M": m, "K": k, "N": n,
             "D": d, "offsets": offsets, "a_sm": a_strides[-2], "a_sk": a_strides[-1],
             "b_sk": b_strides[-2], "v_sn": v_strides[-2], "y_sm": y_strides[-2],
-            "has_mask": mask is not None,
+            "has_mask": mask is not None, "nan_to_zero": bool(attrs.get("nan_to_zero")),
             "mask_sm": mask_cols if mask_rows > 1 else 0, "mask_sn": 1 if mask_cols > 1 else 0,
             "scale": {"Mul": f"t * {scale}", "Div": f"t / {scale}", "": ""}[
                 attrs.get("scale_op", "")]}

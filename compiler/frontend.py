@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import external_data_helper, helper, numpy_helper
 
-from sparsec.compiler import attributes, limits, static_shapes
+from sparsec.compiler import attributes, float16, limits, static_shapes
 from sparsec.compiler.ir import DTYPES, Graph, Node, Tensor
 from sparsec.compiler.ops import RUNTIME_OPS, SHAPE_OPS
 from sparsec.errors import FrontendError, ShapeError, UnsupportedOperatorError
@@ -118,6 +118,7 @@ def import_model(source: str | os.PathLike | onnx.ModelProto,
     if not model.graph.output:
         raise FrontendError("the model's graph has no outputs, so there is nothing to compute")
     _check_declared_sizes(model, max_memory)
+    model = float16.widen(model)  # after the size checks: widening doubles float16 tensors
     _check_operators(model)
     graph = _build_graph(static_shapes.resolve(model, opset, max_memory), opset, max_memory)
     attributes.check(graph)
@@ -196,25 +197,56 @@ def node_label(node: onnx.NodeProto, index: int) -> str:
 
 
 def _check_operators(model: onnx.ModelProto) -> None:
-    """All unsupported nodes in one error: runtime ops need kernels, others must fold away."""
+    """All unsupported nodes in one error, grouped by operator with the likely fix: runtime
+    ops need kernels, others must fold away."""
     constant = {t.name for t in model.graph.initializer}
-    problems = []
+    problems: dict[str, list[str]] = {}
     for index, node in enumerate(model.graph.node):
         if node.domain not in STANDARD_DOMAINS:
-            problems.append(f"node {node_label(node, index)!r} (op {node.domain}.{node.op_type})")
+            problems.setdefault(f"{node.domain}.{node.op_type}", []).append(
+                node_label(node, index))
             continue
         foldable = node.op_type in SHAPE_OPS or all(not name or name in constant
                                                      for name in node.input)
         if foldable:
             constant.update(node.output)
         elif node.op_type not in RUNTIME_OPS:
-            problems.append(f"node {node_label(node, index)!r} (op {node.op_type})")
+            problems.setdefault(node.op_type, []).append(node_label(node, index))
     if problems:
+        count = sum(len(names) for names in problems.values())
+        summary = ", ".join(f"{op} x{len(names)}" for op, names in problems.items())
+        groups = []
+        for op, names in problems.items():
+            shown = ", ".join(map(repr, names[:3])) + (", ..." if len(names) > 3 else "")
+            hint = _fix_for(op)
+            groups.append(f"{shown} (op {op})" + (f": {hint}" if hint else ""))
         raise UnsupportedOperatorError(
-            f"{len(problems)} node(s) use operators sparsec cannot compile: "
-            + "; ".join(problems)
+            f"{count} node(s) use operators sparsec cannot compile ({summary}): "
+            + "; ".join(groups)
             + ". Supported at run time: " + ", ".join(sorted(RUNTIME_OPS))
             + " (other standard ops only on compile-time constants)")
+
+
+_FIXES = {
+    ("Loop", "If", "Scan"): "control flow; export without data-dependent branches or loops "
+                            "(torch.onnx.export traces them away for fixed inputs)",
+    ("LSTM", "GRU", "RNN"): "recurrent layers are not supported",
+    ("Conv", "ConvTranspose", "MaxPool", "AveragePool"): "convolutions and pooling are not "
+                                                          "supported",
+    ("NonZero", "Unique", "TopK"): "the result's shape depends on the values; sparsec "
+                                   "compiles static shapes only",
+}
+
+
+def _fix_for(op: str) -> str:
+    """The likely fix for an operator sparsec refuses, or ""."""
+    if op.startswith("com.microsoft."):
+        return ("an onnxruntime contrib operator, written by onnxruntime's transformer "
+                "optimizer or quantization tools; give sparsec the model as exported, before "
+                "those tools")
+    if "." in op:
+        return "a custom domain's operator; sparsec compiles standard ONNX operators"
+    return next((fix for ops, fix in _FIXES.items() if op in ops), "")
 
 
 def _static_shape(value: onnx.ValueInfoProto) -> tuple[int, ...] | None:

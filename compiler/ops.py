@@ -20,7 +20,7 @@ COPY_OPS = ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
 RUNTIME_OPS = frozenset(
     ("MatMul", "Gemm", "Transpose", "Softmax", "ReduceMean", "LayerNormalization", "Gather",
      "Cast", "Where", "Concat", "Expand", "Slice", "MatMulInteger", "DynamicQuantizeLinear",
-     "QuantizeLinear", "DequantizeLinear")
+     "QuantizeLinear", "DequantizeLinear", "CumSum", "GatherElements", "GatherND", "IsNaN")
     + ELEMENTWISE_BINARY + COMPARISONS + LOGICAL_BINARY + ELEMENTWISE_UNARY + COPY_OPS
 )
 

@@ -113,13 +113,43 @@ def _evaluate(node, initializers, folded, opset, max_memory) -> dict[str, np.nda
             return None  # a weight: fold_constants deals with it
         feeds[name] = numpy_helper.to_array(tensor)
     limits.check_node_results(node, feeds, opset, max_memory, MAX_FOLDED_ELEMENTS)
+    results = evaluate(node, feeds, opset)
+    return {name: np.asarray(value) for name, value in zip(node.output, results) if name}
+
+
+def evaluate(node: onnx.NodeProto, feeds: dict[str, np.ndarray], opset: int) -> list:
+    """One node's outputs on constant inputs, by onnx's reference evaluator, except where that
+    evaluator is wrong (GatherElements)."""
     try:
-        results = ReferenceEvaluator(node, opsets={"": opset}).run(None, feeds)
+        if node.op_type == "GatherElements":
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            return [gather_elements(*(feeds[name] for name in node.input[:2]), axis)]
+        return ReferenceEvaluator(node, opsets={"": opset}).run(None, feeds)
     except Exception as exc:
         raise FrontendError(f"cannot evaluate constant node {node.name!r} (op {node.op_type}): "
                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
                             ) from None
-    return {name: np.asarray(value) for name, value in zip(node.output, results) if name}
+
+
+def gather_elements(data: np.ndarray, indices: np.ndarray, axis: int) -> np.ndarray:
+    """GatherElements as ONNX specifies it (and onnxruntime computes it): the output has the
+    indices' shape, which may be smaller than data's off the axis. onnx 1.23's reference
+    raises there (a [1, 64] table indexed by [1, 16] position ids: "cannot reshape array of
+    size 1 into shape (1,16)"), and wraps out-of-range indices instead of refusing them."""
+    rank = data.ndim
+    if indices.ndim != rank or not -rank <= axis < rank:
+        raise ValueError(f"indices of rank {indices.ndim} (axis {axis}) for data of rank {rank}")
+    axis %= rank
+    if any(i > d for k, (i, d) in enumerate(zip(indices.shape, data.shape)) if k != axis):
+        raise ValueError(f"indices of shape {list(indices.shape)} are larger than data of "
+                         f"shape {list(data.shape)} off axis {axis}")
+    size = data.shape[axis]
+    index = indices.astype(np.int64)
+    if index.size and (index.min() < -size or index.max() >= size):
+        raise ValueError(f"an index is outside [-{size}, {size})")
+    window = tuple(slice(None) if k == axis else slice(0, n)
+                   for k, n in enumerate(indices.shape))
+    return np.take_along_axis(data[window], np.where(index < 0, index + size, index), axis)
 
 
 def _drop_stale_value_info(graph: onnx.GraphProto, names: set[str]) -> None:

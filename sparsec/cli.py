@@ -247,12 +247,13 @@ def format_layers(info: dict) -> str:
                      layer["kernel"],
                      _portable_note(layer) + layer.get("reason", "") + _layout_note(layer)
                      + _reorder_note(layer)))
+    notes = [layer["unfused"] for layer in info["layers"] if "unfused" in layer]
     if len(rows) == 1:
-        return "no matrix layers"
+        return "\n".join(["no matrix layers", *notes])
     widths = [max(len(str(r[i])) for r in rows) for i in range(6)]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r[:6], widths)) + "  " + r[6]
              for r in rows]
-    return "\n".join(lines)
+    return "\n".join(lines + notes)
 
 
 def _describe(tensors: list[dict]) -> str:

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 from onnx import helper, numpy_helper
-from onnx.reference import ReferenceEvaluator
 
 from sparsec.compiler import limits
 from sparsec.compiler.ir import DTYPES, Graph, Node, Tensor
 from sparsec.compiler.ops import SHAPE_OPS
-from sparsec.compiler.static_shapes import shape_value
+from sparsec.compiler.static_shapes import evaluate, shape_value
 from sparsec.errors import FrontendError, ShapeError
 
 NAME = "fold-constants"
@@ -48,12 +47,7 @@ def _fold(graph: Graph, node: Node, max_memory: int) -> None:
                              **{k: _attr_for_onnx(v) for k, v in node.attrs.items()})
     feeds = {name: graph.tensors[name].data for name in node.inputs if name}
     limits.check_node_results(proto, feeds, graph.opset, max_memory, SHAPE_ELEMENTS)
-    try:
-        results = ReferenceEvaluator(proto, opsets={"": graph.opset}).run(None, feeds)
-    except Exception as exc:
-        raise FrontendError(f"cannot evaluate constant node {node.name!r} (op {node.op}): "
-                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-                            ) from None
+    results = evaluate(proto, feeds, graph.opset)
     for name, value in zip(node.outputs, results):
         if not name:
             continue

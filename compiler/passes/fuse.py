@@ -16,6 +16,7 @@ several readers stays materialised.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,6 +41,7 @@ class Rule:
 class Rewrite:
     replacement: Node
     removed: tuple[int, ...]  # ids of nodes absorbed into the replacement
+    before: tuple[Node, ...] = ()  # new nodes the replacement reads, placed just before it
 
 
 class Uses:
@@ -186,8 +188,15 @@ def fuse_attention(graph: Graph, node: Node, uses: Uses) -> Rewrite | None:
         return None
     scores = graph.tensors[node.outputs[0]]
     absorbed, current = [], node
-    scale_op, scale = "", 1.0
     step = uses.sole_reader(current.outputs[0])
+    scale_op, scale = "", 1.0
+    # The kernel applies one scale: pre-scaled operands only where the scores have no other.
+    operands = {} if step is not None and step.op in ("Mul", "Div") \
+        else _prescaled_operands(graph, node, uses)
+    if operands:
+        absorbed += [producer for _, producer, _ in operands.values()]
+        scale_op, scale = "Mul", float(np.prod([factor for factor, _, _ in operands.values()],
+                                               dtype=np.float64))
     if step is not None and step.op in ("Mul", "Div"):
         other = _other_input(step, current.outputs[0])
         value = graph.tensors[other] if other else None
@@ -209,16 +218,100 @@ def fuse_attention(graph: Graph, node: Node, uses: Uses) -> Rewrite | None:
     if step is None or step.op != "Softmax" or not _softmax_over_last_axis(graph, step):
         return None
     absorbed.append(step)
-    context = uses.sole_reader(step.outputs[0])
-    if context is None or context.op != "MatMul" or context.inputs[0] != step.outputs[0] \
-            or context.inputs[1] == step.outputs[0] or not _batched_float(graph, context):
+    probabilities, nan_guard = step.outputs[0], _nan_guard(graph, step, uses)
+    if nan_guard:
+        absorbed += nan_guard
+        probabilities = nan_guard[-1].outputs[0]
+    context = uses.sole_reader(probabilities)
+    if context is None or context.op != "MatMul" or context.inputs[0] != probabilities \
+            or context.inputs[1] == probabilities or not _batched_float(graph, context):
         return None
     if graph.tensors[context.inputs[1]].shape[:-2] != scores.shape[:-2]:
         return None
     attrs = {"scale_op": scale_op, "scale": scale, "source_op": "MatMul+Softmax+MatMul"}
-    fused = Node(ATTENTION, [node.inputs[0], node.inputs[1], context.inputs[1], mask],
-                 list(context.outputs), attrs, node.name)
+    if nan_guard:
+        attrs["nan_to_zero"] = True
+    a, b = (operands[i][2] if i in operands else node.inputs[i] for i in (0, 1))
+    fused = Node(ATTENTION, [a, b, context.inputs[1], mask], list(context.outputs), attrs,
+                 node.name)
     return Rewrite(fused, tuple(id(n) for n in absorbed + [context]))
+
+
+def _prescaled_operands(graph: Graph, node: Node, uses: Uses) -> dict:
+    """scaled_dot_product_attention as torch exports it scales Q and K^T each by
+    1/sqrt(sqrt(head size)) before the product: {operand index: (factor, its Mul, the
+    unscaled operand)} when both
+    are such a Mul read only by this MatMul (the kernel applies the product of the two
+    factors to the scores: one rounding where there were two; 0.5 * 0.5 at head size 16 is
+    exact)."""
+    producers = graph.producers()
+    found = {}
+    for index in (0, 1):
+        mul = producers.get(node.inputs[index])
+        if mul is None or mul.op != "Mul" or uses.sole_reader(mul.outputs[0]) is not node:
+            continue
+        for x, c in (mul.inputs, mul.inputs[::-1]):
+            factor = graph.tensors.get(c)
+            if (factor is not None and factor.is_constant and factor.size == 1
+                    and factor.dtype == "float32" and not graph.tensors[x].is_constant
+                    and graph.tensors[x].shape == graph.tensors[mul.outputs[0]].shape):
+                found[index] = (float(factor.data.reshape(())), mul, x)
+                break
+    return found if len(found) == 2 else {}
+
+
+def _nan_guard(graph: Graph, softmax: Node, uses: Uses) -> list[Node]:
+    """Where(IsNaN(p), 0, p) on the probabilities p, which torch's exporters put after sdpa's
+    softmax so that a row whose keys are all masked (-inf) gives zeros, not NaN: [IsNaN,
+    Where] when p is read by exactly those two, else []."""
+    readers = uses.readers.get(softmax.outputs[0], [])
+    isnan = next((r for r in readers if r.op == "IsNaN"), None)
+    where = next((r for r in readers if r.op == "Where"), None)
+    if (len(readers) != 2 or isnan is None or where is None
+            or softmax.outputs[0] in uses.outputs
+            or where.inputs != [isnan.outputs[0], where.inputs[1], softmax.outputs[0]]
+            or uses.sole_reader(isnan.outputs[0]) is not where
+            or not _is_constant(graph, where.inputs[1], 0.0)
+            or graph.tensors[where.outputs[0]].shape != graph.tensors[softmax.outputs[0]].shape):
+        return []
+    return [isnan, where]
+
+
+def combine_masks(graph: Graph, node: Node, uses: Uses) -> Rewrite | None:
+    """(scores + bias) + mask before a Softmax (MPNet's relative position bias, then the
+    padding mask): scores + (bias + mask), so that attention sees one additive mask. The
+    small sum of the two runs as its own Add; with a mask of 0 and -inf (or the most negative
+    float) both orders give the same probabilities."""
+    if node.op != "Add" or len(node.inputs) != 2:
+        return None
+    softmax = uses.sole_reader(node.outputs[0])
+    if softmax is None or softmax.op != "Softmax":
+        return None
+    producers = graph.producers()
+    for inner_out, mask in (node.inputs, node.inputs[::-1]):
+        inner = producers.get(inner_out)
+        if inner is None or inner.op != "Add" or uses.sole_reader(inner_out) is not node:
+            continue
+        scores_shape = graph.tensors[node.outputs[0]].shape
+        for scores, bias in (inner.inputs, inner.inputs[::-1]):
+            source = producers.get(scores)
+            if source is None or source.op not in ("MatMul", "Mul", "Div"):
+                continue
+            if graph.tensors[scores].shape != scores_shape or not all(
+                    graph.tensors[t].dtype == "float32"
+                    and _broadcasts_to(graph.tensors[t].shape, scores_shape)
+                    for t in (bias, mask)):
+                continue
+            shape = tuple(np.broadcast_shapes(graph.tensors[bias].shape,
+                                              graph.tensors[mask].shape))
+            name = f"{node.outputs[0]}::mask"
+            while name in graph.tensors:
+                name += "'"
+            graph.tensors[name] = Tensor(name, shape, "float32")
+            combined = Node("Add", [bias, mask], [name], {}, f"{node.name}::mask")
+            return Rewrite(Node("Add", [scores, name], list(node.outputs), {}, node.name),
+                           (id(inner),), (combined,))
+    return None
 
 
 def absorb_head_transposes(graph: Graph, node: Node, uses: Uses) -> Rewrite | None:
@@ -459,6 +552,7 @@ RULES = [
     Rule("layer-norm-from-parts", layer_norm_from_parts),
     Rule("absorb-bias", absorb_bias),
     Rule("absorb-activation", absorb_activation),
+    Rule("combine-masks", combine_masks),
     Rule("fuse-attention", fuse_attention),
     Rule("absorb-head-transposes", absorb_head_transposes),
     Rule("absorb-residual-add", absorb_residual_add),
@@ -476,15 +570,41 @@ def apply_rules(graph: Graph, rules: list[Rule]) -> Graph:
                 rewrite = rule.apply(graph, node, uses)
                 if rewrite is None:
                     continue
-                graph.nodes[index] = rewrite.replacement
+                graph.nodes[index:index + 1] = [*rewrite.before, rewrite.replacement]
                 graph.nodes = [n for n in graph.nodes if id(n) not in rewrite.removed]
                 changed = True
                 break
             if changed:
                 break
     remove_dead_nodes(graph)
+    graph.nodes = _in_dependency_order(graph.nodes)
     graph.remove_unused()
     return graph
+
+
+def _in_dependency_order(nodes: list[Node]) -> list[Node]:
+    """The nodes reordered as little as possible so that each follows what it reads. A
+    replacement takes the place of the node it was matched at, and can read a value made
+    further down: the padding mask torch's TorchScript exporter writes between the scores'
+    MatMul and their Add."""
+    producer = {out: i for i, node in enumerate(nodes) for out in node.outputs if out}
+    waiting = [sum(1 for name in set(node.inputs) if name in producer) for node in nodes]
+    readers: dict[int, list[int]] = {}
+    for i, node in enumerate(nodes):
+        for name in set(node.inputs):
+            if name in producer:
+                readers.setdefault(producer[name], []).append(i)
+    ready = [i for i, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(nodes[i])
+        for reader in readers.get(i, []):
+            waiting[reader] -= 1
+            if waiting[reader] == 0:
+                heapq.heappush(ready, reader)
+    return order
 
 
 def remove_dead_nodes(graph: Graph) -> None:
@@ -500,5 +620,73 @@ def remove_dead_nodes(graph: Graph) -> None:
 
 
 def run(graph: Graph, ctx) -> Graph:
-    return apply_rules(graph.copy(), RULES)
+    graph = apply_rules(graph.copy(), RULES)
+    uses = Uses(graph)
+    for index, node in enumerate(graph.nodes):
+        if node.op == "Softmax" and graph.tensors[node.inputs[0]].dtype == "float32":
+            why = unfused_attention(graph, node, uses)
+            graph.nodes[index] = Node(node.op, node.inputs, node.outputs,
+                                      dict(node.attrs, unfused=why), node.name)
+            getattr(ctx, "log", []).append(f"{NAME}: {why}")
+    return graph
+
+
+def unfused_attention(graph: Graph, softmax: Node, uses: Uses) -> str:
+    """Why a Softmax left after fusion is not part of an Attention kernel: the first node, in
+    the order fuse_attention looks, that breaks MatMul [-> Mul/Div by a constant scalar]
+    [-> Add mask] -> Softmax(last axis) [-> NaN guard] -> MatMul (for --report)."""
+    head = f"attention at Softmax {softmax.name!r} not fused: "
+    if not _softmax_over_last_axis(graph, softmax):
+        return head + "the Softmax is not over the last axis"
+    probabilities, guard = softmax.outputs[0], _nan_guard(graph, softmax, uses)
+    if guard:
+        probabilities = guard[-1].outputs[0]
+    context = uses.sole_reader(probabilities)
+    if context is None:
+        readers = uses.readers.get(probabilities, [])
+        where = "returned by the graph" if probabilities in uses.outputs else "read by " + (
+            ", ".join(f"{r.name!r} (op {r.op})" for r in readers) or "nothing")
+        return head + f"the probabilities are {where}; the kernel needs one MatMul to read them"
+    if context.op != "MatMul" or context.inputs[0] != probabilities \
+            or not _batched_float(graph, context):
+        return head + (f"node {context.name!r} (op {context.op}) reads the probabilities, "
+                       "where a float32 MatMul by V with the scores' batch dimensions was "
+                       "expected")
+    producers, current, reader, stages = graph.producers(), softmax.inputs[0], softmax, "AS"
+    while True:
+        node = producers.get(current)
+        if node is None:
+            return head + f"the scores {current!r} are an input or constant, not a MatMul"
+        if uses.sole_reader(current) is not reader:
+            return head + f"{current!r} (from {node.name!r}, op {node.op}) is also read " \
+                          "elsewhere or returned, so it cannot stay inside the kernel"
+        if node.op == "Add" and "A" in stages:
+            scores = [n for n in node.inputs if n in producers
+                      and producers[n].op in ("MatMul", "Mul", "Div", "Add")]
+            if len(scores) != 1:
+                return head + f"Add {node.name!r} adds two values neither of which is a mask"
+            mask = graph.tensors[_other_input(node, scores[0]) or scores[0]]
+            if mask.dtype != "float32" or not _broadcasts_to(mask.shape,
+                                                             graph.tensors[current].shape):
+                return head + (f"Add {node.name!r} adds {mask.name!r} ({mask.dtype}"
+                               f"{list(mask.shape)}), which does not broadcast to the scores")
+            current, stages = scores[0], "S"
+        elif node.op in ("Mul", "Div") and "S" in stages:
+            value = graph.tensors.get(_other_input(node, node.inputs[0]) or "")
+            if value is None or not value.is_constant or value.size != 1:
+                return head + f"{node.op} {node.name!r} scales by a value that is not a " \
+                              "constant scalar"
+            current, stages = node.inputs[0] if value.name != node.inputs[0] \
+                else node.inputs[1], ""
+        elif node.op == "MatMul":
+            if not _batched_float(graph, node):
+                shapes = [list(graph.tensors[n].shape) for n in node.inputs]
+                return head + (f"MatMul {node.name!r} multiplies {shapes}: the kernel needs "
+                               "float32 operands with equal batch dimensions")
+            return head + (f"the pattern matched from MatMul {node.name!r}, but V's batch "
+                           "dimensions differ from the scores'")
+        else:
+            return head + (f"node {node.name!r} (op {node.op}) computes the scores, where "
+                           "MatMul [-> Mul/Div by a constant] [-> Add mask] was expected")
+        reader = node
 

@@ -26,8 +26,25 @@ def test_unsupported_operators_are_listed_together():
     with pytest.raises(UnsupportedOperatorError) as err:
         frontend._check_operators(m)
     message = str(err.value)
-    assert "'rnn1' (op LSTM)" in message and "'top' (op TopK)" in message
+    assert "(LSTM x1, TopK x1)" in message
+    assert "'rnn1' (op LSTM): recurrent layers" in message
+    assert "'top' (op TopK): the result's shape depends on the values" in message
     assert "'ok'" not in message
+
+
+def test_unsupported_operators_are_grouped_with_the_fix():
+    nodes = [helper.make_node("Relu", ["x"], ["a0"])]
+    nodes += [helper.make_node("NonZero", [f"a{i}"], [f"a{i + 1}"], name=f"nz{i}")
+              for i in range(5)]
+    nodes.append(helper.make_node("FusedMatMul", ["a5", "a5"], ["y"], domain="com.microsoft"))
+    m = model(nodes, [("x", [2, 3])], [("y", [2, 3])])
+    with pytest.raises(UnsupportedOperatorError) as err:
+        frontend._check_operators(m)
+    message = str(err.value)
+    assert message.startswith("6 node(s) use operators sparsec cannot compile "
+                              "(NonZero x5, com.microsoft.FusedMatMul x1)")
+    assert "'nz0', 'nz1', 'nz2', ... (op NonZero)" in message
+    assert "'<unnamed node 6>' (op com.microsoft.FusedMatMul): an onnxruntime contrib" in message
 
 
 def test_custom_domain_is_unsupported():

@@ -5,7 +5,7 @@ from onnx import helper
 from sparsec.compiler import frontend
 from sparsec.compiler.passes import fold_constants
 from sparsec.compiler.verify import verify
-from sparsec.errors import ShapeError
+from sparsec.errors import ShapeError, SparsecError
 from tests.graphs import model
 from tests.passes.helpers import context
 
@@ -47,3 +47,27 @@ def test_contradicting_shape_is_reported():
     graph.tensors["d"].shape = (4,)
     with pytest.raises(ShapeError, match="node 'id'"):
         fold_constants.run(graph, context())
+
+
+def test_gather_elements_folds_with_indices_smaller_than_data():
+    """RoBERTa's buffered token types: a [1, 64] table indexed by [1, 16] position ids. onnx's
+    reference evaluator raised "cannot reshape array of size 1 into shape (1,16)" here."""
+    table = np.arange(64, dtype=np.float32).reshape(1, 64) * 10
+    positions = np.array([[3, 1, -1, 0] * 4], np.int64)
+    nodes = [helper.make_node("GatherElements", ["table", "positions"], ["types"], axis=1),
+             helper.make_node("Add", ["x", "types"], ["y"])]
+    graph = fold_constants.run(frontend.import_model(
+        model(nodes, [("x", [1, 16])], [("y", [1, 16])],
+              [("table", table), ("positions", positions)])), context())
+    assert [n.op for n in graph.nodes] == ["Add"]
+    np.testing.assert_array_equal(graph.tensors["types"].data, [[30, 10, 630, 0] * 4])
+
+
+def test_gather_elements_out_of_range_index_is_refused():
+    nodes = [helper.make_node("GatherElements", ["table", "positions"], ["types"], axis=1),
+             helper.make_node("Add", ["x", "types"], ["y"])]
+    onnx_model = model(nodes, [("x", [1, 2])], [("y", [1, 2])],
+                       [("table", np.zeros((1, 4), np.float32)),
+                        ("positions", np.array([[0, 4]], np.int64))])
+    with pytest.raises(SparsecError, match="outside"):
+        fold_constants.run(frontend.import_model(onnx_model), context())

@@ -1,9 +1,12 @@
 import numpy as np
-from onnx import helper
+import pytest
+from onnx import TensorProto, helper, numpy_helper
 
+import sparsec
 from sparsec.compiler import frontend
 from sparsec.compiler.passes import detect_sparsity, fuse
 from sparsec.compiler.verify import verify
+from tests.conftest import run_onnxruntime
 from tests.graphs import mlp, model
 from tests.passes.helpers import context
 
@@ -178,3 +181,135 @@ def test_transpose_that_moves_v_columns_stays():
               ("mask", [1, 1, 1, 6])]
     graph = fused(model(nodes, inputs, [("y", [1, 2, 4, 8])], [("c", np.float32(2.0))]))
     assert [n.op for n in graph.nodes] == ["Transpose", "Attention"]
+
+
+def sdpa_nodes(mask_after_scores=False):
+    """What torch exports for scaled_dot_product_attention with a mask: Q and K^T each
+    scaled by 1/sqrt(sqrt(head)), the mask added, softmax, and Where(IsNaN(p), 0, p) so that a
+    row with every key masked (-inf) gives zeros. The TorchScript exporter writes the mask's
+    Where after the scores' MatMul."""
+    mask = [helper.make_node("Where", ["keep", "zero", "minus_inf"], ["mask"])]
+    return [
+        *([] if mask_after_scores else mask),
+        helper.make_node("Mul", ["q", "c"], ["qs"]),
+        helper.make_node("Mul", ["kt", "c"], ["ks"]),
+        helper.make_node("MatMul", ["qs", "ks"], ["s"]),
+        *(mask if mask_after_scores else []),
+        helper.make_node("Add", ["s", "mask"], ["sm"]),
+        helper.make_node("Softmax", ["sm"], ["p"], axis=-1),
+        helper.make_node("IsNaN", ["p"], ["nan"]),
+        helper.make_node("Where", ["nan", "zero", "p"], ["pz"]),
+        helper.make_node("MatMul", ["pz", "v"], ["y"])]
+
+
+SDPA_CONSTANTS = [("c", np.float32(0.5)), ("zero", np.float32(0.0)),
+                  ("minus_inf", np.float32(-np.inf))]
+
+
+def sdpa_model(mask_after_scores=False):
+    graph = helper.make_graph(
+        sdpa_nodes(mask_after_scores), "sdpa",
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in
+         [("q", [1, 2, 4, 8]), ("kt", [1, 2, 8, 6]), ("v", [1, 2, 6, 8])]]
+        + [helper.make_tensor_value_info("keep", TensorProto.BOOL, [1, 1, 4, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 8])],
+        [numpy_helper.from_array(np.asarray(a), n) for n, a in SDPA_CONSTANTS])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+@pytest.mark.parametrize("mask_after_scores", [False, True])
+def test_sdpa_with_its_nan_guard_is_one_attention(mask_after_scores):
+    graph = fused(sdpa_model(mask_after_scores))
+    assert [n.op for n in graph.nodes] == ["Where", "Attention"]
+    node = graph.nodes[1]
+    assert node.inputs == ["q", "kt", "v", "mask"]
+    assert node.attrs["nan_to_zero"] is True
+    assert (node.attrs["scale_op"], node.attrs["scale"]) == ("Mul", 0.25)
+
+
+def test_nan_guard_with_another_reader_is_not_fused():
+    m = sdpa_model()
+    m.graph.output.append(helper.make_tensor_value_info("nan", TensorProto.BOOL, [1, 2, 4, 6]))
+    graph = fused(m)
+    assert "Attention" not in [n.op for n in graph.nodes]
+
+
+@pytest.mark.parametrize("target", ["generic", "native"])
+def test_sdpa_rows_with_every_key_masked_give_zeros_as_onnxruntime(target, compiler):
+    """The NaN guard is in the kernel: a query row whose keys are all masked gives zeros,
+    where softmax alone would give NaN; other rows as onnxruntime within float32 rounding."""
+    m = sdpa_model()
+    rng = np.random.default_rng(3)
+    keep = rng.random((1, 1, 4, 6)) < 0.7
+    keep[0, 0, 2, :] = False
+    feeds = {"q": rng.standard_normal((1, 2, 4, 8), np.float32),
+             "kt": rng.standard_normal((1, 2, 8, 6), np.float32),
+             "v": rng.standard_normal((1, 2, 6, 8), np.float32), "keep": keep}
+    result = compiler.compile(m, target)
+    assert [n.op for n in result.graph.nodes] == ["Where", "Attention"]
+    got = sparsec.load(result.library).run(feeds)["y"]
+    (expected,) = run_onnxruntime(m, feeds)
+    assert np.all(expected[0, :, 2] == 0) and np.all(got[0, :, 2] == 0)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=3e-5)
+
+
+def test_position_bias_and_mask_become_one_attention_mask():
+    """MPNet: (scores / c + position bias) + padding mask; the two additive terms are summed
+    first so the kernel takes one mask."""
+    nodes = [helper.make_node("MatMul", ["q", "kt"], ["s"]),
+             helper.make_node("Div", ["s", "c"], ["sc"]),
+             helper.make_node("Add", ["sc", "bias"], ["sb"]),
+             helper.make_node("Add", ["sb", "mask"], ["sm"]),
+             helper.make_node("Softmax", ["sm"], ["p"], axis=-1),
+             helper.make_node("MatMul", ["p", "v"], ["y"])]
+    inputs = ATTENTION_INPUTS + [("bias", [1, 2, 4, 6])]
+    graph = fused(model(nodes, inputs, [("y", [1, 2, 4, 8])], [("c", np.float32(2.0))]))
+    assert [n.op for n in graph.nodes] == ["Add", "Attention"]
+    add, attention = graph.nodes
+    assert add.inputs == ["bias", "mask"] and attention.inputs[3] == add.outputs[0]
+    assert graph.tensors[add.outputs[0]].shape == (1, 2, 4, 6)
+
+
+@pytest.mark.parametrize("change,reason", [
+    (lambda nodes: nodes.__setitem__(1, helper.make_node("Div", ["s", "x"], ["sc"])),
+     "Div '<unnamed node 1>' scales by a value that is not a constant scalar"),
+    (lambda nodes: nodes.__setitem__(0, helper.make_node("Add", ["q2", "x"], ["s"])),
+     "node '<unnamed node 0>' (op Add) computes the scores"),
+    (lambda nodes: nodes.__setitem__(4, helper.make_node("Mul", ["p", "y0"], ["y"])),
+     "node '<unnamed node 4>' (op Mul) reads the probabilities"),
+])
+def test_unfused_attention_says_which_node_broke_the_pattern(change, reason):
+    nodes = attention_nodes()
+    change(nodes)
+    inputs = ATTENTION_INPUTS + [("x", [1]), ("q2", [1, 2, 4, 6]), ("y0", [1, 2, 4, 6])]
+    out = [("y", [1, 2, 4, 6] if nodes[4].op_type == "Mul" else [1, 2, 4, 8])]
+    graph = fused(model(nodes, inputs, out, [("c", np.float32(2.0))]))
+    (softmax,) = [n for n in graph.nodes if n.op == "Softmax"]
+    assert softmax.attrs["unfused"].startswith("attention at Softmax '<unnamed node 3>' not "
+                                               "fused: ")
+    assert reason in softmax.attrs["unfused"]
+
+
+def test_report_lists_unfused_attention(tmp_path):
+    from sparsec.cli import format_layers
+    nodes = attention_nodes()
+    nodes[1] = helper.make_node("Div", ["s", "x"], ["sc"])
+    m = model(nodes, ATTENTION_INPUTS + [("x", [1])], [("y", [1, 2, 4, 8])])
+    result = sparsec.compile_model(m, "generic", tmp_path / "m.so", cache_dir=tmp_path)
+    assert "not fused: Div '<unnamed node 1>' scales by a value" in format_layers(result.info)
+
+
+def test_prescaled_operands_and_a_scaled_product_fuse_with_one_scale():
+    """The kernel applies one scale: with Q and K^T pre-scaled and the product divided too,
+    the Divide is the kernel's and the operands' Muls stay."""
+    nodes = sdpa_nodes()
+    nodes[3:4] = [helper.make_node("MatMul", ["qs", "ks"], ["s0"]),
+                  helper.make_node("Div", ["s0", "c"], ["s"])]
+    m = sdpa_model()
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    graph = fused(m)
+    assert [n.op for n in graph.nodes] == ["Where", "Mul", "Mul", "Attention"]
+    assert (graph.nodes[3].attrs["scale_op"], graph.nodes[3].attrs["scale"]) == ("Div", 0.5)
