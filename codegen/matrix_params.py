@@ -371,6 +371,30 @@ def _batch_offset(position: tuple[int, ...], strides: list[int]) -> int:
     return sum(i * s for i, s in zip(position, strides))
 
 
+def _attention_blocks(vectors: int, registers: int) -> tuple[int, int, int, int]:
+    """Query rows a task (6 or 8: their scores stay in L1 between the two products) and the
+    register blocks of the two products, for D = `vectors` vectors and `registers` accumulator
+    registers: scores in blocks of rows x 2 vectors of keys (B's two loads and a row's
+    broadcast per step); the context in blocks of rows x up to 4 vectors of columns (V's loads
+    shared by the rows). Row blocks divide the task's rows, so every block is whole (rows past
+    M repeat the last row). The task's rows are those whose smaller block holds the most
+    accumulators: 6 where 16 registers fit 3 x 4 but not 4 x 4 (AVX2), 8 elsewhere."""
+    columns = max(c for c in (1, 2, 4) if vectors % c == 0) if vectors else 1
+
+    def blocks(rows: int) -> tuple[int, int]:
+        def within(width: int) -> int:
+            return max(d for d in range(1, rows + 1) if rows % d == 0
+                       and (d * width <= registers or d == 1))
+        return within(2), within(columns)
+
+    def accumulators(rows: int) -> int:
+        scores, context = blocks(rows)
+        return min(2 * scores, columns * context)
+
+    rows = max((8, 6), key=accumulators)  # ties keep 8
+    return (rows, *blocks(rows), columns)
+
+
 def attention_params(req: KernelRequest, vector: int, registers: int) -> dict:
     """Fused attention on `vector`-float vectors; the context product keeps MR x D/vector
     accumulators within `registers` vector registers (the rest hold V's row and a broadcast).
@@ -398,8 +422,9 @@ def attention_params(req: KernelRequest, vector: int, registers: int) -> dict:
         req.take(tensor)
     req.take(req.output())
     scale = c_float(attrs.get("scale", 1.0))
-    columns = max(d // vector, 1)
-    return {"VL": vector, "MR": max(1, min(8, registers // columns)), "M": m, "K": k, "N": n,
+    rows, scores_rows, context_rows, context_vectors = _attention_blocks(d // vector, registers)
+    return {"VL": vector, "MR": rows, "RS": scores_rows, "RC": context_rows,
+            "CW": context_vectors, "M": m, "K": k, "N": n,
             "D": d, "offsets": offsets, "a_sm": a_strides[-2], "a_sk": a_strides[-1],
             "b_sk": b_strides[-2], "v_sn": v_strides[-2], "y_sm": y_strides[-2],
             "has_mask": mask is not None, "nan_to_zero": bool(attrs.get("nan_to_zero")),
