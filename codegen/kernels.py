@@ -255,15 +255,22 @@ def _best_rows(target: Target, weights: str) -> dict[str, KernelSpec]:
 VALUE_BYTES = {"float32": 4, "int8": 1, "bfloat16": 2}
 
 
-def cost_model(target: Target, weights: str = "float32") -> SparseKernelCost:
+def cost_model(target: Target, weights: str = "float32",
+               measured: Mapping[tuple[str, str], float] | None = None) -> SparseKernelCost:
     """What the passes need to price a weight's storage on `target` with `weights` values:
     per element for dense and BITMASK rows, per nonzero block for block rows, and how the
-    rows with compute-only estimates stream their weights."""
+    rows with compute-only estimates stream their weights. `measured`: a host profile's
+    costs (codegen/profiles.py), which replace the table's for the patterns it has."""
     best = _best_rows(target, weights)
+    measured = measured or {}
+
+    def cost(pattern: str, row: KernelSpec) -> float:
+        return measured.get((weights, pattern)) or _cost(row, target)
+
     return SparseKernelCost(
-        dense_per_element=_cost(best["dense"], target),
-        per_block={p: _cost(k, target) for p, k in best.items() if p not in ("dense", BITMASK)},
-        per_element={p: _cost(k, target) for p, k in best.items() if p == BITMASK},
+        dense_per_element=cost("dense", best["dense"]),
+        per_block={p: cost(p, k) for p, k in best.items() if p not in ("dense", BITMASK)},
+        per_element={p: cost(p, k) for p, k in best.items() if p == BITMASK},
         streamed={p: StreamedWeights(k.mr, k.stream) for p, k in best.items() if k.stream},
         value_bytes=VALUE_BYTES[weights])
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import onnx
 
 from sparsec.codegen import build as builder
-from sparsec.codegen import emit, kernels, targets
+from sparsec.codegen import emit, kernels, profiles, targets
 from sparsec.compiler import frontend, limits
 from sparsec.compiler.ir import Graph
 from sparsec.compiler.passes import PassContext, run_pipeline
@@ -23,6 +23,7 @@ class CompileResult:
     header: Path
     info: dict
     graph: Graph
+    host_profile: Path | None = None  # the measured costs kernels were chosen by, if any
 
 
 def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "native",
@@ -36,14 +37,18 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "nat
                   quantize: str | None = None, layouts: bool = True,
                   parallel_min_ns: float | None = None,
                   profile: bool = False, reorder: bool = True,
-                  max_memory: int | str | None = None, emulate: bool = False) -> CompileResult:
+                  max_memory: int | str | None = None, emulate: bool = False,
+                  host_profile: bool = True) -> CompileResult:
     """Compile and return the library path, its C header, its model info and the final IR.
     profile: time every layer (`Module.profile()`), at about 50 ns a layer.
     reorder: let the reorder-blocks pass permute channels between layers (False: never).
     max_memory: bytes (or "8G") that any tensor, and the weights plus arena, may take.
     emulate: build the target's newest instructions as scalar C (x86-amx: AMX tiles), for
-    testing on a CPU without them; the library says so in its info."""
+    testing on a CPU without them; the library says so in its info.
+    host_profile: where the target runs natively here and `sparsec calibrate` measured this
+    CPU, choose kernels by its measured costs instead of the kernel table's."""
     resolved = targets.resolve(target)
+    measured, profile_path = profiles.load(resolved) if host_profile else ({}, None)
     if emulate and resolved.emulation is None:
         raise SparsecError(f"target {resolved.name} has no emulation build; emulate applies to "
                            + ", ".join(t.name for t in targets.TARGETS.values() if t.emulation))
@@ -61,10 +66,12 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "nat
         raise SparsecError("output sparsec.so would put the model header where the ABI header "
                            "sparsec.h goes; choose another name")
     graph = frontend.import_model(model, input_shapes, max_memory)
-    ctx = PassContext(cost=kernels.cost_model(resolved), verify_each=verify_each,
+    ctx = PassContext(cost=kernels.cost_model(resolved, "float32", measured),
+                      verify_each=verify_each,
                       dump_dir=Path(dump_ir) if dump_ir else None, force_pattern=force_pattern,
-                      quantize=quantize, int8_cost=kernels.cost_model(resolved, "int8"),
-                      bf16_cost=kernels.cost_model(resolved, "bfloat16"), reorder=reorder,
+                      quantize=quantize, int8_cost=kernels.cost_model(resolved, "int8", measured),
+                      bf16_cost=kernels.cost_model(resolved, "bfloat16", measured),
+                      reorder=reorder,
                       max_memory=max_memory,
                       scratch_bytes=lambda g, n: kernels.scratch_bytes(g, n, resolved),
                       layouts=(lambda g, n: kernels.layout_support(g, n, resolved))
@@ -82,7 +89,7 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "nat
     builder.atomic_write(header, rendered.model_h.encode())
     builder.atomic_write(output.parent / "sparsec.h",
                          (builder.runtime_dir() / "sparsec.h").read_bytes())
-    return CompileResult(output, header, rendered.info, graph)
+    return CompileResult(output, header, rendered.info, graph, profile_path)
 
 
 def compile(model: str | os.PathLike | onnx.ModelProto, target: str = "native",

@@ -59,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
                         "e.g. 16G (default: 4G); larger models are refused before allocating")
     p.add_argument("--no-cache", action="store_true", help="rebuild even if cached")
     p.add_argument("--cache-dir", help="build cache folder (default: ~/.cache/sparsec)")
+    p.add_argument("--no-host-profile", action="store_true",
+                   help="choose kernels by the kernel table's costs even where `sparsec "
+                        "calibrate` measured this CPU")
 
     p = sub.add_parser("run", help="run a compiled library on .npy inputs")
     p.add_argument("library")
@@ -94,6 +97,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="build cache folder (default: ~/.cache/sparsec)")
 
     sub.add_parser("targets", help="list targets and whether this host can run them")
+
+    p = sub.add_parser("calibrate", help="time this host's kernels and save them as the costs "
+                                         "compile chooses kernels by here")
+    p.add_argument("--target", default="native",
+                   help="a target this host runs natively (default: native)")
+    p.add_argument("--quick", action="store_true",
+                   help="small layers and short timings (seconds, rougher numbers)")
     return parser
 
 
@@ -140,9 +150,13 @@ def cmd_compile(args) -> int:
                       force_pattern=args.force_pattern,
                       quantize=args.quantize or {"int8": "dynamic", "bf16": "bf16"}.get(args.dtype),
                       profile=args.profile, reorder=not args.no_reorder,
-                      max_memory=args.max_memory, emulate=args.emulate)
+                      max_memory=args.max_memory, emulate=args.emulate,
+                      host_profile=not args.no_host_profile)
     if args.report:
         print(format_layers(result.info))
+        print(f"kernel costs: {'measured on this host, ' + str(result.host_profile)}"
+              if result.host_profile else "kernel costs: the kernel table's "
+              "(`sparsec calibrate` measures this host's)")
     emulated = f"; {result.info['emulated']}" if "emulated" in result.info else ""
     print(f"wrote {result.library} (target {result.info['target']}{emulated}) and "
           f"{result.header}")
@@ -291,6 +305,31 @@ def read_info(path: Path) -> dict:
         raise SparsecError(f"{path} is not a sparsec library for this machine: {exc}") from None
 
 
+def cmd_calibrate(args) -> int:
+    from sparsec.calibrate import calibrate
+    from sparsec.codegen import kernels, targets
+
+    target = targets.resolve(args.target)
+    print(f"timing {target.name}'s kernels on 1 thread, ns per activation row and weight "
+          "element (dense) or nonzero block:", flush=True)
+    path, measured = calibrate(target.name, quick=args.quick,
+                               progress=lambda line: print(f"  {line}", flush=True))
+    changed = []
+    for dtype in sorted({d for d, _ in measured}):
+        table = kernels.cost_model(target, dtype)
+        for (d, pattern), ns in sorted(measured.items()):
+            if d != dtype:
+                continue
+            before = table.dense_per_element if pattern == "dense" else \
+                table.per_block.get(pattern)
+            if before:
+                changed.append(f"  {dtype:>8} {pattern:>6}: {ns / before:.2f}x the table's")
+    print("against the kernel table:", *changed, sep="\n")
+    print(f"wrote {path}: compile uses it for {target.name} on this CPU "
+          "(--no-host-profile: the table's costs)")
+    return 0
+
+
 def cmd_targets(args) -> int:
     from sparsec.codegen import build, targets
 
@@ -376,7 +415,7 @@ def _verify_inputs(info: dict, specs: list[str], seed: int) -> dict:
 
 
 COMMANDS = {"compile": cmd_compile, "run": cmd_run, "info": cmd_info, "verify": cmd_verify,
-            "targets": cmd_targets}
+            "targets": cmd_targets, "calibrate": cmd_calibrate}
 
 
 if __name__ == "__main__":
