@@ -107,6 +107,14 @@ def test_compare_with_onnxruntime_agrees(workdir, capsys):
     # float32 sums in another order: verify's default tolerances (rtol 1e-4, atol 1e-5)
     assert diff["max_abs_diff"] <= 1e-5 + 1e-4 * diff["max_abs"]
     assert diff["max_abs"] > 0.1, "the comparison saw real outputs"
+    assert "note" not in compared
+
+
+def test_compare_notes_reduced_precision(workdir, capsys):
+    pytest.importorskip("onnxruntime")
+    record = benchmark_json(capsys, MLP, "--target", "generic", "--dtype", "int8",
+                            "--compare", "onnxruntime", *QUICK)
+    assert "matrix products are int8" in record["compare"]["note"]
 
 
 def test_compare_without_onnxruntime_says_so(workdir, capsys, monkeypatch):
