@@ -43,10 +43,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a compiled library on .npy inputs")
     p.add_argument("library")
-    p.add_argument("--input", action="append", metavar="NAME=FILE.npy", default=[],
-                   help="an input array (repeatable); omitted inputs get seeded random values")
+    _add_input_options(p)
     p.add_argument("--out", metavar="FILE.npz", help="save outputs instead of printing them")
-    p.add_argument("--seed", type=int, default=0, help="seed for generated inputs")
     p.add_argument("--threads", type=int,
                    help="threads to run with (default: one per physical core)")
     p.add_argument("--repeat", type=int, default=1, metavar="N",
@@ -59,10 +57,7 @@ def _parser() -> argparse.ArgumentParser:
                        "latency percentiles and items/s, optionally beside onnxruntime")
     p.add_argument("model", help="the .onnx file (compiled with the options below) or a .so")
     _add_build_options(p)
-    p.add_argument("--input", action="append", metavar="NAME=FILE.npy", default=[],
-                   help="an input array (repeatable); omitted inputs get seeded random values "
-                        "the model accepts")
-    p.add_argument("--seed", type=int, default=0, help="seed for generated inputs")
+    _add_input_options(p)
     p.add_argument("--threads", type=int,
                    help="threads per run (default: the physical cores, shared among streams)")
     p.add_argument("--streams", type=int, default=1, metavar="N",
@@ -88,9 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="the .onnx file")
     p.add_argument("--target", default="native")
     p.add_argument("--input-shape", action="append", metavar="NAME=DxD...")
-    p.add_argument("--input", action="append", metavar="NAME=FILE.npy", default=[],
-                   help="an input array (repeatable); omitted inputs get seeded random values")
-    p.add_argument("--seed", type=int, default=0)
+    _add_input_options(p)
     p.add_argument("--quantize", choices=["dynamic"])
     p.add_argument("--rtol", type=float, default=1e-4,
                    help="relative tolerance (default 1e-4: float32 sums in another order)")
@@ -131,6 +124,15 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
                         "e.g. 16G (default: 4G); larger models are refused before allocating")
     p.add_argument("--no-cache", action="store_true", help="rebuild even if cached")
     p.add_argument("--cache-dir", help="build cache folder (default: ~/.cache/sparsec)")
+
+
+def _add_input_options(p: argparse.ArgumentParser) -> None:
+    """--input and --seed, as sparsec.inputs.model_inputs reads them."""
+    p.add_argument("--input", action="append", metavar="NAME=FILE.npy", default=[],
+                   help="an input array (repeatable); omitted inputs get seeded random values "
+                        "the model accepts (masks ones, token types zeros, token ids within "
+                        "the table)")
+    p.add_argument("--seed", type=int, default=0, help="seed for generated inputs")
 
 
 def _build_options(args) -> dict:
@@ -305,8 +307,11 @@ def _stream_record(latencies: list[float], batch: int, seconds: float) -> dict:
 def _compare(module, session, feeds: dict, budget, args, progress, batch: int) -> tuple:
     """sparsec and onnxruntime alternating on one thread: sparsec's timings, and onnxruntime's
     record with the latency ratio and each output's largest difference."""
-    expected = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
-    outputs = module.run(feeds)
+    outputs = module.run(feeds)  # first: its InputError names a bad --input clearly
+    try:
+        expected = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+    except Exception as exc:  # onnxruntime's own exception types
+        raise SparsecError(f"onnxruntime cannot run {args.model}: {exc}") from None
     differences = {}
     for name, got in outputs.items():
         wanted = np.asarray(expected[name])
