@@ -199,3 +199,29 @@ def test_run_on_tiny_bert_without_inputs(workdir, capsys):
     assert main(["run", "bert.so", "--out", "out.npz"]) == 0
     hidden = np.load("out.npz")["last_hidden_state"]
     assert hidden.shape == (1, 128, 64) and np.isfinite(hidden).all()
+
+
+def test_a_failing_stream_is_an_error_not_a_hang(workdir, capsys):
+    np.save("x.npy", np.zeros((3, 64), np.float32))  # the library takes 4x64
+    assert main(["benchmark", str(MLP), "--target", "generic", "--streams", "2",
+                 "--input", "x=x.npy", *QUICK]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("sparsec: error: input 'x' has shape (3, 64)")
+
+
+def test_progress_goes_to_a_terminal_only_after_a_while(monkeypatch, capsys):
+    from sparsec import cli
+
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True)
+    progress = cli._Progress()
+    progress(cli.PROGRESS_AFTER_SECONDS / 2, 5)
+    progress.clear()
+    assert capsys.readouterr().err == "", "silent for short runs"
+    progress(cli.PROGRESS_AFTER_SECONDS + 1, 50)
+    progress.clear()
+    err = capsys.readouterr().err
+    assert f"{cli.PROGRESS_AFTER_SECONDS + 1:.1f} s, 50 runs" in err and err.endswith("\033[K")
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False)
+    quiet = cli._Progress()
+    quiet(cli.PROGRESS_AFTER_SECONDS + 1, 50)
+    assert capsys.readouterr().err == ""
