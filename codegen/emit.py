@@ -28,7 +28,7 @@ from sparsec.codegen.kernels import (
 from sparsec.codegen.params import CTYPES, KernelRequest, WeightSink
 from sparsec.codegen.targets import FEATURE_BITS, Target
 from sparsec.compiler.ir import Graph
-from sparsec.compiler.ops import DENSE
+from sparsec.compiler.ops import COPY_OPS, DENSE
 from sparsec.errors import KernelNotFoundError, PortableKernelWarning, TemplateError
 
 BLOB_ALIGNMENT = 64
@@ -241,6 +241,37 @@ def _tensor_info(graph: Graph, name: str) -> dict:
     return {"name": name, "shape": list(t.shape), "dtype": t.dtype}
 
 
+# Ops through which an integer input reaches a Gather with its values unchanged (Cast between
+# integer types only: a Cast to float ends the trace).
+_INDEX_PASSTHROUGH = frozenset(COPY_OPS) | {"Cast"}
+
+
+def _input_info(graph: Graph, name: str) -> dict:
+    """An input's record; an integer input that indexes a Gather (directly or through
+    Cast/Reshape/Unsqueeze/...) also gets `index_range` [0, rows): the rows of the smallest
+    table it indexes, so that callers can draw valid token ids without the model."""
+    record = _tensor_info(graph, name)
+    if np.dtype(graph.tensors[name].dtype).kind not in "iu":
+        return record
+    consumers = graph.consumers()
+    rows, pending, seen = [], [name], {name}
+    while pending:
+        current = pending.pop()
+        for node in consumers.get(current, []):
+            if node.op == "Gather" and node.inputs[1] == current:
+                data = graph.tensors[node.inputs[0]]
+                axis = node.attrs.get("axis", 0)
+                rows.append(data.shape[axis + len(data.shape) if axis < 0 else axis])
+            elif node.op in _INDEX_PASSTHROUGH and node.inputs[0] == current:
+                out = node.outputs[0]
+                if out not in seen and np.dtype(graph.tensors[out].dtype).kind in "iu":
+                    seen.add(out)
+                    pending.append(out)
+    if rows:
+        record["index_range"] = [0, min(rows)]
+    return record
+
+
 def model_info(graph: Graph, target: Target, version: str, blob: WeightBlob,
                layers: list[dict], features: tuple[str, ...]) -> dict:
     return {
@@ -248,7 +279,7 @@ def model_info(graph: Graph, target: Target, version: str, blob: WeightBlob,
         "abi_version": 1,
         "target": target.name,
         "features": list(features),
-        "inputs": [_tensor_info(graph, n) for n in graph.inputs],
+        "inputs": [_input_info(graph, n) for n in graph.inputs],
         "outputs": [_tensor_info(graph, n) for n in graph.outputs],
         "arena_bytes": graph.memory.arena_bytes,
         "layers": layers,
