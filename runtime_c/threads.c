@@ -1,26 +1,40 @@
-/* threads.c: the run context's thread pool. Workers are created with the context, spin
- * briefly after a parallel region in case another follows, then sleep; a region hands out task indices through one atomic counter, and
- * the calling thread works too. Nothing is allocated while a model runs. */
+/* threads.c: the run context's thread pool. A region is done when its tasks are done, not when
+ * every worker has checked in: the caller claims tasks alongside the workers and, when no
+ * worker is running (the host is busy, or a worker sleeps), runs them all alone. Waiting spins
+ * briefly, yields the CPU when the spin sees no progress, then sleeps. Nothing is allocated
+ * while a model runs. */
 #define _POSIX_C_SOURCE 200809L
 #include "sparsec_model.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
-/* Cache lines: what spinning workers read (generation, with the region it publishes), the
- * task counter and the done counter each sit alone, and the pool is allocated on whole lines
- * of its own, so that no other data (the heap neighbours of a malloc'd pool) shares a line
- * that workers spin on: each write to such a line would cost the spinners a transfer. */
+/* The claim word: the region's generation in the high 32 bits, its unclaimed task count in the
+ * low 32. A task is claimed by a compare-and-swap from (g, r) to (g, r - 1), which takes task
+ * count - r of region g. Because the generation is in the same word, a worker that read region
+ * g and was descheduled cannot claim a task of region g + 1 through g's state: its swap fails.
+ * And because a successful swap means region g still had a task unclaimed, hence unfinished,
+ * the caller cannot have moved on, so the region's fields, read after the swap, are g's. */
+#define GENERATION_SHIFT 32
+#define REMAINING_MASK 0xffffffffu
+
+/* Cache lines: what waiting workers read (the claim word), the region's fields, the pending
+ * counter and the sleep bookkeeping each sit alone, and the pool is allocated on whole lines of
+ * its own, so that no other data shares a line that threads spin on. */
 struct sparsec_pool {
-  _Alignas(64) atomic_ulong generation; /* bumped for each region, then broadcast under the mutex */
-  sparsec_task task;
+  _Alignas(64) atomic_uint_least64_t claim;
+  _Alignas(64) sparsec_task task; /* written by the caller only between regions */
   void *args;
   size_t count;
-  _Alignas(64) atomic_size_t next;
-  _Alignas(64) atomic_size_t busy; /* workers not yet done with the current region */
-  _Alignas(64) atomic_int stop;
+  _Alignas(64) atomic_size_t pending; /* tasks of the current region not yet finished */
+  _Alignas(64) atomic_int sleepers;   /* workers asleep on `start`, or about to be */
+  atomic_int caller_asleep;           /* the caller is asleep on `finished`, or about to be */
+  atomic_int stop;
   size_t workers;
   pthread_t *threads;
   pthread_mutex_t mutex;
@@ -28,11 +42,15 @@ struct sparsec_pool {
   pthread_cond_t finished;
 };
 
-/* How long a worker (or the caller) spins before it sleeps on a condition variable: about
- * 50-100 us. A model runs its regions back to back, microseconds apart; waking a sleeping
- * thread costs tens of microseconds (more in a VM), which made a 2-thread run of a small
- * layer slower than one thread. Idle between runs, the threads sleep and cost nothing. */
-#define SPIN_ROUNDS 20000
+/* Waiting, in three steps. Spin (pause) while spinning pays: a model runs its regions back to
+ * back, microseconds apart, and waking a sleeping thread costs tens of microseconds. Every
+ * YIELD_EVERY pauses without progress, yield the CPU: when threads outnumber the cores free to
+ * run them, the thread being waited for may be waiting for this one's CPU, and yielding (a
+ * cheap system call when nothing else is runnable) lets it run. After SPIN_NS in all, sleep:
+ * idle threads cost nothing. The bound is in time, not pauses, since a pause lasts from a few
+ * to ~140 cycles depending on the CPU. */
+#define SPIN_NS 100000
+#define YIELD_EVERY 256
 
 static inline void cpu_relax(void)
 {
@@ -43,47 +61,83 @@ static inline void cpu_relax(void)
 #endif
 }
 
-static void run_tasks(sparsec_pool *pool)
+static uint64_t now_ns(void)
 {
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+}
+
+/* One step of a bounded spin; `round` counts steps since the waited-for value last changed.
+ * Returns 0 once the spin has lasted SPIN_NS and the caller should sleep. */
+static int spin_step(unsigned *round, uint64_t *deadline)
+{
+  if (++*round % YIELD_EVERY != 0) {
+    cpu_relax();
+    return 1;
+  }
+  sched_yield();
+  const uint64_t now = now_ns();
+  if (*deadline == 0)
+    *deadline = now + SPIN_NS;
+  return now < *deadline;
+}
+
+/* Claims and runs tasks of generation `generation` until none is left unclaimed. */
+static void run_tasks(sparsec_pool *pool, uint64_t generation)
+{
+  uint64_t word = atomic_load_explicit(&pool->claim, memory_order_acquire);
   for (;;) {
-    const size_t index = atomic_fetch_add_explicit(&pool->next, 1, memory_order_relaxed);
-    if (index >= pool->count)
+    const uint64_t remaining = word & REMAINING_MASK;
+    if (word >> GENERATION_SHIFT != generation || remaining == 0)
       return;
-    pool->task(pool->args, index);
+    /* acquire: pairs with the caller's publishing store, through the chain of swaps since */
+    if (!atomic_compare_exchange_weak_explicit(&pool->claim, &word, word - 1,
+                                               memory_order_acquire, memory_order_acquire))
+      continue;
+    pool->task(pool->args, pool->count - (size_t)remaining);
+    /* release: the task's writes are the caller's once it sees pending reach 0 */
+    if (atomic_fetch_sub_explicit(&pool->pending, 1, memory_order_seq_cst) == 1
+        && atomic_load_explicit(&pool->caller_asleep, memory_order_seq_cst)) {
+      pthread_mutex_lock(&pool->mutex);
+      pthread_cond_signal(&pool->finished);
+      pthread_mutex_unlock(&pool->mutex);
+    }
+    word = atomic_load_explicit(&pool->claim, memory_order_acquire);
   }
 }
 
 static void *worker_main(void *arg)
 {
   sparsec_pool *pool = arg;
-  /* Regions are counted from 0, the generation when the pool was made: a worker that starts
-   * late must still join the regions already begun, or the caller waits for it forever. */
-  unsigned long seen = 0;
+  uint64_t seen = 0; /* the generation this worker last joined; regions count from 1 */
   for (;;) {
-    unsigned long now = atomic_load_explicit(&pool->generation, memory_order_acquire);
-    for (int spin = 0; now == seen && spin < SPIN_ROUNDS; spin++) {
-      if (atomic_load_explicit(&pool->stop, memory_order_relaxed))
-        break;
-      cpu_relax();
-      now = atomic_load_explicit(&pool->generation, memory_order_acquire);
-    }
-    if (now == seen) {
+    uint64_t generation = atomic_load_explicit(&pool->claim, memory_order_acquire)
+                          >> GENERATION_SHIFT;
+    unsigned round = 0;
+    uint64_t deadline = 0;
+    while (generation == seen && !atomic_load_explicit(&pool->stop, memory_order_relaxed)
+           && spin_step(&round, &deadline))
+      generation = atomic_load_explicit(&pool->claim, memory_order_acquire) >> GENERATION_SHIFT;
+    if (generation == seen) {
+      /* The caller reads `sleepers` after publishing a region, and this worker reads the claim
+       * word after counting itself in (both sequentially consistent), so either the caller
+       * broadcasts, or this worker sees the new region and does not wait. */
       pthread_mutex_lock(&pool->mutex);
-      while ((now = atomic_load_explicit(&pool->generation, memory_order_acquire)) == seen
+      atomic_fetch_add_explicit(&pool->sleepers, 1, memory_order_seq_cst);
+      while ((generation = atomic_load_explicit(&pool->claim, memory_order_seq_cst)
+                           >> GENERATION_SHIFT) == seen
              && !atomic_load_explicit(&pool->stop, memory_order_relaxed))
         pthread_cond_wait(&pool->start, &pool->mutex);
+      atomic_fetch_sub_explicit(&pool->sleepers, 1, memory_order_relaxed);
       pthread_mutex_unlock(&pool->mutex);
     }
     if (atomic_load_explicit(&pool->stop, memory_order_relaxed))
       break;
-    seen = now;
-    run_tasks(pool);
-    if (atomic_fetch_sub_explicit(&pool->busy, 1, memory_order_acq_rel) == 1) {
-      /* The last worker out wakes the caller if it went to sleep (it checks under the mutex). */
-      pthread_mutex_lock(&pool->mutex);
-      pthread_cond_signal(&pool->finished);
-      pthread_mutex_unlock(&pool->mutex);
-    }
+    /* A worker that slept through several regions joins the newest; the ones it missed were
+     * finished without it. */
+    seen = generation;
+    run_tasks(pool, generation);
   }
   return NULL;
 }
@@ -103,10 +157,11 @@ sparsec_pool *sparsec__pool_create(size_t threads)
   pthread_mutex_init(&pool->mutex, NULL);
   pthread_cond_init(&pool->start, NULL);
   pthread_cond_init(&pool->finished, NULL);
-  atomic_init(&pool->generation, 0);
+  atomic_init(&pool->claim, 0);
+  atomic_init(&pool->pending, 0);
+  atomic_init(&pool->sleepers, 0);
+  atomic_init(&pool->caller_asleep, 0);
   atomic_init(&pool->stop, 0);
-  atomic_init(&pool->next, 0);
-  atomic_init(&pool->busy, 0);
   for (size_t i = 0; i < pool->workers; i++) {
     if (pthread_create(&pool->threads[i], NULL, worker_main, pool) != 0) {
       pool->workers = i; /* run with the workers that did start */
@@ -140,30 +195,47 @@ size_t sparsec__pool_threads(const sparsec_pool *pool)
 
 void sparsec__parallel(sparsec_pool *pool, size_t count, sparsec_task task, void *args)
 {
-  if (!pool || pool->workers == 0 || count <= 1) {
+  if (!pool || pool->workers == 0 || count <= 1 || count > REMAINING_MASK) {
     for (size_t i = 0; i < count; i++)
       task(args, i);
     return;
   }
-  /* Every worker has finished the previous region (busy reached 0), so these plain fields
-   * are ours until the release below publishes them. */
+  /* The previous region's tasks are all finished (pending reached 0) and none is left to
+   * claim, so no thread reads these fields until the store below publishes them. */
   pool->task = task;
   pool->args = args;
   pool->count = count;
-  atomic_store_explicit(&pool->next, 0, memory_order_relaxed);
-  atomic_store_explicit(&pool->busy, pool->workers, memory_order_relaxed);
-  atomic_fetch_add_explicit(&pool->generation, 1, memory_order_release);
-  pthread_mutex_lock(&pool->mutex); /* wakes workers that gave up spinning */
-  pthread_cond_broadcast(&pool->start);
-  pthread_mutex_unlock(&pool->mutex);
-  run_tasks(pool);
-  for (int spin = 0; spin < SPIN_ROUNDS; spin++) {
-    if (atomic_load_explicit(&pool->busy, memory_order_acquire) == 0)
-      return;
-    cpu_relax();
+  atomic_store_explicit(&pool->pending, count, memory_order_relaxed);
+  const uint64_t generation =
+    ((atomic_load_explicit(&pool->claim, memory_order_relaxed) >> GENERATION_SHIFT) + 1)
+    & REMAINING_MASK;
+  /* Generation 0 is the pool's start, which workers have already seen; skip it on wrapping. */
+  const uint64_t published = generation ? generation : 1;
+  atomic_store_explicit(&pool->claim, published << GENERATION_SHIFT | count,
+                        memory_order_seq_cst);
+  if (atomic_load_explicit(&pool->sleepers, memory_order_seq_cst) > 0) {
+    pthread_mutex_lock(&pool->mutex);
+    pthread_cond_broadcast(&pool->start);
+    pthread_mutex_unlock(&pool->mutex);
   }
+  run_tasks(pool, published);
+  /* Every task is claimed; wait only for those claimed by workers and still running. */
+  size_t left = atomic_load_explicit(&pool->pending, memory_order_acquire);
+  unsigned round = 0;
+  uint64_t deadline = 0;
+  while (left != 0 && spin_step(&round, &deadline)) {
+    const size_t now = atomic_load_explicit(&pool->pending, memory_order_acquire);
+    if (now != left) { /* progress: the workers are running, so keep spinning */
+      left = now;
+      round = 0;
+    }
+  }
+  if (left == 0)
+    return;
   pthread_mutex_lock(&pool->mutex);
-  while (atomic_load_explicit(&pool->busy, memory_order_acquire) != 0)
+  atomic_store_explicit(&pool->caller_asleep, 1, memory_order_seq_cst);
+  while (atomic_load_explicit(&pool->pending, memory_order_seq_cst) != 0)
     pthread_cond_wait(&pool->finished, &pool->mutex);
+  atomic_store_explicit(&pool->caller_asleep, 0, memory_order_relaxed);
   pthread_mutex_unlock(&pool->mutex);
 }

@@ -241,5 +241,9 @@ class _TensorSpec:
 
 
 def load(path: str | os.PathLike, threads: int | None = None) -> Module:
-    """Load a compiled model library; `threads` defaults to one per physical core."""
+    """Load a compiled model library. `threads` (the caller counts as one) defaults to one per
+    physical core among the CPUs this process may run on (its affinity mask when loaded), so a
+    process pinned to fewer cores, e.g. by taskset or a container's cpuset, gets fewer threads;
+    with several Modules running at once, pass threads so that their sum stays within the cores
+    (README, Concurrency)."""
     return Module(path, threads)
