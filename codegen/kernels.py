@@ -494,7 +494,7 @@ KERNELS: list[KernelSpec] = [
                template="x-expand/scalar.c.j2", params=kp.expand_params),
     KernelSpec(op="Slice", dtypes=ANY, isa="scalar", family="x_slice",
                template="x-slice/scalar.c.j2", params=kp.slice_params),
-    KernelSpec(op="Cast", dtypes=ANY, isa="scalar", family="x_cast",
+    KernelSpec(op="Cast", dtypes=ANY + ("float16",), isa="scalar", family="x_cast",
                template="x-cast/scalar.c.j2", params=kp.cast_params),
     KernelSpec(op="IsNaN", dtypes=FLOATS, isa="scalar", family="x_isnan",
                template="x-cast/scalar.c.j2", params=ip.isnan_params),

@@ -18,7 +18,8 @@ from sparsec.errors import KernelNotFoundError
 
 CTYPES = {"float32": "float", "float64": "double", "int8": "int8_t", "int16": "int16_t",
           "int32": "int32_t", "int64": "int64_t", "uint8": "uint8_t", "uint16": "uint16_t",
-          "uint32": "uint32_t", "uint64": "uint64_t", "bool": "uint8_t"}
+          "uint32": "uint32_t", "uint64": "uint64_t", "bool": "uint8_t",
+          "float16": "uint16_t"}  # IEEE binary16 bits: graph inputs/outputs and their Casts
 
 
 class WeightSink:
@@ -420,6 +421,13 @@ def gather_params(req: KernelRequest) -> dict:
 
 
 def cast_expression(source: str, target: str) -> str:
+    """The conversion of `v`; to float16 from float32 only (cast_params widens a float16
+    source first): from another type it would round twice."""
+    if target == "float16":
+        if source != "float32":
+            raise KernelNotFoundError(f"Cast from {source} to float16: sparsec converts to "
+                                      "float16 from float32 only")
+        return "sparsec__f32_to_f16(v)"
     ctype = CTYPES[target]
     if target == "bool":
         return "(uint8_t)(v != 0)"
@@ -480,8 +488,12 @@ def cast_params(req: KernelRequest) -> dict:
     x, y = req.input(0), req.output()
     req.take(x)
     req.take(y)
-    return {"x_ctype": CTYPES[x.dtype], "y_ctype": CTYPES[y.dtype], "count": y.size,
-            "expression": cast_expression(x.dtype, y.dtype)}
+    params = {"x_ctype": CTYPES[x.dtype], "y_ctype": CTYPES[y.dtype], "count": y.size,
+              "expression": cast_expression(x.dtype, y.dtype)}
+    if x.dtype == "float16":  # every float16 is a float32: widen exactly, then convert
+        params.update(value_ctype="float", load="sparsec__f16_to_f32(x[i])",
+                      expression=cast_expression("float32", y.dtype))
+    return params
 
 
 def where_params(req: KernelRequest) -> dict:

@@ -6,32 +6,26 @@ float32 inputs and outputs and cast to and from float16 inside; after widening t
 are float32 to float32. Widening is exact (every float16 is a float32), and the arithmetic is
 then float32's: the results differ from a float16 runtime's by that runtime's float16
 rounding of each activation, not by any error of sparsec's.
+
+A float16 graph input or output (converted without keep_io_types, or exported in half
+precision) stays float16 at the boundary, so the caller passes and gets what the model
+declares: a Cast to float32 follows each such input and a Cast to float16 precedes each such
+output, and only those Casts touch float16 (IEEE binary16, exact conversions).
 """
 
 from __future__ import annotations
 
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
-from sparsec.errors import FrontendError, UnsupportedOperatorError
+from sparsec.errors import FrontendError
 
 FLOAT16 = TensorProto.FLOAT16
 
 
 def widen(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with float16 replaced by float32 inside the graph (a copy when anything
-    changes). A float16 graph input or output is refused: the compiled library's interface
-    is float32, and changing the caller's dtype silently would be worse than saying so."""
-    g = model.graph
-    boundary = [v.name for v in list(g.input) + list(g.output)
-                if v.type.tensor_type.elem_type == FLOAT16
-                and v.name not in {t.name for t in g.initializer}]
-    if boundary:
-        raise UnsupportedOperatorError(
-            f"graph input/output {', '.join(map(repr, boundary))} is float16; sparsec computes "
-            "float16 models in float32 and takes float32 at the boundary: convert with "
-            "onnxruntime.transformers.float16.convert_float_to_float16(model, "
-            "keep_io_types=True)")
+    """The model with float16 replaced by float32 inside the graph, float16 inputs and
+    outputs kept and cast at the edge (a copy when anything changes)."""
     if not _uses_float16(model):
         return model
     model = onnx.ModelProto.FromString(model.SerializeToString())
@@ -48,13 +42,53 @@ def widen(model: onnx.ModelProto) -> onnx.ModelProto:
                 attr.t.CopyFrom(_widened(attr.t))
             elif node.op_type == "Cast" and attr.name == "to" and attr.i == FLOAT16:
                 attr.i = TensorProto.FLOAT
+    _cast_boundary(g)
     return model
+
+
+def _cast_boundary(g: onnx.GraphProto) -> None:
+    """Inside, each float16 input or output N is renamed to a float32 tensor; Cast(N) makes it
+    from an input, Cast(to float16) makes an output from it. An input returned as an output
+    is copied as it is."""
+    constants = {t.name for t in g.initializer}
+    inputs = [v.name for v in g.input
+              if v.type.tensor_type.elem_type == FLOAT16 and v.name not in constants]
+    outputs = [v.name for v in g.output if v.type.tensor_type.elem_type == FLOAT16]
+    boundary = set(inputs) | set(outputs)
+    if not boundary:
+        return
+    taken = constants | {v.name for v in [*g.input, *g.output, *g.value_info]} \
+        | {name for node in g.node for name in [*node.input, *node.output]}
+    inside = {}
+    for name in sorted(boundary):
+        unique, count = f"{name}__float32", 0
+        while unique in taken:
+            count += 1
+            unique = f"{name}__float32_{count}"
+        inside[name] = unique
+        taken.add(unique)
+    for node in g.node:
+        node.input[:] = [inside.get(name, name) for name in node.input]
+        node.output[:] = [inside.get(name, name) for name in node.output]
+    for tensor in g.initializer:  # a float16 output that is a constant
+        tensor.name = inside.get(tensor.name, tensor.name)
+    for value in g.value_info:
+        value.name = inside.get(value.name, value.name)
+    casts_in = [helper.make_node("Cast", [name], [inside[name]], to=TensorProto.FLOAT,
+                                 name=f"{name}__to_float32") for name in dict.fromkeys(inputs)]
+    casts_out = [helper.make_node("Cast", [inside[name]], [name], to=FLOAT16,
+                                  name=f"{name}__to_float16")
+                 for name in dict.fromkeys(outputs) if name not in inputs]
+    nodes = casts_in + list(g.node) + casts_out
+    del g.node[:]
+    g.node.extend(nodes)
 
 
 def _uses_float16(model: onnx.ModelProto) -> bool:
     g = model.graph
     return (any(t.data_type == FLOAT16 for t in g.initializer)
-            or any(v.type.tensor_type.elem_type == FLOAT16 for v in g.value_info)
+            or any(v.type.tensor_type.elem_type == FLOAT16
+                   for v in [*g.input, *g.output, *g.value_info])
             or any((a.type == onnx.AttributeProto.TENSOR and a.t.data_type == FLOAT16)
                    or (n.op_type == "Cast" and a.name == "to" and a.i == FLOAT16)
                    for n in g.node for a in n.attribute))

@@ -23,6 +23,7 @@ DTYPES = {
     6: "int32",
     7: "int64",
     9: "bool",
+    10: "float16",  # graph inputs and outputs only: compiler/float16.py casts them at the edge
     11: "float64",
     12: "uint32",
     13: "uint64",

@@ -42,6 +42,65 @@ static inline int64_t sparsec__saturate_i64(double value)
   return (int64_t)value;
 }
 
+/* IEEE binary16 <-> binary32 for float16 graph inputs and outputs (stored as uint16_t; the
+ * model computes in float32 inside). Integer code only, deliberately not F16C: the results are
+ * the same bits on every target and whatever the caller's MXCSR (DAZ) holds, and the
+ * conversions run once per boundary element, a negligible share of a run. */
+static inline float sparsec__f16_to_f32(uint16_t h)
+{
+  const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+  const uint32_t exponent = (h >> 10) & 0x1fu;
+  uint32_t mantissa = h & 0x3ffu, bits;
+  if (exponent == 0x1fu) { /* inf, or NaN with its payload (exact, as numpy's) */
+    bits = sign | 0x7f800000u | (mantissa << 13);
+  } else if (exponent != 0) {
+    bits = sign | ((exponent + 112u) << 23) | (mantissa << 13);
+  } else if (mantissa == 0) {
+    bits = sign;
+  } else { /* subnormal: mantissa * 2^-24, normalised */
+    uint32_t biased = 113;
+    while (!(mantissa & 0x400u)) {
+      mantissa <<= 1;
+      biased--;
+    }
+    bits = sign | (biased << 23) | ((mantissa & 0x3ffu) << 13);
+  }
+  float value;
+  memcpy(&value, &bits, sizeof value);
+  return value;
+}
+
+/* Rounded to nearest, ties to even; 65520 and beyond become inf, results below 2^-14 are
+ * subnormal (or zero), NaN stays NaN (quiet, with the top of its payload). */
+static inline uint16_t sparsec__f32_to_f16(float value)
+{
+  uint32_t x;
+  memcpy(&x, &value, sizeof x);
+  const uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+  x &= 0x7fffffffu;
+  if (x > 0x7f800000u)
+    return (uint16_t)(sign | 0x7e00u | ((x >> 13) & 0x3ffu));
+  if (x >= 0x477ff000u) /* 65520: halfway between 65504 (odd) and 2^16, rounds to inf */
+    return (uint16_t)(sign | 0x7c00u);
+  uint32_t half, rest, tie;
+  if (x < 0x38800000u) { /* below 2^-14: the subnormal count of 2^-24 units */
+    if (x <= 0x33000000u) /* at most 2^-25, half a unit: ties to the even zero */
+      return sign;
+    const uint32_t shift = 126u - (x >> 23); /* 14 .. 24 */
+    const uint32_t mantissa = (x & 0x7fffffu) | 0x800000u;
+    half = mantissa >> shift;
+    rest = mantissa & ((1u << shift) - 1u);
+    tie = 1u << (shift - 1u);
+  } else {
+    half = (x >> 13) - (112u << 10); /* exponent rebiased, mantissa truncated */
+    rest = x & 0x1fffu;
+    tie = 0x1000u;
+  }
+  if (rest > tie || (rest == tie && (half & 1u)))
+    half++; /* a carry out of the mantissa rightly bumps the exponent */
+  return (uint16_t)(sign | half);
+}
+
 /* a * b + c, in one rounding where the target has fused multiply-add (x86 FMA, every AArch64):
  * the models build as ISO C, in which GCC never contracts a * b + c by itself, and a
  * polynomial's chain of separate multiplies and adds takes twice the instructions. Loops over

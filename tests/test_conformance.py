@@ -80,8 +80,9 @@ def selected_names() -> list[str]:
 
 
 def unrepresentable_dtype(model: onnx.ModelProto) -> str | None:
-    """An element type of the case's graph that sparsec's IR does not represent (float16,
-    bfloat16, the float8/4 and int4/2 types, strings)."""
+    """An element type of the case's graph that sparsec's IR does not represent (bfloat16,
+    the float8/4 and int4/2 types, strings; float16 is represented at the graph's boundary
+    and converted by Cast, so its Cast and IsNaN cases run)."""
     graph = model.graph
     for value in [*graph.input, *graph.output, *graph.value_info]:
         elem_type = value.type.tensor_type.elem_type

@@ -1,5 +1,5 @@
-"""float16 models (onnxruntime's convert_float_to_float16 with keep_io_types=True) compile and
-run in float32."""
+"""float16 models (onnxruntime's convert_float_to_float16, with keep_io_types=True or without)
+compile and run in float32; float16 inputs and outputs stay float16 at the boundary."""
 
 import numpy as np
 import onnx
@@ -7,7 +7,6 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from sparsec.compiler import float16, frontend
-from sparsec.errors import UnsupportedOperatorError
 from tests.conftest import run_onnxruntime
 
 
@@ -67,6 +66,47 @@ def test_float16_model_runs_in_float32(target, compiler):
     np.testing.assert_allclose(got, exact, rtol=1e-5, atol=1e-5)
 
 
-def test_float16_graph_input_is_refused_with_the_fix():
-    with pytest.raises(UnsupportedOperatorError, match="keep_io_types=True"):
-        frontend.import_model(half_model(io_type=TensorProto.FLOAT16))
+def test_float16_boundary_is_kept_and_cast():
+    """A float16 input is cast to float32 before anything reads it; nothing else inside sees
+    float16."""
+    widened = float16.widen(half_model(io_type=TensorProto.FLOAT16))
+    assert widened.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
+    first = widened.graph.node[0]
+    assert (first.op_type, list(first.input), first.attribute[0].i) == \
+        ("Cast", ["x"], TensorProto.FLOAT)
+    assert all("x" not in node.input for node in widened.graph.node[1:])
+    graph = frontend.import_model(half_model(io_type=TensorProto.FLOAT16))
+    assert graph.tensors["x"].dtype == "float16"
+    assert [t.dtype for t in graph.tensors.values()].count("float16") == 1
+
+
+def edge_model() -> onnx.ModelProto:
+    """float16 outputs that no node computes in float32: the input itself, and a constant;
+    plus an input named like the renamed tensor would be."""
+    half = TensorProto.FLOAT16
+    c = numpy_helper.from_array(np.float16([1.5, -2.0, 65504.0]), "c")
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "x__float32"], ["s"])], "edges",
+        [helper.make_tensor_value_info("x", half, [3]),
+         helper.make_tensor_value_info("x__float32", TensorProto.FLOAT, [3])],
+        [helper.make_tensor_value_info("x", half, [3]),
+         helper.make_tensor_value_info("c", half, [3]),
+         helper.make_tensor_value_info("s", half, [3])], [c])
+    graph.node[0].input[1] = "y"
+    graph.node.insert(0, helper.make_node("Cast", ["x__float32"], ["y"], to=half))
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m
+
+
+@pytest.mark.parametrize("target", ["generic", "native"])
+def test_float16_outputs_from_inputs_and_constants(target, compiler):
+    x = np.float16([0.1, -3.0, 7.5])
+    x32 = np.float32([1.0, 2.0**-20, 3.0])
+    got = compiler.load(edge_model(), target).run({"x": x, "x__float32": x32})
+    np.testing.assert_array_equal(got["x"], x)
+    np.testing.assert_array_equal(got["c"], np.float16([1.5, -2.0, 65504.0]))
+    np.testing.assert_array_equal(got["s"], (x.astype(np.float32)
+                                             + x32.astype(np.float16)).astype(np.float16))
+    assert all(v.dtype == np.float16 for v in got.values())
