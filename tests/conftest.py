@@ -127,6 +127,11 @@ def assert_int8_equal(actual: list[np.ndarray], expected: dict[str, list[np.ndar
                 f"{np.max(np.abs(got - wanted))}")
 
 
+def int8_outputs_equal(expected: dict[str, list[np.ndarray]], outputs: dict) -> None:
+    """assert_int8_equal for a run's outputs by name (a tests/runs.py check)."""
+    assert_int8_equal(list(outputs.values()), expected)
+
+
 def run_onnxruntime(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
     import onnxruntime as ort
 

@@ -11,8 +11,9 @@ arena is one allocation, so an overflow from one arena tensor into the next is n
 - The sample encoder (fp32 and int8) and an encoder layer of odd sizes (tails in every kernel),
   on two threads, compared with onnxruntime.
 - The differential test's drawn MLPs (tests/test_differential.py: its strategy, model builder
-  and error bound) and test_quantize's drawn int8 MLPs (equal to onnxruntime's quantized twin bit
-  for bit), all of a target's cases in one sanitized driver process (tests/runs.py).
+  and error bound) and test_quantize's drawn int8 MLPs (equal bit for bit to their quantized
+  twin run by the exact reference, and by onnxruntime where its int8 is exact: tests/conftest.py's
+  int8_oracles), all of a target's cases in one sanitized driver process (tests/runs.py).
 - x86-amx's BITMASK layers (int8 and bf16; tiles expanded from masks and nonzeros), forced, at
   odd shapes and densities down to an all-zero weight.
 - Negative controls: a compiled model's C source with one deliberate fault injected (a write
@@ -40,7 +41,7 @@ from sparsec.codegen import targets
 from sparsec.errors import RuntimeFailure
 from tests.codegen.test_bf16_kernels import one_node_model as bf16_model
 from tests.codegen.test_bf16_kernels import reference as bf16_reference
-from tests.conftest import run_onnxruntime
+from tests.conftest import int8_expected, int8_oracles, int8_outputs_equal, run_onnxruntime
 from tests.faults import patched_library
 from tests.runs import Runs
 from tests.test_differential import check_against_onnxruntime, edge, inputs_of, mlp_cases, to_onnx
@@ -130,17 +131,12 @@ def test_random_mlps_match_onnxruntime_under_sanitizers(target, compiler):
         f"both dense and sparse kernels must run; the patterns chosen were {dict(patterns)}"
 
 
-def equal_bits(expected: np.ndarray, outputs: dict) -> None:
-    (actual,) = outputs.values()
-    differ = actual != expected
-    assert not differ.any(), (f"{int(differ.sum())} of {differ.size} outputs differ, max "
-                              f"{np.max(np.abs(actual - expected))}")
-
-
+@pytest.mark.parametrize("with_onnxruntime", [int8_oracles()])
 @pytest.mark.parametrize("target", INT8_TARGETS)
-def test_quantized_mlps_equal_onnxruntime_under_sanitizers(target, compiler):
-    """tests/test_quantize.py's drawn int8 MLPs, sanitized: bit for bit as onnxruntime's
-    DynamicQuantizeLinear -> MatMulInteger graph."""
+def test_quantized_mlps_are_exact_under_sanitizers(target, with_onnxruntime, compiler):
+    """tests/test_quantize.py's drawn int8 MLPs, sanitized: bit for bit as their
+    DynamicQuantizeLinear -> MatMulInteger twin graph, by the exact reference (and
+    onnxruntime)."""
     runs = Runs(targets.resolve(target), compiler.cache_dir, threads=2, driver_flags=SANITIZE)
     submitted = []
 
@@ -155,8 +151,9 @@ def test_quantized_mlps_equal_onnxruntime_under_sanitizers(target, compiler):
         assert all(layer["weight_dtype"] == "int8" for layer in result.info["layers"]
                    if "shape" in layer)
         x = rng.standard_normal((options["m"], options["widths"][0])).astype(np.float32)
-        (expected,) = run_onnxruntime(quantized, {"x": x})
-        runs.submit(result, {"x": x}, functools.partial(equal_bits, expected), label=str(case))
+        expected = int8_expected(quantized, {"x": x}, with_onnxruntime)
+        runs.submit(result, {"x": x}, functools.partial(int8_outputs_equal, expected),
+                    label=str(case))
         submitted.append(case)
 
     check()
@@ -193,11 +190,13 @@ def test_bf16_layers_run_clean_under_sanitizers(target, compiler):
     assert runs.flush() == len(cases) * len(BF16_SHAPES)
 
 
+@pytest.mark.parametrize("with_onnxruntime", [int8_oracles()])
 @pytest.mark.parametrize("target", [host_target("x86-amx")])
-def test_bitmask_layers_run_clean_under_sanitizers(target, compiler):
+def test_bitmask_layers_run_clean_under_sanitizers(target, with_onnxruntime, compiler):
     """x86-amx's BITMASK layers, int8 and bf16, forced (the gate picks them only for weights
     past 2 MiB) at odd shapes and densities down to an all-zero weight, whose tiles expand
-    from no nonzeros at all: sanitized, int8 bit for bit as onnxruntime, bf16 within bound."""
+    from no nonzeros at all: sanitized, int8 bit for bit as the exact reference (and
+    onnxruntime), bf16 within bound."""
     runs = Runs(targets.resolve(target), compiler.cache_dir, threads=2, driver_flags=SANITIZE)
     rng = np.random.default_rng(0)
     for m, k, n in ((5, 1, 17), (33, 130, 40), (20, 70, 33)):
@@ -206,8 +205,8 @@ def test_bitmask_layers_run_clean_under_sanitizers(target, compiler):
             x = rng.standard_normal((m, k)).astype(np.float32)
             result = compiler.compile(fp32, target, quantize="dynamic", force_pattern="bitmask",
                                       extra_cflags=SANITIZE)
-            (expected,) = run_onnxruntime(quantized, {"x": x})
-            runs.submit(result, {"x": x}, functools.partial(equal_bits, expected),
+            expected = int8_expected(quantized, {"x": x}, with_onnxruntime)
+            runs.submit(result, {"x": x}, functools.partial(int8_outputs_equal, expected),
                         label=f"int8 {m}x{k}x{n} density {density}")
             w = (rng.standard_normal((k, n)) * (rng.random((k, n)) < density)).astype(np.float32)
             b = rng.standard_normal(n).astype(np.float32)
