@@ -36,6 +36,22 @@ TARGET_PARAMS = [pytest.param(name, id=f"{name}:{mode}", marks=pytest.mark.skipi
     for name, mode in target_modes()]
 
 
+def host_target(name: str):
+    """A target that runs in this process, as a parameter whose id says what it resolves to here
+    and how it runs (`native=x86-avx2:native`, `x86-amx:emulated`); where it cannot run here
+    (compile-only, or another architecture) it is skipped, saying so."""
+    resolved = target_table.resolve(name)
+    mode = target_table.execution_mode(resolved)
+    shown = name if resolved.name == name else f"{name}={resolved.name}"
+    runs_here = mode == "native" or target_table.runs_emulated(resolved)
+    return pytest.param(name, id=f"{shown}:{mode}", marks=pytest.mark.skipif(
+        not runs_here, reason=f"{name} is {mode} on this host: its code cannot run here"))
+
+
+# The portable build and the best this CPU runs: what tests of whole libraries run on.
+HOST_TARGETS = [host_target("generic"), host_target("native")]
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """One build cache per test session (worker), never the user's ~/.cache."""
