@@ -90,10 +90,11 @@ class DequantizeLinear(OpRun):
         assert not block_size and not output_dtype, "opset 21's blocks and output types"
         scale = np.asarray(scale, np.float32)
         zero_point = np.zeros((), np.int32) if zero_point is None else zero_point.astype(np.int32)
-        if scale.ndim == 1:  # per slice along axis
+        if scale.ndim == 1:  # per slice along axis (with a zero point per slice, or none)
             shape = [1] * x.ndim
             shape[1 if axis is None else axis] = scale.size
-            scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+            scale = scale.reshape(shape)
+            zero_point = zero_point.reshape(shape) if zero_point.ndim == 1 else zero_point
         shifted = x.astype(np.int32) - zero_point
         return ((shifted.astype(np.float32) * scale).astype(np.float32),)
 
