@@ -19,7 +19,7 @@ from sparsec import emulation
 from sparsec.cli import main
 from sparsec.codegen import build, targets
 from sparsec.errors import RuntimeFailure
-from tests.conftest import run_onnxruntime
+from tests.conftest import int8_expected, int8_oracles, int8_outputs_equal, run_onnxruntime
 from tests.graphs import mlp
 from tests.runs import Runs
 
@@ -170,10 +170,12 @@ def test_arm_neon_calls_sdot_only_where_the_core_has_it(compiler):
     np.testing.assert_allclose(outputs["sdot"]["last_hidden_state"], host, rtol=0, atol=1e-5)
 
 
-def test_int8_weights_of_minus_128_on_every_arm_kernel(compiler, tmp_path):
+@pytest.mark.parametrize("with_onnxruntime", [int8_oracles(128)])
+def test_int8_weights_of_minus_128_on_every_arm_kernel(with_onnxruntime, compiler, tmp_path):
     """An imported int8 model may hold the code -128, which pushes a pair of widening products
     past int16: those layers take the 32-bit pairwise path. SDOT, the widening fallback and
-    arm-neon-dotprod all equal onnxruntime exactly."""
+    arm-neon-dotprod all equal the exact reference (and this host's onnxruntime, where its int8
+    is exact) bit for bit."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -188,18 +190,14 @@ def test_int8_weights_of_minus_128_on_every_arm_kernel(compiler, tmp_path):
     codes.CopyFrom(onnx.numpy_helper.from_array(values, codes.name))
     x = np.random.default_rng(8).standard_normal((5, 64)).astype(np.float32)
     x[1] = x.min()  # activation codes of -128 (stored minus 128) against those weights
-    (expected,) = run_onnxruntime(model, {"x": x})
+    expected = int8_expected(model, {"x": x}, with_onnxruntime)
     for name, cpu in (("arm-neon", None), ("arm-neon", "cortex-a53"), ("arm-neon-dotprod", None)):
         result = compiler.compile(model, name)
         assert any(layer.get("weight_dtype") == "int8" for layer in result.info["layers"])
         runs = Runs(targets.TARGETS[name], compiler.cache_dir, cpu=cpu)
-        runs.submit(result, {"x": x}, functools.partial(equal_to, expected),
+        runs.submit(result, {"x": x}, functools.partial(int8_outputs_equal, expected),
                     label=f"{name} cpu={cpu}")
         runs.flush()
-
-
-def equal_to(expected, outputs: dict) -> None:
-    np.testing.assert_array_equal(outputs["y"], expected)
 
 
 def test_one_driver_process_runs_many_jobs_and_reports_each(compiler):

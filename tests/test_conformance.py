@@ -3,9 +3,9 @@
 The cases are generated in memory by `onnx.backend.test.loader.load_model_tests(kind="node")`,
 so they follow the installed (pinned) onnx release. A case is selected when at least one of its
 nodes is a run-time operator (`RUNTIME_OPS`) and every other node folds away, which is the rule
-the frontend itself applies. Each selected case is compiled for `generic` and for `native`, run
-on the case's inputs and compared with the case's expected outputs at the case's tolerances
-(integer and bool outputs exactly).
+the frontend itself applies. Each selected case is compiled for `generic` and for `native` (the
+test ids say which target that is here), run on the case's inputs and compared with the case's
+expected outputs at the case's tolerances (integer and bool outputs exactly).
 
 Cases that cannot pass are in EXCLUDED with the reason; they must be refused cleanly.
 """
@@ -23,6 +23,7 @@ from onnx import numpy_helper
 from sparsec.compiler.ir import DTYPES
 from sparsec.compiler.ops import RUNTIME_OPS
 from sparsec.errors import SparsecError
+from tests.conftest import HOST_TARGETS
 
 STANDARD_DOMAINS = ("", "ai.onnx")
 
@@ -43,7 +44,6 @@ EXCLUDED = {
                          "tensors only",
 }
 
-TARGETS = ("generic", "native")
 
 
 @functools.lru_cache(maxsize=1)
@@ -116,7 +116,7 @@ def as_array(value) -> np.ndarray:
     return np.asarray(value)
 
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", HOST_TARGETS)
 @pytest.mark.parametrize("name", case_params())
 def test_node_case(name, target, compiler):
     case = all_cases()[name]

@@ -15,6 +15,7 @@ import sys
 
 import pytest
 
+from tests.conftest import HOST_TARGETS
 from tests.faults import patched_library
 from tests.graphs import mlp
 
@@ -62,7 +63,7 @@ def growth(library, mode: str, count: int) -> int:
     return sample["after"] - sample["before"]
 
 
-@pytest.mark.parametrize("target", ["generic", "native"])
+@pytest.mark.parametrize("target", HOST_TARGETS)
 @pytest.mark.parametrize("mode,count", [("runs", RUNS), ("cycles", CYCLES)])
 def test_memory_stays_flat(target, mode, count, compiler):
     library = compiler.compile(mlp(k=64, n=96, m=16, density=0.2), target).library

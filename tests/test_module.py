@@ -8,7 +8,7 @@ import pytest
 import sparsec
 from sparsec.codegen import targets as target_table
 from sparsec.errors import InputError, LoadError, RuntimeFailure
-from tests.conftest import run_onnxruntime
+from tests.conftest import HOST_TARGETS, run_onnxruntime
 from tests.graphs import mlp
 
 
@@ -279,7 +279,7 @@ def test_profile_sums_each_layers_time_over_runs(compiler):
         plain.profile()
 
 
-@pytest.mark.parametrize("target", ["generic", "native"])
+@pytest.mark.parametrize("target", HOST_TARGETS)
 def test_misaligned_and_offset_inputs_give_the_same_results(compiler, target):
     """A float32 view at an odd byte address is copied (numpy calls it unaligned); one at a
     4-byte offset (aligned for its dtype, not for vectors) is read in place, so every kernel

@@ -1,8 +1,10 @@
-"""Whole models compiled with --quantize dynamic, against onnxruntime running the same
-quantization as ONNX operators (DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul -> Add
--> Relu per layer, tests/quantization.py). Both compute exact integer sums and the same float32
-steps in the same order, so the outputs must be equal, bit for bit, on every target the host
-executes (others are compiled only)."""
+"""Whole models compiled with --quantize dynamic, against the same quantization written as ONNX
+operators (DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul -> Add -> Relu per layer,
+weights quantized by tests/quantization.py), evaluated by the exact reference
+(tests/quantization.py) and, where its int8 is exact on this host, by onnxruntime
+(tests/conftest.py's int8_oracles; the test ids say which). Each computes exact integer sums and
+the same float32 steps in the same order, so the outputs must be equal, bit for bit, on every
+target the host executes (others are compiled only)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import sparsec
-from tests.conftest import TARGET_PARAMS, run_onnxruntime
+from tests.conftest import TARGET_PARAMS, assert_int8_equal, int8_expected, int8_oracles
 from tests.graphs import model
 from tests.quantization import quantize_weights
 
@@ -73,13 +75,14 @@ def mlps(draw):
                 seed=draw(st.integers(0, 2**32 - 1)))
 
 
+@pytest.mark.parametrize("with_onnxruntime", [int8_oracles()])  # codes reach 127
 @pytest.mark.parametrize("target", TARGET_PARAMS)
 @settings(max_examples=6, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(case=mlps())
 @example(case=dict(m=128, widths=[96, 160, 64], densities=[0.1, 1.0], relu=[True, False],
                    bias=[True, True], block=(4, 1), seed=1))  # one sparse, one dense layer
-def test_quantized_mlp_equals_onnxruntime(target, case, compiler):
+def test_quantized_mlp_is_exact(target, with_onnxruntime, case, compiler):
     case = dict(case)
     rng = np.random.default_rng(case.pop("seed"))
     fp32, quantized = mlp(rng, **case)
@@ -89,11 +92,8 @@ def test_quantized_mlp_equals_onnxruntime(target, case, compiler):
     if not compiler.can_run(target):
         return
     x = rng.standard_normal((case["m"], case["widths"][0])).astype(np.float32)
-    (actual,) = sparsec.load(result.library).run({"x": x}).values()
-    (expected,) = run_onnxruntime(quantized, {"x": x})
-    differ = actual != expected
-    assert not differ.any(), (f"{int(differ.sum())} of {differ.size} outputs differ, max "
-                              f"{np.max(np.abs(actual - expected))}")
+    actual = list(sparsec.load(result.library).run({"x": x}).values())
+    assert_int8_equal(actual, int8_expected(quantized, {"x": x}, with_onnxruntime))
 
 
 def test_quantized_kernels_are_chosen_by_int8_cost(compiler):
@@ -107,11 +107,13 @@ def test_quantized_kernels_are_chosen_by_int8_cost(compiler):
     assert all(layer["kernel"].startswith("sparsec_qs8_dense") for layer in layers)
 
 
+@pytest.mark.parametrize("with_onnxruntime", [int8_oracles()])
 @pytest.mark.parametrize("target", [p for p in TARGET_PARAMS if p.values[0] == "x86-amx"])
-def test_x86_amx_streams_big_weights_as_bitmask(target, compiler):
+def test_x86_amx_streams_big_weights_as_bitmask(target, with_onnxruntime, compiler):
     """x86-amx's gate on its own: a 1024 x 2304 layer at 60 % unstructured sparsity holds
     2.3 MiB of int8 codes, past the 2 MiB cache, and goes BITMASK (dense tiles expanded from
-    the nonzeros); the small dense layer after it stays dense. Bit for bit as onnxruntime."""
+    the nonzeros); the small dense layer after it stays dense. Bit for bit as the exact
+    reference (and onnxruntime where its int8 is exact)."""
     rng = np.random.default_rng(3)
     fp32, quantized = mlp(rng, 40, [1024, 2304, 48], [0.4, 1.0], [True, False], [True, True],
                           (1, 1))
@@ -122,9 +124,8 @@ def test_x86_amx_streams_big_weights_as_bitmask(target, compiler):
     if not compiler.can_run(target):
         return
     x = rng.standard_normal((40, 1024)).astype(np.float32)
-    (actual,) = sparsec.load(result.library).run({"x": x}).values()
-    (expected,) = run_onnxruntime(quantized, {"x": x})
-    assert np.array_equal(actual, expected), np.max(np.abs(actual - expected))
+    actual = list(sparsec.load(result.library).run({"x": x}).values())
+    assert_int8_equal(actual, int8_expected(quantized, {"x": x}, with_onnxruntime))
 
 
 def test_quantize_refuses_unknown_mode(compiler):

@@ -11,16 +11,18 @@ arena is one allocation, so an overflow from one arena tensor into the next is n
 - The sample encoder (fp32 and int8) and an encoder layer of odd sizes (tails in every kernel),
   on two threads, compared with onnxruntime.
 - The differential test's drawn MLPs (tests/test_differential.py: its strategy, model builder
-  and error bound) and test_quantize's drawn int8 MLPs (equal to onnxruntime's quantized twin bit
-  for bit), all of a target's cases in one sanitized driver process (tests/runs.py).
+  and error bound) and test_quantize's drawn int8 MLPs (equal bit for bit to their quantized
+  twin run by the exact reference, and by onnxruntime where its int8 is exact: tests/conftest.py's
+  int8_oracles), all of a target's cases in one sanitized driver process (tests/runs.py).
 - x86-amx's BITMASK layers (int8 and bf16; tiles expanded from masks and nonzeros), forced, at
   odd shapes and densities down to an all-zero weight.
 - Negative controls: a compiled model's C source with one deliberate fault injected (a write
   past the output, a read past the input, a write past the arena, a signed overflow, a leak),
   built the same way, must fail with the sanitizer's report; the same source unpatched passes.
 
-The test ids say how each target ran here (`generic:native`); both always run natively, as
-sanitized code only runs on the host.
+The test ids say how each target ran here (`generic:native`, `native=x86-avx2:native`);
+sanitized code runs on the host only, so x86-amx runs through its emulation header where the CPU
+has AVX-512 but no AMX and is skipped, saying so, where it has neither.
 """
 
 from __future__ import annotations
@@ -40,7 +42,14 @@ from sparsec.codegen import targets
 from sparsec.errors import RuntimeFailure
 from tests.codegen.test_bf16_kernels import one_node_model as bf16_model
 from tests.codegen.test_bf16_kernels import reference as bf16_reference
-from tests.conftest import run_onnxruntime
+from tests.conftest import (
+    HOST_TARGETS,
+    host_target,
+    int8_expected,
+    int8_oracles,
+    int8_outputs_equal,
+    run_onnxruntime,
+)
 from tests.faults import patched_library
 from tests.runs import Runs
 from tests.test_differential import check_against_onnxruntime, edge, inputs_of, mlp_cases, to_onnx
@@ -53,19 +62,9 @@ SANITIZE = ("-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefine
 MLP_EXAMPLES = 35  # drawn fp32 MLPs per target
 INT8_EXAMPLES = 8  # drawn int8 MLPs per target
 
-
-def host_target(name: str):
-    resolved = targets.resolve(name)
-    mode = targets.execution_mode(resolved)
-    shown = name if resolved.name == name else f"{name}={resolved.name}"
-    runs_here = mode == "native" or targets.runs_emulated(resolved)
-    return pytest.param(name, id=f"{shown}:{mode}", marks=pytest.mark.skipif(
-        not runs_here, reason=f"sanitized code runs on the host only; {name} is {mode}"))
-
-
-HOST_TARGETS = [host_target("generic"), host_target("native")]
 # The int8 and bf16 cases also run x86-amx's tile kernels, through its emulation header where
-# the host lacks AMX (its fp32 kernels are x86-avx512's, already covered by "native").
+# the host lacks AMX (its fp32 kernels are x86-avx512's, covered by "native" on such a host);
+# the emulated build needs AVX-512, so on an AVX2-only host these cases are skipped, saying so.
 INT8_TARGETS = HOST_TARGETS + [host_target("x86-amx")]
 
 
@@ -130,17 +129,12 @@ def test_random_mlps_match_onnxruntime_under_sanitizers(target, compiler):
         f"both dense and sparse kernels must run; the patterns chosen were {dict(patterns)}"
 
 
-def equal_bits(expected: np.ndarray, outputs: dict) -> None:
-    (actual,) = outputs.values()
-    differ = actual != expected
-    assert not differ.any(), (f"{int(differ.sum())} of {differ.size} outputs differ, max "
-                              f"{np.max(np.abs(actual - expected))}")
-
-
+@pytest.mark.parametrize("with_onnxruntime", [int8_oracles()])
 @pytest.mark.parametrize("target", INT8_TARGETS)
-def test_quantized_mlps_equal_onnxruntime_under_sanitizers(target, compiler):
-    """tests/test_quantize.py's drawn int8 MLPs, sanitized: bit for bit as onnxruntime's
-    DynamicQuantizeLinear -> MatMulInteger graph."""
+def test_quantized_mlps_are_exact_under_sanitizers(target, with_onnxruntime, compiler):
+    """tests/test_quantize.py's drawn int8 MLPs, sanitized: bit for bit as their
+    DynamicQuantizeLinear -> MatMulInteger twin graph, by the exact reference (and
+    onnxruntime)."""
     runs = Runs(targets.resolve(target), compiler.cache_dir, threads=2, driver_flags=SANITIZE)
     submitted = []
 
@@ -155,8 +149,9 @@ def test_quantized_mlps_equal_onnxruntime_under_sanitizers(target, compiler):
         assert all(layer["weight_dtype"] == "int8" for layer in result.info["layers"]
                    if "shape" in layer)
         x = rng.standard_normal((options["m"], options["widths"][0])).astype(np.float32)
-        (expected,) = run_onnxruntime(quantized, {"x": x})
-        runs.submit(result, {"x": x}, functools.partial(equal_bits, expected), label=str(case))
+        expected = int8_expected(quantized, {"x": x}, with_onnxruntime)
+        runs.submit(result, {"x": x}, functools.partial(int8_outputs_equal, expected),
+                    label=str(case))
         submitted.append(case)
 
     check()
@@ -193,11 +188,13 @@ def test_bf16_layers_run_clean_under_sanitizers(target, compiler):
     assert runs.flush() == len(cases) * len(BF16_SHAPES)
 
 
+@pytest.mark.parametrize("with_onnxruntime", [int8_oracles()])
 @pytest.mark.parametrize("target", [host_target("x86-amx")])
-def test_bitmask_layers_run_clean_under_sanitizers(target, compiler):
+def test_bitmask_layers_run_clean_under_sanitizers(target, with_onnxruntime, compiler):
     """x86-amx's BITMASK layers, int8 and bf16, forced (the gate picks them only for weights
     past 2 MiB) at odd shapes and densities down to an all-zero weight, whose tiles expand
-    from no nonzeros at all: sanitized, int8 bit for bit as onnxruntime, bf16 within bound."""
+    from no nonzeros at all: sanitized, int8 bit for bit as the exact reference (and
+    onnxruntime), bf16 within bound."""
     runs = Runs(targets.resolve(target), compiler.cache_dir, threads=2, driver_flags=SANITIZE)
     rng = np.random.default_rng(0)
     for m, k, n in ((5, 1, 17), (33, 130, 40), (20, 70, 33)):
@@ -206,8 +203,8 @@ def test_bitmask_layers_run_clean_under_sanitizers(target, compiler):
             x = rng.standard_normal((m, k)).astype(np.float32)
             result = compiler.compile(fp32, target, quantize="dynamic", force_pattern="bitmask",
                                       extra_cflags=SANITIZE)
-            (expected,) = run_onnxruntime(quantized, {"x": x})
-            runs.submit(result, {"x": x}, functools.partial(equal_bits, expected),
+            expected = int8_expected(quantized, {"x": x}, with_onnxruntime)
+            runs.submit(result, {"x": x}, functools.partial(int8_outputs_equal, expected),
                         label=f"int8 {m}x{k}x{n} density {density}")
             w = (rng.standard_normal((k, n)) * (rng.random((k, n)) < density)).astype(np.float32)
             b = rng.standard_normal(n).astype(np.float32)

@@ -5,7 +5,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.conftest import run_onnxruntime
+from tests.conftest import HOST_TARGETS, run_onnxruntime
 
 HOSTILE = [
     'x"; system("touch PWNED"); //',
@@ -50,7 +50,7 @@ def hostile_model():
     return model
 
 
-@pytest.mark.parametrize("target", ["generic", "native"])
+@pytest.mark.parametrize("target", HOST_TARGETS)
 def test_hostile_names_compile_and_run_correctly(compiler, tmp_path, monkeypatch, target):
     monkeypatch.chdir(tmp_path)
     model = hostile_model()

@@ -4,7 +4,9 @@ Each row (the dense kernel, and one block-sparse kernel per pattern) gets one-no
 MatMul with a constant weight pruned in the row's block shape, maybe a bias Add and an
 activation, which fuse into one Dense node. The row's pattern is forced (`force_pattern`, as the
 benchmarks do) and the test checks that the row is the kernel selected. It compiles for the
-oldest target offering the row's ISA, and runs there when the host can.
+oldest target offering the row's ISA, and runs there when the host can: natively, under
+qemu-user (another architecture), or not at all (compile-only: an AVX-512 row on an AVX2-only
+host); the test ids say which.
 
 hypothesis draws M, K, N (tails included), the block density and fill, the bias and the
 activation; named edge cases are pinned with @example.
@@ -127,7 +129,8 @@ def kernel_cases(draw) -> KernelCase:
         seed=draw(st.integers(0, 2**32 - 1)))
 
 
-@pytest.mark.parametrize("row", ROWS, ids=lambda row: row.symbol)
+@pytest.mark.parametrize("row", ROWS, ids=lambda row: f"{row.symbol}:"
+                         f"{targets.execution_mode(oldest_target_with(row.isa))}")
 def test_dense_row_matches_numpy(row: KernelSpec, compiler):
     """Natively each case runs as drawn; for another architecture's rows the cases run in one
     batch under qemu after hypothesis has drawn them all (no shrinking there)."""
