@@ -106,43 +106,41 @@ static inline VF SPARSEC_VM(with_sign_of)(VF magnitude, VF sign)
                                (SPARSEC_VM(bits)(sign) & SPARSEC_VM(bits)(SPARSEC_VM(splat)(-0.0f))));
 }
 
-/* e^x for x in [-87.33654, 88.8]: x = n ln2 + r with ln2 in two parts (Cephes), e^r by
- * Cephes' degree-6 polynomial, 2^n put into the exponent bits, as two factors because n
- * reaches 128 (past 88.72283 the product overflows to inf, as e^x does). Within 2 ulp. */
-static inline VF SPARSEC_VM(exp_in_range)(VF x)
+/* e^x = 2^n e^r: x = n ln2 + r with ln2 in two parts (Cephes), e^r by Cephes' degree-6
+ * polynomial, returned; n (a whole number) in *n. */
+static inline VF SPARSEC_VM(exp_reduced)(VF x, VF *n)
 {
   const VF shifter = SPARSEC_VM(splat)(12582912.0f); /* 1.5 * 2^23: adding it rounds */
-  const VF n = SPARSEC_VM(fmadd)(x, SPARSEC_VM(splat)(1.44269504088896341f), shifter) - shifter;
-  VF r = SPARSEC_VM(fmadd)(n, SPARSEC_VM(splat)(-0.693359375f), x);
-  r = SPARSEC_VM(fmadd)(n, SPARSEC_VM(splat)(2.12194440e-4f), r);
+  *n = SPARSEC_VM(fmadd)(x, SPARSEC_VM(splat)(1.44269504088896341f), shifter) - shifter;
+  VF r = SPARSEC_VM(fmadd)(*n, SPARSEC_VM(splat)(-0.693359375f), x);
+  r = SPARSEC_VM(fmadd)(*n, SPARSEC_VM(splat)(2.12194440e-4f), r);
   VF p = SPARSEC_VM(splat)(1.9875691500e-4f);
   p = SPARSEC_VM(fmadd)(p, r, SPARSEC_VM(splat)(1.3981999507e-3f));
   p = SPARSEC_VM(fmadd)(p, r, SPARSEC_VM(splat)(8.3334519073e-3f));
   p = SPARSEC_VM(fmadd)(p, r, SPARSEC_VM(splat)(4.1665795894e-2f));
   p = SPARSEC_VM(fmadd)(p, r, SPARSEC_VM(splat)(1.6666665459e-1f));
   p = SPARSEC_VM(fmadd)(p, r, SPARSEC_VM(splat)(5.0000001201e-1f));
-  const VF poly = SPARSEC_VM(fmadd)(p, r * r, r + 1.0f);
+  return SPARSEC_VM(fmadd)(p, r * r, r + 1.0f);
+}
+
+/* e^x for x in [-87.33654, 88.8], within 2 ulp: 2^n put into the exponent bits as two
+ * factors, because n reaches 128 (past 88.72283 the product overflows to inf, as e^x does). */
+static inline VF SPARSEC_VM(exp_in_range)(VF x)
+{
+  VF n;
+  const VF poly = SPARSEC_VM(exp_reduced)(x, &n);
   const VI whole = SPARSEC_VM(to_int)(n);
   const VI half = whole >> 1;
   return poly * SPARSEC_VM(from_bits)((half + 127) << 23) *
          SPARSEC_VM(from_bits)((whole - half + 127) << 23);
 }
 
-/* e^x for x in [-87.0, 0]: one factor 2^n is enough (n >= -126). Products exactly as
+/* e^x for x in [-87.0, 0]: one factor 2^n is enough (n >= -126). The product is exactly
  * exp_in_range's: poly times a power of two rounds once either way. */
 static inline VF SPARSEC_VM(exp_nonpositive)(VF x)
 {
-  const VF shifter = SPARSEC_VM(splat)(12582912.0f);
-  const VF n = SPARSEC_VM(fmadd)(x, SPARSEC_VM(splat)(1.44269504088896341f), shifter) - shifter;
-  VF r = SPARSEC_VM(fmadd)(n, SPARSEC_VM(splat)(-0.693359375f), x);
-  r = SPARSEC_VM(fmadd)(n, SPARSEC_VM(splat)(2.12194440e-4f), r);
-  VF p = SPARSEC_VM(splat)(1.9875691500e-4f);
-  p = SPARSEC_VM(fmadd)(p, r, SPARSEC_VM(splat)(1.3981999507e-3f));
-  p = SPARSEC_VM(fmadd)(p, r, SPARSEC_VM(splat)(8.3334519073e-3f));
-  p = SPARSEC_VM(fmadd)(p, r, SPARSEC_VM(splat)(4.1665795894e-2f));
-  p = SPARSEC_VM(fmadd)(p, r, SPARSEC_VM(splat)(1.6666665459e-1f));
-  p = SPARSEC_VM(fmadd)(p, r, SPARSEC_VM(splat)(5.0000001201e-1f));
-  const VF poly = SPARSEC_VM(fmadd)(p, r * r, r + 1.0f);
+  VF n;
+  const VF poly = SPARSEC_VM(exp_reduced)(x, &n);
   return poly * SPARSEC_VM(from_bits)((SPARSEC_VM(to_int)(n) + 127) << 23);
 }
 

@@ -7,6 +7,7 @@ pytest header and the test ids say which (e.g. `[x86-avx512:native]`).
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,10 @@ import pytest
 
 import sparsec
 from sparsec.codegen import targets as target_table
+
+# Kernels are chosen by the kernel table's costs in every test: a host profile that `sparsec
+# calibrate` left in the developer's cache would change which patterns compile picks.
+os.environ["SPARSEC_PROFILE_DIR"] = tempfile.mkdtemp(prefix="sparsec-test-profiles-")
 
 
 def target_modes() -> list[tuple[str, str]]:
