@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 
 from sparsec import emulation
 from sparsec.codegen import targets
@@ -114,6 +114,10 @@ def test_random_mlps_match_onnxruntime_under_sanitizers(target, compiler):
     @settings(max_examples=MLP_EXAMPLES, deadline=None,
               suppress_health_check=[HealthCheck.too_slow])
     @given(case=mlp_cases())
+    # a fully dense weight, so that the dense kernel runs sanitized whatever the draws give
+    @example(case=edge("fully_dense_weight", (17, 33),
+                       (33, {"op": "Gemm", "trans_b": 1, "bias": "1N", "activation": "Tanh"}),
+                       (17, {"op": "Gemm", "bias": "MN", "beta": -1.5})))
     def check(case):
         model = to_onnx(case)
         result = compiler.compile(model, target, extra_cflags=SANITIZE)
