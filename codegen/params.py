@@ -141,11 +141,10 @@ def elementwise_loops(out_shape, operand_shapes) -> tuple[list[dict], list[str]]
 
 # --- activations and arithmetic as C statements ---------------------------------------------
 
-# Float activations computed inline and branch-free by runtime_c/sparsec_model.h instead of
-# libm calls (a call per element, which no loop vectorises); runtime_c/sparsec_vmath.h has the
-# same functions on whole vectors, as VECTOR_MATH names them, returning the same bits.
-SCALAR_MATH = {"Sigmoid": "sparsec__sigmoid", "Tanh": "sparsec__tanh", "Gelu": "sparsec__gelu",
-               "GeluTanh": "sparsec__gelu_tanh", "Erf": "sparsec__erff", "Exp": "sparsec__expf"}
+# Float activations computed inline and branch-free instead of libm calls (a call per element,
+# which no loop vectorises): runtime_c/sparsec_vmath_body.h defines each once, as
+# sparsec_vN_NAME for N lanes; N = 1 is the scalar instance, and every vector lane returns its
+# bits.
 VECTOR_MATH = {"Sigmoid": "sigmoid", "Tanh": "tanh", "Gelu": "gelu", "GeluTanh": "gelu_tanh",
                "Erf": "erf", "Exp": "exp"}
 
@@ -159,8 +158,8 @@ def activation_statements(op: str, bounds: tuple[str, ...], dtype: str,
     one = c_literal(1, dtype)
     if op == "":
         return []
-    if op in SCALAR_MATH and ctype == "float":
-        return [f"{var} = {SCALAR_MATH[op]}({var});"]
+    if op in VECTOR_MATH and ctype == "float":
+        return [f"{var} = sparsec_v1_{VECTOR_MATH[op]}({var});"]
     if op == "Relu":
         return [f"{var} = {var} < {zero} ? {zero} : {var};"]
     if op == "Sigmoid":
