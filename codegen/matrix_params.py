@@ -285,11 +285,14 @@ def spmm_tokens_params(req: KernelRequest, tokens: int, isa: str) -> dict:
 
 
 def spmm_tokens_scratch(graph: Graph, node: Node, tokens: int) -> int:
-    """Bytes for the transposed A tile (block rows padded) and the transposed Y tile."""
+    """Per token tile (tiles run in parallel, each in its own scratch): the transposed A tile
+    (block rows padded) and the transposed Y tile."""
     weight = graph.tensors[node.inputs[1]]
     k, n = weight.shape
     rows = weight.sparsity.packed.rows
-    return 4 * tokens * (-(-k // rows) * rows + n)
+    m = graph.tensors[node.inputs[0]].size // k if k else 0
+    tiles = max(1, -(-m // tokens))
+    return tiles * 4 * tokens * (-(-k // rows) * rows + n)
 
 
 def _vector_epilogue(attrs: dict, dtype: str = "float32") -> dict:
