@@ -485,7 +485,7 @@ KERNELS: list[KernelSpec] = [
     *[KernelSpec(op=op, dtypes=ANY, isa="scalar", family=f"x_{op.lower()}",
                  template="x-copy/scalar.c.j2", params=kp.copy_params) for op in COPY_OPS],
     KernelSpec(op="Transpose", dtypes=ANY, isa="scalar", family="x_transpose",
-               template="x-transpose/scalar.c.j2", params=kp.transpose_params),
+               template="x-transpose/scalar.c.j2", params=kp.transpose_params, parallel=True),
     KernelSpec(op="Gather", dtypes=ANY, isa="scalar", family="x_gather",
                template="x-gather/scalar.c.j2", params=kp.gather_params),
     KernelSpec(op="Concat", dtypes=ANY, isa="scalar", family="x_concat",
@@ -515,7 +515,8 @@ KERNELS: list[KernelSpec] = [
     KernelSpec(op="ReduceMean", dtypes=FLOATS, isa="scalar", family="x_reducemean",
                template="x-reduce/mean.c.j2", params=kp.reduce_mean_params),
     *[KernelSpec(op=op, dtypes=FLOATS, isa="scalar", family=family,
-                 template="f32-layernorm/scalar.c.j2", params=kp.layer_norm_params)
+                 template="f32-layernorm/scalar.c.j2", params=kp.layer_norm_params,
+                 parallel=True)
       for op, family in (("LayerNormalization", "x_layernorm"),
                          (ADD_LAYER_NORM, "x_addlayernorm"))],
     KernelSpec(op="Softmax", dtypes=FLOAT, isa="scalar", family="f32_softmax",

@@ -295,6 +295,11 @@ def copy_params(req: KernelRequest) -> dict:
             "node_literal": c_string_literal(req.node.name)}
 
 
+# Elements a Transpose task moves: as LAYER_NORM_ELEMENTS_PER_TASK, enough that handing it
+# to a thread pays; a smaller transpose is one task, run by the caller.
+TRANSPOSE_ELEMENTS_PER_TASK = 4096
+
+
 def transpose_params(req: KernelRequest) -> dict:
     x, y = req.input(0), req.output()
     perm = req.node.attrs.get("perm") or list(reversed(range(len(x.shape))))
@@ -304,7 +309,9 @@ def transpose_params(req: KernelRequest) -> dict:
     loops, (y_index, x_index) = loop_nest(dims, strides)
     req.take(x)
     req.take(y)
-    return {"ctype": CTYPES[y.dtype], "loops": loops, "y_index": y_index, "x_index": x_index}
+    inner = int(np.prod(dims[1:])) if dims else 1
+    return {"ctype": CTYPES[y.dtype], "loops": loops, "y_index": y_index, "x_index": x_index,
+            "OUTER_PER_TASK": max(1, -(-TRANSPOSE_ELEMENTS_PER_TASK // max(inner, 1)))}
 
 
 def softmax_params(req: KernelRequest) -> dict:
@@ -362,6 +369,11 @@ def reduce_mean_params(req: KernelRequest) -> dict:
             "count": count}
 
 
+# Rows of a LayerNormalization task: enough elements (a few microseconds) that handing the
+# task to a thread pays, and MiniLM's 128 x 384 rows make 12 tasks, even on 2 or 3 threads.
+LAYER_NORM_ELEMENTS_PER_TASK = 4096
+
+
 def layer_norm_params(req: KernelRequest) -> dict:
     """LayerNormalization (opset 17): normalise over axes axis.. (default -1); the optional
     Mean and InvStdDev outputs (float32, one per row) when the model names them. AddLayerNorm
@@ -397,6 +409,7 @@ def layer_norm_params(req: KernelRequest) -> dict:
     req.take(y)
     has_mean, has_inverse = (req.take(tensor) for tensor in extras)
     return {"ctype": CTYPES[y.dtype], "rows": rows, "length": length, "residual": residual,
+            "ROWS_PER_TASK": max(1, -(-LAYER_NORM_ELEMENTS_PER_TASK // max(length, 1))),
             "has_mean": has_mean, "has_inverse": has_inverse,
             "epsilon": c_literal(node.attrs.get("epsilon", 1e-5), y.dtype),
             "has_bias": has_bias, "scale_index": index(scale),
