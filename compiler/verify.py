@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sparsec.compiler.ir import Graph
+from sparsec.compiler.ops import COPY_OPS
 from sparsec.errors import VerificationError
 
 
@@ -57,8 +58,22 @@ def _memory_problems(graph: Graph) -> list[str]:
     not overlap."""
     ranges = _lifetimes(graph)
     plan = graph.memory
-    regions = [(repr(name), offset, graph.tensors[name].nbytes, *ranges[name])
-               for name, offset in plan.offsets.items()]
+    # A byte copy's output placed at its input's offset is the same bytes under another name
+    # (plan_memory's views): one region, live from the first to the last use of either.
+    owner = {name: name for name in plan.offsets}
+    for node in graph.nodes:
+        if (node.op in COPY_OPS and node.inputs and node.outputs
+                and node.inputs[0] in owner and node.outputs[0] in owner
+                and plan.offsets[node.inputs[0]] == plan.offsets[node.outputs[0]]):
+            owner[node.outputs[0]] = owner[node.inputs[0]]
+    merged: dict[str, tuple[int, int, int, int]] = {}
+    for name, offset in plan.offsets.items():
+        size, (first, last) = graph.tensors[name].nbytes, ranges[name]
+        if owner[name] in merged:
+            _, known, start, end = merged[owner[name]]
+            size, first, last = max(size, known), min(first, start), max(last, end)
+        merged[owner[name]] = (offset, size, first, last)
+    regions = [(repr(name), *region) for name, region in merged.items()]
     regions += [(f"scratch of node %{index}", offset, size, index, index)
                 for index, (offset, size) in plan.scratch.items()]
     regions.sort(key=lambda region: region[1])

@@ -4,15 +4,16 @@ Requires: the final node order (run last).
 Establishes: `graph.memory` maps each intermediate (produced by a node, neither a graph input nor
 a graph output, not a constant) to a 64-byte-aligned offset, and each node whose kernel needs
 scratch (`ctx.scratch_bytes`) to a scratch region live only while that node runs; regions whose
-lifetimes overlap never share bytes; `arena_bytes` is the whole arena. Graph inputs and
-outputs live in the caller's buffers, constants in the library's read-only data, so a run
-allocates nothing.
+lifetimes overlap never share bytes, except that a byte copy's output shares its input's (see
+`views`); `arena_bytes` is the whole arena. Graph inputs and outputs live in the caller's
+buffers, constants in the library's read-only data, so a run allocates nothing.
 """
 
 from __future__ import annotations
 
 from sparsec.compiler import limits
 from sparsec.compiler.ir import Graph, MemoryPlan
+from sparsec.compiler.ops import COPY_OPS
 
 NAME = "plan-memory"
 ALIGNMENT = 64  # one cache line, and the widest vector load (AVX-512)
@@ -38,13 +39,34 @@ def live_ranges(graph: Graph) -> dict[str, tuple[int, int]]:
     return ranges
 
 
+def views(graph: Graph, ranges: dict[str, tuple[int, int]]) -> dict[str, str]:
+    """Intermediates that a byte copy (Reshape, Flatten, Squeeze, Unsqueeze, Identity) makes
+    from another intermediate, mapped to the tensor whose bytes they are: they share its
+    place, and the copy kernel, seeing its input and output at one address, does nothing.
+    Both must be row-major: a feature-major tensor's bytes are in another order."""
+    root: dict[str, str] = {}
+    for node in graph.nodes:
+        if node.op not in COPY_OPS or not node.inputs or not node.outputs:
+            continue
+        source, view = node.inputs[0], node.outputs[0]
+        if (source in ranges and view in ranges
+                and graph.tensors[source].nbytes == graph.tensors[view].nbytes
+                and graph.tensors[source].layout == graph.tensors[view].layout == "row-major"):
+            root[view] = root.get(source, source)
+    return root
+
+
 def _align(value: int) -> int:
     return -(-value // ALIGNMENT) * ALIGNMENT
 
 
 def run(graph: Graph, ctx) -> Graph:
     graph = graph.copy()
-    ranges = {("tensor", name): span for name, span in live_ranges(graph).items()}
+    spans = live_ranges(graph)
+    shared = views(graph, spans)
+    for view, source in shared.items():  # the bytes live until the last reader of any name
+        spans[source] = (spans[source][0], max(spans[source][1], spans.pop(view)[1]))
+    ranges = {("tensor", name): span for name, span in spans.items()}
     sizes = {key: graph.tensors[key[1]].nbytes for key in ranges}
     if getattr(ctx, "scratch_bytes", None) is not None:
         for index, node in enumerate(graph.nodes):
@@ -57,8 +79,10 @@ def run(graph: Graph, ctx) -> Graph:
     # The library allocates the arena when a run context is created: refuse it here instead.
     weights = sum(t.nbytes for t in graph.tensors.values() if t.is_constant)
     limits.check_total(weights, arena, getattr(ctx, "max_memory", limits.DEFAULT_MAX_MEMORY))
+    places = {name: off for (kind, name), off in offsets.items() if kind == "tensor"}
+    places.update({view: places[source] for view, source in shared.items()})
     graph.memory = MemoryPlan(
-        {name: off for (kind, name), off in offsets.items() if kind == "tensor"}, arena,
+        places, arena,
         ALIGNMENT, {index: (off, sizes[("scratch", index)])
                     for (kind, index), off in offsets.items() if kind == "scratch"})
     return graph
