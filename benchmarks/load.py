@@ -1,17 +1,21 @@
-"""A library under load: 1 and 2 threads alone, 2 processes at once (2 threads and 1 thread
+"""Libraries under load: 1 and 2 threads alone, 2 processes at once (2 threads and 1 thread
 each), and 4 streams in one process, all through `sparsec benchmark`.
 
-    python benchmarks/load.py LIBRARY.so [--time 6]
+    python benchmarks/load.py LIBRARY.so [LIBRARY.so ...] [--time 6]
 
 Each case reports the median latency (p50) of every process or stream and its ratio to the
 1-process 1-thread median, measured first and again last in the same run (their mean: this
-VM's speed drifts by tens of percent over minutes). Writes benchmarks/results/load.md.
+VM's speed drifts by tens of percent over minutes). Before and after the cases, a 1-thread
+process pinned to each CPU in turn measures that CPU's speed: a 2-thread run is only as fast
+as its slower core allows, and on a VM one vCPU can run far slower than the other for
+minutes (its host core shared with other guests). Writes benchmarks/results/load.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,9 +26,12 @@ from common import write_table
 SPARSEC = [sys.executable, "-m", "sparsec", "benchmark"]
 
 
-def start(library: str, seconds: float, *options: str) -> subprocess.Popen:
+def start(library: str, seconds: float, *options: str, cpu: int | None = None
+          ) -> subprocess.Popen:
+    pin = None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
     return subprocess.Popen([*SPARSEC, library, "--time", str(seconds), "--warmup", "1",
-                             "--json", *options], stdout=subprocess.PIPE, text=True)
+                             "--json", *options], stdout=subprocess.PIPE, text=True,
+                            preexec_fn=pin)
 
 
 def medians(processes: list[subprocess.Popen]) -> list[float]:
@@ -39,11 +46,13 @@ def medians(processes: list[subprocess.Popen]) -> list[float]:
     return found
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("library")
-    parser.add_argument("--time", type=float, default=6.0, help="seconds per case")
-    args = parser.parse_args()
+def cpu_speeds(library: str, seconds: float) -> list[float]:
+    """p50 of a 1-thread run pinned to each CPU this process may use, one CPU at a time."""
+    return [medians([start(library, seconds, "--threads", "1", cpu=cpu)])[0]
+            for cpu in sorted(os.sched_getaffinity(0))]
+
+
+def measure(library: str, seconds: float) -> tuple[list[list], list[float], list[float]]:
     cases = [("1 process, 1 thread", 1, ["--threads", "1"]),
              ("1 process, 2 threads", 1, ["--threads", "2"]),
              ("2 processes at once, 2 threads each", 2, ["--threads", "2"]),
@@ -51,20 +60,39 @@ def main() -> None:
              ("1 process, 4 streams (Modules on 4 Python threads), 1 thread each", 1,
               ["--streams", "4", "--threads", "1"]),
              ("1 process, 1 thread, again", 1, ["--threads", "1"])]
+    before = cpu_speeds(library, seconds / 2)
     measured = []
     for name, count, options in cases:
-        measured.append((name, medians([start(args.library, args.time, *options)
+        measured.append((name, medians([start(library, seconds, *options)
                                         for _ in range(count)])))
-        print(name, measured[-1][1], flush=True)
+        print(Path(library).name, name, measured[-1][1], flush=True)
+    after = cpu_speeds(library, seconds / 2)
     alone = (measured[0][1][0] + measured[-1][1][0]) / 2
-    rows = [[name, " / ".join(f"{ms:.2f}" for ms in found),
+    rows = [[Path(library).name, name, " / ".join(f"{ms:.2f}" for ms in found),
              " / ".join(f"{ms / alone:.2f}x" for ms in found)] for name, found in measured]
-    path = write_table("load", f"Under load: {Path(args.library).name}",
-                       ["case", "p50 ms (each process or stream)",
+    return rows, before, after
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("libraries", nargs="+")
+    parser.add_argument("--time", type=float, default=6.0, help="seconds per case")
+    args = parser.parse_args()
+    rows, probes = [], []
+    for library in args.libraries:
+        found, before, after = measure(library, args.time)
+        rows += found
+        probes.append(f"{Path(library).name}: "
+                      + ", ".join(f"CPU {cpu} {b:.2f} then {a:.2f} ms" for cpu, b, a
+                                  in zip(sorted(os.sched_getaffinity(0)), before, after)))
+    path = write_table("load", "Under load: " + ", ".join(Path(p).name for p in args.libraries),
+                       ["library", "case", "p50 ms (each process or stream)",
                         "x 1 process, 1 thread (mean of first and last)"],
                        rows, "`sparsec benchmark --json` per process, started together; "
-                       f"{args.time:g} s a case after 1 s of warm-up. Command: "
-                       "`python benchmarks/load.py LIBRARY.so`.")
+                       f"{args.time:g} s a case after 1 s of warm-up. Each CPU's speed, a "
+                       "1-thread run pinned to it before and after the cases (p50): "
+                       + "; ".join(probes) + ". Command: "
+                       "`python benchmarks/load.py LIBRARY.so [LIBRARY.so ...]`.")
     print(f"wrote {path}")
 
 
