@@ -8,7 +8,9 @@ Each case reports the median latency (p50) of every process or stream and its ra
 VM's speed drifts by tens of percent over minutes). Before and after the cases, a 1-thread
 process pinned to each CPU in turn measures that CPU's speed: a 2-thread run is only as fast
 as its slower core allows, and on a VM one vCPU can run far slower than the other for
-minutes (its host core shared with other guests). Writes benchmarks/results/load.md.
+minutes (its host core shared with other guests). Last, 1 and 2 threads in alternating
+batches in one process, the steadiest measure of what the second thread gives. Writes
+benchmarks/results/load.md.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -52,6 +55,29 @@ def cpu_speeds(library: str, seconds: float) -> list[float]:
             for cpu in sorted(os.sched_getaffinity(0))]
 
 
+def alternating_speedup(library: str, rounds: int = 12, runs: int = 10) -> tuple[float, float]:
+    """1 thread against 2 threads in this process: a Module each, batches of back-to-back runs
+    in alternation, so that a change in the host's speed hits both. The median batch times and
+    their ratio."""
+    import numpy as np
+
+    import sparsec
+    from sparsec.inputs import model_inputs
+
+    modules = [sparsec.load(library, threads=threads) for threads in (1, 2)]
+    feeds = model_inputs(modules[0].info["inputs"], [], 0)
+    batches: list[list[float]] = [[], []]
+    for _ in range(rounds):
+        for module, kept in zip(modules, batches):
+            module.run(feeds)  # the workers awake, as in a serving loop
+            start = time.perf_counter()
+            for _ in range(runs):
+                module.run(feeds)
+            kept.append(1e3 * (time.perf_counter() - start) / runs)
+    one, two = (float(np.median(kept)) for kept in batches)
+    return one, two
+
+
 def measure(library: str, seconds: float) -> tuple[list[list], list[float], list[float]]:
     cases = [("1 process, 1 thread", 1, ["--threads", "1"]),
              ("1 process, 2 threads", 1, ["--threads", "2"]),
@@ -66,10 +92,13 @@ def measure(library: str, seconds: float) -> tuple[list[list], list[float], list
         measured.append((name, medians([start(library, seconds, *options)
                                         for _ in range(count)])))
         print(Path(library).name, name, measured[-1][1], flush=True)
+    one, two = alternating_speedup(library)
     after = cpu_speeds(library, seconds / 2)
     alone = (measured[0][1][0] + measured[-1][1][0]) / 2
     rows = [[Path(library).name, name, " / ".join(f"{ms:.2f}" for ms in found),
              " / ".join(f"{ms / alone:.2f}x" for ms in found)] for name, found in measured]
+    rows.append([Path(library).name, "1 process, 2 threads against 1, in alternation",
+                 f"{two:.2f} (1 thread {one:.2f})", f"{two / one:.2f}x ({one / two:.2f}x faster)"])
     return rows, before, after
 
 
