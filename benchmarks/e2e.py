@@ -118,7 +118,8 @@ def main() -> None:
     parser.add_argument("--deepsparse", action="store_true",
                         help="time DeepSparse 1.8 too (benchmarks/deepsparse_peer.py --install); "
                              "on x86-avx2 tables with NM_ARCH=avx2")
-    parser.add_argument("--name", help="results file stem (default e2e-TARGET)")
+    parser.add_argument("--name", help="results file stem (default e2e-TARGET); with several "
+                        "targets, STEM-TARGET")
     args = parser.parse_args()
     names = (args.targets or args.target or ",".join(default_targets())).split(",")
     dtypes = list(dict.fromkeys(args.dtype.split(",") + (["int8"] if args.quantize else [])))
@@ -145,7 +146,9 @@ def main() -> None:
                 "file in a child process, its rounds alternating with the others'; ratio to "
                 "DeepSparse = DeepSparse time / sparsec time." if args.deepsparse else "")
         path = write_table(
-            (args.name if len(names) == 1 and args.name else None) or f"e2e-{target.name}",
+            # with several targets --name is a stem: one file each, never the default ones
+            (args.name if len(names) == 1 else f"{args.name}-{target.name}") if args.name
+            else f"e2e-{target.name}",
             f"Whole models, target {target.name}", header, rows,
             "Medians; ratio = onnxruntime time / sparsec time, same run, same model file; they "
             "are measured in alternation, three rounds each, and the median round kept, so a "
