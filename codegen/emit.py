@@ -122,8 +122,9 @@ def emit_plans(graphs: list[Graph], target: Target, version: str,
     section, when there is more than one plan."""
     env = environment()
     blob = WeightBlob()
-    plans = [_render_plan(env, graph, target, blob, number, parallel_min_ns)
-             for number, graph in enumerate(graphs)]
+    plans = []
+    for number, graph in enumerate(graphs):  # a loop: warnings' stacklevel counts frames
+        plans.append(_render_plan(env, graph, target, blob, number, parallel_min_ns))
     first = 0
     for plan in plans:  # profiled builds: each plan's layers count into its own span
         plan["first_layer"], first = first, first + len(plan["calls"])
@@ -194,7 +195,8 @@ def _render_plan(env: jinja2.Environment, graph: Graph, target: Target, blob: We
         slow = portable_reason(graph, node, spec, target)
         if slow:  # never silently: a portable product can be 10x the rest of the model
             layers[-1]["portable"] = slow
-            warnings.warn(f"layer {node.name!r}: {slow}", PortableKernelWarning, stacklevel=4)
+            warnings.warn(f"layer {node.name!r}: {slow}", PortableKernelWarning,
+                          stacklevel=4)  # compile_model's caller
         if alternatives:
             layers[-1]["dispatch"] = {a["feature"]: a["kernel"] for a in alternatives}
         if spec.parallel:
