@@ -246,3 +246,10 @@ def test_command_line(tmp_path, monkeypatch, cache_dir, capsys):
     assert main(["compile", str(model), "--input-shape", "input_ids=1x{8,8}",
                  "-o", str(library)]) == 1
     assert "bucket lengths repeat" in capsys.readouterr().err
+
+
+def test_each_bucket_dumps_its_own_ir(compiler, tmp_path):
+    compiler.compile(no_mask_model(), input_shapes={"x": (1, [4, 8], 8)}, dump_ir=tmp_path)
+    for length in (4, 8):
+        text = (tmp_path / f"bucket-{length}" / "00-import.txt").read_text()
+        assert f"input  'x': float32[1x{length}x8]" in text
