@@ -99,13 +99,13 @@ def _plans(model, input_shapes: dict | None, max_memory: int,
     if buckets.split(input_shapes or {})[2] is None:
         return [run_pipeline(frontend.import_model(model, input_shapes, max_memory), ctx)], None
     proto = frontend.load_model(model)  # read once, imported once per length
-    plan = buckets.expand(proto, input_shapes)
+    request = buckets.expand(proto, input_shapes)
     graphs = []
-    for length in plan.lengths:
+    for length in request.lengths:
         dump_dir = ctx.dump_dir / f"bucket-{length}" if ctx.dump_dir else None
-        graph = frontend.import_model(proto, plan.shapes(length), max_memory)
+        graph = frontend.import_model(proto, request.shapes(length), max_memory)
         graphs.append(run_pipeline(graph, dataclasses.replace(ctx, dump_dir=dump_dir, log=[])))
-    return graphs, buckets.record(plan, graphs)
+    return graphs, buckets.record(request, graphs)
 
 
 def compile(model: str | os.PathLike | onnx.ModelProto, target: str = "native",
