@@ -115,6 +115,20 @@ def test_lengths_beyond_the_buckets_are_refused(bert):
         module.run(feeds)
 
 
+def run_through_abi(module, shapes: dict, feeds: dict, plan: int | None = None):
+    """(status, outputs) of sparsec_run_plan, or sparsec_run without a plan, called as a C
+    caller would, at the shapes of `shapes` (the info's top level or one of its plans)."""
+    ffi, lib = _ffi(), module._lib
+    outputs = {o["name"]: np.empty(o["shape"], np.float32) for o in shapes["outputs"]}
+    inputs = ffi.new("void *[]", [ffi.from_buffer(feeds[t["name"]]) for t in shapes["inputs"]])
+    pointers = ffi.new("void *[]", [ffi.from_buffer(o, require_writable=True)
+                                    for o in outputs.values()])
+    with module._lock:
+        status = (lib.sparsec_run(module._context, inputs, pointers) if plan is None
+                  else lib.sparsec_run_plan(module._context, plan, inputs, pointers))
+    return status, outputs
+
+
 def test_info_header_and_c_api_describe_the_plans(bert):
     module, result, _ = bert
     info, ffi, lib = module.info, _ffi(), module._lib
@@ -128,18 +142,19 @@ def test_info_header_and_c_api_describe_the_plans(bert):
 
     # Plan 0 straight through the ABI, as a C caller would: the same as Module.run at 8.
     feeds = bert_feeds(LENGTHS[0], 7)
-    outputs = [np.empty(o["shape"], np.float32) for o in info["plans"][0]["outputs"]]
-    inputs = ffi.new("void *[]", [ffi.from_buffer(feeds[t["name"]])
-                                  for t in info["plans"][0]["inputs"]])
-    pointers = ffi.new("void *[]", [ffi.from_buffer(o, require_writable=True) for o in outputs])
-    with module._lock:
-        assert lib.sparsec_run_plan(module._context, 0, inputs, pointers) == 0
-        assert lib.sparsec_run_plan(module._context, len(LENGTHS), inputs, pointers) == 3
-        message = ffi.string(lib.sparsec_last_error(module._context)).decode()
-    assert "plan 3 does not exist" in message
-    expected = module.run(feeds)
-    for got, record in zip(outputs, info["plans"][0]["outputs"]):
-        np.testing.assert_array_equal(got, expected[record["name"]])
+    status, got = run_through_abi(module, info["plans"][0], feeds, plan=0)
+    assert status == 0 and got.keys() == module.run(feeds).keys()
+    for name, value in module.run(feeds).items():
+        np.testing.assert_array_equal(got[name], value)
+    status, _ = run_through_abi(module, info["plans"][0], feeds, plan=len(LENGTHS))
+    assert status == 3
+    assert "plan 3 does not exist" in ffi.string(lib.sparsec_last_error(module._context)).decode()
+    # sparsec_run, for callers that ignore buckets: the longest plan, at the top level's shapes
+    feeds = bert_feeds(LENGTHS[-1], 8)
+    status, got = run_through_abi(module, info, feeds)
+    assert status == 0
+    for name, value in module.run(feeds).items():
+        np.testing.assert_array_equal(got[name], value)
 
     header = result.header.read_text()
     assert "#define SPARSEC_MODEL_NUM_PLANS 3" in header
