@@ -15,10 +15,17 @@ def tensor_var(index: int) -> str:
     return f"t{int(index)}"
 
 
-def node_fn(index: int, kernel_symbol: str) -> str:
-    """The function for node `index`: kernel symbols are fixed strings from the kernel table."""
+def node_fn(index: int, kernel_symbol: str, plan: int = 0) -> str:
+    """The function for node `index` of plan `plan` (plans after the first name theirs, so
+    that the plans of one library coexist): kernel symbols are fixed strings from the kernel
+    table."""
     assert kernel_symbol.replace("_", "").isalnum(), kernel_symbol
-    return f"{kernel_symbol}__node{int(index)}"
+    return f"{kernel_symbol}__{f'plan{int(plan)}_' if plan else ''}node{int(index)}"
+
+
+def plan_fn(plan: int) -> str:
+    """The run function of plan `plan` (runtime_c/sparsec_model.h: sparsec__plans)."""
+    return f"sparsec__model_run_plan{int(plan)}"
 
 
 def c_string_literal(text: str, chunk: int = 200, *, in_macro: bool = False) -> str:

@@ -108,10 +108,61 @@ def emit(graph: Graph, target: Target, version: str,
     thread (0: every parallel kernel uses the pool, as the tests want). `emulate`: the
     library is built with the target's emulation flags (Target.emulation), so it needs only
     the features the emulation build runs on, and its info says it is emulated."""
-    assert graph.memory is not None, "plan_memory must run before emit"
+    return emit_plans([graph], target, version, parallel_min_ns, emulate)
+
+
+def emit_plans(graphs: list[Graph], target: Target, version: str,
+               parallel_min_ns: float = PARALLEL_MIN_NS, emulate: bool = False,
+               buckets: dict | None = None) -> Rendered:
+    """One library holding one plan per graph (the same model at other input shapes, such as
+    sequence-length buckets, shortest first), sharing one weight blob: equal constants are
+    stored once. The last plan is the default, the one `sparsec_run` runs, and the model
+    info's and header's top-level inputs, outputs and layers describe it; `buckets` (lengths,
+    each input's and output's bucketed axes) goes into the info as is, with a "plans"
+    section, when there is more than one plan."""
     env = environment()
-    specs = select_all(graph, target)
     blob = WeightBlob()
+    plans = []
+    for number, graph in enumerate(graphs):  # a loop: warnings' stacklevel counts frames
+        plans.append(_render_plan(env, graph, target, blob, number, parallel_min_ns))
+    first = 0
+    for plan in plans:  # profiled builds: each plan's layers count into its own span
+        plan["first_layer"], first = first, first + len(plan["calls"])
+    default = plans[-1]
+    required = target.emulation.features if emulate else target.features
+    features = sum(1 << FEATURE_BITS[f] for f in required)
+    arena_bytes = max(plan["arena_bytes"] for plan in plans)
+    info = model_info(graphs[-1], target, version, blob, default["layers"], required)
+    info["arena_bytes"] = arena_bytes  # a run context's: the largest plan's
+    if len(plans) > 1:
+        info["buckets"] = buckets
+        info["plans"] = [_plan_info(graph, plan) for graph, plan in zip(graphs, plans)]
+    if emulate:
+        info["emulated"] = target.emulation.what
+    weights = blob.tobytes()
+    symbol = "sparsec_weights_" + hashlib.sha256(weights).hexdigest()[:16]
+    context = dict(version=version, target=target.name, weights_symbol=symbol,
+                   includes=target.includes, required_features=features,
+                   arena_bytes=arena_bytes, profiled_layers=first,
+                   num_inputs=len(graphs[-1].inputs),
+                   num_outputs=len(graphs[-1].outputs),
+                   info_literal=cnames.c_string_literal(json.dumps(info, ensure_ascii=True)),
+                   plans=plans)
+    model_c = env.get_template("model.c.j2").render(**context)
+    model_h = env.get_template("model.h.j2").render(
+        version=version, target=target.name, arena_bytes=arena_bytes,
+        inputs=_header_tensors(graphs[-1], graphs[-1].inputs, buckets, "inputs"),
+        outputs=_header_tensors(graphs[-1], graphs[-1].outputs, buckets, "outputs"),
+        lengths=buckets["lengths"] if len(plans) > 1 else [])
+    return Rendered(model_c, model_h, weights, info)
+
+
+def _render_plan(env: jinja2.Environment, graph: Graph, target: Target, blob: WeightBlob,
+                 number: int, parallel_min_ns: float) -> dict:
+    """One plan's kernels and run function (model.c.j2's `plans` entries); its functions
+    carry the plan's number, so plans coexist in one object."""
+    assert graph.memory is not None, "plan_memory must run before emit"
+    specs = select_all(graph, target)
     index = {name: i for i, name in enumerate(graph.tensors)}
     kernels, calls, layers = [], [], []
     for node_index, (node, spec) in enumerate(zip(graph.nodes, specs)):
@@ -119,12 +170,12 @@ def emit(graph: Graph, target: Target, version: str,
             continue  # nothing to compute, and kernels assume at least one element
         request = KernelRequest(graph, node, blob)
         params = spec.params(request)
-        fn = cnames.node_fn(node_index, spec.symbol)
+        fn = cnames.node_fn(node_index, spec.symbol, number)
         kernels.append({"source": env.get_template(spec.template).render(fn=fn, **params)})
         alternatives = []
         for option, other in dispatched(graph, node, target, spec):
             other_request = KernelRequest(graph, node, blob)
-            other_fn = cnames.node_fn(node_index, other.symbol)
+            other_fn = cnames.node_fn(node_index, other.symbol, number)
             source = env.get_template(other.template).render(fn=other_fn,
                                                              **other.params(other_request))
             assert other_request.args == request.args, "a dispatched kernel takes the same args"
@@ -144,7 +195,8 @@ def emit(graph: Graph, target: Target, version: str,
         slow = portable_reason(graph, node, spec, target)
         if slow:  # never silently: a portable product can be 10x the rest of the model
             layers[-1]["portable"] = slow
-            warnings.warn(f"layer {node.name!r}: {slow}", PortableKernelWarning, stacklevel=3)
+            warnings.warn(f"layer {node.name!r}: {slow}", PortableKernelWarning,
+                          stacklevel=4)  # compile_model's caller
         if alternatives:
             layers[-1]["dispatch"] = {a["feature"]: a["kernel"] for a in alternatives}
         if spec.parallel:
@@ -153,24 +205,15 @@ def emit(graph: Graph, target: Target, version: str,
             if any(cnames.tensor_var(index[name]) in c["args"] for c in calls)]
     pointers = [_pointer(graph, name, index[name], blob) for name in used]
     copies = _output_copies(graph, index, blob, pointers)
-    required = target.emulation.features if emulate else target.features
-    features = sum(1 << FEATURE_BITS[f] for f in required)
-    info = model_info(graph, target, version, blob, layers, required)
-    if emulate:
-        info["emulated"] = target.emulation.what
-    weights = blob.tobytes()
-    symbol = "sparsec_weights_" + hashlib.sha256(weights).hexdigest()[:16]
-    context = dict(version=version, target=target.name, weights_symbol=symbol,
-                   includes=target.includes,
-                   required_features=features, arena_bytes=graph.memory.arena_bytes,
-                   num_inputs=len(graph.inputs), num_outputs=len(graph.outputs),
-                   info_literal=cnames.c_string_literal(json.dumps(info, ensure_ascii=True)),
-                   kernels=kernels, pointers=pointers, calls=calls, copies=copies)
-    model_c = env.get_template("model.c.j2").render(**context)
-    model_h = env.get_template("model.h.j2").render(
-        version=version, target=target.name, arena_bytes=graph.memory.arena_bytes,
-        inputs=_header_tensors(graph, graph.inputs), outputs=_header_tensors(graph, graph.outputs))
-    return Rendered(model_c, model_h, weights, info)
+    return {"run": cnames.plan_fn(number), "kernels": kernels, "pointers": pointers,
+            "calls": calls, "copies": copies, "layers": layers,
+            "arena_bytes": graph.memory.arena_bytes}
+
+
+def _plan_info(graph: Graph, plan: dict) -> dict:
+    return {"inputs": [_input_info(graph, n) for n in graph.inputs],
+            "outputs": [_tensor_info(graph, n) for n in graph.outputs],
+            "arena_bytes": plan["arena_bytes"], "layers": plan["layers"]}
 
 
 def _pointer(graph: Graph, name: str, tensor_index: int, blob: WeightBlob) -> dict:
@@ -286,12 +329,15 @@ def model_info(graph: Graph, target: Target, version: str, blob: WeightBlob,
     }
 
 
-def _header_tensors(graph: Graph, names: list[str]) -> list[dict]:
+def _header_tensors(graph: Graph, names: list[str], buckets: dict | None,
+                    role: str) -> list[dict]:
+    axes = buckets[role] if buckets else {}
     result = []
     for position, name in enumerate(names):
         t = graph.tensors[name]
         result.append({"index": position,
                        "name_literal": cnames.c_string_literal(name, in_macro=True),
                        "dtype_literal": cnames.c_string_literal(t.dtype),
-                       "ctype": CTYPES[t.dtype], "shape": list(t.shape), "elements": t.size})
+                       "ctype": CTYPES[t.dtype], "shape": list(t.shape), "elements": t.size,
+                       "bucket_axes": axes.get(name, [])})
     return result

@@ -21,20 +21,30 @@ from sparsec.errors import FrontendError, ShapeError, UnsupportedOperatorError
 STANDARD_DOMAINS = ("", "ai.onnx")
 
 
-def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
-    """`["input_ids=1x128"]` -> `{"input_ids": (1, 128)}`, with a clear error for bad text."""
-    shapes: dict[str, tuple[int, ...]] = {}
+def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple]:
+    """`["input_ids=1x128"]` -> `{"input_ids": (1, 128)}`, with a clear error for bad text.
+    One dimension may be a set of lengths, buckets (compiler/buckets.py):
+    `input_ids=1x{32,64,128}` -> `{"input_ids": (1, [32, 64, 128])}`."""
+    shapes: dict[str, tuple] = {}
     for spec in specs or []:
         name, sep, dims = spec.rpartition("=")
         try:
-            shape = tuple(int(d) for d in dims.split("x"))
+            shape = tuple(_parse_dim(d) for d in dims.split("x"))
         except ValueError:
             shape = None
-        if not sep or not name or shape is None or any(d < 0 for d in shape):
+        if not sep or not name or shape is None or any(
+                d < 0 for dim in shape for d in (dim if isinstance(dim, list) else [dim])):
             raise FrontendError(f"bad --input-shape {spec!r}: expected NAME=DxDx... such as "
-                                "input_ids=1x128")
+                                "input_ids=1x128, or one dimension as a set of lengths, "
+                                "input_ids=1x{32,64,128}")
         shapes[name] = shape
     return shapes
+
+
+def _parse_dim(text: str) -> int | list[int]:
+    if text.startswith("{") and text.endswith("}"):
+        return [int(d) for d in text[1:-1].split(",")] if text[1:-1].strip() else []
+    return int(text)
 
 
 def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:

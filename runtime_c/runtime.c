@@ -168,19 +168,44 @@ void sparsec_destroy(sparsec_context *context)
   free(context);
 }
 
-size_t sparsec_profile(const sparsec_context *context, double *ms, size_t capacity)
+/* sparsec_run's plan: buckets are shortest first, so a caller that ignores them gets the
+ * longest, whose shapes are the ones the model info and header describe at the top level. */
+static size_t default_plan(void)
 {
-  if (!context || !context->layer_ns)
-    return 0;
-  for (size_t i = 0; i < sparsec__profiled_layers && i < capacity; i++)
-    ms[i] = (double)context->layer_ns[i] * 1e-6;
-  return sparsec__profiled_layers;
+  return sparsec__num_plans - 1;
 }
 
-int sparsec_run(sparsec_context *context, const void *const *inputs, void *const *outputs)
+size_t sparsec_num_plans(void)
+{
+  return sparsec__num_plans;
+}
+
+size_t sparsec_profile_plan(const sparsec_context *context, size_t plan, double *ms,
+                            size_t capacity)
+{
+  if (!context || !context->layer_ns || plan >= sparsec__num_plans)
+    return 0;
+  const sparsec_plan *chosen = &sparsec__plans[plan];
+  for (size_t i = 0; i < chosen->layers && i < capacity; i++)
+    ms[i] = (double)context->layer_ns[chosen->first_layer + i] * 1e-6;
+  return chosen->layers;
+}
+
+size_t sparsec_profile(const sparsec_context *context, double *ms, size_t capacity)
+{
+  return sparsec_profile_plan(context, default_plan(), ms, capacity);
+}
+
+int sparsec_run_plan(sparsec_context *context, size_t plan, const void *const *inputs,
+                     void *const *outputs)
 {
   if (!context)
     return SPARSEC_ERROR_ARGUMENT;
+  if (plan >= sparsec__num_plans) {
+    snprintf(context->error, sizeof context->error, "sparsec_run_plan: plan %zu does not "
+             "exist; the library has %zu (sparsec_num_plans)", plan, sparsec__num_plans);
+    return SPARSEC_ERROR_ARGUMENT;
+  }
   if (!inputs || !outputs) {
     snprintf(context->error, sizeof context->error, "sparsec_run: inputs and outputs must "
              "not be NULL");
@@ -199,10 +224,17 @@ int sparsec_run(sparsec_context *context, const void *const *inputs, void *const
     }
   }
   context->error[0] = '\0';
-  if (sparsec__model_run(context->arena, inputs, outputs, context->error, sizeof context->error,
-                         context->pool, context->layer_ns))
+  const sparsec_plan *chosen = &sparsec__plans[plan];
+  if (chosen->run(context->arena, inputs, outputs, context->error, sizeof context->error,
+                  context->pool, context->layer_ns ? context->layer_ns + chosen->first_layer
+                                                   : NULL))
     return SPARSEC_ERROR_INPUT;
   return SPARSEC_OK;
+}
+
+int sparsec_run(sparsec_context *context, const void *const *inputs, void *const *outputs)
+{
+  return sparsec_run_plan(context, default_plan(), inputs, outputs);
 }
 
 int sparsec_threads(const sparsec_context *context)

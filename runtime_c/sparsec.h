@@ -5,6 +5,20 @@
  * independent: use one per thread for concurrent runs. Tensors are dense, row-major, in the
  * dtypes and shapes that sparsec_model_info() and the generated model header describe;
  * input and output arrays are indexed in the model's input and output order.
+ *
+ * Plans. A library compiled with sequence-length buckets (`--input-shape
+ * 'input_ids=1x{32,64,128}'`) holds one plan per length, shortest first: the same model at
+ * that length, with the same inputs and outputs in the same order. sparsec_run runs the last
+ * (longest) plan, whose shapes are the ones the model info's top-level "inputs" and "outputs"
+ * and the model header describe; sparsec_run_plan runs any. The model info then also has
+ * "plans" (per plan: "inputs", "outputs", "arena_bytes", "layers") and "buckets": "lengths"
+ * (per plan), and "inputs" and "outputs" mapping each tensor whose shape follows the length to
+ * its axes that equal it (a tensor not named there has the same shape in every plan, such as
+ * an output pooled over the sequence). The header lists the lengths too. To run a shorter
+ * request, pad its bucketed inputs with zeros up to the smallest length that fits (a zero
+ * attention mask hides the padding from the model) and read the outputs' first positions
+ * along their bucketed axes. A library without buckets has one plan, and no "plans" or
+ * "buckets" in its info.
  */
 #ifndef SPARSEC_H
 #define SPARSEC_H
@@ -15,7 +29,7 @@
 extern "C" {
 #endif
 
-#define SPARSEC_ABI_VERSION 2
+#define SPARSEC_ABI_VERSION 3
 
 #if defined(SPARSEC_BUILDING_LIBRARY)
 #define SPARSEC_API __attribute__((visibility("default")))
@@ -64,6 +78,14 @@ SPARSEC_API void sparsec_destroy(sparsec_context *context);
 SPARSEC_API int sparsec_run(sparsec_context *context, const void *const *inputs,
                             void *const *outputs);
 
+/* How many plans the library holds (1 without buckets). */
+SPARSEC_API size_t sparsec_num_plans(void);
+
+/* Runs plan `plan` (0 .. sparsec_num_plans() - 1) as sparsec_run runs the longest, with that
+ * plan's shapes (model info "plans"). SPARSEC_ERROR_ARGUMENT for a plan that does not exist. */
+SPARSEC_API int sparsec_run_plan(sparsec_context *context, size_t plan,
+                                 const void *const *inputs, void *const *outputs);
+
 /* The message of the last failed call on this context ("" if none). */
 SPARSEC_API const char *sparsec_last_error(const sparsec_context *context);
 
@@ -72,6 +94,10 @@ SPARSEC_API const char *sparsec_last_error(const sparsec_context *context);
  * number of layers. Returns 0 unless the library was compiled with profiling
  * (`sparsec compile --profile`), whose timer calls cost about 50 ns a layer. */
 SPARSEC_API size_t sparsec_profile(const sparsec_context *context, double *ms, size_t capacity);
+
+/* The same for plan `plan`, in the order of that plan's "layers" (model info "plans"). */
+SPARSEC_API size_t sparsec_profile_plan(const sparsec_context *context, size_t plan,
+                                        double *ms, size_t capacity);
 
 /* A fixed description of a status code. */
 SPARSEC_API const char *sparsec_status_message(int status);

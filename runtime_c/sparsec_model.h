@@ -134,7 +134,8 @@ SPARSEC_HIDDEN extern const size_t sparsec__arena_bytes;
 SPARSEC_HIDDEN extern const size_t sparsec__num_inputs;
 SPARSEC_HIDDEN extern const size_t sparsec__num_outputs;
 SPARSEC_HIDDEN extern const char sparsec__model_info_json[];
-/* Layers timed by sparsec__model_run when built with -DSPARSEC_PROFILE, else 0. */
+/* Layers timed by the plans' run functions when built with -DSPARSEC_PROFILE (all plans'
+ * together), else 0. */
 SPARSEC_HIDDEN extern const size_t sparsec__profiled_layers;
 
 #ifdef SPARSEC_PROFILE
@@ -162,12 +163,20 @@ SPARSEC_HIDDEN size_t sparsec__pool_threads(const sparsec_pool *pool);
 SPARSEC_HIDDEN void sparsec__parallel(sparsec_pool *pool, size_t count, sparsec_task task,
                                       void *args);
 
-/* Returns 0, or non-zero after writing a message into `error` (an input value the compiled
- * shapes cannot accept, such as a run-time Reshape target that disagrees with them).
- * layer_ns: sparsec__profiled_layers counters that each layer's time is added to. */
-SPARSEC_HIDDEN int sparsec__model_run(unsigned char *arena, const void *const *inputs,
-                                      void *const *outputs, char *error, size_t capacity,
-                                      sparsec_pool *pool, uint64_t *layer_ns);
+/* One plan: the model compiled at one set of input shapes (one per sequence-length bucket,
+ * shortest first; a model without buckets has one). `run` returns 0, or non-zero after
+ * writing a message into `error` (an input value the compiled shapes cannot accept, such as a
+ * run-time Reshape target that disagrees with them). layer_ns: the plan's `layers` counters,
+ * which each layer's time is added to when profiled; they start at `first_layer` of the
+ * context's sparsec__profiled_layers. Every plan fits the arena of sparsec__arena_bytes. */
+typedef struct sparsec_plan {
+  int (*run)(unsigned char *arena, const void *const *inputs, void *const *outputs, char *error,
+             size_t capacity, sparsec_pool *pool, uint64_t *layer_ns);
+  size_t layers;
+  size_t first_layer;
+} sparsec_plan;
+SPARSEC_HIDDEN extern const size_t sparsec__num_plans;
+SPARSEC_HIDDEN extern const sparsec_plan sparsec__plans[];
 
 /* Features this CPU and OS offer, as SPARSEC_FEATURE_* bits (cpu.c). */
 SPARSEC_HIDDEN uint32_t sparsec__host_features(void);

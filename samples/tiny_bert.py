@@ -58,14 +58,26 @@ class Builder:
 
 
 def tiny_bert(seed: int = 0, hidden: int = HIDDEN, num_heads: int = HEADS, ffn: int = FFN,
-              layers: int = LAYERS, vocab: int = VOCAB, seq: int = SEQ) -> onnx.ModelProto:
-    """The sample with its defaults; tests draw other sizes (hidden and ffn multiples of 4)."""
+              layers: int = LAYERS, vocab: int = VOCAB, seq: int = SEQ,
+              dynamic: bool = False) -> onnx.ModelProto:
+    """The sample with its defaults; tests draw other sizes (hidden and ffn multiples of 4).
+    dynamic: inputs and output of shape [batch_size, sequence_length] (ONNX dim_params), as
+    exporters declare them, sequences of any length up to `seq` (the position table's rows):
+    the position ids sliced to the input's length and the head reshapes inferring it."""
     HIDDEN, FFN, VOCAB, SEQ = hidden, ffn, vocab, seq  # the sizes under their usual names
     HEADS, HEAD = num_heads, hidden // num_heads
     b = Builder(seed)
     words = b.param("embeddings.word_embeddings.weight", (VOCAB, HIDDEN), 0.5)
     positions = b.param("embeddings.position_embeddings.weight", (SEQ, HIDDEN), 0.5)
     position_ids = b.const("embeddings.position_ids", np.arange(SEQ, dtype=np.int64)[None])
+    if dynamic:  # position_ids[:, :length], the length from input_ids' shape
+        length = b.node("Slice", [b.node("Shape", ["input_ids"], "embeddings/Shape"),
+                                  b.const("one_i64", np.array([1], np.int64)),
+                                  b.const("two_i64", np.array([2], np.int64))],
+                        "embeddings/length")
+        zero = b.const("zero_i64", np.array([0], np.int64))
+        position_ids = b.node("Slice", [position_ids, zero, length, "one_i64"],
+                              "embeddings/position_ids")
     x = b.node("Add", [b.node("Gather", [words, "input_ids"], "embeddings/word"),
                        b.node("Gather", [positions, position_ids], "embeddings/position")],
                "embeddings/sum")
@@ -79,8 +91,9 @@ def tiny_bert(seed: int = 0, hidden: int = HIDDEN, num_heads: int = HEADS, ffn: 
     mask = b.node("Mul", [mask, b.const("minimum", np.float32(np.finfo(np.float32).min))],
                   "mask/Mul")
 
-    heads_shape = b.const("heads_shape", np.array([1, SEQ, HEADS, HEAD], np.int64))
-    hidden_shape = b.const("hidden_shape", np.array([1, SEQ, HIDDEN], np.int64))
+    tokens = -1 if dynamic else SEQ  # Reshape infers a dynamic length
+    heads_shape = b.const("heads_shape", np.array([1, tokens, HEADS, HEAD], np.int64))
+    hidden_shape = b.const("hidden_shape", np.array([1, tokens, HIDDEN], np.int64))
     scale = b.const("sqrt_head", np.float32(np.sqrt(HEAD)))
     for i in range(layers):
         p = f"encoder.layer.{i}"
@@ -112,12 +125,13 @@ def tiny_bert(seed: int = 0, hidden: int = HIDDEN, num_heads: int = HEADS, ffn: 
         x = b.layer_norm(b.node("Add", [out, x], f"{p}/output/residual"),
                          f"{p}.output.LayerNorm", HIDDEN)
     b.nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"], name="/output"))
+    batch, tokens = ("batch_size", "sequence_length") if dynamic else (1, SEQ)
     graph = helper.make_graph(
         b.nodes, "tiny_bert",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, SEQ]),
-         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [1, SEQ])],
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [batch, tokens]),
+         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, [batch, tokens])],
         [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT,
-                                       [1, SEQ, HIDDEN])], b.inits)
+                                       [batch, tokens, HIDDEN])], b.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
                               producer_name="sparsec-samples")
     model.ir_version = 8

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ import onnx
 
 from sparsec.codegen import build as builder
 from sparsec.codegen import emit, kernels, profiles, targets
-from sparsec.compiler import frontend, limits
+from sparsec.compiler import buckets, frontend, limits
 from sparsec.compiler.ir import Graph
 from sparsec.compiler.passes import PassContext, run_pipeline
 from sparsec.errors import SparsecError
@@ -28,7 +29,7 @@ class CompileResult:
 
 def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "native",
                   output: str | os.PathLike | None = None, *,
-                  input_shapes: dict[str, tuple[int, ...]] | None = None,
+                  input_shapes: dict[str, tuple] | None = None,
                   dump_ir: str | os.PathLike | None = None,
                   cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
                   verify_each: bool = False, keep_source: str | os.PathLike | None = None,
@@ -65,7 +66,6 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "nat
     if output.stem == "sparsec":
         raise SparsecError("output sparsec.so would put the model header where the ABI header "
                            "sparsec.h goes; choose another name")
-    graph = frontend.import_model(model, input_shapes, max_memory)
     ctx = PassContext(cost=kernels.cost_model(resolved, "float32", measured),
                       verify_each=verify_each,
                       dump_dir=Path(dump_ir) if dump_ir else None, force_pattern=force_pattern,
@@ -76,10 +76,10 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "nat
                       scratch_bytes=lambda g, n: kernels.scratch_bytes(g, n, resolved),
                       layouts=(lambda g, n: kernels.layout_support(g, n, resolved))
                       if layouts else None)
-    graph = run_pipeline(graph, ctx)
-    rendered = emit.emit(graph, resolved, __version__,
-                         kernels.PARALLEL_MIN_NS if parallel_min_ns is None else parallel_min_ns,
-                         emulate)
+    graphs, bucket_info = _plans(model, input_shapes, max_memory, ctx)
+    rendered = emit.emit_plans(graphs, resolved, __version__,
+                               kernels.PARALLEL_MIN_NS if parallel_min_ns is None
+                               else parallel_min_ns, emulate, bucket_info)
     flags = (resolved.emulation.flags if emulate else ()) + tuple(extra_cflags)
     builder.build(rendered, resolved, output,
                   cache_dir=Path(cache_dir) if cache_dir else None, use_cache=use_cache,
@@ -89,14 +89,32 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "nat
     builder.atomic_write(header, rendered.model_h.encode())
     builder.atomic_write(output.parent / "sparsec.h",
                          (builder.runtime_dir() / "sparsec.h").read_bytes())
-    return CompileResult(output, header, rendered.info, graph, profile_path)
+    return CompileResult(output, header, rendered.info, graphs[-1], profile_path)
+
+
+def _plans(model, input_shapes: dict | None, max_memory: int,
+           ctx: PassContext) -> tuple[list[Graph], dict | None]:
+    """The planned graph, or with buckets one per length (shortest first) and the buckets'
+    record for the model info (compiler/buckets.py)."""
+    if buckets.split(input_shapes or {})[2] is None:
+        return [run_pipeline(frontend.import_model(model, input_shapes, max_memory), ctx)], None
+    proto = frontend.load_model(model)  # read once, imported once per length
+    request = buckets.expand(proto, input_shapes)
+    graphs = []
+    for length in request.lengths:
+        dump_dir = ctx.dump_dir / f"bucket-{length}" if ctx.dump_dir else None
+        graph = frontend.import_model(proto, request.shapes(length), max_memory)
+        graphs.append(run_pipeline(graph, dataclasses.replace(ctx, dump_dir=dump_dir, log=[])))
+    return graphs, buckets.record(request, graphs)
 
 
 def compile(model: str | os.PathLike | onnx.ModelProto, target: str = "native",
             output: str | os.PathLike | None = None, **options) -> Path:
     """Compile an ONNX model (path or ModelProto) into a shared library; returns its path.
 
-    Options: input_shapes={"name": (1, 128)} pins dynamic dimensions; dump_ir=DIR writes the IR
+    Options: input_shapes={"name": (1, 128)} pins dynamic dimensions, and one dimension may
+    be a list of lengths, buckets: {"input_ids": (1, [32, 64, 128])} builds one plan per
+    length into the library (README, Variable-length inputs); dump_ir=DIR writes the IR
     after every pass; cache_dir/use_cache control the build cache; force_pattern="4x1" (or
     "dense") overrides the cost model's choice for every weight; quantize="dynamic" runs the
     matrix products in int8 (weights per output channel, activations per tensor at run time);

@@ -202,12 +202,18 @@ def cmd_compile(args) -> int:
                       keep_source=args.keep_source, profile=args.profile,
                       **_build_options(args))
     if args.report:
+        if "buckets" in result.info:
+            print(f"layers of the longest bucket, {result.info['buckets']['lengths'][-1]} "
+                  "(each bucket's are in `sparsec info --json`, \"plans\"):")
         print(format_layers(result.info))
         print(f"kernel costs: {'measured on this host, ' + str(result.host_profile)}"
               if result.host_profile else "kernel costs: the kernel table's "
               "(`sparsec calibrate` measures this host's)")
     emulated = f"; {result.info['emulated']}" if "emulated" in result.info else ""
-    print(f"wrote {result.library} (target {result.info['target']}{emulated}) and "
+    buckets = result.info.get("buckets")
+    plans = (f", {len(buckets['lengths'])} plans for lengths "
+             f"{', '.join(map(str, buckets['lengths']))}" if buckets else "")
+    print(f"wrote {result.library} (target {result.info['target']}{emulated}{plans}) and "
           f"{result.header}")
     return 0
 
@@ -220,7 +226,8 @@ def cmd_run(args) -> int:
     if args.repeat < 1:
         raise SparsecError(f"--repeat must be at least 1, got {args.repeat}")
     with load(args.library, threads=args.threads) as module:
-        feeds = inputs.model_inputs(module.info["inputs"], args.input, args.seed, log=print)
+        feeds = inputs.model_inputs(module.info["inputs"], args.input, args.seed, log=print,
+                                    buckets=module.info.get("buckets"))
         seconds = []
         for _ in range(args.repeat):
             begin = time.perf_counter()
@@ -366,7 +373,7 @@ def cmd_benchmark(args) -> int:
     try:
         generated: list[str] = []
         feeds = inputs.model_inputs(modules[0].info["inputs"], args.input, args.seed,
-                                    log=generated.append)
+                                    log=generated.append, buckets=modules[0].info.get("buckets"))
         shape = modules[0].inputs[0].shape if modules[0].inputs else ()
         record = {"model": args.model, "target": modules[0].target,
                   "batch": shape[0] if shape else 1, "streams": args.streams,
@@ -499,6 +506,11 @@ def cmd_info(args) -> int:
     if "emulated" in info:
         print(f"EMULATED: {info['emulated']}")
     print(f"arena: {info['arena_bytes']} bytes")
+    if "buckets" in info:
+        bucketed = ", ".join(f"{name!r} axis {axes[0]}"
+                             for name, axes in info["buckets"]["inputs"].items())
+        print(f"buckets: lengths {', '.join(map(str, info['buckets']['lengths']))} along "
+              f"{bucketed}; the shapes below are the longest's")
     print("inputs:\n" + _describe(info["inputs"]))
     print("outputs:\n" + _describe(info["outputs"]))
     print("layers:\n" + format_layers(info))

@@ -56,13 +56,22 @@ def generate(record: dict, rng: np.random.Generator) -> tuple[np.ndarray, str]:
 
 
 def model_inputs(records: list[dict], specs: list[str], seed: int,
-                 log=None) -> dict[str, np.ndarray]:
+                 log=None, buckets: dict | None = None) -> dict[str, np.ndarray]:
     """Every input of the model: from `specs` (NAME=FILE.npy) where given, else generated
-    with `seed`; `log(line)` hears how each generated one was made."""
+    with `seed`; `log(line)` hears how each generated one was made. With the model info's
+    `buckets`, inputs that follow the sequence length are generated at the length of one
+    given from a file (the records' shapes are the longest bucket's)."""
     feeds = read_files(specs, [record["name"] for record in records])
+    axes = {name: found[0] for name, found in (buckets or {}).get("inputs", {}).items()}
+    length = next((feeds[name].shape[axis] for name, axis in axes.items()
+                   if name in feeds and feeds[name].ndim > axis), None)
     rng = np.random.default_rng(seed)
     for record in records:
         if record["name"] not in feeds:
+            if length is not None and record["name"] in axes:
+                shape = list(record["shape"])
+                shape[axes[record["name"]]] = length
+                record = dict(record, shape=shape)
             feeds[record["name"]], how = generate(record, rng)
             if log is not None:
                 label, _, bounds = how.partition(" ")

@@ -18,9 +18,10 @@ from pathlib import Path
 import cffi
 import numpy as np
 
+from sparsec.bucketing import Buckets
 from sparsec.errors import InputError, LoadError, RuntimeFailure
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 SPARSEC_ERROR_INPUT = 4
 _FFI = None
 _FFI_LOCK = threading.Lock()
@@ -70,8 +71,13 @@ class Module:
         if self._lib.sparsec_cpu_check(message, 1024) != 0:
             raise LoadError(f"{self.path}: {ffi.string(message).decode()}")
         self.info = json.loads(ffi.string(self._lib.sparsec_model_info()).decode())
-        self.inputs = [_TensorSpec(t) for t in self.info["inputs"]]
-        self.outputs = [_TensorSpec(t) for t in self.info["outputs"]]
+        # With buckets (sparsec/bucketing.py), one plan per length, shortest first; the
+        # top-level inputs and outputs are the longest plan's, the last.
+        self.buckets = Buckets(self.info["buckets"]) if "buckets" in self.info else None
+        self._plans = [([_TensorSpec(t) for t in plan["inputs"]],
+                        [_TensorSpec(t) for t in plan["outputs"]])
+                       for plan in self.info.get("plans", [self.info])]
+        self.inputs, self.outputs = self._plans[-1]
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise LoadError(f"threads must be a positive integer, got {threads!r}")
         context = ffi.new("sparsec_context **")
@@ -126,24 +132,36 @@ class Module:
         values = tuple(results[t.name] for t in self.outputs)
         return values[0] if len(values) == 1 else values
 
-    def profile(self) -> list[dict]:
+    def profile(self, plan: int | None = None) -> list[dict]:
         """Each layer of the model info with `ms`, its time summed over this module's runs.
-        Needs a library compiled with profile=True (`sparsec compile --profile`)."""
-        layers = self.info["layers"]
+        Needs a library compiled with profile=True (`sparsec compile --profile`). With
+        buckets, the layers of plan `plan` (an index into `buckets.lengths`; default the
+        longest, the model info's top-level layers)."""
+        plan = len(self._plans) - 1 if plan is None else plan
+        if not isinstance(plan, int) or not 0 <= plan < len(self._plans):
+            raise InputError(f"plan must be an index below {len(self._plans)}, got {plan!r}")
+        layers = self.info["plans"][plan]["layers"] if self.buckets else self.info["layers"]
         ms = _ffi().new("double[]", max(len(layers), 1))
         with self._lock:
             if self._context is None:
                 raise RuntimeFailure(f"{self.path}: the module is closed")
-            count = self._lib.sparsec_profile(self._context, ms, len(layers))
+            count = self._lib.sparsec_profile_plan(self._context, plan, ms, len(layers))
         if count == 0:
             raise RuntimeFailure(f"{self.path} was compiled without profiling; compile it with "
                                "`sparsec compile --profile` (Python: profile=True)")
         return [dict(layer, ms=ms[i]) for i, layer in enumerate(layers[:count])]
 
     def run(self, feeds: dict) -> dict:
-        """Run once: `feeds` maps every input name to an array of its shape and dtype."""
+        """Run once: `feeds` maps every input name to an array of its shape and dtype. With
+        buckets, the bucketed inputs may have any length up to the longest bucket: they run
+        on the smallest that fits, padded, and outputs come back at the request's length."""
         arrays = self._check_inputs(feeds)
-        results = [np.empty(t.shape, dtype=t.dtype) for t in self.outputs]
+        plan, length = len(self._plans) - 1, None
+        if self.buckets is not None:
+            plan, length = self.buckets.choose(dict(zip(self._names, arrays)))
+            arrays = [self.buckets.pad(name, array, self.buckets.lengths[plan])
+                      for name, array in zip(self._names, arrays)]
+        results = [np.empty(t.shape, dtype=t.dtype) for t in self._plans[plan][1]]
         ffi = _ffi()
         with self._lock:
             if self._context is None:
@@ -152,8 +170,8 @@ class Module:
                 self._input_pointers[i] = ffi.from_buffer(array, require_writable=False)
             for i, array in enumerate(results):
                 self._output_pointers[i] = ffi.from_buffer(array, require_writable=True)
-            status = self._lib.sparsec_run(self._context, self._input_pointers,
-                                           self._output_pointers)
+            status = self._lib.sparsec_run_plan(self._context, plan, self._input_pointers,
+                                                self._output_pointers)
             if status == SPARSEC_ERROR_INPUT:
                 raise InputError(
                     ffi.string(self._lib.sparsec_last_error(self._context)).decode())
@@ -161,7 +179,13 @@ class Module:
                 raise RuntimeFailure(
                     f"{self.path}: run failed: "
                     f"{ffi.string(self._lib.sparsec_last_error(self._context)).decode()}")
-        return {t.name: r for t, r in zip(self.outputs, results)}
+        if length is None:
+            return {t.name: r for t, r in zip(self.outputs, results)}
+        return {t.name: self.buckets.trim(t.name, r, length) for t, r in zip(self.outputs, results)}
+
+    @property
+    def _names(self) -> list[str]:
+        return [t.name for t in self.inputs]
 
     def _check_inputs(self, feeds: dict) -> list[np.ndarray]:
         if not isinstance(feeds, dict):
@@ -178,7 +202,8 @@ class Module:
             takes = ", ".join(f"{t.name!r} {t.describe()}" for t in self.inputs)
             raise InputError(f"inputs do not match the model: {'; '.join(parts)}. The model "
                              f"takes: {takes}")
-        return [spec.check(feeds[spec.name]) for spec in self.inputs]
+        axes = self.buckets.inputs if self.buckets else {}
+        return [spec.check(feeds[spec.name], axes.get(spec.name)) for spec in self.inputs]
 
 
 def _dlopen_current(ffi: cffi.FFI, path: Path):
@@ -217,7 +242,9 @@ class _TensorSpec:
     def describe(self) -> str:
         return f"{self.dtype.name}[{'x'.join(map(str, self.shape)) or 'scalar'}]"
 
-    def check(self, value) -> np.ndarray:
+    def check(self, value, free_axis: int | None = None) -> np.ndarray:
+        """`value` as the model takes it; any length along `free_axis` (a bucketed one, which
+        Buckets.choose checks)."""
         if not isinstance(value, np.ndarray):
             if isinstance(value, (list, tuple, int, float, bool, np.generic)):
                 value = np.asarray(value, dtype=self.dtype)
@@ -230,7 +257,16 @@ class _TensorSpec:
             raise InputError(f"input {self.name!r} has dtype {value.dtype.name}, the model "
                              f"expects {self.dtype.name}; convert with "
                              f".astype(numpy.{self.dtype.name})")
-        if value.shape != self.shape:
+        if free_axis is not None:
+            if len(value.shape) != len(self.shape) or any(
+                    a != b for axis, (a, b) in enumerate(zip(value.shape, self.shape))
+                    if axis != free_axis):
+                wanted = list(self.shape)
+                wanted[free_axis] = "L"
+                raise InputError(f"input {self.name!r} has shape {value.shape}, the model "
+                                 f"expects ({', '.join(map(str, wanted))}) with L up to "
+                                 f"{self.shape[free_axis]} (its buckets)")
+        elif value.shape != self.shape:
             raise InputError(f"input {self.name!r} has shape {value.shape}, the model expects "
                              f"{self.shape}. The shape is fixed at compile time: recompile "
                              "with --input-shape to change it")

@@ -49,3 +49,7 @@ def test_identifiers_come_from_indices():
     assert cnames.tensor_var(17) == "t17"
     assert cnames.node_fn(3, "sparsec_f32_gemm_ukernel_1x1__scalar") == \
         "sparsec_f32_gemm_ukernel_1x1__scalar__node3"
+    # plans after the first (sequence-length buckets) share the object: their names differ
+    assert cnames.node_fn(3, "sparsec_f32_gemm_ukernel_1x1__scalar", 2) == \
+        "sparsec_f32_gemm_ukernel_1x1__scalar__plan2_node3"
+    assert cnames.plan_fn(2) == "sparsec__model_run_plan2"
