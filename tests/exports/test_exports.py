@@ -81,3 +81,31 @@ def test_export_compiles_fuses_and_matches(case, tmp_path, compiler):
         if case.variant == "pruned":
             dense = [layer for layer in result.info["layers"] if layer["op"] == "Dense"]
             assert dense and all(layer["pattern"] != "dense" for layer in dense), target
+
+
+BUCKET_CASES = [encoders.Case("bert", "dynamo", "sdpa"),
+                encoders.Case("roberta", "torchscript", "sdpa")]
+"""A default (dynamo) export, and one whose position ids come from a CumSum over the token ids
+(RoBERTa: the padding that the loader adds must not move a real token's position)."""
+
+
+@pytest.mark.parametrize("case", [
+    pytest.param(case, id=case.id, marks=[pytest.mark.skipif(
+        case.exporter == "dynamo" and not _has("onnxscript"),
+        reason="torch's dynamo exporter needs onnxscript")]) for case in BUCKET_CASES])
+def test_export_with_length_buckets_matches_unpadded(case, tmp_path, compiler):
+    """One library with 8- and 16-token plans, run at lengths between and at the buckets,
+    against onnxruntime on the same file at each real (unpadded) length."""
+    path = str(encoders.export(case, tmp_path))
+    full = encoders.inputs(case)
+    buckets = [encoders.SEQ // 2, encoders.SEQ]
+    result = compiler.compile(path, "native", input_shapes={
+        name: (encoders.BATCH, buckets) for name in full})
+    module = sparsec.load(result.library)
+    for length in (3, buckets[0], buckets[0] + 1, buckets[1]):
+        feeds = {name: np.ascontiguousarray(value[:, :length]) for name, value in full.items()}
+        (expected,) = run_onnxruntime(onnx.load(path), feeds)
+        got = module.run(feeds)["last_hidden_state"]
+        assert got.shape == expected.shape, length
+        error = np.max(np.abs(got.astype(np.float64) - expected))
+        assert error <= FP32_TOLERANCE * np.ptp(expected), f"length {length}: {error:.3g}"
