@@ -160,8 +160,8 @@ static void *worker_main(void *arg)
                    >> GENERATION_SHIFT;
     if (generation == seen) {
       /* The caller reads `sleepers` after publishing a region, and this worker reads the
-       * published generation after counting itself in (both sequentially consistent), so either the caller
-       * broadcasts, or this worker sees the new region and does not wait. */
+       * published generation after counting itself in (both sequentially consistent), so
+       * either the caller broadcasts, or this worker sees the new region and does not wait. */
       pthread_mutex_lock(&pool->mutex);
       atomic_fetch_add_explicit(&pool->sleepers, 1, memory_order_seq_cst);
       while ((generation = atomic_load_explicit(&pool->published, memory_order_seq_cst)
