@@ -1,7 +1,7 @@
 """Render a planned graph into C: `model.c`, the C header `model.h`, and the weight blob.
 
-Kernel selection happens here (a pure function per node, from the kernel table); every node
-that has no kernel is reported at once. Identifiers in the C come from indices only; names from
+Every node's kernel was chosen by the select-kernels pass and recorded on it; this module only
+renders those rows. Identifiers in the C come from indices only; names from
 the model appear only inside escaped string literals.
 """
 
@@ -20,16 +20,17 @@ from sparsec.codegen import cnames
 from sparsec.codegen.kernels import (
     PARALLEL_MIN_NS,
     KernelSpec,
-    dispatched,
+    by_key,
+    chosen,
     portable_reason,
     runs_parallel,
-    select,
 )
 from sparsec.codegen.params import CTYPES, KernelRequest, WeightSink
 from sparsec.codegen.targets import FEATURE_BITS, Target
 from sparsec.compiler.ir import Graph
 from sparsec.compiler.ops import COPY_OPS, DENSE
-from sparsec.errors import KernelNotFoundError, PortableKernelWarning, TemplateError
+from sparsec.errors import PortableKernelWarning, TemplateError
+from sparsec.version import ABI_VERSION
 
 BLOB_ALIGNMENT = 64
 
@@ -86,20 +87,6 @@ class Rendered:
         h = hashlib.sha256(self.model_c.encode())
         h.update(hashlib.sha256(self.weights).digest())
         return h.hexdigest()
-
-
-def select_all(graph: Graph, target: Target) -> list[KernelSpec]:
-    """A kernel for every node, or one error naming every node that has none."""
-    specs, problems = [], []
-    for node in graph.nodes:
-        try:
-            specs.append(select(graph, node, target))
-        except KernelNotFoundError as exc:
-            problems.append(str(exc))
-    if problems:
-        raise KernelNotFoundError(f"{len(problems)} node(s) cannot be compiled for target "
-                                  f"{target.name}: " + "; ".join(problems))
-    return specs
 
 
 def emit(graph: Graph, target: Target, version: str,
@@ -162,7 +149,8 @@ def _render_plan(env: jinja2.Environment, graph: Graph, target: Target, blob: We
     """One plan's kernels and run function (model.c.j2's `plans` entries); its functions
     carry the plan's number, so plans coexist in one object."""
     assert graph.memory is not None, "plan_memory must run before emit"
-    specs = select_all(graph, target)
+    specs = [chosen(node) for node in graph.nodes]
+    features = {option.feature: option for option in target.dispatch}
     index = {name: i for i, name in enumerate(graph.tensors)}
     kernels, calls, layers = [], [], []
     for node_index, (node, spec) in enumerate(zip(graph.nodes, specs)):
@@ -173,7 +161,8 @@ def _render_plan(env: jinja2.Environment, graph: Graph, target: Target, blob: We
         fn = cnames.node_fn(node_index, spec.symbol, number)
         kernels.append({"source": env.get_template(spec.template).render(fn=fn, **params)})
         alternatives = []
-        for option, other in dispatched(graph, node, target, spec):
+        for feature, key in node.dispatch:
+            option, other = features[feature], by_key(key)
             other_request = KernelRequest(graph, node, blob)
             other_fn = cnames.node_fn(node_index, other.symbol, number)
             source = env.get_template(other.template).render(fn=other_fn,
@@ -319,7 +308,7 @@ def model_info(graph: Graph, target: Target, version: str, blob: WeightBlob,
                layers: list[dict], features: tuple[str, ...]) -> dict:
     return {
         "sparsec_version": version,
-        "abi_version": 1,
+        "abi_version": ABI_VERSION,
         "target": target.name,
         "features": list(features),
         "inputs": [_input_info(graph, n) for n in graph.inputs],

@@ -31,6 +31,7 @@ from sparsec.compiler.ops import (
     LOGICAL_BINARY,
 )
 from sparsec.compiler.passes import (
+    KernelChoice,
     LayoutSupport,
     SparseKernelCost,
     StreamedWeights,
@@ -142,23 +143,42 @@ def dispatched(graph: Graph, node: Node, target: Target,
     return result
 
 
-def scratch_bytes(graph: Graph, node: Node, target: Target) -> int:
-    """Arena scratch the node's kernels on `target` need while they run (plan_memory asks):
-    the most that its own kernel or any dispatched one needs."""
+def choose(graph: Graph, node: Node, target: Target) -> KernelChoice:
+    """The select_kernels pass's decision for `node` on `target`: its row and the rows the
+    library dispatches to by CPU feature, as keys."""
+    spec = select(graph, node, target)
+    return KernelChoice(spec.symbol, tuple((option.feature, other.symbol)
+                                           for option, other in dispatched(graph, node,
+                                                                           target, spec)))
+
+
+def by_key(key: str) -> KernelSpec:
+    """The kernel table row a node's recorded kernel key names."""
     try:
-        spec = select(graph, node, target)
-    except KernelNotFoundError:
-        return 0  # emit reports every node without a kernel at once
-    specs = [spec] + [k for _, k in dispatched(graph, node, target, spec)]
+        return _BY_KEY[key]
+    except KeyError:
+        raise KernelNotFoundError(f"no kernel {key!r} in the kernel table (an IR from another "
+                                  "sparsec version?)") from None
+
+
+def chosen(node: Node) -> KernelSpec:
+    """The row select_kernels recorded for `node`."""
+    if not node.kernel:
+        raise KernelNotFoundError(f"node {node.name!r} (op {node.op}) has no kernel: the "
+                                  "select-kernels pass has not run")
+    return by_key(node.kernel)
+
+
+def scratch_bytes(graph: Graph, node: Node) -> int:
+    """Arena scratch the node's chosen kernels need while they run (plan_memory asks): the
+    most that its own kernel or any dispatched one needs."""
+    specs = [chosen(node)] + [by_key(key) for _, key in node.dispatch]
     return max(k.scratch(graph, node) if k.scratch else 0 for k in specs)
 
 
-def layout_support(graph: Graph, node: Node, target: Target) -> LayoutSupport:
-    """What choose_layouts may ask of the node's kernel on `target`."""
-    try:
-        spec = select(graph, node, target)
-    except KernelNotFoundError:
-        return LayoutSupport()
+def layout_support(graph: Graph, node: Node) -> LayoutSupport:
+    """What choose_layouts may ask of the node's chosen kernel."""
+    spec = chosen(node)
     return LayoutSupport(spec.feature_major, spec.feature_major)
 
 
@@ -522,3 +542,6 @@ KERNELS: list[KernelSpec] = [
     KernelSpec(op="Softmax", dtypes=FLOAT, isa="scalar", family="f32_softmax",
                template="f32-softmax/scalar.c.j2", params=kp.softmax_params),
 ]
+
+_BY_KEY = {k.symbol: k for k in KERNELS}
+assert len(_BY_KEY) == len(KERNELS), "kernel keys (symbols) must be unique"

@@ -110,6 +110,10 @@ class Node:
     outputs: list[str]
     attrs: dict[str, Any] = field(default_factory=dict)
     name: str = ""  # the model's node name, for messages only
+    # Set by select_kernels: the kernel table row that runs this node, and the rows the
+    # library also carries for it as (CPU feature, key), the first fitting one called instead.
+    kernel: str = ""
+    dispatch: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -208,7 +212,9 @@ def format_graph(graph: Graph) -> str:
         ins = ", ".join(repr(n) for n in node.inputs)
         outs = ", ".join(repr(n) for n in node.outputs)
         lines.append(f"  %{i} {node.op}({ins}) -> {outs}" + (f"  {{{attrs}}}" if attrs else "")
-                     + (f"  # node {node.name!r}" if node.name else ""))
+                     + (f"  => {node.kernel}" if node.kernel else "")
+                   + "".join(f" | {feature}: {key}" for feature, key in node.dispatch)
+                   + (f"  # node {node.name!r}" if node.name else ""))
     lines += [f"  output {_format_tensor(graph.tensors[n])}" for n in graph.outputs]
     lines += [f"  layout {name!r}: {t.layout}" for name, t in graph.tensors.items()
               if t.layout != "row-major" and name not in graph.outputs]

@@ -20,8 +20,8 @@ import numpy as np
 
 from sparsec.bucketing import Buckets
 from sparsec.errors import InputError, LoadError, RuntimeFailure
+from sparsec.version import ABI_VERSION
 
-ABI_VERSION = 3
 SPARSEC_ERROR_INPUT = 4
 _FFI = None
 _FFI_LOCK = threading.Lock()

@@ -324,3 +324,17 @@ def test_nan_and_inf_propagate_as_in_onnxruntime(compiler):
         for name, want in expected.items():
             np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-6,
                                        err_msg=f"{name} on {target}")
+
+
+def test_abi_version_is_one_number_everywhere(module):
+    """The header's SPARSEC_ABI_VERSION, what the library returns, what its info says and what
+    the loader accepts are the same number."""
+    import re
+
+    from sparsec.codegen.build import runtime_dir
+    from sparsec.version import ABI_VERSION
+
+    header = (runtime_dir() / "sparsec.h").read_text()
+    assert int(re.search(r"#define SPARSEC_ABI_VERSION (\d+)", header).group(1)) == ABI_VERSION
+    assert module.info["abi_version"] == ABI_VERSION
+    assert module._lib.sparsec_abi_version() == ABI_VERSION

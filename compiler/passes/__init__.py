@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from sparsec.compiler.ir import Graph, Node
-from sparsec.compiler.limits import DEFAULT_MAX_MEMORY
+from sparsec.compiler.options import CompileOptions
 from sparsec.compiler.passes import (
     choose_layouts,
     detect_sparsity,
@@ -19,6 +18,7 @@ from sparsec.compiler.passes import (
     plan_memory,
     quantize,
     reorder_blocks,
+    select_kernels,
 )
 from sparsec.compiler.verify import verify
 
@@ -74,24 +74,30 @@ class LayoutSupport:
 
 @dataclass
 class PassContext:
+    """What the passes know besides the graph: the user's options, and what the target's
+    kernels cost and can do (from the codegen kernel table, handed in as values and functions
+    so this package stays independent of codegen)."""
+
     cost: SparseKernelCost
-    verify_each: bool = False
-    force_pattern: str | None = None  # "dense" or a block pattern for every weight
-    quantize: str | None = None  # "dynamic": int8 weights, activations quantized at run time;
-    # "bf16": bf16 products summed in fp32
-    reorder: bool = True  # reorder_blocks may permute channels between Dense layers
+    options: CompileOptions = CompileOptions()
     int8_cost: SparseKernelCost | None = None  # the target's int8 kernels, for quantize
     bf16_cost: SparseKernelCost | None = None  # the target's bf16 kernels, for quantize
-    # Bytes of arena scratch a node's kernel needs while it runs (from codegen's kernel
-    # table, so this package stays independent of codegen); None: no kernel needs any.
+    # The kernel for a node on the target: (its key, the keys of the kernels the library also
+    # carries and dispatches to by CPU feature). Raises KernelNotFoundError. None: no
+    # kernels are chosen (pass tests that stop short of code generation).
+    select_kernel: Callable[[Graph, Node], KernelChoice] | None = None
+    # Bytes of arena scratch a node's chosen kernels need while they run; None: none do.
     scratch_bytes: Callable[[Graph, Node], int] | None = None
-    # The layouts a node's kernel on the target can read and write (codegen's kernel table);
-    # None: row-major everywhere.
+    # The layouts a node's chosen kernel can read and write; None: row-major everywhere.
     layouts: Callable[[Graph, Node], LayoutSupport] | None = None
-    dump_dir: Path | None = None
-    # Bytes the compiled model (weights and arena) and any folded constant may take.
-    max_memory: int = DEFAULT_MAX_MEMORY
+    target: str = ""  # the target's name, for messages
     log: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class KernelChoice:
+    kernel: str  # the kernel table row's key
+    dispatch: tuple[tuple[str, str], ...] = ()  # (CPU feature, kernel key), first fit wins
 
 
 PIPELINE: list[tuple[str, Callable[[Graph, PassContext], Graph], str]] = [
@@ -105,6 +111,8 @@ PIPELINE: list[tuple[str, Callable[[Graph, PassContext], Graph], str]] = [
      "permute channels between layers so nonzeros fill whole blocks, folded into the weights"),
     (quantize.NAME, quantize.run,
      "on request, int8 weights per output channel for the VNNI kernels"),
+    (select_kernels.NAME, select_kernels.run,
+     "choose every node's kernel on the target once, recorded on the node for what follows"),
     (choose_layouts.NAME, choose_layouts.run,
      "hand activations between token-tile kernels over transposed, skipping two transposes"),
     (plan_memory.NAME, plan_memory.run,
@@ -114,18 +122,18 @@ PIPELINE: list[tuple[str, Callable[[Graph, PassContext], Graph], str]] = [
 
 def run_pipeline(graph: Graph, ctx: PassContext) -> Graph:
     _dump(graph, ctx, 0, "import")
-    if ctx.verify_each:
+    if ctx.options.verify_each:
         verify(graph, "import")
     for index, (name, run, _why) in enumerate(PIPELINE, start=1):
         graph = run(graph, ctx)
         _dump(graph, ctx, index, name)
-        if ctx.verify_each:
+        if ctx.options.verify_each:
             verify(graph, name)
     return graph
 
 
 def _dump(graph: Graph, ctx: PassContext, index: int, name: str) -> None:
-    if ctx.dump_dir is None:
+    if ctx.options.dump_ir is None:
         return
-    ctx.dump_dir.mkdir(parents=True, exist_ok=True)
-    (ctx.dump_dir / f"{index:02d}-{name}.txt").write_text(graph.to_text(), encoding="utf-8")
+    ctx.options.dump_ir.mkdir(parents=True, exist_ok=True)
+    (ctx.options.dump_ir / f"{index:02d}-{name}.txt").write_text(graph.to_text(), encoding="utf-8")

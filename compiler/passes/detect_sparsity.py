@@ -32,8 +32,8 @@ def run(graph: Graph, ctx) -> Graph:
     copies: dict[str, str] = {}  # weight -> its transposed copy, when the original stays too
     # A pattern only the int8 kernels offer (x86-amx's 4x16) is forced when quantize runs; the
     # float weight it replaces is analysed as usual meanwhile.
-    force = ctx.force_pattern
-    if ctx.quantize and force not in (None, "dense", *ctx.cost.per_block,
+    force = ctx.options.force_pattern
+    if ctx.options.quantize and force not in (None, "dense", *ctx.cost.per_block,
                                       *ctx.cost.per_element):
         force = None
     for node in graph.nodes:

@@ -34,7 +34,7 @@ def run(graph: Graph, ctx) -> Graph:
         if node.op in SHAPE_OPS:
             _fold_shape(graph, node)
         elif all(not name or graph.tensors[name].is_constant for name in node.inputs):
-            _fold(graph, node, getattr(ctx, "max_memory", limits.DEFAULT_MAX_MEMORY))
+            _fold(graph, node, ctx.options.max_memory)
         else:
             kept.append(node)
     graph.nodes = kept

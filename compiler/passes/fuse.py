@@ -627,7 +627,7 @@ def run(graph: Graph, ctx) -> Graph:
             why = unfused_attention(graph, node, uses)
             graph.nodes[index] = Node(node.op, node.inputs, node.outputs,
                                       dict(node.attrs, unfused=why), node.name)
-            getattr(ctx, "log", []).append(f"{NAME}: {why}")
+            ctx.log.append(f"{NAME}: {why}")
     return graph
 
 

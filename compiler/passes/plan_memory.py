@@ -68,7 +68,7 @@ def run(graph: Graph, ctx) -> Graph:
         spans[source] = (spans[source][0], max(spans[source][1], spans.pop(view)[1]))
     ranges = {("tensor", name): span for name, span in spans.items()}
     sizes = {key: graph.tensors[key[1]].nbytes for key in ranges}
-    if getattr(ctx, "scratch_bytes", None) is not None:
+    if ctx.scratch_bytes is not None:
         for index, node in enumerate(graph.nodes):
             size = ctx.scratch_bytes(graph, node)
             if size:
@@ -78,7 +78,7 @@ def run(graph: Graph, ctx) -> Graph:
     arena = max((offsets[key] + _align(max(sizes[key], 1)) for key in offsets), default=0)
     # The library allocates the arena when a run context is created: refuse it here instead.
     weights = sum(t.nbytes for t in graph.tensors.values() if t.is_constant)
-    limits.check_total(weights, arena, getattr(ctx, "max_memory", limits.DEFAULT_MAX_MEMORY))
+    limits.check_total(weights, arena, ctx.options.max_memory)
     places = {name: off for (kind, name), off in offsets.items() if kind == "tensor"}
     places.update({view: places[source] for view, source in shared.items()})
     graph.memory = MemoryPlan(

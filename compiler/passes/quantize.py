@@ -4,7 +4,7 @@ bf16 (`--dtype bf16`, see _mark_bf16).
 Requires: fuse (Dense nodes with their epilogues) and detect_sparsity (K x N weights).
 Establishes: every Dense node reading int8 codes (fuse maps onnxruntime's dynamically quantized
 exports onto them) has a SparsityInfo chosen by the int8 kernels' costs; and when
-`ctx.quantize == "dynamic"`: every Dense node with a constant float32 weight
+`ctx.options.quantize == "dynamic"`: every Dense node with a constant float32 weight
 reads instead an int8 weight (symmetric, per output channel: `scale[n] = max|W[:, n]| / 127`,
 `q = round-half-even(W / scale)`, so codes lie in [-127, 127]) and, as input 3, the float32
 `scale[N]`. Its activations are quantized when the kernel runs, per tensor, asymmetric uint8,
@@ -47,13 +47,13 @@ def quantize_weight(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def run(graph: Graph, ctx) -> Graph:
     graph = _analyse_exported_int8(graph, ctx)
-    if ctx.quantize is None:
+    if ctx.options.quantize is None:
         return graph
-    if ctx.quantize not in MODES:
-        raise SparsecError(f"unknown quantization {ctx.quantize!r}; choose one of: "
+    if ctx.options.quantize not in MODES:
+        raise SparsecError(f"unknown quantization {ctx.options.quantize!r}; choose one of: "
                            + ", ".join(MODES))
     graph = graph.copy()
-    if ctx.quantize == "bf16":
+    if ctx.options.quantize == "bf16":
         return _mark_bf16(graph, ctx)
     done: dict[str, tuple[str, str]] = {}  # float weight -> its codes and scales (shared weights)
     for node, weight in _float_weights(graph):
@@ -96,7 +96,7 @@ def _mark_bf16(graph: Graph, ctx) -> Graph:
         node.attrs["precision"] = "bf16"
         if weight.name not in analysed:
             analysed.add(weight.name)
-            weight.sparsity = analyse(weight.data, ctx.bf16_cost, ctx.force_pattern)
+            weight.sparsity = analyse(weight.data, ctx.bf16_cost, ctx.options.force_pattern)
         ctx.log.append(f"{NAME}: {node.name or node.outputs[0]}: bf16, "
                        f"{weight.sparsity.reason}")
     return graph
@@ -118,7 +118,7 @@ def _analyse_exported_int8(graph: Graph, ctx) -> Graph:
                 raise SparsecError(f"node {node.name!r}: K = {codes.shape[0]} exceeds "
                                    f"{MAX_DEPTH}, where the int8 kernels' int32 accumulation "
                                    "could overflow")
-            codes.sparsity = analyse(codes.data, ctx.int8_cost, ctx.force_pattern)
+            codes.sparsity = analyse(codes.data, ctx.int8_cost, ctx.options.force_pattern)
     return graph
 
 
@@ -131,5 +131,5 @@ def _add_quantized(graph: Graph, weight: Tensor, ctx) -> tuple[str, str]:
             name += "'"
         graph.tensors[name] = Tensor(name, tuple(data.shape), str(data.dtype), data)
         names.append(name)
-    graph.tensors[names[0]].sparsity = analyse(codes, ctx.int8_cost, ctx.force_pattern)
+    graph.tensors[names[0]].sparsity = analyse(codes, ctx.int8_cost, ctx.options.force_pattern)
     return names[0], names[1]

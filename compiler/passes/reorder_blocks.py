@@ -54,7 +54,7 @@ class Chain:
 
 
 def run(graph: Graph, ctx) -> Graph:
-    if not getattr(ctx, "reorder", True):
+    if not ctx.options.reorder:
         return graph
     graph = graph.copy()
     rng = np.random.default_rng(SEED)
@@ -236,14 +236,14 @@ def _candidates(w1: np.ndarray, w2: np.ndarray, per_group: int, ctx):
     rules out, say, 1x4 blocks for a kernel that costs more per weight than unstructured)."""
     shapes = ((w2, lambda g: f"{g}x1", w2 != 0), (w1, lambda g: f"1x{g}", (w1 != 0).T))
     for weight, pattern_of, features in shapes:
-        info = analyse(weight, ctx.cost, ctx.force_pattern)
+        info = analyse(weight, ctx.cost, ctx.options.force_pattern)
         present = predicted_costs(weight, info.block_stats, ctx.cost)[info.pattern]
         nonzeros = int(np.count_nonzero(weight))
         for group in (4, 16):
             pattern = pattern_of(group)
             per_block = ctx.cost.per_block.get(pattern)
             if (per_group % group or per_group <= group or per_block is None
-                    or (ctx.force_pattern and ctx.force_pattern != pattern)):
+                    or (ctx.options.force_pattern and ctx.options.force_pattern != pattern)):
                 continue
             if nonzeros / group * per_block < present:
                 yield group, features
@@ -367,7 +367,7 @@ def _score(w1: np.ndarray, w2: np.ndarray, perm: np.ndarray, ctx) -> dict:
     """Predicted time of both weights under `perm`, each at the pattern it would choose."""
     total, blocks = 0.0, {}
     for role, weight in (("producer", w1[:, perm]), ("consumer", w2[perm, :])):
-        info = analyse(weight, ctx.cost, ctx.force_pattern)
+        info = analyse(weight, ctx.cost, ctx.options.force_pattern)
         costs = predicted_costs(weight, info.block_stats, ctx.cost)
         total += costs[info.pattern]
         blocks[role] = {"pattern": info.pattern,
@@ -384,7 +384,7 @@ def _apply(graph: Graph, chain: Chain, perm: np.ndarray, ctx) -> None:
     producer, consumer = chain.producer, chain.consumer
     w1 = graph.tensors[producer.inputs[1]]
     w1.data = np.ascontiguousarray(w1.data[:, perm])
-    w1.sparsity = analyse(w1.data, ctx.cost, ctx.force_pattern)
+    w1.sparsity = analyse(w1.data, ctx.cost, ctx.options.force_pattern)
     if producer.inputs[2]:
         _permute_last_axis(graph, producer, 2, perm)
     for node in chain.between:
@@ -393,7 +393,7 @@ def _apply(graph: Graph, chain: Chain, perm: np.ndarray, ctx) -> None:
                 _permute_last_axis(graph, node, index, perm)
     w2 = graph.tensors[consumer.inputs[1]]
     w2.data = np.ascontiguousarray(w2.data[perm, :])
-    w2.sparsity = analyse(w2.data, ctx.cost, ctx.force_pattern)
+    w2.sparsity = analyse(w2.data, ctx.cost, ctx.options.force_pattern)
 
 
 def _permute_last_axis(graph: Graph, node: Node, index: int, perm: np.ndarray) -> None:

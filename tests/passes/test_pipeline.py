@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from sparsec.compiler import frontend
@@ -12,18 +14,18 @@ from tests.passes.helpers import context
 def test_pipeline_is_data_with_reasons():
     names = [name for name, _, _ in PIPELINE]
     assert names == ["fold-constants", "detect-sparsity", "fuse", "reorder-blocks", "quantize",
-                     "choose-layouts", "plan-memory"]
+                     "select-kernels", "choose-layouts", "plan-memory"]
     assert all(why for _, _, why in PIPELINE)
 
 
 def test_dump_ir_writes_every_pass(tmp_path):
     ctx = context()
-    ctx.dump_dir = tmp_path
+    ctx.options = dataclasses.replace(ctx.options, dump_ir=tmp_path)
     run_pipeline(frontend.import_model(mlp()), ctx)
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["00-import.txt", "01-fold-constants.txt", "02-detect-sparsity.txt",
                      "03-fuse.txt", "04-reorder-blocks.txt", "05-quantize.txt",
-                     "06-choose-layouts.txt", "07-plan-memory.txt"]
+                     "06-select-kernels.txt", "07-choose-layouts.txt", "08-plan-memory.txt"]
     assert "Dense(" in (tmp_path / "03-fuse.txt").read_text()
 
 

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 from onnx import helper
 
@@ -11,8 +13,7 @@ from tests.passes.helpers import context
 
 def reordered(m, **options):
     ctx = context()
-    for key, value in options.items():
-        setattr(ctx, key, value)
+    ctx.options = dataclasses.replace(ctx.options, **options)
     graph = fuse.run(detect_sparsity.run(frontend.import_model(m), ctx), ctx)
     graph = reorder_blocks.run(graph, ctx)
     verify(graph, "reorder-blocks")

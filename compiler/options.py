@@ -1,0 +1,77 @@
+"""CompileOptions: every choice a user makes about one compile, in one typed, frozen record.
+
+`sparsec.compile`, the CLI and the passes read the same object, so an option is added in one
+place (here), parsed in one place (`from_keywords`) and never threaded by hand. What the target's
+kernels cost and can do is not an option: that travels in the pass context.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from sparsec.compiler import limits
+from sparsec.errors import SparsecError
+
+QUANTIZE_MODES = ("dynamic", "bf16")
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    # Model shape: dynamic dimensions pinned, one of them possibly a list of bucket lengths.
+    input_shapes: Mapping[str, tuple] | None = None
+    # Weights: "dense" or a pattern for every weight instead of the cost model's choice.
+    force_pattern: str | None = None
+    # "dynamic": int8 weights, activations quantized at run time; "bf16": bf16 products
+    # summed in fp32; None: the model's own precision.
+    quantize: str | None = None
+    reorder: bool = True  # reorder_blocks may permute channels between Dense layers
+    layouts: bool = True  # choose_layouts may hand activations over feature-major
+    # Bytes the compiled model (weights and arena) and any folded constant may take.
+    max_memory: int = limits.DEFAULT_MAX_MEMORY
+    # Code generation and build.
+    parallel_min_ns: float | None = None  # None: the kernel table's default
+    profile: bool = False  # time every layer (Module.profile()), about 50 ns a layer
+    emulate: bool = False  # build the target's newest instructions as scalar C
+    host_profile: bool = True  # choose kernels by `sparsec calibrate`'s costs where present
+    extra_cflags: tuple[str, ...] = ()
+    cache_dir: Path | None = None
+    use_cache: bool = True
+    # Diagnostics.
+    verify_each: bool = False  # check the IR's invariants after every pass
+    dump_ir: Path | None = None  # write the IR after every pass into this folder
+    keep_source: Path | None = None  # also write model.c and weights.bin here
+
+    def __post_init__(self) -> None:
+        if self.quantize is not None and self.quantize not in QUANTIZE_MODES:
+            raise SparsecError(f"quantize={self.quantize!r}: expected one of "
+                               f"{', '.join(QUANTIZE_MODES)} or None")
+        if not isinstance(self.max_memory, int) or self.max_memory <= 0:
+            raise SparsecError(f"max_memory={self.max_memory!r}: expected a positive number of "
+                               "bytes")
+
+    @classmethod
+    def from_keywords(cls, **keywords) -> CompileOptions:
+        """The options from `compile()`'s keyword arguments, in the forms users write them:
+        max_memory as "8G", paths as strings; an unknown keyword is an error naming the known
+        ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(keywords) - known)
+        if unknown:
+            raise SparsecError(f"unknown compile option(s) {', '.join(unknown)}; known: "
+                               f"{', '.join(sorted(known))}")
+        max_memory = keywords.get("max_memory")
+        if max_memory is None:
+            keywords["max_memory"] = limits.DEFAULT_MAX_MEMORY
+        elif not (isinstance(max_memory, int) and max_memory > 0):
+            keywords["max_memory"] = limits.parse_size(max_memory)
+        for name in ("cache_dir", "dump_ir", "keep_source"):
+            if keywords.get(name):
+                keywords[name] = Path(os.fspath(keywords[name]))
+            else:
+                keywords.pop(name, None)
+        keywords["extra_cflags"] = tuple(keywords.get("extra_cflags", ()))
+        return cls(**keywords)
