@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from sparsec.codegen import bf16_params as bp
+from sparsec.codegen import conv_params as cp
 from sparsec.codegen import index_params as ip
 from sparsec.codegen import int8_params as qp
 from sparsec.codegen import matrix_params as mp
@@ -25,9 +26,11 @@ from sparsec.compiler.ops import (
     COMPARISONS,
     COPY_OPS,
     DENSE,
+    DEPTHWISE_CONV,
     ELEMENTWISE_BINARY,
     ELEMENTWISE_UNARY,
     FLOAT_ONLY,
+    IM2COL,
     LOGICAL_BINARY,
 )
 from sparsec.compiler.passes import (
@@ -541,6 +544,13 @@ KERNELS: list[KernelSpec] = [
                          (ADD_LAYER_NORM, "x_addlayernorm"))],
     KernelSpec(op="Softmax", dtypes=FLOAT, isa="scalar", family="f32_softmax",
                template="f32-softmax/scalar.c.j2", params=kp.softmax_params),
+    # Convolutions (lower_conv): plain C loops without bounds checks inside, which GCC
+    # vectorises with the target's flags.
+    KernelSpec(op=IM2COL, dtypes=FLOAT, isa="scalar", family="x_im2col",
+               template="x-im2col/scalar.c.j2", params=cp.im2col_params, parallel=True),
+    KernelSpec(op=DEPTHWISE_CONV, dtypes=FLOAT, isa="scalar", family="f32_depthwise",
+               template="f32-depthwise/scalar.c.j2", params=cp.depthwise_params,
+               parallel=True),
 ]
 
 _BY_KEY = {k.symbol: k for k in KERNELS}

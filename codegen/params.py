@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sparsec.codegen.cnames import c_string_literal
-from sparsec.compiler.ir import Graph, Node, Tensor
+from sparsec.compiler.ir import Graph, Node, Tensor, is_layout_flip
 from sparsec.compiler.ops import ADD_LAYER_NORM
 from sparsec.errors import KernelNotFoundError
 
@@ -302,6 +302,13 @@ TRANSPOSE_ELEMENTS_PER_TASK = 4096
 
 def transpose_params(req: KernelRequest) -> dict:
     x, y = req.input(0), req.output()
+    if is_layout_flip(req.graph, req.node):  # choose_layouts: the bytes are already in order
+        req.take(x)
+        req.take(y)
+        return {"ctype": CTYPES[y.dtype], "flip_bytes": y.nbytes}
+    if x.layout != "row-major" or y.layout != "row-major":
+        raise KernelNotFoundError(f"node {req.node.name!r}: Transpose between layouts "
+                                  f"{x.layout} and {y.layout} that is not a 2-D flip")
     perm = req.node.attrs.get("perm") or list(reversed(range(len(x.shape))))
     x_strides = contiguous_strides(x.shape)
     dims, strides = coalesce(list(y.shape), [contiguous_strides(y.shape),
@@ -311,6 +318,7 @@ def transpose_params(req: KernelRequest) -> dict:
     req.take(y)
     inner = int(np.prod(dims[1:])) if dims else 1
     return {"ctype": CTYPES[y.dtype], "loops": loops, "y_index": y_index, "x_index": x_index,
+            "flip_bytes": 0,
             "OUTER_PER_TASK": max(1, -(-TRANSPOSE_ELEMENTS_PER_TASK // max(inner, 1)))}
 
 

@@ -15,7 +15,7 @@ from onnx import external_data_helper, helper, numpy_helper
 
 from sparsec.compiler import attributes, float16, limits, static_shapes
 from sparsec.compiler.ir import DTYPES, Graph, Node, Tensor
-from sparsec.compiler.ops import RUNTIME_OPS, SHAPE_OPS
+from sparsec.compiler.ops import LOWERED_OPS, RUNTIME_OPS, SHAPE_OPS
 from sparsec.errors import FrontendError, ShapeError, UnsupportedOperatorError
 
 STANDARD_DOMAINS = ("", "ai.onnx")
@@ -220,7 +220,7 @@ def _check_operators(model: onnx.ModelProto) -> None:
                                                      for name in node.input)
         if foldable:
             constant.update(node.output)
-        elif node.op_type not in RUNTIME_OPS:
+        elif node.op_type not in RUNTIME_OPS | LOWERED_OPS:
             problems.setdefault(node.op_type, []).append(node_label(node, index))
     if problems:
         count = sum(len(names) for names in problems.values())
@@ -233,7 +233,7 @@ def _check_operators(model: onnx.ModelProto) -> None:
         raise UnsupportedOperatorError(
             f"{count} node(s) use operators sparsec cannot compile ({summary}): "
             + "; ".join(groups)
-            + ". Supported at run time: " + ", ".join(sorted(RUNTIME_OPS))
+            + ". Supported at run time: " + ", ".join(sorted(RUNTIME_OPS | LOWERED_OPS))
             + " (other standard ops only on compile-time constants)")
 
 
@@ -241,8 +241,8 @@ _FIXES = {
     ("Loop", "If", "Scan"): "control flow; export without data-dependent branches or loops "
                             "(torch.onnx.export traces them away for fixed inputs)",
     ("LSTM", "GRU", "RNN"): "recurrent layers are not supported",
-    ("Conv", "ConvTranspose", "MaxPool", "AveragePool"): "convolutions and pooling are not "
-                                                          "supported",
+    ("ConvTranspose", "ConvInteger", "QLinearConv"): "transposed and integer convolutions are "
+                                                     "not supported; Conv is",
     ("NonZero", "Unique", "TopK"): "the result's shape depends on the values; sparsec "
                                    "compiles static shapes only",
 }

@@ -176,6 +176,16 @@ class Graph:
         return format_graph(self)
 
 
+def is_layout_flip(graph: Graph, node: Node) -> bool:
+    """A Transpose of a 2-D matrix whose input and output differ in layout: both are stored
+    in the same byte order, so the node copies nothing."""
+    if node.op != "Transpose" or not node.inputs or not node.outputs:
+        return False
+    x, y = graph.tensors[node.inputs[0]], graph.tensors[node.outputs[0]]
+    return (len(x.shape) == 2 and list(node.attrs.get("perm") or [1, 0]) == [1, 0]
+            and x.layout != y.layout)
+
+
 def _format_value(value: Any) -> str:
     if isinstance(value, float):
         return repr(round(value, 6))

@@ -24,7 +24,12 @@ RUNTIME_OPS = frozenset(
     + ELEMENTWISE_BINARY + COMPARISONS + LOGICAL_BINARY + ELEMENTWISE_UNARY + COPY_OPS
 )
 
-# Ops that only fuse creates; they never come from a model.
+# Operators the frontend accepts that a pass rewrites into the ops below before kernels are
+# chosen: Conv becomes Im2Col + Dense (or DepthwiseConv) in lower_conv, which folds a
+# BatchNormalization after a Conv into its weights.
+LOWERED_OPS = frozenset(("Conv", "BatchNormalization"))
+
+# Ops that only passes create; they never come from a model.
 DENSE = "Dense"  # act(alpha * X . W + beta * bias), W 2-D; X's leading dims flattened into rows
 
 # softmax(scale(A . B) + mask) . V over the batch dimensions, one kernel that keeps the score
@@ -39,3 +44,14 @@ ATTENTION = "Attention"
 ADD_LAYER_NORM = "AddLayerNorm"
 
 ACTIVATIONS = ("Relu", "Sigmoid", "Tanh", "Clip")
+
+# Im2Col: the patch matrix of a 2-D convolution over X [N, C, H, W], channels first:
+# [N, C*kh*kw, Ho*Wo] (N == 1: [C*kh*kw, Ho*Wo]); row c*kh*kw + i*kw + j holds tap (i, j) of
+# channel c for every output pixel, zero where the tap falls in the padding. attrs:
+# kernel (kh, kw), strides, dilations, pads (top, left, bottom, right), out (Ho, Wo).
+IM2COL = "Im2Col"
+
+# DepthwiseConv: a Conv with one filter per channel (group == C == M), NCHW in and out:
+# inputs X, W [C, 1, kh, kw], bias or ""; attrs as Im2Col's plus activation and
+# activation_params (as Dense's: "", "Relu" or "Clip").
+DEPTHWISE_CONV = "DepthwiseConv"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sparsec.compiler.ir import Graph
+from sparsec.compiler.ir import Graph, is_layout_flip
 from sparsec.compiler.ops import COPY_OPS
 from sparsec.errors import VerificationError
 
@@ -62,7 +62,7 @@ def _memory_problems(graph: Graph) -> list[str]:
     # (plan_memory's views): one region, live from the first to the last use of either.
     owner = {name: name for name in plan.offsets}
     for node in graph.nodes:
-        if (node.op in COPY_OPS and node.inputs and node.outputs
+        if ((node.op in COPY_OPS or is_layout_flip(graph, node)) and node.inputs and node.outputs
                 and node.inputs[0] in owner and node.outputs[0] in owner
                 and plan.offsets[node.inputs[0]] == plan.offsets[node.outputs[0]]):
             owner[node.outputs[0]] = owner[node.inputs[0]]

@@ -1,11 +1,12 @@
 """ONNX node conformance: onnx's own backend cases for every operator sparsec runs.
 
-The cases are generated in memory by `onnx.backend.test.loader.load_model_tests(kind="node")`,
-so they follow the installed (pinned) onnx release. A case is selected when at least one of its
-nodes is a run-time operator (`RUNTIME_OPS`) and every other node folds away, which is the rule
-the frontend itself applies. Each selected case is compiled for `generic` and for `native` (the
-test ids say which target that is here), run on the case's inputs and compared with the case's
-expected outputs at the case's tolerances (integer and bool outputs exactly).
+The cases are generated in memory by `onnx.backend.test.loader.load_model_tests(kind="node")`, so
+they follow the installed (pinned) onnx release. A case is selected when at least one of its nodes
+is a run-time operator (`RUNTIME_OPS`, or one a pass lowers to them, `LOWERED_OPS`) and every other
+node folds away, which is the rule the frontend itself applies. Each selected case is compiled for
+`generic` and for `native` (the test ids say which target that is here), run on the case's inputs
+and compared with the case's expected outputs at the case's tolerances (integer and bool outputs
+exactly).
 
 Cases that cannot pass are in EXCLUDED with the reason; they must be refused cleanly.
 """
@@ -21,7 +22,7 @@ import pytest
 from onnx import numpy_helper
 
 from sparsec.compiler.ir import DTYPES
-from sparsec.compiler.ops import RUNTIME_OPS
+from sparsec.compiler.ops import LOWERED_OPS, RUNTIME_OPS
 from sparsec.errors import SparsecError
 from tests.conftest import HOST_TARGETS
 
@@ -66,7 +67,7 @@ def uses_runtime_ops(model: onnx.ModelProto) -> bool:
             return False
         if all(not name or name in constant for name in node.input):
             constant.update(node.output)
-        elif node.op_type in RUNTIME_OPS:
+        elif node.op_type in RUNTIME_OPS | LOWERED_OPS:
             runtime = True
         else:
             return False
@@ -151,4 +152,4 @@ def test_excluded_cases_are_selected_cases():
 def test_every_runtime_op_has_cases():
     covered = {node.op_type for name in selected_names() if name not in excluded()
                for node in all_cases()[name].model.graph.node}
-    assert not RUNTIME_OPS - covered
+    assert not (RUNTIME_OPS | LOWERED_OPS) - covered

@@ -15,6 +15,7 @@ from sparsec.compiler.passes import (
     detect_sparsity,
     fold_constants,
     fuse,
+    lower_conv,
     plan_memory,
     quantize,
     reorder_blocks,
@@ -103,6 +104,8 @@ class KernelChoice:
 PIPELINE: list[tuple[str, Callable[[Graph, PassContext], Graph], str]] = [
     (fold_constants.NAME, fold_constants.run,
      "evaluate shape arithmetic and constant subgraphs so kernels see only run-time work"),
+    (lower_conv.NAME, lower_conv.run,
+     "rewrite each Conv as patches times a weight matrix (Dense), or a depthwise kernel"),
     (detect_sparsity.NAME, detect_sparsity.run,
      "measure every weight and pick its block pattern (or dense) by the target's cost"),
     (fuse.NAME, fuse.run,

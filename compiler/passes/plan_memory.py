@@ -12,7 +12,7 @@ buffers, constants in the library's read-only data, so a run allocates nothing.
 from __future__ import annotations
 
 from sparsec.compiler import limits
-from sparsec.compiler.ir import Graph, MemoryPlan
+from sparsec.compiler.ir import Graph, MemoryPlan, is_layout_flip
 from sparsec.compiler.ops import COPY_OPS
 
 NAME = "plan-memory"
@@ -40,18 +40,21 @@ def live_ranges(graph: Graph) -> dict[str, tuple[int, int]]:
 
 
 def views(graph: Graph, ranges: dict[str, tuple[int, int]]) -> dict[str, str]:
-    """Intermediates that a byte copy (Reshape, Flatten, Squeeze, Unsqueeze, Identity) makes
-    from another intermediate, mapped to the tensor whose bytes they are: they share its
-    place, and the copy kernel, seeing its input and output at one address, does nothing.
-    Both must be row-major: a feature-major tensor's bytes are in another order."""
+    """Intermediates that a byte copy (Reshape, Flatten, Squeeze, Unsqueeze, Identity, or a
+    Transpose that only flips the layout, see choose_layouts) makes from another intermediate,
+    mapped to the tensor whose bytes they are: they share its place, and the copy kernel,
+    seeing its input and output at one address, does nothing. A copy's tensors must both be
+    row-major: a feature-major tensor's bytes are in another order."""
     root: dict[str, str] = {}
     for node in graph.nodes:
-        if node.op not in COPY_OPS or not node.inputs or not node.outputs:
+        if not node.inputs or not node.outputs:
             continue
         source, view = node.inputs[0], node.outputs[0]
-        if (source in ranges and view in ranges
-                and graph.tensors[source].nbytes == graph.tensors[view].nbytes
-                and graph.tensors[source].layout == graph.tensors[view].layout == "row-major"):
+        same_bytes = is_layout_flip(graph, node) or (
+            node.op in COPY_OPS
+            and graph.tensors[source].layout == graph.tensors[view].layout == "row-major")
+        if (same_bytes and source in ranges and view in ranges
+                and graph.tensors[source].nbytes == graph.tensors[view].nbytes):
             root[view] = root.get(source, source)
     return root
 

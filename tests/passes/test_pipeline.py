@@ -13,7 +13,7 @@ from tests.passes.helpers import context
 
 def test_pipeline_is_data_with_reasons():
     names = [name for name, _, _ in PIPELINE]
-    assert names == ["fold-constants", "detect-sparsity", "fuse", "reorder-blocks", "quantize",
+    assert names == ["fold-constants", "lower-conv", "detect-sparsity", "fuse", "reorder-blocks", "quantize",
                      "select-kernels", "choose-layouts", "plan-memory"]
     assert all(why for _, _, why in PIPELINE)
 
@@ -23,10 +23,11 @@ def test_dump_ir_writes_every_pass(tmp_path):
     ctx.options = dataclasses.replace(ctx.options, dump_ir=tmp_path)
     run_pipeline(frontend.import_model(mlp()), ctx)
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == ["00-import.txt", "01-fold-constants.txt", "02-detect-sparsity.txt",
-                     "03-fuse.txt", "04-reorder-blocks.txt", "05-quantize.txt",
-                     "06-select-kernels.txt", "07-choose-layouts.txt", "08-plan-memory.txt"]
-    assert "Dense(" in (tmp_path / "03-fuse.txt").read_text()
+    assert files == ["00-import.txt", "01-fold-constants.txt", "02-lower-conv.txt",
+                     "03-detect-sparsity.txt", "04-fuse.txt", "05-reorder-blocks.txt",
+                     "06-quantize.txt", "07-select-kernels.txt", "08-choose-layouts.txt",
+                     "09-plan-memory.txt"]
+    assert "Dense(" in (tmp_path / "04-fuse.txt").read_text()
 
 
 def test_verifier_names_the_pass_and_the_problem():
