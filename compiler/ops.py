@@ -16,12 +16,17 @@ ELEMENTWISE_UNARY = ("Relu", "Sigmoid", "Tanh", "Clip", "Sqrt", "Erf", "Exp", "N
                      "Not")
 FLOAT_ONLY = ("Sigmoid", "Tanh", "Sqrt", "Erf", "Exp", "Gelu")  # libm functions
 COPY_OPS = ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
+# The operators around convolutions in CNNs: pooling over NCHW planes, per-channel batch
+# normalisation (inference), padding, nearest-neighbour resizing and the hard activations.
+POOL_OPS = ("MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool")
+CNN_OPS = POOL_OPS + ("BatchNormalization", "Pad", "Resize", "HardSigmoid", "HardSwish")
 
 RUNTIME_OPS = frozenset(
     ("MatMul", "Gemm", "Transpose", "Softmax", "ReduceMean", "LayerNormalization", "Gather",
      "Cast", "Where", "Concat", "Expand", "Slice", "MatMulInteger", "DynamicQuantizeLinear",
      "QuantizeLinear", "DequantizeLinear", "CumSum", "GatherElements", "GatherND", "IsNaN")
     + ELEMENTWISE_BINARY + COMPARISONS + LOGICAL_BINARY + ELEMENTWISE_UNARY + COPY_OPS
+    + CNN_OPS
 )
 
 # Ops that only fuse creates; they never come from a model.
