@@ -46,7 +46,7 @@ def test_batch_normalization_training_mode_is_refused(compiler):
     channels = 3
     stats = [(n, np.ones(channels, np.float32)) for n in ("scale", "bias", "mean", "var")]
     model = one_node("BatchNormalization", [2, channels, 4], {"training_mode": 1},
-                     initializers=stats, opset=15)
+                     initializers=stats, opset=15, outputs=("y", "running_mean", "running_var"))
     with pytest.raises(KernelNotFoundError, match="training_mode=1"):
         compiler.compile(model, "generic")
 
@@ -120,7 +120,7 @@ def test_pad_at_run_time_is_checked(compiler):
 
 
 TRANSFORMS = ["half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric",
-              "tf_half_pixel_for_nearest", "half_pixel_symmetric"]
+              "half_pixel_symmetric"]
 ROUNDINGS = ["round_prefer_floor", "round_prefer_ceil", "floor", "ceil"]
 
 
@@ -163,9 +163,13 @@ def test_resize_scales_at_run_time_are_checked(compiler):
         module.run({"x": x, "scales": np.array([1, 1, 3, 2], np.float32)})
 
 
-def test_linear_resize_is_refused(compiler):
-    model = one_node("Resize", [1, 1, 2, 2], {"mode": "linear"},
-                     initializers=[("scales", np.array([1, 1, 2, 2], np.float32))],
-                     node_inputs=["x", "", "scales"])
-    with pytest.raises(KernelNotFoundError, match="nearest neighbour only"):
+@pytest.mark.parametrize("attrs,message", [
+    ({"mode": "linear"}, "nearest neighbour only"),
+    ({"coordinate_transformation_mode": "tf_half_pixel_for_nearest"},
+     "coordinate_transformation_mode 'tf_half_pixel_for_nearest'")])
+def test_unsupported_resize_is_refused(attrs, message, compiler):
+    model = one_node("Resize", [1, 1, 2, 2], attrs, opset=11,
+                     initializers=[("roi", np.zeros(0, np.float32)),
+                                   ("scales", np.array([1, 1, 2, 2], np.float32))])
+    with pytest.raises(KernelNotFoundError, match=message):
         compiler.compile(model, "generic")
