@@ -13,11 +13,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from sparsec.codegen import bf16_params as bp
+from sparsec.codegen import cnn_params as cnnp
 from sparsec.codegen import conv_params as cp
 from sparsec.codegen import index_params as ip
 from sparsec.codegen import int8_params as qp
 from sparsec.codegen import matrix_params as mp
 from sparsec.codegen import params as kp
+from sparsec.codegen import pool_params as pp
 from sparsec.codegen.targets import TARGETS, Dispatch, Target
 from sparsec.compiler.ir import BITMASK, SPARSE_PATTERNS, Graph, Node, block_shape
 from sparsec.compiler.ops import (
@@ -551,6 +553,23 @@ KERNELS: list[KernelSpec] = [
     KernelSpec(op=DEPTHWISE_CONV, dtypes=FLOAT, isa="scalar", family="f32_depthwise",
                template="f32-depthwise/scalar.c.j2", params=cp.depthwise_params,
                parallel=True),
+    # CNN operators. Portable C only: their loops run contiguous over W, so GCC vectorises
+    # them for each target's flags (-mavx2, -mavx512f, NEON) without intrinsics.
+    *[KernelSpec(op=op, dtypes=FLOATS + ("int8", "uint8") if "Max" in op else FLOATS,
+                 isa="scalar", family=f"x_{op.lower()}", parallel=True,
+                 template="x-pool/global.c.j2" if op.startswith("Global")
+                 else "x-pool/window.c.j2",
+                 params=pp.global_pool_params if op.startswith("Global") else pp.pool_params)
+      for op in ("MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool")],
+    KernelSpec(op="BatchNormalization", dtypes=FLOATS, isa="scalar", family="x_batchnorm",
+               template="x-batchnorm/scalar.c.j2", params=cnnp.batch_norm_params),
+    *[KernelSpec(op=op, dtypes=FLOATS, isa="scalar", family=f"x_{op.lower()}",
+                 template="x-elementwise/unary.c.j2", params=cnnp.hard_activation_params)
+      for op in ("HardSigmoid", "HardSwish")],
+    KernelSpec(op="Pad", dtypes=ANY, isa="scalar", family="x_pad",
+               template="x-resample/pad.c.j2", params=cnnp.pad_params),
+    KernelSpec(op="Resize", dtypes=ANY, isa="scalar", family="x_resize",
+               template="x-resample/resize.c.j2", params=cnnp.resize_params),
 ]
 
 _BY_KEY = {k.symbol: k for k in KERNELS}

@@ -16,18 +16,23 @@ ELEMENTWISE_UNARY = ("Relu", "Sigmoid", "Tanh", "Clip", "Sqrt", "Erf", "Exp", "N
                      "Not")
 FLOAT_ONLY = ("Sigmoid", "Tanh", "Sqrt", "Erf", "Exp", "Gelu")  # libm functions
 COPY_OPS = ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
+# The operators around convolutions in CNNs: pooling over NCHW planes, per-channel batch
+# normalisation (inference), padding, nearest-neighbour resizing and the hard activations.
+POOL_OPS = ("MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool")
+CNN_OPS = POOL_OPS + ("BatchNormalization", "Pad", "Resize", "HardSigmoid", "HardSwish")
 
 RUNTIME_OPS = frozenset(
     ("MatMul", "Gemm", "Transpose", "Softmax", "ReduceMean", "LayerNormalization", "Gather",
      "Cast", "Where", "Concat", "Expand", "Slice", "MatMulInteger", "DynamicQuantizeLinear",
      "QuantizeLinear", "DequantizeLinear", "CumSum", "GatherElements", "GatherND", "IsNaN")
     + ELEMENTWISE_BINARY + COMPARISONS + LOGICAL_BINARY + ELEMENTWISE_UNARY + COPY_OPS
+    + CNN_OPS
 )
 
 # Operators the frontend accepts that a pass rewrites into the ops below before kernels are
-# chosen: Conv becomes Im2Col + Dense (or DepthwiseConv) in lower_conv, which folds a
-# BatchNormalization after a Conv into its weights.
-LOWERED_OPS = frozenset(("Conv", "BatchNormalization"))
+# chosen: Conv becomes Im2Col + Dense (or DepthwiseConv) in lower_conv (which also folds a
+# BatchNormalization after a Conv into its weights).
+LOWERED_OPS = frozenset(("Conv",))
 
 # Ops that only passes create; they never come from a model.
 DENSE = "Dense"  # act(alpha * X . W + beta * bias), W 2-D; X's leading dims flattened into rows

@@ -43,6 +43,27 @@ EXCLUDED = {
                               "tensors only",
     "test_identity_opt": "the input and output are optional(sequence(tensor)); sparsec compiles "
                          "tensors only",
+    **{f"test_batchnorm_{variant}_training_mode": "training_mode=1: batch statistics and "
+       "running-mean outputs; sparsec compiles inference graphs" for variant in (
+        "epsilon", "example")},
+    **{f"test_maxpool_with_argmax_2d_precomputed_{variant}": "MaxPool's Indices output, which "
+       "only MaxUnpool reads; sparsec computes the values only" for variant in (
+        "pads", "strides")},
+    **{f"test_resize_{variant}": "Resize by linear or cubic interpolation (tf_crop_and_resize "
+       "cases interpolate linearly); sparsec resizes by nearest neighbour only"
+       for variant in (
+        "downsample_scales_cubic", "downsample_scales_cubic_A_n0p5_exclude_outside",
+        "downsample_scales_cubic_align_corners", "downsample_scales_cubic_antialias",
+        "downsample_scales_linear", "downsample_scales_linear_align_corners",
+        "downsample_scales_linear_antialias", "downsample_scales_linear_half_pixel_symmetric",
+        "downsample_sizes_cubic", "downsample_sizes_cubic_antialias",
+        "downsample_sizes_linear_antialias", "downsample_sizes_linear_pytorch_half_pixel",
+        "tf_crop_and_resize", "tf_crop_and_resize_axes_2_3", "tf_crop_and_resize_axes_3_2",
+        "tf_crop_and_resize_extrapolation_value", "upsample_scales_cubic",
+        "upsample_scales_cubic_A_n0p5_exclude_outside", "upsample_scales_cubic_align_corners",
+        "upsample_scales_cubic_asymmetric", "upsample_scales_linear",
+        "upsample_scales_linear_align_corners", "upsample_scales_linear_half_pixel_symmetric",
+        "upsample_sizes_cubic")},
 }
 
 
