@@ -60,12 +60,13 @@ def host_description() -> str:
     return f"{cpu} ({', '.join(isas) or 'no SIMD flags read'}), {os.cpu_count()} logical CPUs"
 
 
-def write_table(name: str, title: str, header: list[str], rows: list[list], notes: str) -> Path:
-    RESULTS.mkdir(exist_ok=True)
+def write_table(name: str, title: str, header: list[str], rows: list[list], notes: str,
+                folder: Path = RESULTS) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
     lines = [f"# {title}", "", f"Host: {host_description()}. {notes}", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    path = RESULTS / f"{name}.md"
+    path = folder / f"{name}.md"
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -36,6 +36,26 @@ def install() -> None:
     subprocess.run([str(VENV / "bin" / "pip"), "install", "-q", PACKAGE], check=True)
 
 
+NEWEST_IR, NEWEST_OPSET = 9, 19
+"""What DeepSparse 1.8 reads: its bundled onnxruntime refuses IR 10 ("Unsupported model IR
+version: 10, max supported IR version: 9"), and onnx 1.14, the newest it allows, knows opsets
+up to 19. torch.onnx.export's default (dynamo) exporter writes IR 10 (opset 18 or later): export
+for DeepSparse with `dynamo=False, opset_version=17` (IR 8)."""
+
+
+def unreadable(model: str) -> str | None:
+    """Why DeepSparse 1.8 cannot read the model file, or None."""
+    import onnx
+
+    proto = onnx.load(model, load_external_data=False)
+    opset = max((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+                default=0)
+    if proto.ir_version > NEWEST_IR or opset > NEWEST_OPSET:
+        return (f"{model} has IR version {proto.ir_version} and opset {opset}; DeepSparse 1.8 "
+                f"reads IR <= {NEWEST_IR} and opset <= {NEWEST_OPSET}")
+    return None
+
+
 class Peer:
     """One compiled DeepSparse engine in a child process; `median_ms()` times a round."""
 
@@ -46,6 +66,9 @@ class Peer:
         if executable is None:
             raise RuntimeError("DeepSparse is not installed: run "
                                "`python benchmarks/deepsparse_peer.py --install`")
+        reason = unreadable(model)
+        if reason:
+            raise RuntimeError(reason)
         self._inputs = Path(model).with_suffix(".deepsparse-inputs.npz")
         np.savez(self._inputs, **feeds)
         environment = dict(os.environ)

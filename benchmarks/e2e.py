@@ -90,6 +90,12 @@ sys.exit(status)
 """
 
 
+class CompileFailed(SystemExit):
+    """`sparsec compile` refused or failed; the message holds its stderr. A SystemExit, so that
+    a benchmark that needs every model compiled stops with it, and one that reports the
+    refusal (benchmarks/cnn.py) can catch it."""
+
+
 def compile_in_child(model: str, target: str, library: Path,
                      dtype: str) -> tuple[float, float]:
     """`sparsec compile` in a child process: wall seconds and peak resident megabytes (the
@@ -100,7 +106,7 @@ def compile_in_child(model: str, target: str, library: Path,
     done = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
-        raise SystemExit(f"compiling {model} failed: {done.stderr.strip()}")
+        raise CompileFailed(f"compiling {model} failed: {done.stderr.strip()}")
     peak_kb = int(done.stdout.strip().splitlines()[-1].split()[1])
     return seconds, peak_kb / 1024
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import sparsec
 from sparsec.errors import InputError, KernelNotFoundError
-from tests.cnn_models import CNN_TARGETS, check_against_onnxruntime, one_node
+from tests.cnn_ops_helpers import CNN_TARGETS, check_against_onnxruntime, one_node
 
 SETTINGS = settings(max_examples=8, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture,

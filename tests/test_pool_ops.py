@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from sparsec.errors import KernelNotFoundError
-from tests.cnn_models import CNN_TARGETS, check_against_onnxruntime, one_node
+from tests.cnn_ops_helpers import CNN_TARGETS, check_against_onnxruntime, one_node
 
 # A mean of at most 16 standard-normal terms summed in another order than onnxruntime's (MLAS
 # vectorises its pools): each partial sum within 16 eps of the absolute sum, under 64 here,
