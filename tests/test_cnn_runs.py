@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from sparsec.codegen import targets
-from tests.cnn_models import fixed_cases
+from tests.cnn_ops_helpers import fixed_cases
 from tests.conftest import HOST_TARGETS, run_onnxruntime
 from tests.runs import Runs
 from tests.test_sanitizers import SANITIZE
