@@ -2,11 +2,6 @@
 as it does in torch, pruned ones keep exactly the requested zeros through the export, and
 sparsec compiles each and matches onnxruntime on the same file.
 
-Today sparsec has no Conv, so the compile tests are strict xfails that must refuse with the
-grouped unsupported-operator error naming only CNN operators; the day they compile, the
-differential comparison inside runs, they pass, and strict turns that into a failure: remove
-the mark then.
-
 Needs the `[bench]` extra (torch, and onnxscript for the dynamo exporter), which `.ci/run`
 installs; without it this module skips and says so.
 """
@@ -14,7 +9,6 @@ installs; without it this module skips and says so.
 from __future__ import annotations
 
 import importlib.util
-import re
 from dataclasses import replace
 
 import numpy as np
@@ -25,7 +19,6 @@ from onnx import numpy_helper
 pytest.importorskip("torch", reason="the CNN exports need torch: pip install -e '.[bench]'")
 
 import sparsec  # noqa: E402
-from sparsec.errors import UnsupportedOperatorError  # noqa: E402
 from tests import cnn_models  # noqa: E402
 from tests.cnn_models import TINY_SPECS, Pruning  # noqa: E402
 from tests.conftest import run_onnxruntime  # noqa: E402
@@ -37,8 +30,6 @@ PRUNED = [replace(TINY_SPECS["resnet-bottleneck"], pruning=Pruning(0.1)),
           replace(TINY_SPECS["mobilenet-v2"], pruning=Pruning(0.1, "pointwise"))]
 SPECS = list(TINY_SPECS.values()) + PRUNED
 
-CNN_OPS = {"Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "BatchNormalization"}
-"""What issue 23 adds; a refusal naming anything else is a gap outside it."""
 
 
 def _cases(specs):
@@ -107,19 +98,12 @@ def test_cache_key_follows_the_spec_and_the_exporter():
     assert cnn_models.cache_key(spec, "dynamo") == cnn_models.cache_key(spec, "dynamo")
 
 
-@pytest.mark.xfail(strict=True, raises=UnsupportedOperatorError,
-                   reason="issue 23: Conv lands next")
 @pytest.mark.parametrize("target", ["generic", "native"])
 @pytest.mark.parametrize("spec, exporter", _cases(SPECS))
 def test_compiles_and_matches_onnxruntime(spec, exporter, target, export_cache, compiler):
     path = cnn_models.export(spec, exporter, export_cache)
     feeds = cnn_models.inputs(spec)
-    try:
-        result = compiler.compile(str(path), target)
-    except UnsupportedOperatorError as refusal:
-        refused = set(re.findall(r"\(op ([\w.]+)\)", str(refusal)))
-        assert refused and refused <= CNN_OPS, f"refused beyond issue 23's operators: {refusal}"
-        raise
+    result = compiler.compile(str(path), target)
     (expected,) = run_onnxruntime(onnx.load(str(path)), feeds)
     got = sparsec.load(result.library).run(feeds)["logits"]
     assert got.shape == expected.shape and got.dtype == expected.dtype
