@@ -20,15 +20,12 @@ pytest.importorskip("torch", reason="the CNN exports need torch: pip install -e 
 
 import sparsec  # noqa: E402
 from tests import cnn_models  # noqa: E402
-from tests.cnn_models import TINY_SPECS, Pruning  # noqa: E402
+from tests.cnn_models import TINY_PRUNED, TINY_SPECS, Pruning  # noqa: E402
 from tests.conftest import run_onnxruntime  # noqa: E402
 
 HAS_ONNXSCRIPT = importlib.util.find_spec("onnxscript") is not None
 
-PRUNED = [replace(TINY_SPECS["resnet-bottleneck"], pruning=Pruning(0.1)),
-          replace(TINY_SPECS["mobilenet-v1"], pruning=Pruning(0.1, "pointwise", (4, 1))),
-          replace(TINY_SPECS["mobilenet-v2"], pruning=Pruning(0.1, "pointwise"))]
-SPECS = list(TINY_SPECS.values()) + PRUNED
+SPECS = list(TINY_SPECS.values()) + TINY_PRUNED
 
 
 
@@ -55,7 +52,7 @@ def test_export_runs_in_onnxruntime_as_in_torch(spec, exporter, export_cache):
     assert result.ops.get("Conv", 0) > 0, result.ops
 
 
-@pytest.mark.parametrize("spec, exporter", _cases(PRUNED))
+@pytest.mark.parametrize("spec, exporter", _cases(TINY_PRUNED))
 def test_pruned_weights_stay_exactly_zero_through_the_export(spec, exporter, export_cache):
     """Both exporters fold BatchNorm into the conv weights (a scale per output channel),
     which keeps zeros zero: each pruned conv still has its density, the others none."""
