@@ -4,7 +4,10 @@ contiguous, and split their work into planes (one task per channel or row of pat
 
 from __future__ import annotations
 
+import numpy as np
+
 from sparsec.codegen.params import KernelRequest, activation_statements, c_float
+from sparsec.compiler.ir import Graph, Node
 
 # Aim for tasks of about this many output elements: enough to amortise handing a task out,
 # few enough that 2-16 threads share a layer evenly.
@@ -41,20 +44,54 @@ def im2col_params(req: KernelRequest) -> dict:
                 ROWS_PER_TASK=_per_task(plane))
 
 
+# Channels per DepthwiseConv task: a whole AVX-512 vector, two AVX2 or four NEON ones.
+DEPTHWISE_BLOCK = 16
+
+
+def _padded_plane(geometry: dict) -> tuple[int, int]:
+    """Rows and columns of the zero-padded input plane every output pixel's taps fall in."""
+    hp = max(geometry["h"] + geometry["top"],
+             (geometry["ho"] - 1) * geometry["sh"] + (geometry["kh"] - 1) * geometry["dh"] + 1)
+    wp = max(geometry["w"] + geometry["left"],
+             (geometry["wo"] - 1) * geometry["sw"] + (geometry["kw"] - 1) * geometry["dw"] + 1)
+    return hp, wp
+
+
 def depthwise_params(req: KernelRequest) -> dict:
     node = req.node
     x, w, bias, y = req.input(0), req.input(1), req.input(2), req.output()
     n, c = x.shape[0], x.shape[1]
     geometry = _geometry(req)
+    hp, wp = _padded_plane(geometry)
+    blocks = -(-c // DEPTHWISE_BLOCK)
+    taps = geometry["kh"] * geometry["kw"]
+    packed = np.zeros((blocks * DEPTHWISE_BLOCK, taps), np.float32)
+    packed[:c] = w.data.reshape(c, taps)
+    packed = packed.reshape(blocks, DEPTHWISE_BLOCK, taps).transpose(0, 2, 1)
+    params = dict(geometry, n=n, c=c, hp=hp, wp=wp, CB=DEPTHWISE_BLOCK, blocks=blocks,
+                  packed=req.blob.add(np.ascontiguousarray(packed)), has_bias=bias is not None)
+    if bias is not None:
+        padded = np.zeros(blocks * DEPTHWISE_BLOCK, np.float32)
+        padded[:c] = bias.data
+        params["bias_packed"] = req.blob.add(padded)
     activation = node.attrs.get("activation", "")
-    low, high = (node.attrs.get("activation_params") or (None, None))[:2] \
-        if activation == "Clip" else (None, None)
+    bounds = tuple(c_float(b) for b in node.attrs["activation_params"]) \
+        if activation == "Clip" else ()
+    params["activate"] = activation_statements(activation, bounds, "float32", "v")
     req.take(x)
-    req.take(w)
-    req.take(bias)
     req.take(y)
-    plane = geometry["ho"] * geometry["wo"]
-    bounds = (c_float(low), c_float(high)) if activation == "Clip" else ()
-    return dict(geometry, n=n, c=c, has_bias=bias is not None,
-                activate=activation_statements(activation, bounds, "float32", "out[ow]"),
-                PLANES_PER_TASK=_per_task(plane))
+    return params
+
+
+def depthwise_scratch(graph: Graph, node: Node) -> int:
+    """Per task (image and block of channels): its padded planes and one output row."""
+    x = graph.tensors[node.inputs[0]]
+    attrs = node.attrs
+    (kh, kw), (sh, sw), (dh, dw) = attrs["kernel"], attrs["strides"], attrs["dilations"]
+    top, left = attrs["pads"][:2]
+    ho, wo = attrs["out"]
+    geometry = dict(h=x.shape[2], w=x.shape[3], top=top, left=left, ho=ho, wo=wo, sh=sh,
+                    sw=sw, kh=kh, kw=kw, dh=dh, dw=dw)
+    hp, wp = _padded_plane(geometry)
+    blocks = -(-x.shape[1] // DEPTHWISE_BLOCK)
+    return 4 * x.shape[0] * blocks * (hp * wp + wo) * DEPTHWISE_BLOCK

@@ -552,7 +552,7 @@ KERNELS: list[KernelSpec] = [
                template="x-im2col/scalar.c.j2", params=cp.im2col_params, parallel=True),
     KernelSpec(op=DEPTHWISE_CONV, dtypes=FLOAT, isa="scalar", family="f32_depthwise",
                template="f32-depthwise/scalar.c.j2", params=cp.depthwise_params,
-               parallel=True),
+               scratch=cp.depthwise_scratch, parallel=True),
     # CNN operators. Portable C only: their loops run contiguous over W, so GCC vectorises
     # them for each target's flags (-mavx2, -mavx512f, NEON) without intrinsics.
     *[KernelSpec(op=op, dtypes=FLOATS + ("int8", "uint8") if "Max" in op else FLOATS,
