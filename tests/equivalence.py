@@ -163,8 +163,9 @@ def record(args) -> int:
     out = Path(args.dir)
     found = case_list(args, args.quick, not args.no_arm)
     print(f"recording {len(found)} cases into {out}", flush=True)
+    host = describe_host()  # the code that compiles: before anyone edits the tree meanwhile
     records = run_all(found, out, args.jobs)
-    manifest = {"host": describe_host(), "quick": args.quick, "arm": not args.no_arm,
+    manifest = {"host": host, "quick": args.quick, "arm": not args.no_arm,
                 "cases": records}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     failed = [name for name, r in records.items() if r["status"] != "ok"]
