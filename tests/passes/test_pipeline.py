@@ -13,8 +13,8 @@ from tests.passes.helpers import context
 
 def test_pipeline_is_data_with_reasons():
     names = [name for name, _, _ in PIPELINE]
-    assert names == ["fold-constants", "lower-conv", "detect-sparsity", "fuse", "reorder-blocks", "quantize",
-                     "select-kernels", "choose-layouts", "plan-memory"]
+    assert names == ["fold-constants", "lower-conv", "detect-sparsity", "fuse", "reorder-blocks",
+                     "quantize", "select-kernels", "choose-layouts", "plan-memory"]
     assert all(why for _, _, why in PIPELINE)
 
 

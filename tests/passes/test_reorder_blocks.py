@@ -1,4 +1,6 @@
 import dataclasses
+import itertools
+import time
 
 import numpy as np
 from onnx import helper
@@ -107,3 +109,42 @@ def test_full_blocks_are_not_searched():
     graph = reordered(ffn(w1, w2), force_pattern="4x1")
     assert "already full" in graph.nodes[0].attrs["reorder"]["result"]
     np.testing.assert_array_equal(graph.tensors[graph.nodes[1].inputs[1]].data, w2)
+
+
+def jumping_clock(monkeypatch):
+    """A machine so loaded that every clock reading is 1000 s after the last: any deadline
+    passes as soon as it is set."""
+    readings = itertools.count(step=1000.0)
+    for name in ("perf_counter", "monotonic", "time"):
+        monkeypatch.setattr(time, name, lambda: float(next(readings)))
+
+
+def test_the_search_does_not_depend_on_the_clock(monkeypatch):
+    features = np.random.default_rng(10).random((64, 48)) < 0.2
+
+    def permutation(swaps=reorder_blocks.SWAPS_PER_CHAIN):
+        return reorder_blocks.search(features, 4, 1, np.random.default_rng(reorder_blocks.SEED),
+                                     swaps)
+
+    calm = permutation()
+    # Without the swaps the grouping alone gives another permutation: the swaps, which a
+    # deadline used to cut short, are part of what must not depend on the clock.
+    assert not np.array_equal(permutation(swaps=0), calm)
+    jumping_clock(monkeypatch)
+    np.testing.assert_array_equal(permutation(), calm)
+
+
+def test_two_compiles_permute_alike_however_slow_the_machine(monkeypatch):
+    rng = np.random.default_rng(1)  # a chain whose permutation the swaps change
+    w1 = rng.standard_normal((16, 64)).astype(np.float32)
+    w2 = (rng.standard_normal((64, 48)) * (rng.random((64, 48)) < 0.15)).astype(np.float32)
+    calm = reordered(ffn(w1, w2))
+    jumping_clock(monkeypatch)
+    loaded = reordered(ffn(w1, w2))
+    record = calm.nodes[-1].attrs["reorder"]
+    assert "permutation" in record
+    assert loaded.nodes[-1].attrs["reorder"] == record
+    for node in calm.nodes:
+        for name in node.inputs[1:]:
+            if name and calm.tensors[name].is_constant:
+                np.testing.assert_array_equal(loaded.tensors[name].data, calm.tensors[name].data)
