@@ -21,10 +21,11 @@ ELEMENT_TYPES = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE,
 
 def one_node(op: str, x_shape, attrs: dict, extra_inputs=(), initializers=(),
              dtype: str = "float32", opset: int = 19, outputs=("y",),
-             node_inputs=None, output_shape=None) -> onnx.ModelProto:
+             node_inputs=None, output_shape=None, output_dtypes=None) -> onnx.ModelProto:
     """`op` on input "x", `extra_inputs` ([(name, shape, dtype)] graph inputs) and
     `initializers` ([(name, array)]), in that order unless `node_inputs` names them (with ""
-    for an omitted optional input); outputs of `output_shape`, or left to shape inference."""
+    for an omitted optional input); outputs of `output_shape`, or left to shape inference,
+    and of the input's dtype unless `output_dtypes` says otherwise."""
     inputs = [helper.make_tensor_value_info("x", ELEMENT_TYPES[dtype], list(x_shape))]
     inputs += [helper.make_tensor_value_info(name, ELEMENT_TYPES[kind], list(shape))
                for name, shape, kind in extra_inputs]
@@ -33,8 +34,8 @@ def one_node(op: str, x_shape, attrs: dict, extra_inputs=(), initializers=(),
                             name="node", **attrs)
     graph = helper.make_graph(
         [node], "cnn", inputs,
-        [helper.make_tensor_value_info(name, ELEMENT_TYPES[dtype], output_shape)
-         for name in outputs],
+        [helper.make_tensor_value_info(name, ELEMENT_TYPES[(output_dtypes or {}).get(
+            name, dtype)], output_shape) for name in outputs],
         [numpy_helper.from_array(np.asarray(a), n) for n, a in initializers])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 9
@@ -67,11 +68,11 @@ def fixed_cases() -> list[tuple[str, onnx.ModelProto, dict, float]]:
     stats = [(name, (rng.random(5) + 0.5).astype(np.float32))
              for name in ("scale", "bias", "mean", "var")]
     return [
-        ("maxpool", one_node("MaxPool", [2, 3, 11, 13], {**window, "dilations": [1, 2]},
-                             opset=12), x(2, 3, 11, 13), 0.0),
-        ("averagepool", one_node("AveragePool", [2, 3, 11, 13],
+        ("maxpool", one_node("MaxPool", [2, 3, 12, 13], {**window, "dilations": [1, 2]},
+                             opset=12), x(2, 3, 12, 13), 0.0),
+        ("averagepool", one_node("AveragePool", [2, 3, 12, 13],
                                  {**window, "count_include_pad": 1}, opset=12),
-         x(2, 3, 11, 13), 1e-5),
+         x(2, 3, 12, 13), 1e-5),
         ("averagepool-same", one_node("AveragePool", [1, 4, 7, 9], {
             "kernel_shape": [3, 3], "auto_pad": "SAME_LOWER"}, opset=12), x(1, 4, 7, 9), 1e-5),
         ("globalmaxpool", one_node("GlobalMaxPool", [2, 3, 5, 7], {}, opset=12),
