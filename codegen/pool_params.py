@@ -106,7 +106,7 @@ def pool_axes(req: KernelRequest) -> list[PoolAxis]:
 
 
 def pool_params(req: KernelRequest) -> dict:
-    """MaxPool / AveragePool over planes of H x W; Indices (MaxPool's second output) and
+    """MaxPool / AveragePool over planes of D x H x W; Indices (MaxPool's second output) and
     storage_order are refused: nothing in an inference graph reads them but MaxUnpool."""
     node, x, y = req.node, req.input(0), req.output()
     if len([name for name in node.outputs if name]) > 1:
