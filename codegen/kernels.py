@@ -537,7 +537,9 @@ KERNELS: list[KernelSpec] = [
                  template="x-elementwise/unary.c.j2", params=cp.hard_activation_params)
       for op in ("HardSigmoid", "HardSwish")],
     KernelSpec(op="Pad", dtypes=ANY, isa="scalar", family="x_pad",
-               template="x-resample/pad.c.j2", params=cp.pad_params),
+               template="x-resample/pad.c.j2", params=cp.pad_params,
+               scratch=cp.map_scratch),
     KernelSpec(op="Resize", dtypes=ANY, isa="scalar", family="x_resize",
-               template="x-resample/resize.c.j2", params=cp.resize_params),
+               template="x-resample/resize.c.j2", params=cp.resize_params,
+               scratch=cp.map_scratch),
 ]
