@@ -523,7 +523,7 @@ KERNELS: list[KernelSpec] = [
                          (ADD_LAYER_NORM, "x_addlayernorm"))],
     KernelSpec(op="Softmax", dtypes=FLOAT, isa="scalar", family="f32_softmax",
                template="f32-softmax/scalar.c.j2", params=kp.softmax_params),
-    # CNN operators. Portable C only: their loops run contiguous over W, so GCC vectorises
+    # CNN operators. Portable C only: the pools run contiguous over W, so GCC vectorises
     # them for each target's flags (-mavx2, -mavx512f, NEON) without intrinsics.
     *[KernelSpec(op=op, dtypes=FLOATS + ("int8", "uint8") if "Max" in op else FLOATS,
                  isa="scalar", family=f"x_{op.lower()}", parallel=True,
