@@ -14,6 +14,7 @@ import numpy as np
 
 from sparsec.codegen.cnames import c_string_literal
 from sparsec.codegen.params import CTYPES, KernelRequest, c_literal, contiguous_strides
+from sparsec.compiler.ir import Graph, Node
 from sparsec.errors import KernelNotFoundError
 
 
@@ -83,8 +84,13 @@ def _gather_params(req: KernelRequest, x, y) -> dict:
     return {"ctype": CTYPES[y.dtype], "rank": rank, "input_dims": list(x.shape),
             "output_dims": list(y.shape), "input_strides": contiguous_strides(x.shape),
             "map_offsets": [int(sum(y.shape[:d])) for d in range(rank)],
-            "map_size": max(1, int(sum(y.shape))),
             "outer": int(np.prod(y.shape[:-1])), "node_literal": c_string_literal(req.node.name)}
+
+
+def map_scratch(graph: Graph, node: Node) -> int:
+    """Pad's and Resize's index maps, one int64 per output index of every axis: in the arena,
+    not on the stack, where a long axis would overflow it."""
+    return 8 * max(1, sum(graph.tensors[node.outputs[0]].shape))
 
 
 PAD_MODES = ("constant", "reflect", "edge", "wrap")

@@ -553,7 +553,7 @@ KERNELS: list[KernelSpec] = [
     KernelSpec(op=DEPTHWISE_CONV, dtypes=FLOAT, isa="scalar", family="f32_depthwise",
                template="f32-depthwise/scalar.c.j2", params=cp.depthwise_params,
                scratch=cp.depthwise_scratch, parallel=True),
-    # CNN operators. Portable C only: their loops run contiguous over W, so GCC vectorises
+    # CNN operators. Portable C only: the pools run contiguous over W, so GCC vectorises
     # them for each target's flags (-mavx2, -mavx512f, NEON) without intrinsics.
     *[KernelSpec(op=op, dtypes=FLOATS + ("int8", "uint8") if "Max" in op else FLOATS,
                  isa="scalar", family=f"x_{op.lower()}", parallel=True,
@@ -567,9 +567,11 @@ KERNELS: list[KernelSpec] = [
                  template="x-elementwise/unary.c.j2", params=cnnp.hard_activation_params)
       for op in ("HardSigmoid", "HardSwish")],
     KernelSpec(op="Pad", dtypes=ANY, isa="scalar", family="x_pad",
-               template="x-resample/pad.c.j2", params=cnnp.pad_params),
+               template="x-resample/pad.c.j2", params=cnnp.pad_params,
+               scratch=cnnp.map_scratch),
     KernelSpec(op="Resize", dtypes=ANY, isa="scalar", family="x_resize",
-               template="x-resample/resize.c.j2", params=cnnp.resize_params),
+               template="x-resample/resize.c.j2", params=cnnp.resize_params,
+               scratch=cnnp.map_scratch),
 ]
 
 _BY_KEY = {k.symbol: k for k in KERNELS}

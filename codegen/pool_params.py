@@ -93,15 +93,20 @@ def pool_axes(req: KernelRequest) -> list[PoolAxis]:
             raise _refuse(req, f"auto_pad {auto_pad!r}; ONNX defines NOTSET, SAME_UPPER, "
                                "SAME_LOWER and VALID")
         axes.append(PoolAxis(size, out, kernel[d], strides[d], dilations[d], begin, end))
-        if out < 1 or (out - 1) * strides[d] >= size + begin + end:
-            raise _refuse(req, f"output extent {out} along spatial axis {d} leaves a window "
-                               "wholly past the padded input")
+        if out < 1 or (out - 1) * strides[d] >= size + begin:
+            # ONNX's shape inference keeps, with ceil_mode, a last window that starts in the
+            # end padding; the operator's definition, its reference and onnxruntime drop it,
+            # and the compiled shape cannot: refused rather than one row of a different shape
+            raise _refuse(req, f"output extent {out} along spatial axis {d} makes the last "
+                               "window start in the end padding (ONNX's shape inference "
+                               "keeps it with ceil_mode, onnxruntime drops it); pad less at "
+                               "the end or export without ceil_mode")
     unit = PoolAxis(1, 1, 1, 1, 1, 0, 0)
     return [unit] * (3 - spatial) + axes
 
 
 def pool_params(req: KernelRequest) -> dict:
-    """MaxPool / AveragePool over planes of H x W; Indices (MaxPool's second output) and
+    """MaxPool / AveragePool over planes of D x H x W; Indices (MaxPool's second output) and
     storage_order are refused: nothing in an inference graph reads them but MaxUnpool."""
     node, x, y = req.node, req.input(0), req.output()
     if len([name for name in node.outputs if name]) > 1:

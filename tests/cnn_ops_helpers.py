@@ -21,10 +21,11 @@ ELEMENT_TYPES = {"float32": TensorProto.FLOAT, "float64": TensorProto.DOUBLE,
 
 def one_node(op: str, x_shape, attrs: dict, extra_inputs=(), initializers=(),
              dtype: str = "float32", opset: int = 19, outputs=("y",),
-             node_inputs=None, output_shape=None) -> onnx.ModelProto:
+             node_inputs=None, output_shape=None, output_dtypes=None) -> onnx.ModelProto:
     """`op` on input "x", `extra_inputs` ([(name, shape, dtype)] graph inputs) and
     `initializers` ([(name, array)]), in that order unless `node_inputs` names them (with ""
-    for an omitted optional input); outputs of `output_shape`, or left to shape inference."""
+    for an omitted optional input); outputs of `output_shape`, or left to shape inference,
+    and of the input's dtype unless `output_dtypes` says otherwise."""
     inputs = [helper.make_tensor_value_info("x", ELEMENT_TYPES[dtype], list(x_shape))]
     inputs += [helper.make_tensor_value_info(name, ELEMENT_TYPES[kind], list(shape))
                for name, shape, kind in extra_inputs]
@@ -33,8 +34,8 @@ def one_node(op: str, x_shape, attrs: dict, extra_inputs=(), initializers=(),
                             name="node", **attrs)
     graph = helper.make_graph(
         [node], "cnn", inputs,
-        [helper.make_tensor_value_info(name, ELEMENT_TYPES[dtype], output_shape)
-         for name in outputs],
+        [helper.make_tensor_value_info(name, ELEMENT_TYPES[(output_dtypes or {}).get(
+            name, dtype)], output_shape) for name in outputs],
         [numpy_helper.from_array(np.asarray(a), n) for n, a in initializers])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 9
@@ -64,14 +65,20 @@ def fixed_cases() -> list[tuple[str, onnx.ModelProto, dict, float]]:
         return {"x": rng.standard_normal(shape).astype(dtype)}
 
     window = {"kernel_shape": [3, 2], "strides": [2, 3], "pads": [1, 0, 2, 1], "ceil_mode": 1}
+
+    def conv(c, m, kernel, group=1, density=1.0):
+        weight = rng.standard_normal((m, c // group, *kernel)).astype(np.float32)
+        weight *= rng.random(weight.shape) < density
+        return [("w", weight), ("b", rng.standard_normal(m).astype(np.float32))]
+
     stats = [(name, (rng.random(5) + 0.5).astype(np.float32))
              for name in ("scale", "bias", "mean", "var")]
     return [
-        ("maxpool", one_node("MaxPool", [2, 3, 11, 13], {**window, "dilations": [1, 2]},
-                             opset=12), x(2, 3, 11, 13), 0.0),
-        ("averagepool", one_node("AveragePool", [2, 3, 11, 13],
+        ("maxpool", one_node("MaxPool", [2, 3, 12, 13], {**window, "dilations": [1, 2]},
+                             opset=12), x(2, 3, 12, 13), 0.0),
+        ("averagepool", one_node("AveragePool", [2, 3, 12, 13],
                                  {**window, "count_include_pad": 1}, opset=12),
-         x(2, 3, 11, 13), 1e-5),
+         x(2, 3, 12, 13), 1e-5),
         ("averagepool-same", one_node("AveragePool", [1, 4, 7, 9], {
             "kernel_shape": [3, 3], "auto_pad": "SAME_LOWER"}, opset=12), x(1, 4, 7, 9), 1e-5),
         ("globalmaxpool", one_node("GlobalMaxPool", [2, 3, 5, 7], {}, opset=12),
@@ -81,6 +88,19 @@ def fixed_cases() -> list[tuple[str, onnx.ModelProto, dict, float]]:
         ("batchnorm", one_node("BatchNormalization", [2, 5, 3, 7], {"epsilon": 1e-3},
                                initializers=stats, opset=15), x(2, 5, 3, 7), 1e-6),
         ("hardswish", one_node("HardSwish", [3, 37], {}, opset=14), x(3, 37), 1e-6),
+        # Conv (lower_conv): the depthwise kernel's channel-block tail (19 = 16 + 3), strides,
+        # asymmetric pads; Im2Col's dilated taps reading past both edges; a sparse 1x1 conv
+        # at batch 2. Sums of at most 12 * 9 products of normal values: 1e-4 is far above
+        # their float32 rounding and far below any wrong tap.
+        ("depthwise", one_node("Conv", [2, 19, 9, 11], {
+            "kernel_shape": [3, 3], "strides": [2, 1], "pads": [1, 0, 2, 1], "group": 19},
+            initializers=conv(19, 19, (3, 3), group=19)), x(2, 19, 9, 11), 1e-4),
+        ("conv-dilated", one_node("Conv", [1, 12, 7, 10], {
+            "kernel_shape": [3, 2], "dilations": [2, 3], "pads": [2, 3, 1, 2], "group": 3},
+            initializers=conv(12, 9, (3, 2), group=3)), x(1, 12, 7, 10), 1e-4),
+        ("conv-pointwise", one_node("Conv", [2, 33, 5, 3], {"kernel_shape": [1, 1]},
+                                    initializers=conv(33, 17, (1, 1), density=0.2)),
+         x(2, 33, 5, 3), 1e-4),
         ("pad-reflect", one_node("Pad", [2, 5, 4], {"mode": "reflect"}, initializers=[
             ("pads", np.array([0, 4, 3, 1, 2, 3], np.int64))]), x(2, 5, 4), 0.0),
         ("pad-crop", one_node("Pad", [3, 6], {"mode": "constant"}, initializers=[

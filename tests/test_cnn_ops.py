@@ -105,6 +105,15 @@ def test_pad_some_axes_of_an_integer_tensor(target, compiler):
     check_against_onnxruntime(compiler, target, model, {"x": x})
 
 
+@pytest.mark.parametrize("mode", ["constant", "edge"])
+def test_pad_before_opset_11(mode, compiler):
+    """Opset 2's Pad, pads and value as attributes."""
+    shape = [2, 3]
+    model = one_node("Pad", shape, {"mode": mode, "pads": [1, 0, 2, 3], "value": 2.5},
+                     opset=10)
+    check_against_onnxruntime(compiler, "generic", model, {"x": random_input(shape, 13)})
+
+
 def test_pad_at_run_time_is_checked(compiler):
     """Pads as a graph input: the compiled shape holds for pads that give it (here edge pads
     moved from one side to the other), and other pads stop the run with a message."""
