@@ -17,10 +17,11 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
+import sparsec
 from sparsec.codegen import targets
 from sparsec.compiler.ir import FEATURE_MAJOR
 from sparsec.errors import UnsupportedOperatorError
-from tests.conftest import TARGET_PARAMS, run_onnxruntime
+from tests.conftest import HOST_TARGETS, TARGET_PARAMS, run_onnxruntime
 from tests.runs import Runs
 
 EPS = float(np.finfo(np.float32).eps)
@@ -251,3 +252,51 @@ def test_unsupported_convs_are_refused_together(compiler):
     assert "2 Conv node(s)" in message
     assert "'volumetric': 3-D convolution" in message
     assert "'grouped_runtime': a grouped Conv's weight must be a constant" in message
+
+
+@pytest.mark.parametrize("target", HOST_TARGETS)
+def test_static_qdq_conv_model_matches_onnxruntime(target, compiler, tmp_path):
+    """onnxruntime's quantize_static in QDQ form: int8 weights behind DequantizeLinear and a
+    QuantizeLinear/DequantizeLinear pair after each conv. sparsec folds the weights' dequantize
+    and runs the convs in float32; onnxruntime runs them as int8. Each output is requantized,
+    so both land on the same int8 grid: they may differ only where a value sits within rounding
+    of a midpoint between two codes, by one step of the output's scale."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    first = build(edge(c=3, m=8, h=12, w=12, batch_norm=True, activation="Relu"))[0]
+    rng = np.random.default_rng(5)
+    second = rng.standard_normal((4, 8, 3, 3)).astype(np.float32)
+    first.graph.initializer.append(numpy_helper.from_array(second, "W2"))
+    first.graph.node.append(helper.make_node("Conv", ["y", "W2"], ["z"], pads=[1, 1, 1, 1]))
+    first.graph.output[0].CopyFrom(helper.make_tensor_value_info("z", TensorProto.FLOAT, None))
+    source = tmp_path / "float.onnx"
+    onnx.save(onnx.shape_inference.infer_shapes(first), source)
+
+    class Calibration(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"x": rng.standard_normal((1, 3, 12, 12)).astype(np.float32)}
+                                 for _ in range(4)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantized = tmp_path / "qdq.onnx"
+    quantize_static(str(source), str(quantized), Calibration(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    model = onnx.load(str(quantized))
+    assert sum(node.op_type == "Conv" for node in model.graph.node) == 2
+    feeds = {"x": rng.standard_normal((1, 3, 12, 12)).astype(np.float32)}
+    (expected,) = run_onnxruntime(model, feeds)
+    last = next(n for n in model.graph.node if n.output[0] == model.graph.output[0].name)
+    assert last.op_type == "DequantizeLinear"
+    scale = next(numpy_helper.to_array(t) for t in model.graph.initializer
+                 if t.name == last.input[1])
+    result = compiler.compile(model, target)
+    actual = sparsec.load(result.library).run(feeds)["z"]
+    steps = np.abs(actual.astype(np.float64) - expected) / float(scale)
+    assert steps.max() <= 1 + 1e-6 and np.mean(steps > 0.5) < 0.01, steps.max()
