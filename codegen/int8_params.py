@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from sparsec.codegen.isa import VNNI_ISAS
 from sparsec.codegen.matrix_params import (
-    TOKEN_TILE_ISAS,
     _activation_rows,
     _bias,
     _epilogue,
@@ -23,53 +23,6 @@ from sparsec.compiler.ir import BITMASK, Graph, Node
 from sparsec.errors import SparsecError
 
 GROUP = 4  # K values per 32-bit lane of vpdpbusd
-
-# AArch64 SDOT multiplies s8 by s8: codes are stored minus 128 (code_offset), and the range
-# pass uses maxNum/minNum, which skip NaN as fmaxf does (FMAX would propagate it).
-_NEON_DOT = {**TOKEN_TILE_ISAS["neon"], "name": "NEON dot-product", "ivec": "int32x4_t",
-             "izero": "sparsec_neon_izero", "iload": "sparsec_neon_iload",
-             "iset1": "vdupq_n_s32", "isub": "vsubq_s32", "dpbusd": "sparsec_neon_dot",
-             "cvt": "vcvtq_f32_s32", "istore": "sparsec_neon_istore", "iadd": "vaddq_s32",
-             "range_min": "vminnmq_f32", "range_max": "vmaxnmq_f32",
-             "quantize": "sparsec_quantize_s8x16", "code_offset": 128}
-
-# What the VNNI token-tile template needs beyond the fp32 token-tile names, per ISA.
-VNNI_ISAS = {
-    "neondot": _NEON_DOT,
-    # ARMv8.0 NEON without SDOT (the arm-neon target's int8 kernels, and its fallback where
-    # the dispatched SDOT kernel cannot run): the same sums from widening multiplies.
-    "neon": {**_NEON_DOT, "name": "NEON widening multiplies",
-             "dpbusd": "sparsec_neon_dot_widening",
-             "dpbusd_full_range": "sparsec_neon_dot_widening_full_range"},
-    "avx512vnni": {**TOKEN_TILE_ISAS["avx512f"], "name": "AVX-512 VNNI", "ivec": "__m512i",
-                   "izero": "_mm512_setzero_si512", "iload": "_mm512_load_si512",
-                   "iset1": "_mm512_set1_epi32", "isub": "_mm512_sub_epi32",
-                   "dpbusd": "sparsec_dpbusd512", "cvt": "_mm512_cvtepi32_ps",
-                   "mul": "_mm512_mul_ps", "set1": "_mm512_set1_ps", "min": "_mm512_min_ps",
-                   "max": "_mm512_max_ps", "loadu": "_mm512_loadu_ps",
-                   "istore": "_mm512_store_si512", "iadd": "_mm512_add_epi32",
-                   "storeu": "_mm512_storeu_ps", "quantize": "sparsec_quantize_u8x64"},
-    "avxvnni": {**TOKEN_TILE_ISAS["avx2"], "name": "AVX-VNNI", "ivec": "__m256i",
-                "izero": "_mm256_setzero_si256", "iload": "_mm256_load_si256",
-                "iset1": "_mm256_set1_epi32", "isub": "_mm256_sub_epi32",
-                "dpbusd": "sparsec_dpbusd256", "cvt": "_mm256_cvtepi32_ps",
-                "mul": "_mm256_mul_ps", "set1": "_mm256_set1_ps", "min": "_mm256_min_ps",
-                "max": "_mm256_max_ps", "loadu": "_mm256_loadu_ps",
-                "istore": "_mm256_store_si256", "iadd": "_mm256_add_epi32",
-                "storeu": "_mm256_storeu_ps", "quantize": "sparsec_quantize_u8x32"},
-}
-# AVX2 without VNNI: VPMADDUBSW's int16 pair sums saturate (2 * 255 * 128 > 32767), so the
-# products run on VPMADDWD, exact in int32, over codes widened to 16 bits. A 4x1 group is two
-# steps ("parts"): codes 0 and 2 of a token in one 32-bit lane, codes 1 and 3 in another
-# (the even and odd bytes of VNNI's lane, split by an and and a shift when the tile is
-# quantized, once per tile), against weight lanes packed the same way at compile time.
-VNNI_ISAS["avx2"] = {**VNNI_ISAS["avxvnni"], "name": "AVX2 (vpmaddwd on 16-bit codes)",
-                     "madd": "vpmaddwd", "madd_add": "vpaddd", "parts": 2,
-                     "iand": "_mm256_and_si256", "ishr16": "_mm256_srli_epi16",
-                     # 16 ymm registers: accumulators for the dense loop's columns x tokens
-                     "accumulators": 8}
-del VNNI_ISAS["avx2"]["dpbusd"]
-
 
 TILE_BYTES = 64 * 1024  # activation codes per tile beyond which halving the tile measured faster
 
@@ -148,16 +101,18 @@ def int8_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "",
         params.update(col_ptr=req.blob.add(col_ptr), k_idx=req.blob.add(k_idx),
                       values=req.blob.add(lanes))
     else:
-        names = dict(VNNI_ISAS[isa])
-        parts = names.get("parts", 1)
-        tokens = token_tile(k, tokens, names["lanes"], parts)
+        vectors = VNNI_ISAS[isa]
+        parts = vectors.tile_parts
+        tokens = token_tile(k, tokens, vectors.lanes, parts)
         if parts == 2:
             lanes = split_lanes(lanes)
-        if "dpbusd_full_range" in names and codes.data.size and codes.data.min() < -127:
-            names["dpbusd"] = names["dpbusd_full_range"]
+        full_range = vectors.int8.dpbusd_full_range
+        if full_range and codes.data.size and codes.data.min() < -127:
+            vectors = vectors.with_int8(dpbusd=full_range)
         # The range pass splits A into slices of at least 4096 floats (at most 8 slices).
-        params.update(isa=names, T=tokens, SLICES=max(1, min(8, m * k // 4096)),
-                      y_feature_major=False, amx=amx, KBX=amx_groups(k) if amx else -(-k // GROUP))
+        params.update(isa=vectors.template_names(), T=tokens,
+                      SLICES=max(1, min(8, m * k // 4096)), y_feature_major=False,
+                      amx=amx, KBX=amx_groups(k) if amx else -(-k // GROUP))
         if amx:
             params.update(amx_params(req, codes.data, keep_all, pattern == BITMASK))
         elif keep_all:  # column-major codes, KB lanes per column: the loop needs no index
@@ -287,7 +242,7 @@ def int8_tokens_scratch(graph: Graph, node: Node, tokens: int, isa: str) -> int:
     fp32 Y tile ([N][T])."""
     k, n = graph.tensors[node.inputs[1]].shape
     a = graph.tensors[node.inputs[0]]
-    parts = VNNI_ISAS[isa].get("parts", 1)
-    tokens = token_tile(k, tokens, VNNI_ISAS[isa]["lanes"], parts)
+    parts = VNNI_ISAS[isa].tile_parts
+    tokens = token_tile(k, tokens, VNNI_ISAS[isa].lanes, parts)
     tiles = max(1, -(-(a.size // k if k else 0) // tokens))
     return tiles * (-(-k // GROUP) * GROUP * tokens * parts + 4 * n * tokens)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sparsec.codegen.isa import TOKEN_TILE_ISAS
 from sparsec.codegen.params import (
     CTYPES,
     VECTOR_MATH,
@@ -187,38 +188,6 @@ def column_blocks(packed, columns: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     return col_ptr, block_rows[order].astype(np.int32), packed.values[order]
 
 
-# Names the token-tile template (f32-spmm/x86-tokens.c.j2) uses for each ISA; `vmath` prefixes
-# the ISA's functions in runtime_c/sparsec_vmath.h.
-TOKEN_TILE_ISAS = {
-    # AArch64: vector helpers in runtime_c/sparsec_neon.h, under the x86 intrinsics' argument
-    # order; the epilogue takes whole vectors only (see neon-epilogue.j2).
-    "neon": {"name": "NEON", "lanes": 4, "vmath": "sparsec_v4_", "vec": "float32x4_t",
-             "zero": "sparsec_neon_zero",
-             "broadcast": "vld1q_dup_f32({})", "load": "vld1q_f32", "store": "vst1q_f32",
-             "fmadd": "sparsec_neon_fmadd", "add": "vaddq_f32",
-             "transpose": "sparsec_transpose4x4", "epilogue": "neon-epilogue.j2",
-             "mask_type": "int", "full_mask": "1", "set1": "vdupq_n_f32", "mul": "vmulq_f32",
-             "max": "vmaxq_f32", "min": "vminq_f32", "loadu": "vld1q_f32",
-             "storeu": "vst1q_f32"},
-    "avx512f": {"name": "AVX-512F", "lanes": 16, "vmath": "sparsec_v16_", "vec": "__m512",
-                "zero": "_mm512_setzero_ps",
-                "broadcast": "_mm512_set1_ps(*({}))", "load": "_mm512_load_ps",
-                "store": "_mm512_store_ps", "fmadd": "_mm512_fmadd_ps", "add": "_mm512_add_ps",
-                "transpose": "sparsec_transpose16x16", "epilogue": "avx512-epilogue.j2",
-                "mask_type": "__mmask16", "full_mask": "(__mmask16)0xffff",
-                "set1": "_mm512_set1_ps", "mul": "_mm512_mul_ps", "max": "_mm512_max_ps",
-                "min": "_mm512_min_ps", "loadu": "_mm512_loadu_ps", "storeu": "_mm512_storeu_ps"},
-    "avx2": {"name": "AVX2", "lanes": 8, "vmath": "sparsec_v8_", "vec": "__m256",
-             "zero": "_mm256_setzero_ps",
-             "broadcast": "_mm256_broadcast_ss({})", "load": "_mm256_load_ps",
-             "store": "_mm256_store_ps", "fmadd": "_mm256_fmadd_ps", "add": "_mm256_add_ps",
-             "transpose": "sparsec_transpose8x8", "epilogue": "avx2-epilogue.j2",
-             "mask_type": "__m256i", "full_mask": "_mm256_set1_epi32(-1)",
-             "set1": "_mm256_set1_ps", "mul": "_mm256_mul_ps", "max": "_mm256_max_ps",
-             "min": "_mm256_min_ps", "loadu": "_mm256_loadu_ps", "storeu": "_mm256_storeu_ps"},
-}
-
-
 # K chunking of the token-tile kernels: rows of the transposed A tile per chunk at 64 tokens
 # (64 rows x 64 tokens x 4 bytes = 16 KB, half an L1), and output columns per parallel task
 # (the columns that share each chunk while it is in L1). A column loads and stores its
@@ -255,7 +224,7 @@ def spmm_tokens_params(req: KernelRequest, tokens: int, isa: str) -> dict:
     n = weight.shape[1]
     col_ptr, k_idx, values = column_blocks(packed, n)
     block_rows = packed.row_ptr.size - 1
-    lanes = TOKEN_TILE_ISAS[isa]["lanes"]
+    lanes = TOKEN_TILE_ISAS[isa].lanes
     chunk = chunk_block_rows(packed, n, tokens)
     chunks = max(1, -(-block_rows // chunk))
     per_task = -(-COLUMNS_PER_TASK // lanes) * lanes
@@ -271,7 +240,7 @@ def spmm_tokens_params(req: KernelRequest, tokens: int, isa: str) -> dict:
     k_idx, values = k_idx[order], values[order]
     req.take(a)
     params = {
-        "isa": TOKEN_TILE_ISAS[isa], "KC": chunk, "CHUNKS": chunks,
+        "isa": TOKEN_TILE_ISAS[isa].template_names(), "KC": chunk, "CHUNKS": chunks,
         "CT": per_task, "segment_ptr": req.blob.add(segment_ptr),
         "M": m, "K": k, "N": n, "R": packed.rows, "KB": packed.row_ptr.size - 1, "T": tokens,
         "a_sm": a_sm, "a_sk": a_sk, "num_blocks": packed.num_blocks,
