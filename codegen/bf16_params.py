@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparsec.codegen.int8_params import AMX_TOKENS, amx_groups, amx_params, groups_by_column
 from sparsec.codegen.isa import BF16_ISAS
 from sparsec.codegen.matrix_params import (
     _activation_rows,
     _bias,
     _epilogue,
     _vector_epilogue,
+)
+from sparsec.codegen.packing import (
+    AMX_TOKENS,
+    amx_groups,
+    amx_params,
     column_blocks,
+    groups_by_column,
 )
 from sparsec.codegen.params import KernelRequest
 from sparsec.compiler.ir import BITMASK, Graph, Node
@@ -47,7 +52,7 @@ def bf16_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "",
                       amx: bool = False) -> dict:
     """Dense node in bf16 (node attr precision); `tokens` and `isa` pick the token-tile form,
     without them the portable kernel's parameters. `amx`: the token-tile form's columns on
-    AMX tiles (TDPBF16PS, 16 tokens; the pairs packed by AVX-512F as codegen/int8_params.
+    AMX tiles (TDPBF16PS, 16 tokens; the pairs packed by AVX-512F as codegen/packing.
     amx_tiles packs int8 groups, a 2x16 weight skipping its all-zero 2x16 blocks)."""
     node, a, weight = req.node, req.input(0), req.input(1)
     m, k, a_sm, a_sk = _activation_rows(a, node.attrs.get("trans_a", 0))

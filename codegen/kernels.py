@@ -16,6 +16,7 @@ from sparsec.codegen import bf16_params as bp
 from sparsec.codegen import index_params as ip
 from sparsec.codegen import int8_params as qp
 from sparsec.codegen import matrix_params as mp
+from sparsec.codegen import packing as pk
 from sparsec.codegen import params as kp
 from sparsec.codegen.targets import TARGETS, Dispatch, Target
 from sparsec.compiler.ir import BITMASK, SPARSE_PATTERNS, Graph, Node, block_shape
@@ -391,9 +392,9 @@ KERNELS: list[KernelSpec] = [
     # B tiles (0.05 ns per block and row); BITMASK the dense rate plus 16 expand-loads a tile
     # at 2 cycles each, once per 32 tokens (another 0.00033).
     *[KernelSpec(op=DENSE, dtypes=FLOAT, weight_dtype="int8", isa="amx", pattern=p,
-                 mr=qp.AMX_TOKENS, nr=16, family="qs8_dense",
+                 mr=pk.AMX_TOKENS, nr=16, family="qs8_dense",
                  template="i8-dense/x86-vnni-tokens.c.j2", parallel=True,
-                 params=functools.partial(qp.int8_dense_params, tokens=qp.AMX_TOKENS,
+                 params=functools.partial(qp.int8_dense_params, tokens=pk.AMX_TOKENS,
                                           isa="avx512vnni", amx=True),
                  scratch=qp.int8_amx_scratch, cost_ns={"generic": cost},
                  stream=SAPPHIRE_RAPIDS_STREAM)
@@ -443,12 +444,12 @@ KERNELS: list[KernelSpec] = [
     # Estimated compute costs, no AMX machine here: half of the int8 rows' rate (half the
     # products per TDPBF16PS and per expand-load).
     *[KernelSpec(op=DENSE, dtypes=FLOAT, weight_dtype="bfloat16", isa="amx", pattern=p,
-                 mr=qp.AMX_TOKENS, nr=16, family="bf16_dense",
+                 mr=pk.AMX_TOKENS, nr=16, family="bf16_dense",
                  template="bf16-dense/x86-tokens.c.j2",
                  parallel=True,
-                 params=functools.partial(bp.bf16_dense_params, tokens=qp.AMX_TOKENS,
+                 params=functools.partial(bp.bf16_dense_params, tokens=pk.AMX_TOKENS,
                                           isa="avx512f", amx=True),
-                 scratch=functools.partial(bp.bf16_tokens_scratch, tokens=qp.AMX_TOKENS,
+                 scratch=functools.partial(bp.bf16_tokens_scratch, tokens=pk.AMX_TOKENS,
                                            isa="avx512f", amx=True),
                  cost_ns={"generic": cost}, stream=SAPPHIRE_RAPIDS_STREAM)
       for p, cost in (("dense", 0.0013), ("2x16", 0.05), (BITMASK, 0.002))],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from sparsec.codegen.isa import TOKEN_TILE_ISAS
+from sparsec.codegen.packing import column_blocks
 from sparsec.codegen.params import (
     CTYPES,
     VECTOR_MATH,
@@ -174,18 +175,6 @@ def spmm_params(req: KernelRequest) -> dict:
     }
     req.take(req.output())
     return params
-
-
-def column_blocks(packed, columns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Block-CSR by block rows -> by block columns: col_ptr, row index per block, values.
-
-    SIMD kernels that vectorise over a block's outputs walk one column block at a time, so
-    that its accumulators stay in registers."""
-    block_rows = np.repeat(np.arange(packed.row_ptr.size - 1), np.diff(packed.row_ptr))
-    order = np.lexsort((block_rows, packed.col_idx))
-    col_ptr = np.zeros(columns + 1, dtype=np.int32)
-    np.cumsum(np.bincount(packed.col_idx, minlength=columns), out=col_ptr[1:])
-    return col_ptr, block_rows[order].astype(np.int32), packed.values[order]
 
 
 # K chunking of the token-tile kernels: rows of the transposed A tile per chunk at 64 tokens
