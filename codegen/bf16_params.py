@@ -25,7 +25,7 @@ from sparsec.codegen.packing import (
     column_blocks,
     groups_by_column,
 )
-from sparsec.codegen.params import KernelRequest
+from sparsec.codegen.request import KernelRequest
 from sparsec.compiler.ir import BITMASK, Graph, Node
 
 PAIR = 2  # K values per 32-bit lane of vdpbf16ps

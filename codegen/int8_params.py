@@ -25,7 +25,7 @@ from sparsec.codegen.packing import (
     amx_params,
     groups_by_column,
 )
-from sparsec.codegen.params import KernelRequest
+from sparsec.codegen.request import KernelRequest
 from sparsec.compiler.ir import BITMASK, Graph, Node
 
 TILE_BYTES = 64 * 1024  # activation codes per tile beyond which halving the tile measured faster

@@ -18,6 +18,7 @@ from sparsec.codegen import int8_params as qp
 from sparsec.codegen import matrix_params as mp
 from sparsec.codegen import packing as pk
 from sparsec.codegen import params as kp
+from sparsec.codegen.request import KernelRequest
 from sparsec.codegen.targets import TARGETS, Dispatch, Target
 from sparsec.compiler.ir import BITMASK, SPARSE_PATTERNS, Graph, Node, block_shape
 from sparsec.compiler.ops import (
@@ -57,7 +58,7 @@ class KernelSpec:
     dtypes: tuple[str, ...]
     isa: str
     template: str
-    params: Callable[[kp.KernelRequest], dict]
+    params: Callable[[KernelRequest], dict]
     pattern: str = "any"  # "dense", a block pattern from SPARSE_PATTERNS, or "any"
     mr: int = 1  # rows of activations per register tile
     nr: int = 1  # outputs per register tile

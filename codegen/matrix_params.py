@@ -8,18 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from sparsec.codegen.activations import VECTOR_MATH, activation_statements
+from sparsec.codegen.c_literals import CTYPES, c_float, c_literal
 from sparsec.codegen.isa import TOKEN_TILE_ISAS
+from sparsec.codegen.loops import broadcast_strides, contiguous_strides
 from sparsec.codegen.packing import column_blocks
-from sparsec.codegen.params import (
-    CTYPES,
-    VECTOR_MATH,
-    KernelRequest,
-    activation_statements,
-    broadcast_strides,
-    c_float,
-    c_literal,
-    contiguous_strides,
-)
+from sparsec.codegen.request import KernelRequest
 from sparsec.compiler.ir import FEATURE_MAJOR, Graph, Node, Tensor
 from sparsec.errors import KernelNotFoundError
 

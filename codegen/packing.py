@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparsec.codegen.params import KernelRequest
+from sparsec.codegen.request import KernelRequest
 from sparsec.errors import SparsecError
 
 GROUP = 4  # K values per 32-bit lane of vpdpbusd: the int8 kernels' 4x1 group

@@ -1,195 +1,27 @@
 """Template parameters for each kernel family, computed per node at compile time.
 
 Python computes every shape, stride, offset and index expression; templates only print them.
-Every number that reaches C is an int or a float printed by `c_float`/`c_int` here, and every
-identifier is a fixed string, so nothing from the model can reach the generated code.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
+from sparsec.codegen.activations import VECTOR_MATH, activation_statements
+from sparsec.codegen.c_literals import CTYPES, c_literal
 from sparsec.codegen.cnames import c_string_literal
-from sparsec.compiler.ir import Graph, Node, Tensor
+from sparsec.codegen.loops import (
+    broadcast_strides,
+    coalesce,
+    contiguous_strides,
+    elementwise_loops,
+    loop_nest,
+)
+from sparsec.codegen.request import KernelRequest
 from sparsec.compiler.ops import ADD_LAYER_NORM
 from sparsec.errors import KernelNotFoundError
 
-CTYPES = {"float32": "float", "float64": "double", "int8": "int8_t", "int16": "int16_t",
-          "int32": "int32_t", "int64": "int64_t", "uint8": "uint8_t", "uint16": "uint16_t",
-          "uint32": "uint32_t", "uint64": "uint64_t", "bool": "uint8_t",
-          "float16": "uint16_t"}  # IEEE binary16 bits: graph inputs/outputs and their Casts
-
-
-class WeightSink:
-    """Where params functions put packed constants; `add` returns the byte offset."""
-
-    def add(self, array: np.ndarray) -> int:  # pragma: no cover - see emit.WeightBlob
-        raise NotImplementedError
-
-
-@dataclass
-class KernelRequest:
-    """One node's view for a params function: the graph, the node, and the weight blob.
-
-    `args` collects the tensors the kernel function takes, in parameter order; `checked` marks
-    a kernel that validates run-time values and returns non-zero with a message on failure.
-    """
-
-    graph: Graph
-    node: Node
-    blob: WeightSink
-    args: list[str] = field(default_factory=list)
-    checked: bool = False
-
-    def input(self, index: int) -> Tensor | None:
-        names = self.node.inputs
-        return self.graph.tensors[names[index]] if index < len(names) and names[index] else None
-
-    def output(self, index: int = 0) -> Tensor:
-        return self.graph.tensors[self.node.outputs[index]]
-
-    def take(self, tensor: Tensor | None) -> bool:
-        if tensor is None:
-            return False
-        self.args.append(tensor.name)
-        return True
-
-
-# --- literals ---------------------------------------------------------------------------------
-
-def c_float(value: float, ctype: str = "float") -> str:
-    """Exact C literal (hexadecimal float) for a float32 or float64 value."""
-    value = float(np.float32(value)) if ctype == "float" else float(value)
-    if np.isnan(value):
-        return "NAN"
-    if np.isinf(value):
-        return "INFINITY" if value > 0 else "(-INFINITY)"
-    return f"{value.hex()}{'f' if ctype == 'float' else ''}"
-
-
-def c_int(value: int, dtype: str) -> str:
-    value = int(value)
-    if dtype == "int64" and value == np.iinfo(np.int64).min:
-        return "(-9223372036854775807LL - 1)"
-    if dtype == "int32" and value == np.iinfo(np.int32).min:
-        return "(-2147483647 - 1)"
-    suffix = {"int64": "LL", "uint64": "ULL", "uint32": "U"}.get(dtype, "")
-    return f"{value}{suffix}"
-
-
-def c_literal(value, dtype: str) -> str:
-    if dtype in ("float32", "float64"):
-        return c_float(value, CTYPES[dtype])
-    return c_int(value, dtype)
-
-
-# --- loops over broadcast shapes ---------------------------------------------------------------
-
-def contiguous_strides(shape: tuple[int, ...]) -> list[int]:
-    strides, step = [], 1
-    for dim in reversed(shape):
-        strides.append(step)
-        step *= dim
-    return strides[::-1]
-
-
-def broadcast_strides(shape: tuple[int, ...], out_shape: tuple[int, ...]) -> list[int]:
-    """Element strides of `shape` indexed by `out_shape` coordinates (0 along broadcast axes)."""
-    padded = (1,) * (len(out_shape) - len(shape)) + tuple(shape)
-    strides = contiguous_strides(padded)
-    return [0 if d == 1 else s for d, s in zip(padded, strides)]
-
-
-def coalesce(dims: list[int], strides: list[list[int]]) -> tuple[list[int], list[list[int]]]:
-    """Merge neighbouring axes that every operand walks as one: fewer, longer loops."""
-    out_dims: list[int] = []
-    out_strides: list[list[int]] = [[] for _ in strides]
-    for axis, dim in enumerate(dims):
-        if dim == 1:
-            continue
-        if out_dims and all(s[-1] == st[axis] * dim for s, st in zip(out_strides, strides)):
-            out_dims[-1] *= dim
-            for s, st in zip(out_strides, strides):
-                s[-1] = st[axis]
-            continue
-        out_dims.append(dim)
-        for s, st in zip(out_strides, strides):
-            s.append(st[axis])
-    return out_dims, out_strides
-
-
-def loop_nest(dims: list[int], strides: list[list[int]]) -> tuple[list[dict], list[str]]:
-    """Loops `i0..` over `dims`, and per operand the C index expression in those counters."""
-    loops = [{"var": f"i{axis}", "extent": dim} for axis, dim in enumerate(dims)]
-    indices = []
-    for operand in strides:
-        terms = [f"i{axis}" if s == 1 else f"i{axis} * {s}"
-                 for axis, s in enumerate(operand) if s]
-        indices.append(" + ".join(terms) or "0")
-    return loops, indices
-
-
-def elementwise_loops(out_shape, operand_shapes) -> tuple[list[dict], list[str]]:
-    dims = list(out_shape)
-    strides = [contiguous_strides(tuple(out_shape))]
-    strides += [broadcast_strides(tuple(s), tuple(out_shape)) for s in operand_shapes]
-    dims, strides = coalesce(dims, strides)
-    return loop_nest(dims, strides)
-
-
-# --- activations and arithmetic as C statements ---------------------------------------------
-
-# Float activations computed inline and branch-free instead of libm calls (a call per element,
-# which no loop vectorises): runtime_c/sparsec_vmath_body.h defines each once, as
-# sparsec_vN_NAME for N lanes; N = 1 is the scalar instance, and every vector lane returns its
-# bits.
-VECTOR_MATH = {"Sigmoid": "sigmoid", "Tanh": "tanh", "Gelu": "gelu", "GeluTanh": "gelu_tanh",
-               "Erf": "erf", "Exp": "exp"}
-
-
-def activation_statements(op: str, bounds: tuple[str, ...], dtype: str,
-                          var: str = "x") -> list[str]:
-    """C statements that apply an activation to `var` in place (NaN propagates as in ORT).
-    `bounds`: Clip's (min, max) as C expressions, literals or reads of run-time scalars."""
-    ctype = CTYPES[dtype]
-    zero = c_literal(0, dtype)
-    one = c_literal(1, dtype)
-    if op == "":
-        return []
-    if op in VECTOR_MATH and ctype == "float":
-        return [f"{var} = sparsec_v1_{VECTOR_MATH[op]}({var});"]
-    if op == "Relu":
-        return [f"{var} = {var} < {zero} ? {zero} : {var};"]
-    if op == "Sigmoid":
-        return [f"{var} = {one} / ({one} + exp(-{var}));"]
-    if op == "Clip":
-        low, high = bounds
-        # max then min: with min > max every value becomes max, as ONNX specifies.
-        return [f"{var} = {var} < {low} ? {low} : {var};",
-                f"{var} = {var} > {high} ? {high} : {var};"]
-    if op == "Sqrt":
-        return [f"{var} = sqrt{'f' if ctype == 'float' else ''}({var});"]
-    if op in ("Tanh", "Erf", "Exp"):  # double
-        return [f"{var} = {op.lower()}({var});"]
-    if op == "Not":  # bool is a 0/1 byte
-        return [f"{var} = ({ctype})!{var};"]
-    if op == "Neg":
-        if dtype.startswith("float"):
-            return [f"{var} = -{var};"]
-        wide = "uint64_t" if dtype.endswith("64") else "uint32_t"  # INT_MIN wraps, no UB
-        return [f"{var} = ({ctype})(({wide})0 - ({wide}){var});"]
-    if op == "Gelu":  # approximate="none": x/2 (1 + erf(x / sqrt 2))
-        half, root_half = c_literal(0.5, dtype), c_literal(np.sqrt(0.5), dtype)
-        return [f"{var} = {half} * {var} * ({one} + erf({var} * {root_half}));"]
-    if op == "GeluTanh":  # approximate="tanh": x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-        half, scale = c_literal(0.5, dtype), c_literal(np.sqrt(2 / np.pi), dtype)
-        cubic = c_literal(0.044715, dtype)
-        return [f"{var} = {half} * {var} * ({one} + tanh({scale} * ({var} + {cubic} * "
-                f"{var} * {var} * {var})));"]
-    raise KernelNotFoundError(f"no activation {op!r}")
-
+# --- arithmetic as C expressions -------------------------------------------------------------
 
 def binary_expression(op: str, dtype: str, a: str, b: str) -> str:
     """`a OP b` with ONNX semantics; integers wrap (unsigned arithmetic, never C's UB) and
