@@ -13,11 +13,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from sparsec.codegen import bf16_params as bp
+from sparsec.codegen import elementwise_params as ewp
 from sparsec.codegen import index_params as ip
 from sparsec.codegen import int8_params as qp
 from sparsec.codegen import matrix_params as mp
+from sparsec.codegen import norm_params as nrp
 from sparsec.codegen import packing as pk
-from sparsec.codegen import params as kp
+from sparsec.codegen import quantize_params as qlp
+from sparsec.codegen import shape_params as shp
 from sparsec.codegen.request import KernelRequest
 from sparsec.codegen.targets import TARGETS, Dispatch, Target
 from sparsec.compiler.ir import BITMASK, SPARSE_PATTERNS, Graph, Node, block_shape
@@ -465,39 +468,39 @@ KERNELS: list[KernelSpec] = [
                family="x_matmulinteger", template="x-matmul-integer/scalar.c.j2",
                params=mp.matmul_integer_params),
     KernelSpec(op="QuantizeLinear", dtypes=FLOAT, isa="scalar", family="x_quantizelinear",
-               template="x-quantize/linear.c.j2", params=kp.quantize_linear_params),
+               template="x-quantize/linear.c.j2", params=qlp.quantize_linear_params),
     KernelSpec(op="DequantizeLinear", dtypes=("uint8", "int8", "uint16", "int16", "int32"),
                isa="scalar", family="x_dequantizelinear", template="x-quantize/linear.c.j2",
-               params=kp.quantize_linear_params),
+               params=qlp.quantize_linear_params),
     KernelSpec(op="DynamicQuantizeLinear", dtypes=FLOAT, isa="scalar",
                family="x_dynamicquantizelinear", template="x-quantize/dynamic.c.j2",
-               params=kp.dynamic_quantize_params),
+               params=qlp.dynamic_quantize_params),
     KernelSpec(op="MatMul", dtypes=FLOAT, isa="scalar", mr=4, nr=32, family="f32_matmul",
                template="f32-gemm/scalar.c.j2", params=mp.matmul_params),
     *[KernelSpec(op=op, dtypes=FLOATS + ("int32", "int64") if op == "Pow" else NUMERIC,
                  isa="scalar", family=f"x_{op.lower()}", template="x-elementwise/binary.c.j2",
-                 params=kp.binary_params)
+                 params=ewp.binary_params)
       for op in ELEMENTWISE_BINARY],
     *[KernelSpec(op=op, dtypes=FLOATS if op in FLOAT_ONLY else SIGNED if op == "Neg"
                  else ("bool",) if op == "Not" else NUMERIC,
                  isa="scalar",
                  family=f"x_{op.lower()}", template="x-elementwise/unary.c.j2",
-                 params=kp.unary_params)
+                 params=ewp.unary_params)
       for op in ELEMENTWISE_UNARY],
     *[KernelSpec(op=op, dtypes=ANY, isa="scalar", family=f"x_{op.lower()}",
-                 template="x-copy/scalar.c.j2", params=kp.copy_params) for op in COPY_OPS],
+                 template="x-copy/scalar.c.j2", params=shp.copy_params) for op in COPY_OPS],
     KernelSpec(op="Transpose", dtypes=ANY, isa="scalar", family="x_transpose",
-               template="x-transpose/scalar.c.j2", params=kp.transpose_params, parallel=True),
+               template="x-transpose/scalar.c.j2", params=shp.transpose_params, parallel=True),
     KernelSpec(op="Gather", dtypes=ANY, isa="scalar", family="x_gather",
-               template="x-gather/scalar.c.j2", params=kp.gather_params),
+               template="x-gather/scalar.c.j2", params=shp.gather_params),
     KernelSpec(op="Concat", dtypes=ANY, isa="scalar", family="x_concat",
-               template="x-concat/scalar.c.j2", params=kp.concat_params),
+               template="x-concat/scalar.c.j2", params=shp.concat_params),
     KernelSpec(op="Expand", dtypes=ANY, isa="scalar", family="x_expand",
-               template="x-expand/scalar.c.j2", params=kp.expand_params),
+               template="x-expand/scalar.c.j2", params=shp.expand_params),
     KernelSpec(op="Slice", dtypes=ANY, isa="scalar", family="x_slice",
-               template="x-slice/scalar.c.j2", params=kp.slice_params),
+               template="x-slice/scalar.c.j2", params=shp.slice_params),
     KernelSpec(op="Cast", dtypes=ANY + ("float16",), isa="scalar", family="x_cast",
-               template="x-cast/scalar.c.j2", params=kp.cast_params),
+               template="x-cast/scalar.c.j2", params=shp.cast_params),
     KernelSpec(op="IsNaN", dtypes=FLOATS, isa="scalar", family="x_isnan",
                template="x-cast/scalar.c.j2", params=ip.isnan_params),
     KernelSpec(op="CumSum", dtypes=NUMERIC, isa="scalar", family="x_cumsum",
@@ -507,20 +510,20 @@ KERNELS: list[KernelSpec] = [
     KernelSpec(op="GatherND", dtypes=ANY, isa="scalar", family="x_gathernd",
                template="x-gather-nd/scalar.c.j2", params=ip.gather_nd_params),
     KernelSpec(op="Where", dtypes=("bool",), isa="scalar", family="x_where",
-               template="x-elementwise/where.c.j2", params=kp.where_params),
+               template="x-elementwise/where.c.j2", params=ewp.where_params),
     *[KernelSpec(op=op, dtypes=ANY if op == "Equal" else NUMERIC, isa="scalar",
                  family=f"x_{op.lower()}", template="x-elementwise/binary.c.j2",
-                 params=kp.binary_params) for op in COMPARISONS],
+                 params=ewp.binary_params) for op in COMPARISONS],
     *[KernelSpec(op=op, dtypes=("bool",), isa="scalar", family=f"x_{op.lower()}",
-                 template="x-elementwise/binary.c.j2", params=kp.binary_params)
+                 template="x-elementwise/binary.c.j2", params=ewp.binary_params)
       for op in LOGICAL_BINARY],
     KernelSpec(op="ReduceMean", dtypes=FLOATS, isa="scalar", family="x_reducemean",
-               template="x-reduce/mean.c.j2", params=kp.reduce_mean_params),
+               template="x-reduce/mean.c.j2", params=nrp.reduce_mean_params),
     *[KernelSpec(op=op, dtypes=FLOATS, isa="scalar", family=family,
-                 template="f32-layernorm/scalar.c.j2", params=kp.layer_norm_params,
+                 template="f32-layernorm/scalar.c.j2", params=nrp.layer_norm_params,
                  parallel=True)
       for op, family in (("LayerNormalization", "x_layernorm"),
                          (ADD_LAYER_NORM, "x_addlayernorm"))],
     KernelSpec(op="Softmax", dtypes=FLOAT, isa="scalar", family="f32_softmax",
-               template="f32-softmax/scalar.c.j2", params=kp.softmax_params),
+               template="f32-softmax/scalar.c.j2", params=nrp.softmax_params),
 ]
