@@ -12,11 +12,11 @@ from __future__ import annotations
 import numpy as np
 
 from sparsec.codegen.isa import BF16_ISAS
-from sparsec.codegen.matrix_params import (
-    _activation_rows,
-    _bias,
-    _epilogue,
-    _vector_epilogue,
+from sparsec.codegen.matrix_common import (
+    activation_rows,
+    bias_params,
+    epilogue_params,
+    vector_epilogue_params,
 )
 from sparsec.codegen.packing import (
     AMX_TOKENS,
@@ -55,7 +55,7 @@ def bf16_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "",
     AMX tiles (TDPBF16PS, 16 tokens; the pairs packed by AVX-512F as codegen/packing.
     amx_tiles packs int8 groups, a 2x16 weight skipping its all-zero 2x16 blocks)."""
     node, a, weight = req.node, req.input(0), req.input(1)
-    m, k, a_sm, a_sk = _activation_rows(a, node.attrs.get("trans_a", 0))
+    m, k, a_sm, a_sk = activation_rows(a, node.attrs.get("trans_a", 0))
     n = weight.shape[1]
     pattern = "dense" if weight.sparsity is None else weight.sparsity.pattern
     keep_all = pattern in ("dense", BITMASK)  # BITMASK: dense tiles, compressed in memory
@@ -68,8 +68,8 @@ def bf16_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "",
     params = {
         "M": m, "K": k, "N": n, "KP": -(-k // PAIR), "a_sm": a_sm, "a_sk": a_sk,
         "num_pairs": int(k_idx.size), "dense": keep_all,
-        **_bias(req, m, n), **_epilogue(req, node.attrs, "float32"),
-        **_vector_epilogue(node.attrs),
+        **bias_params(req, m, n), **epilogue_params(req, node.attrs, "float32"),
+        **vector_epilogue_params(node.attrs),
     }
     if not tokens:
         params.update(col_ptr=req.blob.add(col_ptr), k_idx=req.blob.add(k_idx),
@@ -97,7 +97,7 @@ def bf16_columns_params(req: KernelRequest, mr: int, isa: str) -> dict:
     values are 16 lanes, each one output's W[kA][n] as bf16 in the low half, W[kB][n] high."""
     node, a, weight = req.node, req.input(0), req.input(1)
     packed = weight.sparsity.packed
-    m, k, a_sm, a_sk = _activation_rows(a, node.attrs.get("trans_a", 0))
+    m, k, a_sm, a_sk = activation_rows(a, node.attrs.get("trans_a", 0))
     n = weight.shape[1]
     columns = -(-n // packed.cols)
     col_ptr, k_idx, values = column_blocks(packed, columns)  # values: [block][1][16]
@@ -122,8 +122,8 @@ def bf16_columns_params(req: KernelRequest, mr: int, isa: str) -> dict:
         "isa": BF16_ISAS[isa].template_names(), "fma": isa == "avx512f",
         "pair_ptr": req.blob.add(pair_ptr), "pair_k": req.blob.add(pair_k),
         "values": req.blob.add(lanes),
-        **_bias(req, m, n), **_epilogue(req, node.attrs, "float32"),
-        **_vector_epilogue(node.attrs),
+        **bias_params(req, m, n), **epilogue_params(req, node.attrs, "float32"),
+        **vector_epilogue_params(node.attrs),
     }
     req.take(req.output())
     return params

@@ -5,18 +5,22 @@ of one output channel in a 32-bit lane): per output column, the block rows that 
 group and the group's 4 signed bytes. A "dense" weight keeps every group, so the dense int8
 kernel is the same loop without skipping. Column sums of the codes fold the activations' zero
 point out of the integer product: sum_k (x_k - zp) w_k = sum_k x_k w_k - zp * colsum.
+
+MatMulInteger (templates/x-matmul-integer), the ONNX operator on integer operands, is here too.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from sparsec.codegen.c_literals import CTYPES
+from sparsec.codegen.gemm_params import matmul_batches
 from sparsec.codegen.isa import VNNI_ISAS
-from sparsec.codegen.matrix_params import (
-    _activation_rows,
-    _bias,
-    _epilogue,
-    _vector_epilogue,
+from sparsec.codegen.matrix_common import (
+    activation_rows,
+    bias_params,
+    epilogue_params,
+    vector_epilogue_params,
 )
 from sparsec.codegen.packing import (
     AMX_TOKENS,
@@ -27,6 +31,7 @@ from sparsec.codegen.packing import (
 )
 from sparsec.codegen.request import KernelRequest
 from sparsec.compiler.ir import BITMASK, Graph, Node
+from sparsec.errors import KernelNotFoundError
 
 TILE_BYTES = 64 * 1024  # activation codes per tile beyond which halving the tile measured faster
 
@@ -66,7 +71,7 @@ def int8_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "",
     token-tile form's columns on AMX tiles (AMX_TOKENS tokens, avx512vnni for the rest)."""
     node, a, codes = req.node, req.input(0), req.input(1)
     scales = req.input(3)
-    m, k, a_sm, a_sk = _activation_rows(a, node.attrs.get("trans_a", 0))
+    m, k, a_sm, a_sk = activation_rows(a, node.attrs.get("trans_a", 0))
     n = codes.shape[1]
     pattern = "dense" if codes.sparsity is None else codes.sparsity.pattern
     keep_all = pattern in ("dense", BITMASK)  # BITMASK: dense tiles, compressed in memory
@@ -76,8 +81,8 @@ def int8_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "",
         "M": m, "K": k, "N": n, "KB": -(-k // GROUP), "a_sm": a_sm, "a_sk": a_sk,
         "num_groups": kept_groups(codes.data, keep_all), "dense": keep_all,
         "colsum": req.blob.add(colsum), "wscale": req.blob.add(scales.data.astype(np.float32)),
-        **_bias(req, m, n), **_epilogue(req, node.attrs, "float32"),
-        **_vector_epilogue(node.attrs),
+        **bias_params(req, m, n), **epilogue_params(req, node.attrs, "float32"),
+        **vector_epilogue_params(node.attrs),
     }
     # Each form stores only the tables it reads.
     if not amx:
@@ -135,3 +140,26 @@ def int8_tokens_scratch(graph: Graph, node: Node, tokens: int, isa: str) -> int:
     tokens = token_tile(k, tokens, VNNI_ISAS[isa].lanes, parts)
     tiles = max(1, -(-(a.size // k if k else 0) // tokens))
     return tiles * (-(-k // GROUP) * GROUP * tokens * parts + 4 * n * tokens)
+
+
+def matmul_integer_params(req: KernelRequest) -> dict:
+    """MatMulInteger: numpy.matmul batching; zero points per tensor, per row of A or per
+    column of B."""
+    a, b, y = req.input(0), req.input(1), req.output()
+    m, k, n, batches = matmul_batches(a, b)
+    req.take(a)
+    req.take(b)
+    params = {"a_ctype": CTYPES[a.dtype], "b_ctype": CTYPES[b.dtype], "M": m, "K": k, "N": n,
+              "batches": batches if len(batches) > 1 else []}
+    for key, index, along in (("a", 2, m), ("b", 3, n)):
+        zp = req.input(index)
+        params[f"has_{key}_zp"] = req.take(zp)
+        if zp is not None:
+            if zp.size not in (1, along):
+                raise KernelNotFoundError(f"node {req.node.name!r}: {key}_zero_point of shape "
+                                          f"{zp.shape}; sparsec takes one per tensor or one "
+                                          f"per {'row of A' if key == 'a' else 'column of B'}")
+            params[f"{key}_zp_ctype"] = CTYPES[zp.dtype]
+            params["a_zp_sm" if key == "a" else "b_zp_sn"] = 1 if zp.size > 1 else 0
+    req.take(y)
+    return params

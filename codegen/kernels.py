@@ -12,15 +12,17 @@ import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from sparsec.codegen import attention_params as atp
 from sparsec.codegen import bf16_params as bp
 from sparsec.codegen import elementwise_params as ewp
+from sparsec.codegen import gemm_params as gp
 from sparsec.codegen import index_params as ip
 from sparsec.codegen import int8_params as qp
-from sparsec.codegen import matrix_params as mp
 from sparsec.codegen import norm_params as nrp
 from sparsec.codegen import packing as pk
 from sparsec.codegen import quantize_params as qlp
 from sparsec.codegen import shape_params as shp
+from sparsec.codegen import spmm_params as smp
 from sparsec.codegen.request import KernelRequest
 from sparsec.codegen.targets import TARGETS, Dispatch, Target
 from sparsec.compiler.ir import BITMASK, SPARSE_PATTERNS, Graph, Node, block_shape
@@ -316,35 +318,35 @@ AVX2_INT8_COST_NS = (round(0.0096 * 80 / 34, 4), round(0.092 * 41 / 23, 3))
 
 KERNELS: list[KernelSpec] = [
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="scalar", pattern="dense", mr=4, nr=32,
-               family="f32_gemm", template="f32-gemm/scalar.c.j2", params=mp.dense_params,
+               family="f32_gemm", template="f32-gemm/scalar.c.j2", params=gp.dense_params,
                cost_ns=SCALAR_GEMM_COST_NS),
     *[KernelSpec(op=DENSE, dtypes=FLOAT, isa="scalar", pattern=p, mr=4,
                  nr=block_shape(p)[1], family="f32_spmm", template="f32-spmm/scalar.c.j2",
-                 params=mp.spmm_params, cost_ns=SCALAR_SPMM_COST_NS[p])
+                 params=smp.spmm_params, cost_ns=SCALAR_SPMM_COST_NS[p])
       for p in SPARSE_PATTERNS],
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="scalar", pattern="runtime", mr=4, nr=32,
-               family="f32_gemm", template="f32-gemm/scalar.c.j2", params=mp.dense_params),
+               family="f32_gemm", template="f32-gemm/scalar.c.j2", params=gp.dense_params),
     # NEON: 4 rows x 16 columns by lane; no ARM machine here to calibrate on, so its cost is
     # the AVX2 row's scaled by 8 lanes over 4.
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="neon", pattern="dense", mr=4, nr=16,
                family="f32_gemm", template="f32-gemm/neon.c.j2", parallel=True,
-               params=functools.partial(mp.gemm_panels_params, mr=4, panel=16),
+               params=functools.partial(gp.gemm_panels_params, mr=4, panel=16),
                cost_ns={"generic": 0.0366}),
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx2", pattern="dense", mr=6, nr=16,
                family="f32_gemm", template="f32-gemm/avx2.c.j2", parallel=True,
-               params=functools.partial(mp.gemm_panels_params, mr=6, panel=16),
+               params=functools.partial(gp.gemm_panels_params, mr=6, panel=16),
                cost_ns={"generic": 0.0183}),
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx512f", pattern="dense", mr=12, nr=32,
                family="f32_gemm", template="f32-gemm/avx512f.c.j2", parallel=True,
-               params=functools.partial(mp.gemm_panels_params, mr=12, panel=32),
+               params=functools.partial(gp.gemm_panels_params, mr=12, panel=32),
                cost_ns={"generic": 0.0177}),
     # Token-tile rows. NEON: 16 tokens (4 vectors, 8 accumulators); no ARM machine here to
     # calibrate on, so its costs are the AVX2 row's measured ones scaled by 8 lanes over 4.
     *[KernelSpec(op=DENSE, dtypes=FLOAT, isa=isa, pattern=p, mr=tokens, nr=1,
                  family="f32_spmm", template="f32-spmm/x86-tokens.c.j2", parallel=True,
                  feature_major=True,
-                 params=functools.partial(mp.spmm_tokens_params, tokens=tokens, isa=isa),
-                 scratch=functools.partial(mp.spmm_tokens_scratch, tokens=tokens),
+                 params=functools.partial(smp.spmm_tokens_params, tokens=tokens, isa=isa),
+                 scratch=functools.partial(smp.spmm_tokens_scratch, tokens=tokens),
                  cost_ns={"generic": cost})
       for isa, tokens, costs in (("avx512f", 64, (0.034, 0.129, 0.53)),
                                  ("neon", 16, (0.084, 0.30, 1.15)),
@@ -353,16 +355,16 @@ KERNELS: list[KernelSpec] = [
     # NEON 1x16: as the AVX2 row, 6 rows (24 accumulators); cost scaled from it by lanes.
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="neon", pattern="1x16", mr=6, nr=16,
                family="f32_spmm", template="f32-spmm/neon.c.j2", parallel=True,
-               params=functools.partial(mp.spmm_columns_params, mr=6),
+               params=functools.partial(smp.spmm_columns_params, mr=6),
                cost_ns={"generic": 0.80}),
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx2", pattern="1x16", mr=6, nr=16,
                family="f32_spmm", template="f32-spmm/avx2.c.j2", parallel=True,
-               params=functools.partial(mp.spmm_columns_params, mr=6),
+               params=functools.partial(smp.spmm_columns_params, mr=6),
                cost_ns={"generic": 0.40}),
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx512f", pattern="1x16", mr=16, nr=16,
                family="f32_spmm", template="f32-spmm/avx512f.c.j2", parallel=True,
-               params=functools.partial(mp.spmm_columns_params, mr=16),
-               scratch=functools.partial(mp.spmm_columns_scratch, mr=16),
+               params=functools.partial(smp.spmm_columns_params, mr=16),
+               scratch=functools.partial(smp.spmm_columns_scratch, mr=16),
                cost_ns={"generic": 0.35}),
     # int8 weights (--quantize dynamic): every row walks 4x1 groups; "dense" keeps them all.
     # A sparse row's cost is per kept group, a dense row's per weight element.
@@ -460,13 +462,13 @@ KERNELS: list[KernelSpec] = [
     # Vectors of 4 where the target has no SIMD ISA: GCC lowers them to what the machine has.
     *[KernelSpec(op=ATTENTION, dtypes=FLOAT, isa=isa, mr=8, nr=vector, family="f32_attention",
                  template="f32-attention/vector.c.j2", parallel=True,
-                 params=functools.partial(mp.attention_params, vector=vector,
+                 params=functools.partial(atp.attention_params, vector=vector,
                                           registers=registers))
       for isa, vector, registers in (("scalar", 4, 12), ("avx2", 8, 12),
                                      ("avx512f", 16, 24))],
     KernelSpec(op="MatMulInteger", dtypes=("uint8", "int8"), isa="scalar",
                family="x_matmulinteger", template="x-matmul-integer/scalar.c.j2",
-               params=mp.matmul_integer_params),
+               params=qp.matmul_integer_params),
     KernelSpec(op="QuantizeLinear", dtypes=FLOAT, isa="scalar", family="x_quantizelinear",
                template="x-quantize/linear.c.j2", params=qlp.quantize_linear_params),
     KernelSpec(op="DequantizeLinear", dtypes=("uint8", "int8", "uint16", "int16", "int32"),
@@ -476,7 +478,7 @@ KERNELS: list[KernelSpec] = [
                family="x_dynamicquantizelinear", template="x-quantize/dynamic.c.j2",
                params=qlp.dynamic_quantize_params),
     KernelSpec(op="MatMul", dtypes=FLOAT, isa="scalar", mr=4, nr=32, family="f32_matmul",
-               template="f32-gemm/scalar.c.j2", params=mp.matmul_params),
+               template="f32-gemm/scalar.c.j2", params=gp.matmul_params),
     *[KernelSpec(op=op, dtypes=FLOATS + ("int32", "int64") if op == "Pow" else NUMERIC,
                  isa="scalar", family=f"x_{op.lower()}", template="x-elementwise/binary.c.j2",
                  params=ewp.binary_params)
