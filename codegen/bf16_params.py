@@ -11,35 +11,25 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparsec.codegen.int8_params import AMX_TOKENS, amx_groups, amx_params, groups_by_column
-from sparsec.codegen.matrix_params import (
-    TOKEN_TILE_ISAS,
-    _activation_rows,
-    _bias,
-    _epilogue,
-    _vector_epilogue,
-    column_blocks,
+from sparsec.codegen.isa import BF16_ISAS
+from sparsec.codegen.matrix_common import (
+    activation_rows,
+    bias_params,
+    epilogue_params,
+    vector_epilogue_params,
 )
-from sparsec.codegen.params import KernelRequest
+from sparsec.codegen.packing import (
+    AMX_TOKENS,
+    amx_groups,
+    amx_params,
+    column_blocks,
+    groups_by_column,
+)
+from sparsec.codegen.request import KernelRequest
 from sparsec.compiler.ir import BITMASK, Graph, Node
 
 PAIR = 2  # K values per 32-bit lane of vdpbf16ps
 TILE_BYTES = 64 * 1024  # bf16 activations per tile beyond which the tile is halved
-
-BF16_ISAS = {
-    "avx512f": {**TOKEN_TILE_ISAS["avx512f"], "name": "AVX-512F (bf16 products by FMA)",
-                "ivec": "__m512i", "iload": "_mm512_load_si512", "iset1": "_mm512_set1_epi32",
-                "istore": "_mm512_store_si512", "pack": "sparsec_bf16_pairs512",
-                "dot": "sparsec_dpbf16_512"},
-}
-BF16_ISAS["avx512bf16"] = {**BF16_ISAS["avx512f"], "name": "AVX512_BF16",
-                           "pack": "sparsec_bf16_pairs512_hw", "dot": "sparsec_dpbf16_512_hw"}
-# AVX2: the tile's pairs widened to floats as they are packed (two parts per pair), so the
-# inner loop is the fp32 kernels' FMAs; helpers `{fn}_...` in the template; 16 ymm registers.
-BF16_ISAS["avx2"] = {**TOKEN_TILE_ISAS["avx2"], "name": "AVX2 (bf16 products by FMA)",
-                     "ivec": "__m256i", "iload": "_mm256_load_si256",
-                     "iset1": "_mm256_set1_epi32", "istore": "_mm256_store_si256",
-                     "pack": "{fn}_bf16_pairs", "parts": 2, "accumulators": 8}
 
 
 def bf16_bits(x: np.ndarray) -> np.ndarray:
@@ -62,10 +52,10 @@ def bf16_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "",
                       amx: bool = False) -> dict:
     """Dense node in bf16 (node attr precision); `tokens` and `isa` pick the token-tile form,
     without them the portable kernel's parameters. `amx`: the token-tile form's columns on
-    AMX tiles (TDPBF16PS, 16 tokens; the pairs packed by AVX-512F as codegen/int8_params.
+    AMX tiles (TDPBF16PS, 16 tokens; the pairs packed by AVX-512F as codegen/packing.
     amx_tiles packs int8 groups, a 2x16 weight skipping its all-zero 2x16 blocks)."""
     node, a, weight = req.node, req.input(0), req.input(1)
-    m, k, a_sm, a_sk = _activation_rows(a, node.attrs.get("trans_a", 0))
+    m, k, a_sm, a_sk = activation_rows(a, node.attrs.get("trans_a", 0))
     n = weight.shape[1]
     pattern = "dense" if weight.sparsity is None else weight.sparsity.pattern
     keep_all = pattern in ("dense", BITMASK)  # BITMASK: dense tiles, compressed in memory
@@ -78,17 +68,17 @@ def bf16_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "",
     params = {
         "M": m, "K": k, "N": n, "KP": -(-k // PAIR), "a_sm": a_sm, "a_sk": a_sk,
         "num_pairs": int(k_idx.size), "dense": keep_all,
-        **_bias(req, m, n), **_epilogue(req, node.attrs, "float32"),
-        **_vector_epilogue(node.attrs),
+        **bias_params(req, m, n), **epilogue_params(req, node.attrs, "float32"),
+        **vector_epilogue_params(node.attrs),
     }
     if not tokens:
         params.update(col_ptr=req.blob.add(col_ptr), k_idx=req.blob.add(k_idx),
                       values=req.blob.add(lanes))
     else:
-        parts = BF16_ISAS[isa].get("parts", 1)
-        tokens = tokens if amx else token_tile(k, tokens, BF16_ISAS[isa]["lanes"], parts)
-        params.update(isa=BF16_ISAS[isa], T=tokens, y_feature_major=False, amx=amx,
-                      KPX=amx_groups(k, PAIR) if amx else -(-k // PAIR))
+        parts = BF16_ISAS[isa].tile_parts
+        tokens = tokens if amx else token_tile(k, tokens, BF16_ISAS[isa].lanes, parts)
+        params.update(isa=BF16_ISAS[isa].template_names(), T=tokens, y_feature_major=False,
+                      amx=amx, KPX=amx_groups(k, PAIR) if amx else -(-k // PAIR))
         if amx:
             params.update(amx_params(req, bits, keep_all, pattern == BITMASK, PAIR))
         elif keep_all:  # column-major pairs, KP lanes per column: the loop needs no index
@@ -107,7 +97,7 @@ def bf16_columns_params(req: KernelRequest, mr: int, isa: str) -> dict:
     values are 16 lanes, each one output's W[kA][n] as bf16 in the low half, W[kB][n] high."""
     node, a, weight = req.node, req.input(0), req.input(1)
     packed = weight.sparsity.packed
-    m, k, a_sm, a_sk = _activation_rows(a, node.attrs.get("trans_a", 0))
+    m, k, a_sm, a_sk = activation_rows(a, node.attrs.get("trans_a", 0))
     n = weight.shape[1]
     columns = -(-n // packed.cols)
     col_ptr, k_idx, values = column_blocks(packed, columns)  # values: [block][1][16]
@@ -129,10 +119,11 @@ def bf16_columns_params(req: KernelRequest, mr: int, isa: str) -> dict:
     params = {
         "M": m, "K": k, "N": n, "a_sm": a_sm, "a_sk": a_sk, "NB": columns, "MR": mr,
         "n_tail": n - (columns - 1) * packed.cols, "num_blocks": packed.num_blocks,
-        "isa": BF16_ISAS[isa], "fma": isa == "avx512f", "pair_ptr": req.blob.add(pair_ptr),
-        "pair_k": req.blob.add(pair_k), "values": req.blob.add(lanes),
-        **_bias(req, m, n), **_epilogue(req, node.attrs, "float32"),
-        **_vector_epilogue(node.attrs),
+        "isa": BF16_ISAS[isa].template_names(), "fma": isa == "avx512f",
+        "pair_ptr": req.blob.add(pair_ptr), "pair_k": req.blob.add(pair_k),
+        "values": req.blob.add(lanes),
+        **bias_params(req, m, n), **epilogue_params(req, node.attrs, "float32"),
+        **vector_epilogue_params(node.attrs),
     }
     req.take(req.output())
     return params
@@ -152,8 +143,8 @@ def bf16_tokens_scratch(graph: Graph, node: Node, tokens: int, isa: str,
     tile ([N][T])."""
     k, n = graph.tensors[node.inputs[1]].shape
     a = graph.tensors[node.inputs[0]]
-    parts = BF16_ISAS[isa].get("parts", 1)
-    tokens = AMX_TOKENS if amx else token_tile(k, tokens, BF16_ISAS[isa]["lanes"], parts)
+    parts = BF16_ISAS[isa].tile_parts
+    tokens = AMX_TOKENS if amx else token_tile(k, tokens, BF16_ISAS[isa].lanes, parts)
     pairs = amx_groups(k, PAIR) if amx else -(-k // PAIR)
     tiles = max(1, -(-(a.size // k if k else 0) // tokens))
     return tiles * 4 * (pairs * tokens * parts + n * tokens)

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from sparsec.codegen.c_literals import CTYPES, c_literal
 from sparsec.codegen.cnames import c_string_literal
-from sparsec.codegen.params import CTYPES, KernelRequest, c_literal, contiguous_strides
+from sparsec.codegen.loops import contiguous_strides
+from sparsec.codegen.request import KernelRequest
 from sparsec.compiler.ir import Graph, Node
 from sparsec.errors import KernelNotFoundError
 

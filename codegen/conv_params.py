@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparsec.codegen.params import KernelRequest, activation_statements, c_float
+from sparsec.codegen.activations import activation_statements
+from sparsec.codegen.c_literals import c_float
+from sparsec.codegen.request import KernelRequest
 from sparsec.compiler.ir import Graph, Node
 
 # Aim for tasks of about this many output elements: enough to amortise handing a task out,

@@ -17,6 +17,7 @@ import jinja2
 import numpy as np
 
 from sparsec.codegen import cnames
+from sparsec.codegen.c_literals import CTYPES
 from sparsec.codegen.kernels import (
     PARALLEL_MIN_NS,
     KernelSpec,
@@ -25,7 +26,7 @@ from sparsec.codegen.kernels import (
     portable_reason,
     runs_parallel,
 )
-from sparsec.codegen.params import CTYPES, KernelRequest, WeightSink
+from sparsec.codegen.request import KernelRequest, WeightSink
 from sparsec.codegen.targets import FEATURE_BITS, Target
 from sparsec.compiler.ir import Graph
 from sparsec.compiler.ops import COPY_OPS, DENSE

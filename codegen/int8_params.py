@@ -5,71 +5,33 @@ of one output channel in a 32-bit lane): per output column, the block rows that 
 group and the group's 4 signed bytes. A "dense" weight keeps every group, so the dense int8
 kernel is the same loop without skipping. Column sums of the codes fold the activations' zero
 point out of the integer product: sum_k (x_k - zp) w_k = sum_k x_k w_k - zp * colsum.
+
+MatMulInteger (templates/x-matmul-integer), the ONNX operator on integer operands, is here too.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from sparsec.codegen.matrix_params import (
-    TOKEN_TILE_ISAS,
-    _activation_rows,
-    _bias,
-    _epilogue,
-    _vector_epilogue,
+from sparsec.codegen.c_literals import CTYPES
+from sparsec.codegen.gemm_params import matmul_batches
+from sparsec.codegen.isa import VNNI_ISAS
+from sparsec.codegen.matrix_common import (
+    activation_rows,
+    bias_params,
+    epilogue_params,
+    vector_epilogue_params,
 )
-from sparsec.codegen.params import KernelRequest
+from sparsec.codegen.packing import (
+    AMX_TOKENS,
+    GROUP,
+    amx_groups,
+    amx_params,
+    groups_by_column,
+)
+from sparsec.codegen.request import KernelRequest
 from sparsec.compiler.ir import BITMASK, Graph, Node
-from sparsec.errors import SparsecError
-
-GROUP = 4  # K values per 32-bit lane of vpdpbusd
-
-# AArch64 SDOT multiplies s8 by s8: codes are stored minus 128 (code_offset), and the range
-# pass uses maxNum/minNum, which skip NaN as fmaxf does (FMAX would propagate it).
-_NEON_DOT = {**TOKEN_TILE_ISAS["neon"], "name": "NEON dot-product", "ivec": "int32x4_t",
-             "izero": "sparsec_neon_izero", "iload": "sparsec_neon_iload",
-             "iset1": "vdupq_n_s32", "isub": "vsubq_s32", "dpbusd": "sparsec_neon_dot",
-             "cvt": "vcvtq_f32_s32", "istore": "sparsec_neon_istore", "iadd": "vaddq_s32",
-             "range_min": "vminnmq_f32", "range_max": "vmaxnmq_f32",
-             "quantize": "sparsec_quantize_s8x16", "code_offset": 128}
-
-# What the VNNI token-tile template needs beyond the fp32 token-tile names, per ISA.
-VNNI_ISAS = {
-    "neondot": _NEON_DOT,
-    # ARMv8.0 NEON without SDOT (the arm-neon target's int8 kernels, and its fallback where
-    # the dispatched SDOT kernel cannot run): the same sums from widening multiplies.
-    "neon": {**_NEON_DOT, "name": "NEON widening multiplies",
-             "dpbusd": "sparsec_neon_dot_widening",
-             "dpbusd_full_range": "sparsec_neon_dot_widening_full_range"},
-    "avx512vnni": {**TOKEN_TILE_ISAS["avx512f"], "name": "AVX-512 VNNI", "ivec": "__m512i",
-                   "izero": "_mm512_setzero_si512", "iload": "_mm512_load_si512",
-                   "iset1": "_mm512_set1_epi32", "isub": "_mm512_sub_epi32",
-                   "dpbusd": "sparsec_dpbusd512", "cvt": "_mm512_cvtepi32_ps",
-                   "mul": "_mm512_mul_ps", "set1": "_mm512_set1_ps", "min": "_mm512_min_ps",
-                   "max": "_mm512_max_ps", "loadu": "_mm512_loadu_ps",
-                   "istore": "_mm512_store_si512", "iadd": "_mm512_add_epi32",
-                   "storeu": "_mm512_storeu_ps", "quantize": "sparsec_quantize_u8x64"},
-    "avxvnni": {**TOKEN_TILE_ISAS["avx2"], "name": "AVX-VNNI", "ivec": "__m256i",
-                "izero": "_mm256_setzero_si256", "iload": "_mm256_load_si256",
-                "iset1": "_mm256_set1_epi32", "isub": "_mm256_sub_epi32",
-                "dpbusd": "sparsec_dpbusd256", "cvt": "_mm256_cvtepi32_ps",
-                "mul": "_mm256_mul_ps", "set1": "_mm256_set1_ps", "min": "_mm256_min_ps",
-                "max": "_mm256_max_ps", "loadu": "_mm256_loadu_ps",
-                "istore": "_mm256_store_si256", "iadd": "_mm256_add_epi32",
-                "storeu": "_mm256_storeu_ps", "quantize": "sparsec_quantize_u8x32"},
-}
-# AVX2 without VNNI: VPMADDUBSW's int16 pair sums saturate (2 * 255 * 128 > 32767), so the
-# products run on VPMADDWD, exact in int32, over codes widened to 16 bits. A 4x1 group is two
-# steps ("parts"): codes 0 and 2 of a token in one 32-bit lane, codes 1 and 3 in another
-# (the even and odd bytes of VNNI's lane, split by an and and a shift when the tile is
-# quantized, once per tile), against weight lanes packed the same way at compile time.
-VNNI_ISAS["avx2"] = {**VNNI_ISAS["avxvnni"], "name": "AVX2 (vpmaddwd on 16-bit codes)",
-                     "madd": "vpmaddwd", "madd_add": "vpaddd", "parts": 2,
-                     "iand": "_mm256_and_si256", "ishr16": "_mm256_srli_epi16",
-                     # 16 ymm registers: accumulators for the dense loop's columns x tokens
-                     "accumulators": 8}
-del VNNI_ISAS["avx2"]["dpbusd"]
-
+from sparsec.errors import KernelNotFoundError
 
 TILE_BYTES = 64 * 1024  # activation codes per tile beyond which halving the tile measured faster
 
@@ -82,25 +44,6 @@ def token_tile(k: int, tokens: int, lanes: int, code_bytes: int = 1) -> int:
     while tokens > 2 * lanes and -(-k // GROUP) * GROUP * tokens * code_bytes > TILE_BYTES:
         tokens //= 2
     return tokens
-
-
-def groups_by_column(codes: np.ndarray, keep_all: bool,
-                     group: int = GROUP) -> tuple[np.ndarray, ...]:
-    """Per output column: col_ptr (N+1), the block row of each kept group (4x1 of int8
-    codes; 2x1 of bf16 bits, `group` = 2), and each group's values (zero padded past K) as
-    one int32 lane."""
-    k, n = codes.shape
-    assert group * codes.dtype.itemsize == 4, "a group fills one 32-bit lane"
-    kb = -(-k // group)
-    padded = np.zeros((kb * group, n), dtype=codes.dtype)
-    padded[:k] = codes
-    groups = padded.reshape(kb, group, n).transpose(2, 0, 1)  # n, kb, group
-    keep = np.ones((n, kb), bool) if keep_all else groups.any(axis=2)
-    columns, rows = np.nonzero(keep)  # column-major order: columns ascending, rows within
-    col_ptr = np.zeros(n + 1, dtype=np.int32)
-    np.cumsum(np.bincount(columns, minlength=n), out=col_ptr[1:])
-    lanes = np.ascontiguousarray(groups[columns, rows]).view(np.int32).reshape(-1)
-    return col_ptr, rows.astype(np.int32), lanes
 
 
 def split_lanes(lanes: np.ndarray) -> np.ndarray:
@@ -128,7 +71,7 @@ def int8_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "",
     token-tile form's columns on AMX tiles (AMX_TOKENS tokens, avx512vnni for the rest)."""
     node, a, codes = req.node, req.input(0), req.input(1)
     scales = req.input(3)
-    m, k, a_sm, a_sk = _activation_rows(a, node.attrs.get("trans_a", 0))
+    m, k, a_sm, a_sk = activation_rows(a, node.attrs.get("trans_a", 0))
     n = codes.shape[1]
     pattern = "dense" if codes.sparsity is None else codes.sparsity.pattern
     keep_all = pattern in ("dense", BITMASK)  # BITMASK: dense tiles, compressed in memory
@@ -138,8 +81,8 @@ def int8_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "",
         "M": m, "K": k, "N": n, "KB": -(-k // GROUP), "a_sm": a_sm, "a_sk": a_sk,
         "num_groups": kept_groups(codes.data, keep_all), "dense": keep_all,
         "colsum": req.blob.add(colsum), "wscale": req.blob.add(scales.data.astype(np.float32)),
-        **_bias(req, m, n), **_epilogue(req, node.attrs, "float32"),
-        **_vector_epilogue(node.attrs),
+        **bias_params(req, m, n), **epilogue_params(req, node.attrs, "float32"),
+        **vector_epilogue_params(node.attrs),
     }
     # Each form stores only the tables it reads.
     if not amx:
@@ -148,16 +91,18 @@ def int8_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "",
         params.update(col_ptr=req.blob.add(col_ptr), k_idx=req.blob.add(k_idx),
                       values=req.blob.add(lanes))
     else:
-        names = dict(VNNI_ISAS[isa])
-        parts = names.get("parts", 1)
-        tokens = token_tile(k, tokens, names["lanes"], parts)
+        vectors = VNNI_ISAS[isa]
+        parts = vectors.tile_parts
+        tokens = token_tile(k, tokens, vectors.lanes, parts)
         if parts == 2:
             lanes = split_lanes(lanes)
-        if "dpbusd_full_range" in names and codes.data.size and codes.data.min() < -127:
-            names["dpbusd"] = names["dpbusd_full_range"]
+        full_range = vectors.int8.dpbusd_full_range
+        if full_range and codes.data.size and codes.data.min() < -127:
+            vectors = vectors.with_int8(dpbusd=full_range)
         # The range pass splits A into slices of at least 4096 floats (at most 8 slices).
-        params.update(isa=names, T=tokens, SLICES=max(1, min(8, m * k // 4096)),
-                      y_feature_major=False, amx=amx, KBX=amx_groups(k) if amx else -(-k // GROUP))
+        params.update(isa=vectors.template_names(), T=tokens,
+                      SLICES=max(1, min(8, m * k // 4096)), y_feature_major=False,
+                      amx=amx, KBX=amx_groups(k) if amx else -(-k // GROUP))
         if amx:
             params.update(amx_params(req, codes.data, keep_all, pattern == BITMASK))
         elif keep_all:  # column-major codes, KB lanes per column: the loop needs no index
@@ -168,102 +113,6 @@ def int8_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "",
             params.update(col_ptr=req.blob.add(col_ptr), pairs=req.blob.add(pairs))
     req.take(req.output())
     return params
-
-
-# AMX (TDPBSUD): the token-tile kernel's quantized activations, AMX_TOKENS tokens a tile in VNNI
-# order ([groups][tokens][4] u8), are the B operands as they are: 16 consecutive 4x1 groups by
-# 16 tokens make one 16 x 64-byte B tile (rows strided by the tile's 4 * AMX_TOKENS bytes). The
-# weights are the A operand, s8, packed at compile time into 16 x 64-byte tiles per panel of 16
-# output channels: row c holds channel c's codes for 16 groups. A "dense" weight's tiles walk
-# every group in order; a 4x16 one's keep only the groups where one of the panel's channels has
-# a nonzero, so a tile's groups need not be consecutive and the kernel copies their activation
-# rows into staging first (one row of 4 * AMX_TOKENS bytes per group).
-# Tokens per pass over the weights: two C tiles of 16 tokens side by side share each A tile, so
-# a tile of weights is read (and, BITMASK, expanded) once per 32 tokens; Intel's AMX guidance
-# is to reuse every tile load across tile products, one load per product being the bound.
-AMX_TOKENS = 32
-AMX_ROWS = 16  # C and A tile rows: output channels per panel
-AMX_GROUPS = 16  # A tile dwords per row, B tile rows: 4x1 groups per tile
-
-
-def amx_tiles(codes: np.ndarray, keep_all: bool, group: int = GROUP) -> tuple[np.ndarray, ...]:
-    """Per panel of 16 output channels: tile_ptr (panels + 1), and per tile its first group's
-    row offset in the B operand when its 16 groups are consecutive (else -1), the row offsets
-    of its 16 groups (padding repeats a kept group: its weights are zero), and its 1024 bytes
-    of weights, [channel][group][`group` values]: 4 s8 codes, or 2 bf16 (bits as uint16)."""
-    k, n = codes.shape
-    assert group * codes.dtype.itemsize == 4, "a group fills one 32-bit lane"
-    kb = -(-k // group)
-    panels = -(-n // AMX_ROWS)
-    padded = np.zeros((kb * group, panels * AMX_ROWS), dtype=codes.dtype)
-    padded[:k, :n] = codes
-    # [panel][group][channel][values]
-    blocks = padded.reshape(kb, group, panels, AMX_ROWS).transpose(2, 0, 3, 1)
-    tile_ptr, starts, rows, tiles = [0], [], [], []
-    for panel in range(panels):
-        if keep_all:
-            kept = np.arange(-(-kb // AMX_GROUPS) * AMX_GROUPS)  # past kb: zero codes
-        else:
-            kept = np.flatnonzero(blocks[panel].any(axis=(1, 2)))
-        for first in range(0, len(kept), AMX_GROUPS):
-            groups = kept[first:first + AMX_GROUPS]
-            consecutive = len(groups) == AMX_GROUPS and groups[-1] - groups[0] == AMX_GROUPS - 1
-            tile = np.zeros((AMX_ROWS, AMX_GROUPS, group), dtype=codes.dtype)
-            real = groups[groups < kb]
-            tile[:, :len(real)] = blocks[panel, real].transpose(1, 0, 2)
-            padding = np.full(AMX_GROUPS - len(groups), groups[-1])
-            starts.append(int(groups[0]) if consecutive else -1)
-            rows.append(np.concatenate([groups, padding]))
-            tiles.append(tile)
-        tile_ptr.append(len(starts))
-    row_bytes = 4 * AMX_TOKENS  # a B row: one 32-bit lane per token
-    return (np.array(tile_ptr, np.int32),
-            np.array([s * row_bytes if s >= 0 else -1 for s in starts], np.int32),
-            (np.array(rows, np.int32).reshape(-1, AMX_GROUPS) * row_bytes).astype(np.int32),
-            np.array(tiles, codes.dtype).reshape(-1, AMX_ROWS * AMX_GROUPS * group)
-            .view(np.uint8))
-
-
-def bitmask_tiles(tiles: np.ndarray, value_bytes: int) -> tuple[np.ndarray, ...]:
-    """A tiles (rows of 1024 bytes, from amx_tiles) without their zero values, for the
-    BITMASK form: per 64-byte tile row a mask with one bit per value of `value_bytes` (64 bits
-    for int8, 32 for bf16; bit i is value i), set where the value is nonzero; each tile's
-    byte offset into the nonzeros; and the nonzero values, tile by tile and row by row."""
-    lanes = 64 // value_bytes
-    values = tiles.reshape(len(tiles), AMX_ROWS, lanes, value_bytes)
-    present = values.any(axis=3)
-    masks = np.packbits(present, axis=2, bitorder="little")  # tiles, rows, lanes / 8 bytes
-    sizes = present.sum(axis=(1, 2)) * value_bytes
-    offsets = np.zeros(len(tiles), np.int64)
-    np.cumsum(sizes[:-1], out=offsets[1:])
-    if offsets.size and offsets[-1] + sizes[-1] >= 2**31:
-        raise SparsecError("a BITMASK weight's nonzeros exceed 2 GiB; compile it without "
-                           "--target x86-amx, or with --pattern dense")
-    return (np.ascontiguousarray(masks).reshape(-1), offsets.astype(np.int32),
-            np.ascontiguousarray(values[present]).reshape(-1))
-
-
-def amx_params(req: KernelRequest, values: np.ndarray, keep_all: bool, bitmask: bool,
-               group: int = GROUP) -> dict:
-    """The tables of the AMX tile loop (templates/amx-tiles.j2) for K x N `values` (int8
-    codes, or bf16 bits as uint16) walked in `group`-value groups: the A tiles as they are,
-    or for BITMASK (every group kept) their masks and nonzeros."""
-    tile_ptr, starts, rows, tiles = amx_tiles(values, keep_all, group)
-    params = {"num_tiles": int(len(starts)), "tile_ptr": req.blob.add(tile_ptr),
-              "bitmask": bitmask, "value_bytes": values.dtype.itemsize}
-    if bitmask:
-        masks, offsets, nonzeros = bitmask_tiles(tiles, values.dtype.itemsize)
-        params.update(tile_masks=req.blob.add(masks), tile_values=req.blob.add(offsets),
-                      nonzeros=req.blob.add(nonzeros))
-    else:
-        params.update(tile_start=req.blob.add(starts), tile_rows=req.blob.add(rows),
-                      tiles=req.blob.add(tiles))
-    return params
-
-
-def amx_groups(k: int, group: int = GROUP) -> int:
-    """Groups of the B operand per token tile: K's groups rounded up to whole B tiles."""
-    return -(-k // (group * AMX_GROUPS)) * AMX_GROUPS
 
 
 def int8_amx_scratch(graph: Graph, node: Node) -> int:
@@ -287,7 +136,30 @@ def int8_tokens_scratch(graph: Graph, node: Node, tokens: int, isa: str) -> int:
     fp32 Y tile ([N][T])."""
     k, n = graph.tensors[node.inputs[1]].shape
     a = graph.tensors[node.inputs[0]]
-    parts = VNNI_ISAS[isa].get("parts", 1)
-    tokens = token_tile(k, tokens, VNNI_ISAS[isa]["lanes"], parts)
+    parts = VNNI_ISAS[isa].tile_parts
+    tokens = token_tile(k, tokens, VNNI_ISAS[isa].lanes, parts)
     tiles = max(1, -(-(a.size // k if k else 0) // tokens))
     return tiles * (-(-k // GROUP) * GROUP * tokens * parts + 4 * n * tokens)
+
+
+def matmul_integer_params(req: KernelRequest) -> dict:
+    """MatMulInteger: numpy.matmul batching; zero points per tensor, per row of A or per
+    column of B."""
+    a, b, y = req.input(0), req.input(1), req.output()
+    m, k, n, batches = matmul_batches(a, b)
+    req.take(a)
+    req.take(b)
+    params = {"a_ctype": CTYPES[a.dtype], "b_ctype": CTYPES[b.dtype], "M": m, "K": k, "N": n,
+              "batches": batches if len(batches) > 1 else []}
+    for key, index, along in (("a", 2, m), ("b", 3, n)):
+        zp = req.input(index)
+        params[f"has_{key}_zp"] = req.take(zp)
+        if zp is not None:
+            if zp.size not in (1, along):
+                raise KernelNotFoundError(f"node {req.node.name!r}: {key}_zero_point of shape "
+                                          f"{zp.shape}; sparsec takes one per tensor or one "
+                                          f"per {'row of A' if key == 'a' else 'column of B'}")
+            params[f"{key}_zp_ctype"] = CTYPES[zp.dtype]
+            params["a_zp_sm" if key == "a" else "b_zp_sn"] = 1 if zp.size > 1 else 0
+    req.take(y)
+    return params

@@ -12,14 +12,21 @@ import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from sparsec.codegen import attention_params as atp
 from sparsec.codegen import bf16_params as bp
 from sparsec.codegen import cnn_params as cnnp
 from sparsec.codegen import conv_params as cp
+from sparsec.codegen import elementwise_params as ewp
+from sparsec.codegen import gemm_params as gp
 from sparsec.codegen import index_params as ip
 from sparsec.codegen import int8_params as qp
-from sparsec.codegen import matrix_params as mp
-from sparsec.codegen import params as kp
+from sparsec.codegen import norm_params as nrp
+from sparsec.codegen import packing as pk
 from sparsec.codegen import pool_params as pp
+from sparsec.codegen import quantize_params as qlp
+from sparsec.codegen import shape_params as shp
+from sparsec.codegen import spmm_params as smp
+from sparsec.codegen.request import KernelRequest
 from sparsec.codegen.targets import TARGETS, Dispatch, Target
 from sparsec.compiler.ir import BITMASK, SPARSE_PATTERNS, Graph, Node, block_shape
 from sparsec.compiler.ops import (
@@ -62,7 +69,7 @@ class KernelSpec:
     dtypes: tuple[str, ...]
     isa: str
     template: str
-    params: Callable[[kp.KernelRequest], dict]
+    params: Callable[[KernelRequest], dict]
     pattern: str = "any"  # "dense", a block pattern from SPARSE_PATTERNS, or "any"
     mr: int = 1  # rows of activations per register tile
     nr: int = 1  # outputs per register tile
@@ -336,35 +343,35 @@ AVX2_INT8_COST_NS = (round(0.0096 * 80 / 34, 4), round(0.092 * 41 / 23, 3))
 
 KERNELS: list[KernelSpec] = [
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="scalar", pattern="dense", mr=4, nr=32,
-               family="f32_gemm", template="f32-gemm/scalar.c.j2", params=mp.dense_params,
+               family="f32_gemm", template="f32-gemm/scalar.c.j2", params=gp.dense_params,
                cost_ns=SCALAR_GEMM_COST_NS),
     *[KernelSpec(op=DENSE, dtypes=FLOAT, isa="scalar", pattern=p, mr=4,
                  nr=block_shape(p)[1], family="f32_spmm", template="f32-spmm/scalar.c.j2",
-                 params=mp.spmm_params, cost_ns=SCALAR_SPMM_COST_NS[p])
+                 params=smp.spmm_params, cost_ns=SCALAR_SPMM_COST_NS[p])
       for p in SPARSE_PATTERNS],
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="scalar", pattern="runtime", mr=4, nr=32,
-               family="f32_gemm", template="f32-gemm/scalar.c.j2", params=mp.dense_params),
+               family="f32_gemm", template="f32-gemm/scalar.c.j2", params=gp.dense_params),
     # NEON: 4 rows x 16 columns by lane; no ARM machine here to calibrate on, so its cost is
     # the AVX2 row's scaled by 8 lanes over 4.
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="neon", pattern="dense", mr=4, nr=16,
                family="f32_gemm", template="f32-gemm/neon.c.j2", parallel=True,
-               params=functools.partial(mp.gemm_panels_params, mr=4, panel=16),
+               params=functools.partial(gp.gemm_panels_params, mr=4, panel=16),
                cost_ns={"generic": 0.0366}),
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx2", pattern="dense", mr=6, nr=16,
                family="f32_gemm", template="f32-gemm/avx2.c.j2", parallel=True,
-               params=functools.partial(mp.gemm_panels_params, mr=6, panel=16),
+               params=functools.partial(gp.gemm_panels_params, mr=6, panel=16),
                cost_ns={"generic": 0.0183}),
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx512f", pattern="dense", mr=12, nr=32,
                family="f32_gemm", template="f32-gemm/avx512f.c.j2", parallel=True,
-               params=functools.partial(mp.gemm_panels_params, mr=12, panel=32),
+               params=functools.partial(gp.gemm_panels_params, mr=12, panel=32),
                cost_ns={"generic": 0.0177}),
     # Token-tile rows. NEON: 16 tokens (4 vectors, 8 accumulators); no ARM machine here to
     # calibrate on, so its costs are the AVX2 row's measured ones scaled by 8 lanes over 4.
     *[KernelSpec(op=DENSE, dtypes=FLOAT, isa=isa, pattern=p, mr=tokens, nr=1,
                  family="f32_spmm", template="f32-spmm/x86-tokens.c.j2", parallel=True,
                  feature_major=True,
-                 params=functools.partial(mp.spmm_tokens_params, tokens=tokens, isa=isa),
-                 scratch=functools.partial(mp.spmm_tokens_scratch, tokens=tokens),
+                 params=functools.partial(smp.spmm_tokens_params, tokens=tokens, isa=isa),
+                 scratch=functools.partial(smp.spmm_tokens_scratch, tokens=tokens),
                  cost_ns={"generic": cost})
       for isa, tokens, costs in (("avx512f", 64, (0.034, 0.129, 0.53)),
                                  ("neon", 16, (0.084, 0.30, 1.15)),
@@ -373,16 +380,16 @@ KERNELS: list[KernelSpec] = [
     # NEON 1x16: as the AVX2 row, 6 rows (24 accumulators); cost scaled from it by lanes.
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="neon", pattern="1x16", mr=6, nr=16,
                family="f32_spmm", template="f32-spmm/neon.c.j2", parallel=True,
-               params=functools.partial(mp.spmm_columns_params, mr=6),
+               params=functools.partial(smp.spmm_columns_params, mr=6),
                cost_ns={"generic": 0.80}),
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx2", pattern="1x16", mr=6, nr=16,
                family="f32_spmm", template="f32-spmm/avx2.c.j2", parallel=True,
-               params=functools.partial(mp.spmm_columns_params, mr=6),
+               params=functools.partial(smp.spmm_columns_params, mr=6),
                cost_ns={"generic": 0.40}),
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx512f", pattern="1x16", mr=16, nr=16,
                family="f32_spmm", template="f32-spmm/avx512f.c.j2", parallel=True,
-               params=functools.partial(mp.spmm_columns_params, mr=16),
-               scratch=functools.partial(mp.spmm_columns_scratch, mr=16),
+               params=functools.partial(smp.spmm_columns_params, mr=16),
+               scratch=functools.partial(smp.spmm_columns_scratch, mr=16),
                cost_ns={"generic": 0.35}),
     # int8 weights (--quantize dynamic): every row walks 4x1 groups; "dense" keeps them all.
     # A sparse row's cost is per kept group, a dense row's per weight element.
@@ -416,9 +423,9 @@ KERNELS: list[KernelSpec] = [
     # B tiles (0.05 ns per block and row); BITMASK the dense rate plus 16 expand-loads a tile
     # at 2 cycles each, once per 32 tokens (another 0.00033).
     *[KernelSpec(op=DENSE, dtypes=FLOAT, weight_dtype="int8", isa="amx", pattern=p,
-                 mr=qp.AMX_TOKENS, nr=16, family="qs8_dense",
+                 mr=pk.AMX_TOKENS, nr=16, family="qs8_dense",
                  template="i8-dense/x86-vnni-tokens.c.j2", parallel=True,
-                 params=functools.partial(qp.int8_dense_params, tokens=qp.AMX_TOKENS,
+                 params=functools.partial(qp.int8_dense_params, tokens=pk.AMX_TOKENS,
                                           isa="avx512vnni", amx=True),
                  scratch=qp.int8_amx_scratch, cost_ns={"generic": cost},
                  stream=SAPPHIRE_RAPIDS_STREAM)
@@ -468,59 +475,59 @@ KERNELS: list[KernelSpec] = [
     # Estimated compute costs, no AMX machine here: half of the int8 rows' rate (half the
     # products per TDPBF16PS and per expand-load).
     *[KernelSpec(op=DENSE, dtypes=FLOAT, weight_dtype="bfloat16", isa="amx", pattern=p,
-                 mr=qp.AMX_TOKENS, nr=16, family="bf16_dense",
+                 mr=pk.AMX_TOKENS, nr=16, family="bf16_dense",
                  template="bf16-dense/x86-tokens.c.j2",
                  parallel=True,
-                 params=functools.partial(bp.bf16_dense_params, tokens=qp.AMX_TOKENS,
+                 params=functools.partial(bp.bf16_dense_params, tokens=pk.AMX_TOKENS,
                                           isa="avx512f", amx=True),
-                 scratch=functools.partial(bp.bf16_tokens_scratch, tokens=qp.AMX_TOKENS,
+                 scratch=functools.partial(bp.bf16_tokens_scratch, tokens=pk.AMX_TOKENS,
                                            isa="avx512f", amx=True),
                  cost_ns={"generic": cost}, stream=SAPPHIRE_RAPIDS_STREAM)
       for p, cost in (("dense", 0.0013), ("2x16", 0.05), (BITMASK, 0.002))],
     # Vectors of 4 where the target has no SIMD ISA: GCC lowers them to what the machine has.
     *[KernelSpec(op=ATTENTION, dtypes=FLOAT, isa=isa, mr=8, nr=vector, family="f32_attention",
                  template="f32-attention/vector.c.j2", parallel=True,
-                 params=functools.partial(mp.attention_params, vector=vector,
+                 params=functools.partial(atp.attention_params, vector=vector,
                                           registers=registers))
       for isa, vector, registers in (("scalar", 4, 12), ("avx2", 8, 12),
                                      ("avx512f", 16, 24))],
     KernelSpec(op="MatMulInteger", dtypes=("uint8", "int8"), isa="scalar",
                family="x_matmulinteger", template="x-matmul-integer/scalar.c.j2",
-               params=mp.matmul_integer_params),
+               params=qp.matmul_integer_params),
     KernelSpec(op="QuantizeLinear", dtypes=FLOAT, isa="scalar", family="x_quantizelinear",
-               template="x-quantize/linear.c.j2", params=kp.quantize_linear_params),
+               template="x-quantize/linear.c.j2", params=qlp.quantize_linear_params),
     KernelSpec(op="DequantizeLinear", dtypes=("uint8", "int8", "uint16", "int16", "int32"),
                isa="scalar", family="x_dequantizelinear", template="x-quantize/linear.c.j2",
-               params=kp.quantize_linear_params),
+               params=qlp.quantize_linear_params),
     KernelSpec(op="DynamicQuantizeLinear", dtypes=FLOAT, isa="scalar",
                family="x_dynamicquantizelinear", template="x-quantize/dynamic.c.j2",
-               params=kp.dynamic_quantize_params),
+               params=qlp.dynamic_quantize_params),
     KernelSpec(op="MatMul", dtypes=FLOAT, isa="scalar", mr=4, nr=32, family="f32_matmul",
-               template="f32-gemm/scalar.c.j2", params=mp.matmul_params),
+               template="f32-gemm/scalar.c.j2", params=gp.matmul_params),
     *[KernelSpec(op=op, dtypes=FLOATS + ("int32", "int64") if op == "Pow" else NUMERIC,
                  isa="scalar", family=f"x_{op.lower()}", template="x-elementwise/binary.c.j2",
-                 params=kp.binary_params)
+                 params=ewp.binary_params)
       for op in ELEMENTWISE_BINARY],
     *[KernelSpec(op=op, dtypes=FLOATS if op in FLOAT_ONLY else SIGNED if op == "Neg"
                  else ("bool",) if op == "Not" else NUMERIC,
                  isa="scalar",
                  family=f"x_{op.lower()}", template="x-elementwise/unary.c.j2",
-                 params=kp.unary_params)
+                 params=ewp.unary_params)
       for op in ELEMENTWISE_UNARY],
     *[KernelSpec(op=op, dtypes=ANY, isa="scalar", family=f"x_{op.lower()}",
-                 template="x-copy/scalar.c.j2", params=kp.copy_params) for op in COPY_OPS],
+                 template="x-copy/scalar.c.j2", params=shp.copy_params) for op in COPY_OPS],
     KernelSpec(op="Transpose", dtypes=ANY, isa="scalar", family="x_transpose",
-               template="x-transpose/scalar.c.j2", params=kp.transpose_params, parallel=True),
+               template="x-transpose/scalar.c.j2", params=shp.transpose_params, parallel=True),
     KernelSpec(op="Gather", dtypes=ANY, isa="scalar", family="x_gather",
-               template="x-gather/scalar.c.j2", params=kp.gather_params),
+               template="x-gather/scalar.c.j2", params=shp.gather_params),
     KernelSpec(op="Concat", dtypes=ANY, isa="scalar", family="x_concat",
-               template="x-concat/scalar.c.j2", params=kp.concat_params),
+               template="x-concat/scalar.c.j2", params=shp.concat_params),
     KernelSpec(op="Expand", dtypes=ANY, isa="scalar", family="x_expand",
-               template="x-expand/scalar.c.j2", params=kp.expand_params),
+               template="x-expand/scalar.c.j2", params=shp.expand_params),
     KernelSpec(op="Slice", dtypes=ANY, isa="scalar", family="x_slice",
-               template="x-slice/scalar.c.j2", params=kp.slice_params),
+               template="x-slice/scalar.c.j2", params=shp.slice_params),
     KernelSpec(op="Cast", dtypes=ANY + ("float16",), isa="scalar", family="x_cast",
-               template="x-cast/scalar.c.j2", params=kp.cast_params),
+               template="x-cast/scalar.c.j2", params=shp.cast_params),
     KernelSpec(op="IsNaN", dtypes=FLOATS, isa="scalar", family="x_isnan",
                template="x-cast/scalar.c.j2", params=ip.isnan_params),
     KernelSpec(op="CumSum", dtypes=NUMERIC, isa="scalar", family="x_cumsum",
@@ -530,22 +537,22 @@ KERNELS: list[KernelSpec] = [
     KernelSpec(op="GatherND", dtypes=ANY, isa="scalar", family="x_gathernd",
                template="x-gather-nd/scalar.c.j2", params=ip.gather_nd_params),
     KernelSpec(op="Where", dtypes=("bool",), isa="scalar", family="x_where",
-               template="x-elementwise/where.c.j2", params=kp.where_params),
+               template="x-elementwise/where.c.j2", params=ewp.where_params),
     *[KernelSpec(op=op, dtypes=ANY if op == "Equal" else NUMERIC, isa="scalar",
                  family=f"x_{op.lower()}", template="x-elementwise/binary.c.j2",
-                 params=kp.binary_params) for op in COMPARISONS],
+                 params=ewp.binary_params) for op in COMPARISONS],
     *[KernelSpec(op=op, dtypes=("bool",), isa="scalar", family=f"x_{op.lower()}",
-                 template="x-elementwise/binary.c.j2", params=kp.binary_params)
+                 template="x-elementwise/binary.c.j2", params=ewp.binary_params)
       for op in LOGICAL_BINARY],
     KernelSpec(op="ReduceMean", dtypes=FLOATS, isa="scalar", family="x_reducemean",
-               template="x-reduce/mean.c.j2", params=kp.reduce_mean_params),
+               template="x-reduce/mean.c.j2", params=nrp.reduce_mean_params),
     *[KernelSpec(op=op, dtypes=FLOATS, isa="scalar", family=family,
-                 template="f32-layernorm/scalar.c.j2", params=kp.layer_norm_params,
+                 template="f32-layernorm/scalar.c.j2", params=nrp.layer_norm_params,
                  parallel=True)
       for op, family in (("LayerNormalization", "x_layernorm"),
                          (ADD_LAYER_NORM, "x_addlayernorm"))],
     KernelSpec(op="Softmax", dtypes=FLOAT, isa="scalar", family="f32_softmax",
-               template="f32-softmax/scalar.c.j2", params=kp.softmax_params),
+               template="f32-softmax/scalar.c.j2", params=nrp.softmax_params),
     # Convolutions (lower_conv): plain C loops without bounds checks inside, which GCC
     # vectorises with the target's flags.
     KernelSpec(op=IM2COL, dtypes=FLOAT, isa="scalar", family="x_im2col",

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sparsec.codegen.params import CTYPES, KernelRequest, c_literal
+from sparsec.codegen.c_literals import CTYPES, c_literal
+from sparsec.codegen.request import KernelRequest
 from sparsec.errors import KernelNotFoundError
 
 # Elements of output a pooling task computes: a few microseconds of work, so that handing it to

@@ -1,4 +1,4 @@
-"""codegen/int8_params.amx_tiles: the tables the AMX kernel walks. Simulated in numpy exactly as
+"""codegen/packing.amx_tiles: the tables the AMX kernel walks. Simulated in numpy exactly as
 the kernel reads them (per panel, per tile: the A tile of codes times the B rows named by the
 tile), they must give the integer product of any activations with the codes; a 4x16 weight
 keeps only the groups with a nonzero in the panel, and tiles whose groups are consecutive are
@@ -17,8 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparsec.codegen import int8_params as qp
-from sparsec.codegen import targets
+from sparsec.codegen import packing, targets
 from sparsec.codegen.kernels import KERNELS
 from sparsec.compiler.ir import BITMASK
 from tests.graphs import model
@@ -28,21 +27,22 @@ def simulate(codes: np.ndarray, x_codes: np.ndarray, keep_all: bool) -> np.ndarr
     """Y^T (N x tokens, int64) as the kernel computes it from the tables, for one token tile
     (AMX_TOKENS: the kernel splits it over C tiles of 16, which the einsum need not)."""
     k, n = codes.shape
-    tile_ptr, starts, rows, tiles = qp.amx_tiles(codes, keep_all)
-    groups = qp.amx_groups(k)
+    tile_ptr, starts, rows, tiles = packing.amx_tiles(codes, keep_all)
+    groups = packing.amx_groups(k)
     # the B operands: [groups][tokens][4] codes, zero past K
-    b = np.zeros((groups * 4, qp.AMX_TOKENS), np.int64)
+    b = np.zeros((groups * 4, packing.AMX_TOKENS), np.int64)
     b[:k] = x_codes
-    b_rows = b.reshape(groups, 4, qp.AMX_TOKENS).transpose(0, 2, 1).reshape(groups, -1)
-    row_bytes = 4 * qp.AMX_TOKENS
-    out = np.zeros((len(tile_ptr) - 1) * 16 * qp.AMX_TOKENS, np.int64).reshape(-1, qp.AMX_TOKENS)
+    b_rows = b.reshape(groups, 4, packing.AMX_TOKENS).transpose(0, 2, 1).reshape(groups, -1)
+    row_bytes = 4 * packing.AMX_TOKENS
+    out = np.zeros((len(tile_ptr) - 1) * 16 * packing.AMX_TOKENS, np.int64).reshape(
+        -1, packing.AMX_TOKENS)
     for panel in range(len(tile_ptr) - 1):
         for t in range(tile_ptr[panel], tile_ptr[panel + 1]):
             group_rows = rows[t] // row_bytes
             if starts[t] >= 0:  # the kernel loads 16 consecutive rows from starts[t]
                 assert starts[t] == rows[t][0] and np.all(np.diff(group_rows) == 1)
             a = tiles[t].view(np.int8).astype(np.int64).reshape(16, 16, 4)  # channel, group, 4
-            bt = b_rows[group_rows].reshape(16, qp.AMX_TOKENS, 4)  # group, token, 4
+            bt = b_rows[group_rows].reshape(16, packing.AMX_TOKENS, 4)  # group, token, 4
             out[panel * 16:(panel + 1) * 16] += np.einsum("cgj,gtj->ct", a, bt)
     return out[:n]
 
@@ -57,7 +57,7 @@ def weights(draw):
     keep = rng.random((-(-k // block[0]), -(-n // block[1]))) < density
     keep = np.repeat(np.repeat(keep, block[0], 0), block[1], 1)[:k, :n]
     codes = (rng.integers(-128, 128, (k, n)) * keep).astype(np.int8)
-    return codes, rng.integers(0, 256, (k, qp.AMX_TOKENS))
+    return codes, rng.integers(0, 256, (k, packing.AMX_TOKENS))
 
 
 @settings(max_examples=80, deadline=None)
@@ -73,11 +73,11 @@ def test_sparse_panels_keep_only_groups_with_a_nonzero():
     k, n = 256, 32  # 64 groups, 2 panels
     keep = rng.random((64, 2)) < 0.25
     codes = (np.repeat(np.repeat(keep, 4, 0), 16, 1) * rng.integers(1, 100, (k, n))).astype(np.int8)
-    tile_ptr, starts, rows, _ = qp.amx_tiles(codes, keep_all=False)
+    tile_ptr, starts, rows, _ = packing.amx_tiles(codes, keep_all=False)
     for panel in range(2):
         kept = int(keep[:, panel].sum())
         assert tile_ptr[panel + 1] - tile_ptr[panel] == -(-kept // 16)
-    dense_ptr, dense_starts, _, _ = qp.amx_tiles(codes, keep_all=True)
+    dense_ptr, dense_starts, _, _ = packing.amx_tiles(codes, keep_all=True)
     assert list(dense_ptr) == [0, 4, 8] and np.all(dense_starts >= 0)
 
 
@@ -85,10 +85,10 @@ def test_consecutive_groups_load_without_copying():
     codes = np.zeros((256, 16), np.int8)
     codes[64:128] = 1  # groups 16..31: one full consecutive tile
     codes[200] = 1  # group 50: a tile of one kept group, padded
-    tile_ptr, starts, rows, _ = qp.amx_tiles(codes, keep_all=False)
+    tile_ptr, starts, rows, _ = packing.amx_tiles(codes, keep_all=False)
     assert list(tile_ptr) == [0, 2]
-    assert starts[0] == 16 * 4 * qp.AMX_TOKENS and starts[1] == -1
-    assert list(rows[1] // (4 * qp.AMX_TOKENS)) == [50] * 16  # padding repeats a kept group
+    assert starts[0] == 16 * 4 * packing.AMX_TOKENS and starts[1] == -1
+    assert list(rows[1] // (4 * packing.AMX_TOKENS)) == [50] * 16  # padding repeats a kept group
 
 
 def expand(masks: np.ndarray, offsets: np.ndarray, nonzeros: np.ndarray, tiles: int,
@@ -115,9 +115,9 @@ def test_bitmask_tiles_expand_back_to_the_dense_tiles(case, bf16):
     codes, _ = case
     values = codes.astype(np.uint16) * 0x3F81 if bf16 else codes  # bf16 bits, zero stays zero
     group = 2 if bf16 else 4
-    _, starts, _, tiles = qp.amx_tiles(values, keep_all=True, group=group)
+    _, starts, _, tiles = packing.amx_tiles(values, keep_all=True, group=group)
     assert np.all(starts >= 0)  # every group kept: B is read in place
-    masks, offsets, nonzeros = qp.bitmask_tiles(tiles, values.dtype.itemsize)
+    masks, offsets, nonzeros = packing.bitmask_tiles(tiles, values.dtype.itemsize)
     assert nonzeros.size == np.count_nonzero(values) * values.dtype.itemsize
     assert masks.size == len(tiles) * 1024 // values.dtype.itemsize // 8
     np.testing.assert_array_equal(expand(masks, offsets, nonzeros, len(tiles),

@@ -1,0 +1,94 @@
+"""Template parameters for the fp32 dense matrix kernels (templates/f32-gemm): Dense with a
+dense or run-time weight, and MatMul with numpy's batching.
+
+The portable kernel reads B where it is; SIMD kernels read a constant weight re-laid at compile
+time as panels of 16 or 32 columns.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sparsec.codegen.c_literals import CTYPES
+from sparsec.codegen.loops import broadcast_strides
+from sparsec.codegen.matrix_common import (
+    activation_rows,
+    bias_params,
+    epilogue_params,
+    vector_epilogue_params,
+)
+from sparsec.codegen.request import KernelRequest
+from sparsec.compiler.ir import Tensor
+
+
+def _gemm_tile(req: KernelRequest) -> dict:
+    """4 rows x 32 columns of accumulators: 8 independent AVX-512 FMA chains (enough to hide
+    FMA latency on two pipes), 16 AVX2 registers; SSE spills some, still the fastest measured
+    (benchmarks/kernels.py: 16 columns ran 2.4x slower with AVX-512)."""
+    return {"MR": 4, "NT": 32}
+
+
+def dense_params(req: KernelRequest) -> dict:
+    """Dense node, dense weight: Y = act(alpha * op(A) . op(B) + beta * C)."""
+    node, a, b = req.node, req.input(0), req.input(1)
+    m, k, a_sm, a_sk = activation_rows(a, node.attrs.get("trans_a", 0))
+    trans_b = node.attrs.get("trans_b", 0)
+    n = b.shape[0] if trans_b else b.shape[1]
+    b_sk, b_sn = (1, k) if trans_b else (n, 1)
+    req.take(a)
+    req.take(b)
+    params = {"ctype": CTYPES[a.dtype], "M": m, "K": k, "N": n, "a_sm": a_sm, "a_sk": a_sk,
+              "b_sk": b_sk, "b_sn": b_sn, "batches": [], **_gemm_tile(req),
+              **bias_params(req, m, n), **epilogue_params(req, node.attrs, a.dtype)}
+    req.take(req.output())
+    return params
+
+
+def gemm_panels_params(req: KernelRequest, mr: int, panel: int) -> dict:
+    """Dense node with a constant dense weight for SIMD kernels: B re-laid at compile time as
+    [N / panel][K][panel] so each k step loads one contiguous panel row."""
+    node, a, weight = req.node, req.input(0), req.input(1)
+    m, k, a_sm, a_sk = activation_rows(a, node.attrs.get("trans_a", 0))
+    n = weight.shape[1]
+    panels = -(-n // panel)
+    padded = np.zeros((k, panels * panel), np.float32)
+    padded[:, :n] = weight.data
+    req.take(a)
+    params = {
+        "M": m, "K": k, "N": n, "a_sm": a_sm, "a_sk": a_sk, "MR": mr, "panels": panels,
+        "n_tail": n - (panels - 1) * panel,
+        "packed": req.blob.add(padded.reshape(k, panels, panel).transpose(1, 0, 2)),
+        **bias_params(req, m, n), **epilogue_params(req, node.attrs, "float32"),
+        **vector_epilogue_params(node.attrs),
+    }
+    req.take(req.output())
+    return params
+
+
+def matmul_batches(a: Tensor, b: Tensor) -> tuple[int, int, int, list]:
+    """numpy.matmul's M, K, N (1-D operands promoted) and, per broadcast batch, the element
+    offsets (A, B, Y)."""
+    a_shape = (1,) + a.shape if len(a.shape) == 1 else a.shape
+    b_shape = b.shape + (1,) if len(b.shape) == 1 else b.shape
+    m, k, n = a_shape[-2], a_shape[-1], b_shape[-1]
+    batch_shape = tuple(np.broadcast_shapes(a_shape[:-2], b_shape[:-2]))
+    a_batch = broadcast_strides(a_shape[:-2], batch_shape)
+    b_batch = broadcast_strides(b_shape[:-2], batch_shape)
+    batches = [(sum(i * s for i, s in zip(index, a_batch)) * m * k,
+                sum(i * s for i, s in zip(index, b_batch)) * k * n, position * m * n)
+               for position, index in enumerate(np.ndindex(*batch_shape))]
+    return m, k, n, batches
+
+
+def matmul_params(req: KernelRequest) -> dict:
+    """numpy.matmul: 1-D operands promoted, batch dimensions broadcast."""
+    a, b, y = req.input(0), req.input(1), req.output()
+    m, k, n, batches = matmul_batches(a, b)
+    req.take(a)
+    req.take(b)
+    params = {"ctype": CTYPES[a.dtype], "M": m, "K": k, "N": n, "a_sm": k, "a_sk": 1,
+              "b_sk": n, "b_sn": 1, "batches": batches if len(batches) > 1 else [],
+              **_gemm_tile(req),
+              "has_bias": False, **epilogue_params(req, {}, a.dtype)}
+    req.take(y)
+    return params

@@ -1,0 +1,159 @@
+"""Template parameters for the fp32 block-sparse matrix kernels (templates/f32-spmm).
+
+Weights are re-laid here at compile time in the form each kernel walks: block-CSR by rows for
+the portable kernel; by columns for the SIMD kernels that vectorise over a block's outputs
+(1x16); per output column, in K chunks, for the token-tile kernels that vectorise over tokens
+(Rx1).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sparsec.codegen.isa import TOKEN_TILE_ISAS
+from sparsec.codegen.matrix_common import (
+    activation_rows,
+    bias_params,
+    epilogue_params,
+    vector_epilogue_params,
+)
+from sparsec.codegen.packing import column_blocks
+from sparsec.codegen.request import KernelRequest
+from sparsec.compiler.ir import FEATURE_MAJOR, Graph, Node
+
+
+def spmm_params(req: KernelRequest) -> dict:
+    """Dense node with a block-sparse weight: the pattern's tables go into the weight blob."""
+    node, a = req.node, req.input(0)
+    packed = req.input(1).sparsity.packed
+    m, k, a_sm, a_sk = activation_rows(a, node.attrs.get("trans_a", 0))
+    n = req.input(1).shape[1]
+    rows, cols = packed.rows, packed.cols
+    req.take(a)
+    params = {
+        "M": m, "K": k, "N": n, "R": rows, "C": cols, "a_sm": a_sm, "a_sk": a_sk,
+        "KB": -(-k // rows), "NB": -(-n // cols), "k_tail": k - (-(-k // rows) - 1) * rows,
+        "n_tail": n - (-(-n // cols) - 1) * cols, "MR": 4, "num_blocks": packed.num_blocks,
+        "row_ptr": req.blob.add(packed.row_ptr), "col_idx": req.blob.add(packed.col_idx),
+        "values": req.blob.add(packed.values),
+        **bias_params(req, m, n), **epilogue_params(req, node.attrs, "float32"),
+    }
+    req.take(req.output())
+    return params
+
+
+# K chunking of the token-tile kernels: rows of the transposed A tile per chunk at 64 tokens
+# (64 rows x 64 tokens x 4 bytes = 16 KB, half an L1), and output columns per parallel task
+# (the columns that share each chunk while it is in L1). A column loads and stores its
+# accumulators once per chunk; where the weight is so sparse that a column has fewer than
+# MIN_BLOCKS_PER_CHUNK blocks in a chunk, that overhead rivals the FMAs, so the chunk grows up
+# to MAX_TILE_ROWS (32 KB, still inside a 48 KB L1): MiniLM's 90 % 4x1 layers ran 10-15 %
+# faster (benchmarks/e2e.py).
+L1_TILE_ROWS = 64
+MAX_TILE_ROWS = 128
+MIN_BLOCKS_PER_CHUNK = 4
+COLUMNS_PER_TASK = 128
+
+
+def chunk_block_rows(packed, n: int, tokens: int) -> int:
+    """Block rows of W per K chunk of a token-tile kernel."""
+    block_rows = packed.row_ptr.size - 1
+    chunk = max(1, L1_TILE_ROWS * 64 // (tokens * packed.rows))
+    largest = max(1, MAX_TILE_ROWS * 64 // (tokens * packed.rows))
+    blocks_per_row_and_column = packed.num_blocks / max(1, block_rows * n)
+    while (chunk * 2 <= largest and chunk < block_rows
+           and chunk * blocks_per_row_and_column < MIN_BLOCKS_PER_CHUNK):
+        chunk *= 2
+    return chunk
+
+
+def spmm_tokens_params(req: KernelRequest, tokens: int, isa: str) -> dict:
+    """Rx1-block weight for SIMD kernels that vectorise over tokens: per-output-column CSR
+    (block row index and R values per block); the kernel transposes A tiles in scratch."""
+    node, a, weight = req.node, req.input(0), req.input(1)
+    packed = weight.sparsity.packed
+    m, k, a_sm, a_sk = activation_rows(a, node.attrs.get("trans_a", 0))
+    if a.layout == FEATURE_MAJOR:  # choose_layouts: the producer wrote A^T (K x M)
+        a_sm, a_sk = 1, m
+    n = weight.shape[1]
+    col_ptr, k_idx, values = column_blocks(packed, n)
+    block_rows = packed.row_ptr.size - 1
+    lanes = TOKEN_TILE_ISAS[isa].lanes
+    chunk = chunk_block_rows(packed, n, tokens)
+    chunks = max(1, -(-block_rows // chunk))
+    per_task = -(-COLUMNS_PER_TASK // lanes) * lanes
+    tasks = -(-n // per_task)
+    # Blocks in the order the kernel walks them: by task (column range), K chunk, column,
+    # then block row; segment s = (task * chunks + chunk) * per_task + column in the task.
+    columns = np.repeat(np.arange(n), np.diff(col_ptr))
+    segment = ((columns // per_task * chunks + k_idx // chunk) * per_task
+               + columns % per_task)
+    order = np.argsort(segment, kind="stable")
+    segment_ptr = np.zeros(tasks * chunks * per_task + 1, np.int32)
+    np.cumsum(np.bincount(segment, minlength=tasks * chunks * per_task), out=segment_ptr[1:])
+    k_idx, values = k_idx[order], values[order]
+    req.take(a)
+    params = {
+        "isa": TOKEN_TILE_ISAS[isa].template_names(), "KC": chunk, "CHUNKS": chunks,
+        "CT": per_task, "segment_ptr": req.blob.add(segment_ptr),
+        "M": m, "K": k, "N": n, "R": packed.rows, "KB": packed.row_ptr.size - 1, "T": tokens,
+        "a_sm": a_sm, "a_sk": a_sk, "num_blocks": packed.num_blocks,
+        "col_ptr": req.blob.add(col_ptr), "k_idx": req.blob.add(k_idx),
+        "values": req.blob.add(values), **bias_params(req, m, n),
+        **epilogue_params(req, node.attrs, "float32"), **vector_epilogue_params(node.attrs),
+        "y_feature_major": req.output().layout == FEATURE_MAJOR,
+    }
+    req.take(req.output())
+    return params
+
+
+def spmm_tokens_scratch(graph: Graph, node: Node, tokens: int) -> int:
+    """Per token tile (tiles run in parallel, each in its own scratch): the transposed A tile
+    (block rows padded) and the transposed Y tile."""
+    weight = graph.tensors[node.inputs[1]]
+    k, n = weight.shape
+    rows = weight.sparsity.packed.rows
+    m = graph.tensors[node.inputs[0]].size // k if k else 0
+    tiles = max(1, -(-m // tokens))
+    return tiles * 4 * tokens * (-(-k // rows) * rows + n)
+
+
+PACK_ABOVE_BYTES = 48 * 1024
+"""The AVX-512 1x16 kernel packs A when a row tile (MR rows x K floats) exceeds this, about
+an L1: measured at MR = 16, K = 768 (48 KB) in place 81 % of peak, packed 71 %; K = 3072 in
+place 32 %, packed 82 %."""
+
+
+def packs_rows(k: int, mr: int) -> bool:
+    return 4 * k * mr > PACK_ABOVE_BYTES
+
+
+def spmm_columns_scratch(graph: Graph, node: Node, mr: int) -> int:
+    """Bytes for A packed tile by tile as [tile][K][MR] (the AVX-512 1x16 kernel), if packed."""
+    k, _ = graph.tensors[node.inputs[1]].shape
+    a = graph.tensors[node.inputs[0]]
+    m = a.size // k if k else 0
+    return 4 * -(-m // mr) * mr * k if packs_rows(k, mr) else 0
+
+
+def spmm_columns_params(req: KernelRequest, mr: int) -> dict:
+    """1xC-block weight for SIMD kernels that vectorise over a block's C outputs: column-block
+    CSR tables, MR rows of A per register tile."""
+    node, a, weight = req.node, req.input(0), req.input(1)
+    packed = weight.sparsity.packed
+    m, k, a_sm, a_sk = activation_rows(a, node.attrs.get("trans_a", 0))
+    n = weight.shape[1]
+    blocks = -(-n // packed.cols)
+    col_ptr, k_idx, values = column_blocks(packed, blocks)
+    req.take(a)
+    params = {
+        "M": m, "K": k, "N": n, "a_sm": a_sm, "a_sk": a_sk, "NB": blocks, "MR": mr,
+        "n_tail": n - (blocks - 1) * packed.cols, "num_blocks": packed.num_blocks,
+        "pack": packs_rows(k, mr),
+        "col_ptr": req.blob.add(col_ptr), "k_idx": req.blob.add(k_idx),
+        "values": req.blob.add(values),
+        **bias_params(req, m, n), **epilogue_params(req, node.attrs, "float32"),
+        **vector_epilogue_params(node.attrs),
+    }
+    req.take(req.output())
+    return params
