@@ -87,6 +87,8 @@ class KernelSpec:
     # Reads its activations and writes its output feature-major (K x rows) as well as
     # row-major; its params function looks at the tensors' layouts.
     feature_major: bool = False
+    # Reads its activations feature-major too, through A's strides, but writes row-major.
+    reads_feature_major: bool = False
 
     family: str = ""  # symbol stem: "f32_spmm" -> sparsec_f32_spmm_ukernel_...
 
@@ -149,7 +151,8 @@ def dispatched(graph: Graph, node: Node, target: Target,
     for option in target.dispatch:
         fitting = [k for k in rows if k.isa == option.isa and k.parallel == base.parallel
                    and bool(k.scratch) == bool(base.scratch)
-                   and k.feature_major == base.feature_major]
+                   and k.feature_major == base.feature_major
+                   and k.reads_feature_major == base.reads_feature_major]
         if fitting and ISA_ORDER.index(option.isa) > ISA_ORDER.index(base.isa):
             result.append((option, fitting[0]))
     return result
@@ -191,7 +194,7 @@ def scratch_bytes(graph: Graph, node: Node) -> int:
 def layout_support(graph: Graph, node: Node) -> LayoutSupport:
     """What choose_layouts may ask of the node's chosen kernel."""
     spec = chosen(node)
-    return LayoutSupport(spec.feature_major, spec.feature_major)
+    return LayoutSupport(spec.feature_major or spec.reads_feature_major, spec.feature_major)
 
 
 def weight_pattern(graph: Graph, node: Node) -> str:
@@ -356,14 +359,17 @@ KERNELS: list[KernelSpec] = [
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="neon", pattern="dense", mr=4, nr=16,
                family="f32_gemm", template="f32-gemm/neon.c.j2", parallel=True,
                params=functools.partial(gp.gemm_panels_params, mr=4, panel=16),
+               reads_feature_major=True,
                cost_ns={"generic": 0.0366}),
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx2", pattern="dense", mr=6, nr=16,
                family="f32_gemm", template="f32-gemm/avx2.c.j2", parallel=True,
                params=functools.partial(gp.gemm_panels_params, mr=6, panel=16),
+               reads_feature_major=True,
                cost_ns={"generic": 0.0183}),
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx512f", pattern="dense", mr=12, nr=32,
                family="f32_gemm", template="f32-gemm/avx512f.c.j2", parallel=True,
                params=functools.partial(gp.gemm_panels_params, mr=12, panel=32),
+               reads_feature_major=True,
                cost_ns={"generic": 0.0177}),
     # Token-tile rows. NEON: 16 tokens (4 vectors, 8 accumulators); no ARM machine here to
     # calibrate on, so its costs are the AVX2 row's measured ones scaled by 8 lanes over 4.

@@ -9,17 +9,21 @@ import numpy as np
 from sparsec.codegen.activations import VECTOR_MATH, activation_statements
 from sparsec.codegen.c_literals import CTYPES, c_float, c_literal
 from sparsec.codegen.request import KernelRequest
-from sparsec.compiler.ir import Tensor
+from sparsec.compiler.ir import FEATURE_MAJOR, Tensor
 from sparsec.errors import KernelNotFoundError
 
 
 def activation_rows(a: Tensor, trans_a: int) -> tuple[int, int, int, int]:
     """Rows M and depth K of a Dense input, with its element strides: a transposed 2-D A
-    (Gemm transA) is K x M; otherwise leading dimensions fold into rows."""
+    (Gemm transA) is K x M, and so is a feature-major one (choose_layouts gives it only to
+    kernels whose rows say they read it); otherwise leading dimensions fold into rows."""
     if trans_a:
         k, m = a.shape
         return m, k, 1, m
     k = a.shape[-1]
+    if a.layout == FEATURE_MAJOR:
+        m = a.size // k if k else 0
+        return m, k, 1, m
     m = a.size // k if k else int(np.prod(a.shape[:-1]))
     return m, k, k, 1
 
