@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -133,10 +134,120 @@ def test_concurrent_compiles_share_one_cache_safely(tmp_path):
     assert library is not None
     for out in set(outputs):
         assert out.read_bytes() == library
-    leftovers = [p.name for p in [*cache.iterdir(), *tmp_path.iterdir()] if p.name.endswith(".tmp")]
+    leftovers = [p.name for p in [*cache.rglob("*"), *tmp_path.iterdir()]
+                 if p.name.endswith(".tmp")]
     assert not leftovers
+    # the racers compiled the runtime at once too: one whole object entry per source
+    runtime_entries = sorted(cache.glob("runtime/*.entry"))
+    assert len(runtime_entries) == len(build.RUNTIME_SOURCES)
+    assert all(build.load_entry(entry) for entry in runtime_entries)
+    (prelude,) = cache.glob("prelude/*.entry")
+    assert build.load_entry(prelude)
     x = np.arange(4 * 64, dtype=np.float32).reshape(4, 64) / 100
     wanted = np.maximum(x @ numpy_helper.to_array(mlp(k=64, n=96, m=4).graph.initializer[0])
                         + numpy_helper.to_array(mlp(k=64, n=96, m=4).graph.initializer[1]), 0)
     np.testing.assert_allclose(sparsec.load(tmp_path / "shared.so").run({"x": x})["y"], wanted,
                                rtol=1e-5, atol=1e-4)
+
+
+def _runtime_compiles(calls: list) -> list[str]:
+    """The runtime sources that the recorded compiler calls compiled."""
+    return [Path(arg).name for argv in calls for arg in argv
+            if Path(arg).name in build.RUNTIME_SOURCES]
+
+
+def test_runtime_is_compiled_once_per_compiler_and_flags(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    calls = _counting_runs(monkeypatch)
+    sparsec.compile(mlp(seed=0), "generic", tmp_path / "a.so", cache_dir=cache)
+    assert sorted(_runtime_compiles(calls)) == sorted(build.RUNTIME_SOURCES)
+    calls.clear()
+    # another model, and another target: the runtime takes baseline flags, whatever the target
+    sparsec.compile(mlp(seed=1), "generic", tmp_path / "b.so", cache_dir=cache)
+    sparsec.compile(mlp(seed=1), "native", tmp_path / "c.so", cache_dir=cache)
+    assert _runtime_compiles(calls) == []
+    # flags that reach the runtime (sanitizers, profiling) are another set of objects
+    sparsec.compile(mlp(seed=1), "generic", tmp_path / "d.so", cache_dir=cache, profile=True)
+    assert sorted(_runtime_compiles(calls)) == sorted(build.RUNTIME_SOURCES)
+    calls.clear()
+    sparsec.compile(mlp(seed=2), "generic", tmp_path / "e.so", cache_dir=cache, profile=True)
+    assert _runtime_compiles(calls) == []
+
+
+def test_an_edited_runtime_header_recompiles_the_runtime(tmp_path, monkeypatch):
+    runtime = tmp_path / "runtime_c"
+    shutil.copytree(build.runtime_dir(), runtime)
+    monkeypatch.setattr(build, "runtime_dir", lambda: runtime)
+    cache = tmp_path / "cache"
+    calls = _counting_runs(monkeypatch)
+    sparsec.compile(mlp(seed=0), "generic", tmp_path / "a.so", cache_dir=cache)
+    calls.clear()
+    with open(runtime / "sparsec_vmath_body.h", "a") as header:
+        header.write("\n/* edited */\n")
+    sparsec.compile(mlp(seed=1), "generic", tmp_path / "b.so", cache_dir=cache)
+    assert sorted(_runtime_compiles(calls)) == sorted(build.RUNTIME_SOURCES)
+
+
+@pytest.mark.parametrize("target", ["generic", "native"])
+def test_library_from_cached_runtime_equals_an_uncached_build(target, tmp_path):
+    """Linking cached runtime objects gives the very bytes of a build that compiles them
+    beside the model: the same code, symbols, visibility and self-containment."""
+    cache = tmp_path / "cache"
+    sparsec.compile(mlp(seed=1), target, tmp_path / "warm.so", cache_dir=cache)
+    source = tmp_path / "source"
+    cached = sparsec.compile(mlp(), target, tmp_path / "cached.so", cache_dir=cache,
+                             keep_source=source)
+    resolved = build.targets.resolve(target)
+    workdir = tmp_path / "uncached"
+    shutil.copytree(source, workdir)
+    for argv in build.compile_commands(build.find_compiler(resolved), resolved, workdir,
+                                       workdir / "m.so"):
+        build._run(argv, workdir)
+    assert (workdir / "m.so").read_bytes() == cached.read_bytes()
+
+
+def test_no_cache_writes_no_runtime_objects(tmp_path):
+    cache = tmp_path / "cache"
+    sparsec.compile(mlp(), "generic", tmp_path / "a.so", cache_dir=cache, use_cache=False)
+    assert not cache.exists()
+
+
+@pytest.mark.parametrize("kind", ["runtime", "prelude"])
+def test_a_damaged_runtime_object_or_prelude_is_rebuilt_not_used(kind, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    sparsec.compile(mlp(seed=0), "generic", tmp_path / "a.so", cache_dir=cache)
+    damaged = sorted(cache.glob(f"{kind}/*.entry"))[0]
+    blob = bytearray(damaged.read_bytes())
+    blob[len(blob) // 2] ^= 0x40
+    damaged.write_bytes(bytes(blob))
+    calls = _counting_runs(monkeypatch)
+    with pytest.warns(RuntimeWarning, match="corrupt"):
+        library = sparsec.compile(mlp(seed=1), "generic", tmp_path / "b.so", cache_dir=cache)
+    rebuilt = [argv for argv in calls if build.PRELUDE in argv and "c-header" in argv]
+    if kind == "runtime":
+        assert len(_runtime_compiles(calls)) == 1 and not rebuilt, "only the damaged object"
+    else:
+        assert not _runtime_compiles(calls) and len(rebuilt) == 1, "only the damaged prelude"
+    assert build.load_entry(damaged) is not None  # healed for the next hit
+    x = np.ones((2, 8), np.float32)
+    assert sparsec.load(library).run({"x": x})["y"].shape == (2, 16)
+
+
+def test_the_prelude_is_precompiled_once_and_used(tmp_path, monkeypatch):
+    """model.c's opening includes are parsed once per target and flags; -Werror turns the
+    warning that the compiler ignored the precompiled header (-Winvalid-pch) into a failure."""
+    cache = tmp_path / "cache"
+    calls = _counting_runs(monkeypatch)
+    for seed in range(2):
+        sparsec.compile(mlp(seed=seed), "native", tmp_path / f"{seed}.so", cache_dir=cache,
+                        extra_cflags=("-Werror",))
+    precompiles = [argv for argv in calls if "c-header" in argv]
+    models = [argv for argv in calls if "model.c" in argv]
+    assert len(precompiles) == 1 and len(models) == 2
+    assert all(argv[argv.index("-include") + 1] == build.PRELUDE for argv in models)
+
+
+def test_source_prelude_stops_at_the_first_line_of_c():
+    source = ('/* generated */\n#ifdef P\n#define Q 1\n#endif\n#include "a.h"\n\n'
+              '#include <b.h>\n/* tables */\n__asm__("x");\n#include <c.h>\n')
+    assert build.source_prelude(source) == source[:source.index("__asm__")]
