@@ -29,7 +29,7 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 import sparsec
-from sparsec.codegen import kernels, targets
+from sparsec.codegen import targets
 from sparsec.compiler.ir import SPARSE_PATTERNS, block_shape
 from sparsec.compiler.passes.detect_sparsity import block_counts
 
@@ -77,7 +77,7 @@ def calibrate(args, tmp: str) -> None:
     dense_w = rng.standard_normal((args.k, args.n)).astype(np.float32)
     costs = {"dense": per_unit(dense_w, "dense", dense_w.size)}
     weights = {"dynamic": "int8", "bf16": "bfloat16"}.get(args.quantize, "float32")
-    for pattern in kernels.sparse_costs(targets.resolve(args.target), weights):
+    for pattern in costs.sparse_costs(targets.resolve(args.target), weights):
         samples = []
         for density in (0.2, 0.1, 0.05):
             w = pruned_weight(rng, args.k, args.n, density, pattern)

@@ -80,7 +80,7 @@ def main() -> None:
     parser.add_argument("--target", default="native")
     args = parser.parse_args()
     target = targets.resolve(args.target)
-    from sparsec.codegen.kernels import cost_model
+    from sparsec.codegen.costs import cost_model
     from sparsec.compiler.passes import PassContext
 
     ctx = PassContext(cost=cost_model(target))

@@ -18,15 +18,10 @@ import numpy as np
 
 from sparsec.codegen import cnames
 from sparsec.codegen.c_literals import CTYPES
-from sparsec.codegen.kernels import (
-    PARALLEL_MIN_NS,
-    KernelSpec,
-    by_key,
-    chosen,
-    portable_reason,
-    runs_parallel,
-)
+from sparsec.codegen.costs import PARALLEL_MIN_NS, runs_parallel
+from sparsec.codegen.kernels import KernelSpec, by_key
 from sparsec.codegen.request import KernelRequest, WeightSink
+from sparsec.codegen.selection import chosen, portable_reason
 from sparsec.codegen.targets import FEATURE_BITS, Target
 from sparsec.compiler.ir import Graph
 from sparsec.compiler.ops import COPY_OPS, DENSE

@@ -10,7 +10,7 @@ from pathlib import Path
 import onnx
 
 from sparsec.codegen import build as builder
-from sparsec.codegen import emit, kernels, profiles, targets
+from sparsec.codegen import costs, emit, profiles, selection, targets
 from sparsec.compiler import buckets, frontend
 from sparsec.compiler.ir import Graph
 from sparsec.compiler.options import CompileOptions
@@ -49,16 +49,16 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "nat
         raise SparsecError(f"target {resolved.name} has no emulation build; emulate applies to "
                            + ", ".join(t.name for t in targets.TARGETS.values() if t.emulation))
     output = _output_path(model, output)
-    ctx = PassContext(cost=kernels.cost_model(resolved, "float32", measured), options=options,
-                      int8_cost=kernels.cost_model(resolved, "int8", measured),
-                      bf16_cost=kernels.cost_model(resolved, "bfloat16", measured),
-                      select_kernel=lambda g, n: kernels.choose(g, n, resolved),
-                      scratch_bytes=kernels.scratch_bytes,
-                      layouts=kernels.layout_support if options.layouts else None,
+    ctx = PassContext(cost=costs.cost_model(resolved, "float32", measured), options=options,
+                      int8_cost=costs.cost_model(resolved, "int8", measured),
+                      bf16_cost=costs.cost_model(resolved, "bfloat16", measured),
+                      select_kernel=lambda g, n: selection.choose(g, n, resolved),
+                      scratch_bytes=selection.scratch_bytes,
+                      layouts=selection.layout_support if options.layouts else None,
                       target=resolved.name)
     graphs, bucket_info = _plans(model, ctx)
     rendered = emit.emit_plans(graphs, resolved, __version__,
-                               kernels.PARALLEL_MIN_NS if options.parallel_min_ns is None
+                               costs.PARALLEL_MIN_NS if options.parallel_min_ns is None
                                else options.parallel_min_ns, options.emulate, bucket_info)
     flags = ((resolved.emulation.flags if options.emulate else ()) + options.extra_cflags
              + (("-DSPARSEC_PROFILE",) if options.profile else ()))
@@ -115,7 +115,7 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str = "native",
     (or "dense") overrides the cost model's choice for every weight; quantize="dynamic" runs the
     matrix products in int8 (weights per output channel, activations per tensor at run time);
     layouts=False keeps every activation row-major (choose_layouts off); parallel_min_ns: the
-    predicted time below which a layer runs on one thread (default kernels.PARALLEL_MIN_NS);
+    predicted time below which a layer runs on one thread (default costs.PARALLEL_MIN_NS);
     max_memory=8 << 30 (or "8G") raises the memory limit (default limits.DEFAULT_MAX_MEMORY).
     """
     return compile_model(model, target, output, **options).library

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
-from sparsec.codegen import kernels, profiles, targets
+from sparsec.codegen import costs, profiles, targets
 from sparsec.compiler.ir import BITMASK, block_shape
 from sparsec.errors import PortableKernelWarning, SparsecError
 
@@ -75,7 +75,7 @@ def measure(target_name: str = "native", *, quick: bool = False,
     measured: profiles.Measured = {}
     with tempfile.TemporaryDirectory() as tmp:
         for dtype in profiles.WEIGHT_DTYPES:
-            model = kernels.cost_model(target, dtype)
+            model = costs.cost_model(target, dtype)
             patterns = ["dense", *model.per_block]  # BITMASK is priced by streaming: skipped
             for pattern in patterns:
                 if pattern == BITMASK:

@@ -533,7 +533,7 @@ def read_info(path: Path) -> dict:
 
 def cmd_calibrate(args) -> int:
     from sparsec.calibrate import calibrate
-    from sparsec.codegen import kernels, targets
+    from sparsec.codegen import costs, targets
 
     target = targets.resolve(args.target)
     print(f"timing {target.name}'s kernels on 1 thread, ns per activation row and weight "
@@ -542,7 +542,7 @@ def cmd_calibrate(args) -> int:
                                progress=lambda line: print(f"  {line}", flush=True))
     changed = []
     for dtype in sorted({d for d, _ in measured}):
-        table = kernels.cost_model(target, dtype)
+        table = costs.cost_model(target, dtype)
         for (d, pattern), ns in sorted(measured.items()):
             if d != dtype:
                 continue

@@ -248,7 +248,7 @@ def test_default_threads_is_one_per_physical_core(compiler):
 
 def test_small_layers_stay_on_the_calling_thread(compiler):
     """A layer predicted to take less than PARALLEL_MIN_NS does not hand work to the pool."""
-    from sparsec.codegen import kernels
+    from sparsec.codegen import costs
 
     onnx_model = mlp(k=64, n=64, m=4, density=0.1)
     default = compiler.compile(onnx_model, "native", parallel_min_ns=None)
@@ -256,7 +256,7 @@ def test_small_layers_stay_on_the_calling_thread(compiler):
     parallel = [layer for layer in forced.info["layers"] if "threads" in layer]
     if not parallel:
         pytest.skip("the native target has no parallel kernel for this layer")
-    assert kernels.PARALLEL_MIN_NS > 0
+    assert costs.PARALLEL_MIN_NS > 0
     assert [layer["threads"] for layer in parallel] == ["pool"] * len(parallel)
     assert all(layer.get("threads") in (None, "caller") for layer in default.info["layers"])
 

@@ -1,4 +1,4 @@
-from sparsec.codegen.kernels import cost_model
+from sparsec.codegen.costs import cost_model
 from sparsec.codegen.targets import resolve
 from sparsec.compiler.options import CompileOptions
 from sparsec.compiler.passes import PassContext

@@ -3,7 +3,7 @@ import pytest
 from onnx import helper
 
 from sparsec.codegen import targets
-from sparsec.codegen.kernels import cost_model
+from sparsec.codegen.costs import cost_model
 from sparsec.compiler import frontend
 from sparsec.compiler.ir import BITMASK, SPARSE_PATTERNS, block_shape
 from sparsec.compiler.passes import (

@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from sparsec.codegen import emit, kernels
+from sparsec.codegen import emit, kernels, selection
 from sparsec.codegen.targets import resolve
 from sparsec.compiler import frontend
 from sparsec.compiler.ops import DENSE
@@ -18,16 +18,16 @@ from tests.passes.helpers import context
 def selecting(target: str):
     resolved = resolve(target)
     ctx = context(target)
-    return dataclasses.replace(ctx, select_kernel=lambda g, n: kernels.choose(g, n, resolved),
-                               scratch_bytes=kernels.scratch_bytes,
-                               layouts=kernels.layout_support, target=resolved.name)
+    return dataclasses.replace(ctx, select_kernel=lambda g, n: selection.choose(g, n, resolved),
+                               scratch_bytes=selection.scratch_bytes,
+                               layouts=selection.layout_support, target=resolved.name)
 
 
 @pytest.mark.parametrize("target", ["generic", "x86-avx2", "x86-avx512", "arm-neon-dotprod"])
 def test_every_node_records_the_row_select_chooses(target):
     graph = run_pipeline(frontend.import_model(mlp(density=0.1)), selecting(target))
     for node in graph.nodes:
-        assert node.kernel == kernels.select(graph, node, resolve(target)).symbol
+        assert node.kernel == selection.select(graph, node, resolve(target)).symbol
         assert f"=> {node.kernel}" in graph.to_text()
 
 

@@ -1,0 +1,85 @@
+"""The cost model: what the kernel table's rows cost on a target, as the passes price weights
+(detect-sparsity, quantize), and whether a parallel kernel is worth the pool."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from sparsec.codegen.kernels import ISA_ORDER, KERNELS, KernelSpec
+from sparsec.codegen.targets import Target
+from sparsec.compiler.ir import BITMASK, SPARSE_PATTERNS, Graph, Node
+from sparsec.compiler.ops import DENSE
+from sparsec.compiler.passes import SparseKernelCost, StreamedWeights
+
+PARALLEL_MIN_NS = 30_000.0
+"""A parallel kernel predicted to run shorter than this runs on the calling thread alone:
+handing a region to the pool and waiting for it costs microseconds, and a worker spinning
+beside serial work slowed the tiny BERT's 2-thread run to 0.7x of one thread."""
+
+
+def predicted_ns(graph: Graph, node: Node, spec: KernelSpec, target: Target) -> float | None:
+    """The cost model's time for a Dense node's kernel (None when it has no estimate)."""
+    if node.op != DENSE or not spec.cost_ns:
+        return None
+    weight = graph.tensors[node.inputs[1]]
+    k = weight.shape[0]
+    rows = graph.tensors[node.inputs[0]].size // k if k else 0
+    info = weight.sparsity
+    if info is None or info.pattern in ("dense", BITMASK) or spec.pattern == "dense":
+        return rows * weight.size * _cost(spec, target)
+    blocks, _fill = info.block_stats[info.pattern]
+    return rows * blocks * _cost(spec, target)
+
+
+def runs_parallel(graph: Graph, node: Node, spec: KernelSpec, target: Target,
+                  minimum_ns: float = PARALLEL_MIN_NS) -> bool:
+    predicted = predicted_ns(graph, node, spec, target)
+    return spec.parallel and (predicted is None or predicted >= minimum_ns)
+
+
+def _cost(spec: KernelSpec, target: Target) -> float:
+    return spec.cost_ns.get(target.name, spec.cost_ns["generic"])
+
+
+def _dense_rows(target: Target, pattern: str, weights: str) -> list[KernelSpec]:
+    return [k for k in KERNELS if k.op == DENSE and k.pattern == pattern
+            and k.weight_dtype == weights and k.isa in target.isas]
+
+
+def _best_rows(target: Target, weights: str) -> dict[str, KernelSpec]:
+    """Per weight pattern the target offers, the row it would use: its shiniest."""
+    offered = {k.pattern for k in KERNELS if k.op == DENSE} - {"any", "runtime"}
+    best = {}
+    for pattern in sorted(offered, key=lambda p: (p not in SPARSE_PATTERNS, p)):
+        rows = _dense_rows(target, pattern, weights)
+        if rows:
+            best[pattern] = max(rows, key=lambda k: ISA_ORDER.index(k.isa))
+    return best
+
+
+VALUE_BYTES = {"float32": 4, "int8": 1, "bfloat16": 2}
+
+
+def cost_model(target: Target, weights: str = "float32",
+               measured: Mapping[tuple[str, str], float] | None = None) -> SparseKernelCost:
+    """What the passes need to price a weight's storage on `target` with `weights` values:
+    per element for dense and BITMASK rows, per nonzero block for block rows, and how the
+    rows with compute-only estimates stream their weights. `measured`: a host profile's
+    costs (codegen/profiles.py), which replace the table's for the patterns it has."""
+    best = _best_rows(target, weights)
+    measured = measured or {}
+
+    def cost(pattern: str, row: KernelSpec) -> float:
+        return measured.get((weights, pattern)) or _cost(row, target)
+
+    return SparseKernelCost(
+        dense_per_element=cost("dense", best["dense"]),
+        per_block={p: cost(p, k) for p, k in best.items() if p not in ("dense", BITMASK)},
+        per_element={p: cost(p, k) for p, k in best.items() if p == BITMASK},
+        streamed={p: StreamedWeights(k.mr, k.stream) for p, k in best.items() if k.stream},
+        value_bytes=VALUE_BYTES[weights])
+
+
+def sparse_costs(target: Target, weights: str = "float32") -> dict[str, float]:
+    """ns per nonzero block and activation row, for each block pattern the target has."""
+    return cost_model(target, weights).per_block
