@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from sparsec.codegen.kernels import ISA_ORDER, KERNELS, KernelSpec
+# The table through its module, so that tests can withhold rows (monkeypatch table.KERNELS).
+from sparsec.codegen import kernels as table
+from sparsec.codegen.kernels import ISA_ORDER, KernelSpec
 from sparsec.codegen.targets import Target
 from sparsec.compiler.ir import BITMASK, SPARSE_PATTERNS, Graph, Node
 from sparsec.compiler.ops import DENSE
@@ -42,13 +44,13 @@ def _cost(spec: KernelSpec, target: Target) -> float:
 
 
 def _dense_rows(target: Target, pattern: str, weights: str) -> list[KernelSpec]:
-    return [k for k in KERNELS if k.op == DENSE and k.pattern == pattern
+    return [k for k in table.KERNELS if k.op == DENSE and k.pattern == pattern
             and k.weight_dtype == weights and k.isa in target.isas]
 
 
 def _best_rows(target: Target, weights: str) -> dict[str, KernelSpec]:
     """Per weight pattern the target offers, the row it would use: its shiniest."""
-    offered = {k.pattern for k in KERNELS if k.op == DENSE} - {"any", "runtime"}
+    offered = {k.pattern for k in table.KERNELS if k.op == DENSE} - {"any", "runtime"}
     best = {}
     for pattern in sorted(offered, key=lambda p: (p not in SPARSE_PATTERNS, p)):
         rows = _dense_rows(target, pattern, weights)

@@ -6,7 +6,9 @@ it reads them back through `chosen` (the node's row) and never selects again.
 
 from __future__ import annotations
 
-from sparsec.codegen.kernels import ISA_ORDER, KERNELS, KernelSpec, by_key
+# The table through its module, so that tests can withhold rows (monkeypatch table.KERNELS).
+from sparsec.codegen import kernels as table
+from sparsec.codegen.kernels import ISA_ORDER, KernelSpec, by_key
 from sparsec.codegen.targets import TARGETS, Dispatch, Target
 from sparsec.compiler.ir import Graph, Node
 from sparsec.compiler.ops import ATTENTION, DENSE
@@ -31,7 +33,7 @@ def node_dtype(graph: Graph, node: Node) -> str:
 
 
 def candidates(node: Node, pattern: str, dtype: str, weights: str) -> list[KernelSpec]:
-    return [k for k in KERNELS if k.op == node.op and dtype in k.dtypes
+    return [k for k in table.KERNELS if k.op == node.op and dtype in k.dtypes
             and k.pattern in ("any", pattern) and k.weight_dtype == weights]
 
 
@@ -44,11 +46,11 @@ def select(graph: Graph, node: Node, target: Target) -> KernelSpec:
     if fitting:
         return max(fitting, key=lambda k: ISA_ORDER.index(k.isa))
     op = node.attrs.get("source_op", node.op)  # the ONNX op the user wrote, not fuse's Dense
-    dtypes = sorted({d for k in KERNELS if k.op == node.op for d in k.dtypes})
+    dtypes = sorted({d for k in table.KERNELS if k.op == node.op for d in k.dtypes})
     if dtype not in dtypes:
         raise KernelNotFoundError(f"node {node.name!r} (op {op}) works on {dtype}; sparsec runs "
                                   f"{op} on {', '.join(dtypes) or 'no dtype'} only")
-    tried = [k.symbol for k in KERNELS if k.op == node.op] or ["no kernel for this op"]
+    tried = [k.symbol for k in table.KERNELS if k.op == node.op] or ["no kernel for this op"]
     raise KernelNotFoundError(
         f"no kernel for node {node.name!r} (op {op}, dtype {dtype}, {weights} weights "
         f"{pattern}) on "
@@ -130,7 +132,7 @@ def portable_reason(graph: Graph, node: Node, spec: KernelSpec, target: Target) 
     dtype, weights = node_dtype(graph, node), weight_dtype(graph, node)
     kind = {"int8": "int8 ", "bfloat16": "bf16 "}.get(weights, "") + node.op
     isas = " or ".join(ISA_NAMES[isa] for isa in reversed(simd))
-    rows = [k for k in KERNELS if k.op == node.op and dtype in k.dtypes
+    rows = [k for k in table.KERNELS if k.op == node.op and dtype in k.dtypes
             and k.weight_dtype == weights and k.isa != "scalar"]
     here = sorted({k.pattern for k in rows if k.isa in simd})
     pattern = weight_pattern(graph, node)

@@ -47,8 +47,8 @@ class CompileOptions:
 
     def __post_init__(self) -> None:
         if self.quantize is not None and self.quantize not in QUANTIZE_MODES:
-            raise SparsecError(f"quantize={self.quantize!r}: expected one of "
-                               f"{', '.join(QUANTIZE_MODES)} or None")
+            raise SparsecError(f"unknown quantization {self.quantize!r}; choose one of: "
+                               + ", ".join(QUANTIZE_MODES))
         if not isinstance(self.max_memory, int) or self.max_memory <= 0:
             raise SparsecError(f"max_memory={self.max_memory!r}: expected a positive number of "
                                "bytes")

@@ -22,7 +22,7 @@ from sparsec.codegen import targets
 from tests import test_attention, test_differential, test_layouts, test_quantize, test_reorder
 from tests.graphs import mlp, model
 from tests.test_quantized_exports import quantized
-from tests.test_transformer_ops import layer_norm_written_out
+from tests.test_transformer_ops import layer_norm_and_erf_gelu_written_out
 
 ROOT = Path(__file__).resolve().parents[1]
 MINILMS = ("minilm-1x16-90.onnx", "minilm-4x1-90.onnx")
@@ -115,15 +115,7 @@ def _layernorm(index: int) -> Built:
         return Built(model([helper.make_node("LayerNormalization", ["x", "s", "b"], ["y"],
                                              axis=-1, epsilon=1e-12)],
                            [("x", [2, 5, 48])], [("y", [2, 5, 48])], [("s", scale), ("b", bias)]))
-    constants = {"two": np.float32(2), "eps": np.float32(1e-12), "half": np.float32(0.5),
-                 "one": np.float32(1), "root2": np.float32(np.sqrt(2))}
-    nodes = [*layer_norm_written_out("x", "n"),
-             helper.make_node("Div", ["n", "root2"], ["z"]),
-             helper.make_node("Erf", ["z"], ["e"]),
-             helper.make_node("Add", ["e", "one"], ["e1"]),
-             helper.make_node("Mul", ["n", "e1"], ["g"]),
-             helper.make_node("Mul", ["g", "half"], ["y"])]
-    return Built(model(nodes, [("x", [3, 5, 32])], [("y", [3, 5, 32])], list(constants.items())))
+    return Built(layer_norm_and_erf_gelu_written_out())
 
 
 def _elementwise(index: int) -> Built:

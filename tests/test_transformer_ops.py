@@ -73,20 +73,25 @@ def layer_norm_written_out(x: str, y: str) -> list:
             helper.make_node("Div", ["d", "sd"], [y])]
 
 
-@pytest.mark.parametrize("target", TARGET_PARAMS)
-def test_layer_norm_written_out_and_gelu_with_erf(target, compiler):
-    """What torch exports before LayerNormalization and Gelu existed: ReduceMean, Sub, Pow,
-    Sqrt, Div; x * 0.5 * (1 + erf(x / sqrt 2))."""
-    rng = np.random.default_rng(2)
-    c = {"two": np.float32(2), "eps": np.float32(1e-12), "half": np.float32(0.5),
-         "one": np.float32(1), "root2": np.float32(np.sqrt(2))}
+def layer_norm_and_erf_gelu_written_out():
+    """LayerNorm as layer_norm_written_out, then x * 0.5 * (1 + erf(x / sqrt 2)), on [3, 5, 32]."""
+    constants = {"two": np.float32(2), "eps": np.float32(1e-12), "half": np.float32(0.5),
+                 "one": np.float32(1), "root2": np.float32(np.sqrt(2))}
     nodes = [*layer_norm_written_out("x", "n"),
              helper.make_node("Div", ["n", "root2"], ["z"]),
              helper.make_node("Erf", ["z"], ["e"]),
              helper.make_node("Add", ["e", "one"], ["e1"]),
              helper.make_node("Mul", ["n", "e1"], ["g"]),
              helper.make_node("Mul", ["g", "half"], ["y"])]
-    onnx_model = model(nodes, [("x", [3, 5, 32])], [("y", [3, 5, 32])], list(c.items()))
+    return model(nodes, [("x", [3, 5, 32])], [("y", [3, 5, 32])], list(constants.items()))
+
+
+@pytest.mark.parametrize("target", TARGET_PARAMS)
+def test_layer_norm_written_out_and_gelu_with_erf(target, compiler):
+    """What torch exports before LayerNormalization and Gelu existed: ReduceMean, Sub, Pow,
+    Sqrt, Div; x * 0.5 * (1 + erf(x / sqrt 2))."""
+    rng = np.random.default_rng(2)
+    onnx_model = layer_norm_and_erf_gelu_written_out()
     check(compiler, target, onnx_model, {"x": rng.standard_normal((3, 5, 32)).astype("f4")})
 
 
