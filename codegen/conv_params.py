@@ -16,19 +16,15 @@ from sparsec.compiler.ir import Graph, Node
 ELEMENTS_PER_TASK = 16384
 
 
-def _geometry(req: KernelRequest) -> dict:
-    attrs = req.node.attrs
+def _geometry(graph: Graph, node: Node) -> dict:
+    """lower_conv's attributes as the templates' parameters, with the input plane's size."""
+    attrs = node.attrs
     (kh, kw), (sh, sw), (dh, dw) = attrs["kernel"], attrs["strides"], attrs["dilations"]
     top, left, _bottom, _right = attrs["pads"]
     ho, wo = attrs["out"]
-    x = req.input(0)
-    _n, _c, h, w = x.shape
-    # Output columns whose every tap lands inside the row: [interior_begin, interior_end)
-    # run without bounds checks, so GCC vectorises them.
-    begin = min(wo, max(0, -(-left // sw)))
-    end = max(begin, min(wo, (w - 1 - (kw - 1) * dw + left) // sw + 1))
+    _n, _c, h, w = graph.tensors[node.inputs[0]].shape
     return dict(kh=kh, kw=kw, sh=sh, sw=sw, dh=dh, dw=dw, top=top, left=left, h=h, w=w, ho=ho,
-                wo=wo, interior_begin=begin, interior_end=end)
+                wo=wo)
 
 
 def _per_task(plane: int) -> int:
@@ -38,7 +34,7 @@ def _per_task(plane: int) -> int:
 def im2col_params(req: KernelRequest) -> dict:
     x, y = req.input(0), req.output()
     n, c = x.shape[0], x.shape[1]
-    geometry = _geometry(req)
+    geometry = _geometry(req.graph, req.node)
     req.take(x)
     req.take(y)
     plane = geometry["ho"] * geometry["wo"]
@@ -63,7 +59,7 @@ def depthwise_params(req: KernelRequest) -> dict:
     node = req.node
     x, w, bias, y = req.input(0), req.input(1), req.input(2), req.output()
     n, c = x.shape[0], x.shape[1]
-    geometry = _geometry(req)
+    geometry = _geometry(req.graph, req.node)
     hp, wp = _padded_plane(geometry)
     blocks = -(-c // DEPTHWISE_BLOCK)
     taps = geometry["kh"] * geometry["kw"]
@@ -88,12 +84,7 @@ def depthwise_params(req: KernelRequest) -> dict:
 def depthwise_scratch(graph: Graph, node: Node) -> int:
     """Per task (image and block of channels): its padded planes and one output row."""
     x = graph.tensors[node.inputs[0]]
-    attrs = node.attrs
-    (kh, kw), (sh, sw), (dh, dw) = attrs["kernel"], attrs["strides"], attrs["dilations"]
-    top, left = attrs["pads"][:2]
-    ho, wo = attrs["out"]
-    geometry = dict(h=x.shape[2], w=x.shape[3], top=top, left=left, ho=ho, wo=wo, sh=sh,
-                    sw=sw, kh=kh, kw=kw, dh=dh, dw=dw)
+    geometry = _geometry(graph, node)
     hp, wp = _padded_plane(geometry)
     blocks = -(-x.shape[1] // DEPTHWISE_BLOCK)
-    return 4 * x.shape[0] * blocks * (hp * wp + wo) * DEPTHWISE_BLOCK
+    return 4 * x.shape[0] * blocks * (hp * wp + geometry["wo"]) * DEPTHWISE_BLOCK

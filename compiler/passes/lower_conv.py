@@ -54,7 +54,7 @@ def run(graph: Graph, ctx) -> Graph:
         if node.op != "Conv":
             nodes.append(node)
             continue
-        conv = Conv.of(graph, node)
+        conv = Conv(graph, node)
         tail = _fold_batch_norm(graph, conv, readers)
         activation = _sole_reader(graph, tail.outputs[0], readers)
         if tail is not node:
@@ -107,10 +107,6 @@ class Conv:
         out = graph.tensors[node.outputs[0]].shape
         self.ho, self.wo = (1, out[2]) if self.one_d else (out[2], out[3])
         self.pads = self._pads(attrs)
-
-    @classmethod
-    def of(cls, graph: Graph, node: Node) -> Conv:
-        return cls(graph, node)
 
     def _pads(self, attrs) -> list[int]:
         """(top, left, bottom, right)."""
