@@ -27,6 +27,7 @@ import numpy as np
 
 from sparsec.compiler.ir import Graph, Node, Tensor
 from sparsec.compiler.ops import DEPTHWISE_CONV, IM2COL
+from sparsec.compiler.passes.fuse import clip_bounds
 from sparsec.errors import UnsupportedOperatorError
 
 NAME = "lower-conv"
@@ -200,25 +201,13 @@ def _fold_batch_norm(graph: Graph, conv: Conv, readers) -> Node:
 
 
 def _depthwise_activation(graph: Graph, node: Node) -> bool:
-    if node.op == "Relu":
-        return True
-    return node.op == "Clip" and all(
-        not name or graph.tensors[name].is_constant for name in node.inputs[1:])
+    return node.op == "Relu" or (node.op == "Clip" and clip_bounds(graph, node) is not None)
 
 
 def _activation_params(graph: Graph, node: Node | None) -> tuple[str, tuple]:
     if node is None:
         return "", ()
-    if node.op == "Clip":
-        if graph.opset < 11:
-            return "Clip", (float(node.attrs.get("min", -np.inf)),
-                            float(node.attrs.get("max", np.inf)))
-        bounds = []
-        for index, default in ((1, -np.inf), (2, np.inf)):
-            name = node.inputs[index] if len(node.inputs) > index else ""
-            bounds.append(float(graph.tensors[name].data) if name else default)
-        return "Clip", tuple(bounds)
-    return node.op, ()
+    return node.op, (clip_bounds(graph, node) if node.op == "Clip" else ())
 
 
 class _Names:
