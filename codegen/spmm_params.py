@@ -102,6 +102,7 @@ def spmm_tokens_params(req: KernelRequest, tokens: int, isa: str) -> dict:
         "values": req.blob.add(values), **bias_params(req, m, n),
         **epilogue_params(req, node.attrs, "float32"), **vector_epilogue_params(node.attrs),
         "y_feature_major": req.output().layout == FEATURE_MAJOR,
+        "direct_rows": a_sm == 1 and a_sk != 1,
     }
     req.take(req.output())
     return params
