@@ -11,6 +11,7 @@ bound per output, exact where that is cheap; evaluation itself reports malformed
 
 from __future__ import annotations
 
+import functools
 import math
 import string
 from collections.abc import Callable
@@ -44,7 +45,9 @@ def predict(node: onnx.NodeProto, inputs: list[np.ndarray | None]) -> Outputs | 
     input); None when no rule covers the op, which leaves it to ONNX shape inference."""
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     rule = _RULES.get(node.op_type)
-    if node.op_type in _ELEMENTWISE + _BOOLEAN + ("Where",):
+    if node.op_type == "Split":
+        rule = functools.partial(_split, parts=len(node.output))
+    elif node.op_type in _ELEMENTWISE + _BOOLEAN + ("Where",):
         rule = _broadcasting
     elif node.op_type in _SAME_SIZE:
         rule = _same_size
@@ -86,8 +89,17 @@ def _scalar(value: np.ndarray | None, default=0):
     return item
 
 
+MAX_RANK = 64  # numpy's
+
+
 def _values(value: np.ndarray | None) -> list:
-    return [] if value is None else [v.item() for v in value.reshape(-1)]
+    """A shape, pads, scales or sizes input as Python numbers. Longer than any rank's pads, it
+    is malformed: refused here before a hostile length becomes a list of Python objects."""
+    if value is None:
+        return []
+    if value.size > 2 * MAX_RANK:
+        raise ValueError(f"{value.size} entries where a shape's or pads' are expected")
+    return [v.item() for v in value.reshape(-1)]
 
 
 def _count(value) -> int:
@@ -257,16 +269,29 @@ def _einsum(op, attrs, inputs) -> Outputs:
 
 
 def _top_k(op, attrs, inputs) -> Outputs:
-    return [(inputs[0].size, _itemsize(inputs[0])), (inputs[0].size, 8)]
+    data = inputs[0]
+    k = _scalar(inputs[1]) if len(inputs) > 1 else attrs.get("k", 0)
+    axis_len = data.shape[int(attrs.get("axis", -1)) % data.ndim] if data.ndim else 1
+    elements = data.size // axis_len * min(_count(k), axis_len) if axis_len else 0
+    return [(elements, _itemsize(data)), (elements, 8)]
 
 
 def _unique(op, attrs, inputs) -> Outputs:
     return [(inputs[0].size, _itemsize(inputs[0]))] + [(inputs[0].size, 8)] * 3
 
 
-def _split(op, attrs, inputs) -> Outputs:
-    """Each part at most the whole; enough entries for any number of outputs."""
-    return [(inputs[0].size, _itemsize(inputs[0]))] * 64
+def _split(op, attrs, inputs, parts: int) -> Outputs:
+    """The parts' lengths along the axis: given (an input, or an attribute before opset 13),
+    else equal, the last one shorter."""
+    data = inputs[0]
+    axis_len = data.shape[int(attrs.get("axis", 0)) % data.ndim] if data.ndim else 1
+    lengths = _values(inputs[1]) if len(inputs) > 1 and inputs[1] is not None \
+        else list(attrs.get("split", []))
+    if not lengths and parts:
+        part = -(-axis_len // parts)
+        lengths = [part] * (parts - 1) + [max(axis_len - part * (parts - 1), 0)]
+    row = data.size // axis_len if axis_len else 0
+    return [(row * _count(length), _itemsize(data)) for length in lengths]
 
 
 def _center_crop_pad(op, attrs, inputs) -> Outputs:
@@ -296,6 +321,21 @@ def _col2im(op, attrs, inputs) -> Outputs:
     return [(channels * math.prod(image), _itemsize(data))]
 
 
+def _constant(op, attrs, inputs) -> Outputs:
+    """The model file holds the values, except for a sparse tensor's zeros, which it only
+    declares: a few bytes can declare a dense tensor of any size (onnx 1.23's evaluator
+    refuses sparse constants, but need not stay so)."""
+    for name, value in attrs.items():
+        if name == "sparse_value":
+            itemsize = _tensor_type_size(value.values.data_type)
+            return [(math.prod(_count(d) for d in value.dims), itemsize)]
+        if isinstance(value, onnx.TensorProto):
+            return [(math.prod(value.dims), _tensor_type_size(value.data_type))]
+        if isinstance(value, list):
+            return [(len(value), 8)]
+    return [(1, 8)]
+
+
 def _max_unpool(op, attrs, inputs) -> Outputs | None:
     if len(inputs) < 3 or inputs[2] is None:
         return None  # the output shape follows the attributes: inference predicts it
@@ -318,5 +358,5 @@ _RULES: dict[str, Callable] = {
     "Unique": _unique, "Split": _split, "CenterCropPad": _center_crop_pad,
     "HannWindow": _window, "HammingWindow": _window, "BlackmanWindow": _window,
     "MelWeightMatrix": _mel_weight_matrix, "Col2Im": _col2im, "MaxUnpool": _max_unpool,
-    "AffineGrid": _affine_grid,
+    "AffineGrid": _affine_grid, "Constant": _constant,
 }

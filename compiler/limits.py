@@ -2,9 +2,18 @@
 allocate without bound.
 
 Every size is checked before the bytes exist: declared tensor shapes on import, the result of a
-constant node before it is evaluated (predicted by ONNX shape inference on that one node), and
-the arena plus weights after memory planning. One budget, `max_memory`, bounds all of them; the
-default suits the encoders, MLPs and CNNs sparsec targets, and `--max-memory` raises it.
+constant node before it is evaluated, and the arena plus weights after memory planning. One
+budget, `max_memory`, bounds all of them; the default suits the encoders, MLPs and CNNs sparsec
+targets, and `--max-memory` raises it.
+
+Constant folding (the frontend's shape folding and the fold-constants pass) goes through a
+`FoldBudget`: a node's results are sized from its inputs' values by `fold_sizes`' own rules
+(every op whose result size depends on values, and those that multiply sizes), or by ONNX shape
+inference on that one node where no rule applies, and refused, naming node, op and size, before
+evaluation; the constants held (weights plus everything folded) are a running total against the
+same budget. Control flow is never folded: what it allocates is unknown until it has run. Where
+the process runs out of memory anyway (`ulimit -v` below the budget), the MemoryError becomes a
+`ResourceLimitError`, one line from the CLI.
 """
 
 from __future__ import annotations
