@@ -90,7 +90,7 @@ def check_total(weights: int, arena: int, limit: int) -> None:
             f"{_advice(limit)}")
 
 
-OUT_OF_MEMORY = ("sparsec ran out of memory while compiling: the process's memory limit "
+OUT_OF_MEMORY = ("ran out of memory while compiling: the process's memory limit "
                  "(ulimit -v) or the machine's memory is below what this model needs. Set "
                  "--max-memory (Python: max_memory=) under the memory available, and sparsec "
                  "refuses such models before allocating, naming the tensor")

@@ -24,6 +24,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import sparsec
+from sparsec import cli
 from sparsec.cli import main
 from sparsec.compiler import fold_sizes, frontend, limits
 from sparsec.compiler.ir import Graph, Node, Tensor
@@ -353,7 +354,16 @@ def test_memory_error_in_a_compile_is_a_refusal(monkeypatch, tmp_path, capsys):
     assert main(["compile", str(path), "--target", "generic", "-o",
                  str(tmp_path / "m.so")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("sparsec: error: sparsec ran out of memory") and err.count("\n") == 1
+    assert err.startswith("sparsec: error: ran out of memory") and err.count("\n") == 1, err
+
+
+def test_memory_error_in_any_command_is_one_error_line(monkeypatch, capsys):
+    def exhausted(args):
+        raise MemoryError
+    monkeypatch.setitem(cli.COMMANDS, "targets", exhausted)
+    assert main(["targets"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("sparsec: error: out of memory") and err.count("\n") == 1, err
 
 
 # Subprocess cases: the compile under an address-space limit, as a hostile model would meet it

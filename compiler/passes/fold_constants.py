@@ -6,7 +6,8 @@ Establishes: no node has only constant inputs and no Shape or Size node remains;
 value is a constant tensor whose shape agrees with what shape inference declared for it.
 
 Evaluation uses onnx's own reference implementation, so folding follows the ONNX
-specification op by op without a second, hand-written interpreter to keep in step.
+specification op by op without a second, hand-written interpreter to keep in step. Each result
+is sized before it is evaluated, and refused over the memory limit (`limits.FoldBudget`).
 """
 
 from __future__ import annotations
