@@ -33,7 +33,7 @@ _ELEMENTWISE = ("Add", "Sub", "Mul", "Div", "Pow", "Mod", "BitShift", "PRelu", "
                 "Sum", "Mean", "BitwiseAnd", "BitwiseOr", "BitwiseXor")
 _BOOLEAN = ("Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "And", "Or", "Xor")
 _SAME_SIZE = ("Reshape", "Slice", "CumSum", "Trilu", "EyeLike", "ReverseSequence",
-              "ScatterND", "ScatterElements", "Scatter", "Compress", "Identity", "Cast",
+              "ScatterND", "ScatterElements", "Scatter", "Compress", "Identity", "Cast", "CastLike",
               "Transpose", "Flatten", "Squeeze", "Unsqueeze")
 _FLOAT_TYPE = onnx.TensorProto.FLOAT
 
@@ -67,7 +67,13 @@ def _broadcasting(op, attrs, inputs) -> Outputs:
 
 
 def _same_size(op, attrs, inputs) -> Outputs:
+    """As many elements as the input; of another type for the casts."""
     data = inputs[0]
+    if op == "CastLike":
+        return [(data.size, _itemsize(inputs[1]))]
+    to = attrs.get({"Cast": "to", "EyeLike": "dtype"}.get(op, ""))
+    if to is not None:
+        return [(data.size, _tensor_type_size(to))]
     return [(data.size, _itemsize(data))]
 
 

@@ -306,7 +306,9 @@ def test_a_result_under_the_limit_folds_to_onnxruntimes_values(key, data):
      {"x": _data((2, 3, 4)), "i": np.zeros((2, 5, 1), np.int64)}),
     (helper.make_node("Einsum", ["x", "y"], ["a"], equation="...ij,...jk"),
      {"x": _data((2, 1, 3, 4)), "y": _data((5, 4, 6))}),
-], ids=["Split-lengths", "Split-equal", "TopK", "Pad-axes", "GatherND", "Einsum-ellipsis"])
+    (helper.make_node("Cast", ["x"], ["a"], to=TensorProto.DOUBLE), {"x": _data((3, 5))}),
+], ids=["Split-lengths", "Split-equal", "TopK", "Pad-axes", "GatherND", "Einsum-ellipsis",
+        "Cast-wider"])
 def test_the_sizes_of_other_value_dependent_results_are_exact(node, feeds):
     """Ops whose refusal the cases above do not draw: the rule's sizes are the results'."""
     predicted = fold_sizes.predict(node, [feeds.get(name) for name in node.input])
