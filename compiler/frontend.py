@@ -329,9 +329,12 @@ def _build_graph(model: onnx.ModelProto, opset: int, max_memory: int) -> Graph:
 def check_sizes(graph: Graph, max_memory: int) -> None:
     """Shapes inference derived (not only declared ones) against the budget, and all
     weights together."""
+    producers = graph.producers()
     for tensor in graph.tensors.values():
-        limits.check_bytes(tensor.nbytes,
-                           f"tensor {tensor.name!r} of shape {list(tensor.shape)}", max_memory)
+        node = producers.get(tensor.name)
+        made_by = f"node {node.name!r} (op {node.op}): " if node else ""
+        limits.check_bytes(tensor.nbytes, f"{made_by}tensor {tensor.name!r} of shape "
+                           f"{list(tensor.shape)}", max_memory)
     weights = sum(t.nbytes for t in graph.tensors.values() if t.is_constant)
     limits.check_bytes(weights, "the model's weights together", max_memory)
 

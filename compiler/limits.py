@@ -2,19 +2,30 @@
 allocate without bound.
 
 Every size is checked before the bytes exist: declared tensor shapes on import, the result of a
-constant node before it is evaluated (predicted by ONNX shape inference on that one node), and
-the arena plus weights after memory planning. One budget, `max_memory`, bounds all of them; the
-default suits the encoders, MLPs and CNNs sparsec targets, and `--max-memory` raises it.
+constant node before it is evaluated, and the arena plus weights after memory planning. One
+budget, `max_memory`, bounds all of them; the default suits the encoders, MLPs and CNNs sparsec
+targets, and `--max-memory` raises it.
+
+Constant folding (the frontend's shape folding and the fold-constants pass) goes through a
+`FoldBudget`: a node's results are sized from its inputs' values by `fold_sizes`' own rules
+(every op whose result size depends on values, and those that multiply sizes), or by ONNX shape
+inference on that one node where no rule applies, and refused, naming node, op and size, before
+evaluation; the constants held (weights plus everything folded) are a running total against the
+same budget. Control flow is never folded: what it allocates is unknown until it has run. Where
+the process runs out of memory anyway (`ulimit -v` below the budget), the MemoryError becomes a
+`ResourceLimitError`, one line from the CLI.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
+from sparsec.compiler import fold_sizes
 from sparsec.errors import ResourceLimitError
 
 DEFAULT_MAX_MEMORY = 4 << 30
@@ -79,11 +90,76 @@ def check_total(weights: int, arena: int, limit: int) -> None:
             f"{_advice(limit)}")
 
 
-def check_node_results(node: onnx.NodeProto, feeds: dict[str, np.ndarray], opset: int,
-                       limit: int, small_elements: int) -> None:
-    """Before a constant node is evaluated: refuse it when ONNX shape inference predicts an
-    output over the budget. Feeds of at most `small_elements` go in by value (shapes can hang
-    on them: ConstantOfShape, Expand, Tile, Range); larger ones only by shape, to stay cheap."""
+OUT_OF_MEMORY = ("ran out of memory while compiling: the process's memory limit "
+                 "(ulimit -v) or the machine's memory is below what this model needs. Set "
+                 "--max-memory (Python: max_memory=) under the memory available, and sparsec "
+                 "refuses such models before allocating, naming the tensor")
+
+
+def out_of_memory_is_refusal(function):
+    """`function`, with a MemoryError from anywhere inside it raised as a ResourceLimitError.
+    The new error is raised after the except block, so that the MemoryError's frames, and the
+    arrays they hold, are freed before anyone handles it."""
+    @functools.wraps(function)
+    def guarded(*args, **keywords):
+        try:
+            return function(*args, **keywords)
+        except MemoryError:
+            pass
+        raise ResourceLimitError(OUT_OF_MEMORY)
+    return guarded
+
+
+class FoldBudget:
+    """What constant folding may allocate: each node's results, predicted before it is evaluated,
+    and the running total of the constants the compile holds (the weights it started with and
+    everything folded since), both against the one memory limit."""
+
+    def __init__(self, limit: int, held: int = 0):
+        self.limit = limit
+        self.held = held
+
+    def admit(self, node: onnx.NodeProto, label: str, feeds: dict[str, np.ndarray], opset: int,
+              small_elements: int) -> list[tuple[str, int]]:
+        """Refuse `node` before it runs when its results, or the constants held with them,
+        would be over the limit. Sizes come from fold_sizes' rules on the inputs' values, else
+        from ONNX shape inference (feeds of at most `small_elements` by value, larger ones by
+        shape only, to stay cheap). Returns the predicted bytes of the outputs it could size."""
+        what = f"node {label!r} (op {node.op_type})"
+        if node.op_type in fold_sizes.UNPREDICTABLE:
+            raise ResourceLimitError(
+                f"{what} would run at compile time, and what it allocates cannot be known "
+                "before it runs (control flow, image decoding); sparsec does not fold it. "
+                "Export the model without it (torch.onnx.export traces control flow away for "
+                "fixed inputs)")
+        inputs = [np.asarray(feeds[name]) if name else None for name in node.input]
+        bounds = fold_sizes.predict(node, inputs)
+        if bounds is None:
+            predicted = _inferred_bytes(node, feeds, opset, small_elements)
+        else:
+            predicted = [(name, elements * itemsize)
+                         for name, (elements, itemsize) in zip(node.output, bounds) if name]
+        self._check(what, predicted)
+        return predicted
+
+    def hold(self, node: onnx.NodeProto, label: str, results: dict[str, np.ndarray]) -> None:
+        """Count `node`'s evaluated results as held; checked again, since an op without a rule
+        may have been predicted by nothing."""
+        sizes = [(name, int(value.nbytes)) for name, value in results.items()]
+        self._check(f"node {label!r} (op {node.op_type})", sizes)
+        self.held += sum(size for _, size in sizes)
+
+    def _check(self, what: str, sizes: list[tuple[str, int]]) -> None:
+        for name, size in sizes:
+            check_bytes(size, f"constant {name!r} computed by {what}", self.limit)
+        check_bytes(self.held + sum(size for _, size in sizes),
+                    f"the constants held while folding, with those of {what},", self.limit)
+
+
+def _inferred_bytes(node: onnx.NodeProto, feeds: dict[str, np.ndarray], opset: int,
+                    small_elements: int) -> list[tuple[str, int]]:
+    """Output sizes ONNX shape inference predicts for `node` alone; outputs it cannot size are
+    left out (the results are checked again once evaluated)."""
     inputs, initializers = [], []
     for name, value in feeds.items():
         value = np.asarray(value)
@@ -100,18 +176,17 @@ def check_node_results(node: onnx.NodeProto, feeds: dict[str, np.ndarray], opset
     try:
         inferred = shape_inference.infer_shapes(model, data_prop=True).graph
     except Exception:
-        return  # evaluation reports the node's error itself
+        return []  # evaluation reports the node's error itself
+    sizes = []
     for value in list(inferred.output) + list(inferred.value_info):
         ttype = value.type.tensor_type
         if not ttype.HasField("shape"):
             continue
         dims = ttype.shape.dim
-        if not all(d.HasField("dim_value") for d in dims):
-            continue
-        itemsize = _itemsize(ttype.elem_type)
-        check_bytes(shape_bytes([d.dim_value for d in dims], itemsize),
-                    f"constant {value.name!r} computed by node {node.name!r} (op {node.op_type})",
-                    limit)
+        if all(d.HasField("dim_value") for d in dims):
+            sizes.append((value.name, shape_bytes([d.dim_value for d in dims],
+                                                  _itemsize(ttype.elem_type))))
+    return sizes
 
 
 def _itemsize(elem_type: int) -> int:

@@ -20,10 +20,11 @@ from onnx.reference import ReferenceEvaluator
 
 from sparsec.compiler import limits
 from sparsec.compiler.ops import SHAPE_OPS
-from sparsec.errors import FrontendError, ShapeError
+from sparsec.errors import FrontendError, ResourceLimitError, ShapeError
 
 MAX_FOLDED_ELEMENTS = 1 << 16
 """Larger results are left to fold_constants; shape values and masks are far smaller."""
+MAX_FOLDED_BYTES = MAX_FOLDED_ELEMENTS * 8  # the widest element types
 
 
 def infer(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -38,9 +39,12 @@ def infer(model: onnx.ModelProto) -> onnx.ModelProto:
 def resolve(model: onnx.ModelProto, opset: int,
             max_memory: int = limits.DEFAULT_MAX_MEMORY) -> onnx.ModelProto:
     """Inferred model; shape subgraphs folded where inference alone leaves shapes unknown.
-    No folded node may produce more than `max_memory` bytes (checked before evaluating)."""
+    No folded node may produce more than `max_memory` bytes, nor bring the constants held to
+    more (checked before evaluating)."""
     model = infer(model)
-    while _missing_shapes(model) and _fold_small_constants(model, opset, max_memory):
+    budget = limits.FoldBudget(max_memory, sum(
+        limits.shape_bytes(t.dims, limits._itemsize(t.data_type)) for t in model.graph.initializer))
+    while _missing_shapes(model) and _fold_small_constants(model, opset, budget):
         model = infer(model)
     return model
 
@@ -64,22 +68,24 @@ def _missing_shapes(model: onnx.ModelProto) -> bool:
     return any(out and out not in known for node in model.graph.node for out in node.output)
 
 
-def _fold_small_constants(model: onnx.ModelProto, opset: int, max_memory: int) -> bool:
+def _fold_small_constants(model: onnx.ModelProto, opset: int,
+                          budget: limits.FoldBudget) -> bool:
     """Replace foldable nodes with small results by initializers; False when none folded."""
     g = model.graph
     shapes = static_shapes(model)
     values = {}  # folded here, by name
     initializers = {t.name: t for t in g.initializer}
     kept = []
-    for node in g.node:
+    for index, node in enumerate(g.node):
         result = None
         if node.op_type in SHAPE_OPS and node.input and node.input[0] in shapes:
             attrs = {a.name: a.i for a in node.attribute}
             result = {node.output[0]: shape_value(node.op_type, shapes[node.input[0]], attrs)}
         elif all(not n or n in initializers or n in values for n in node.input) \
                 and node.domain in ("", "ai.onnx"):
-            result = _evaluate(node, initializers, values, opset, max_memory)
-        if result is None or any(v.size > MAX_FOLDED_ELEMENTS for v in result.values()):
+            label = node.name or f"<unnamed node {index}>"
+            result = _evaluate(node, label, initializers, values, opset, budget)
+        if result is None:
             kept.append(node)
             continue
         values.update(result)
@@ -100,7 +106,8 @@ def shape_value(op: str, shape: tuple[int, ...], attrs: dict) -> np.ndarray:
     return np.array(shape[attrs.get("start", 0):attrs.get("end", len(shape))], np.int64)
 
 
-def _evaluate(node, initializers, folded, opset, max_memory) -> dict[str, np.ndarray] | None:
+def _evaluate(node, label, initializers, folded, opset,
+              budget: limits.FoldBudget) -> dict[str, np.ndarray] | None:
     feeds = {}
     for name in node.input:
         if not name:
@@ -112,21 +119,34 @@ def _evaluate(node, initializers, folded, opset, max_memory) -> dict[str, np.nda
         if int(np.prod(tensor.dims, dtype=np.int64)) > MAX_FOLDED_ELEMENTS:
             return None  # a weight: fold_constants deals with it
         feeds[name] = numpy_helper.to_array(tensor)
-    limits.check_node_results(node, feeds, opset, max_memory, MAX_FOLDED_ELEMENTS)
-    results = evaluate(node, feeds, opset)
-    return {name: np.asarray(value) for name, value in zip(node.output, results) if name}
+    predicted = budget.admit(node, label, feeds, opset, MAX_FOLDED_ELEMENTS)
+    if any(size > MAX_FOLDED_BYTES for _, size in predicted):
+        return None  # not worth evaluating twice: fold_constants will
+    results = evaluate(node, feeds, opset, label)
+    results = {name: np.asarray(value) for name, value in zip(node.output, results) if name}
+    if any(v.size > MAX_FOLDED_ELEMENTS for v in results.values()):
+        return None  # left to fold_constants, which counts it then
+    budget.hold(node, label, results)
+    return results
 
 
-def evaluate(node: onnx.NodeProto, feeds: dict[str, np.ndarray], opset: int) -> list:
+def evaluate(node: onnx.NodeProto, feeds: dict[str, np.ndarray], opset: int,
+             label: str | None = None) -> list:
     """One node's outputs on constant inputs, by onnx's reference evaluator, except where that
-    evaluator is wrong (GatherElements)."""
+    evaluator is wrong (GatherElements). Running out of memory is a refusal, not a crash."""
+    label = node.name if label is None else label
     try:
         if node.op_type == "GatherElements":
             axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
             return [gather_elements(*(feeds[name] for name in node.input[:2]), axis)]
         return ReferenceEvaluator(node, opsets={"": opset}).run(None, feeds)
+    except MemoryError:
+        raise ResourceLimitError(f"ran out of memory evaluating constant node {label!r} "
+                                 f"(op {node.op_type}) at compile time; the process's memory "
+                                 "limit (ulimit -v) or the machine's is below what it needs"
+                                 ) from None
     except Exception as exc:
-        raise FrontendError(f"cannot evaluate constant node {node.name!r} (op {node.op_type}): "
+        raise FrontendError(f"cannot evaluate constant node {label!r} (op {node.op_type}): "
                             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
                             ) from None
 

@@ -11,7 +11,7 @@ import onnx
 
 from sparsec.codegen import build as builder
 from sparsec.codegen import costs, emit, profiles, selection, targets
-from sparsec.compiler import buckets, frontend
+from sparsec.compiler import buckets, frontend, limits
 from sparsec.compiler.ir import Graph
 from sparsec.compiler.options import CompileOptions
 from sparsec.compiler.passes import PassContext, run_pipeline
@@ -28,6 +28,7 @@ class CompileResult:
     host_profile: Path | None = None  # the measured costs kernels were chosen by, if any
 
 
+@limits.out_of_memory_is_refusal
 def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "native",
                   output: str | os.PathLike | None = None, *,
                   options: CompileOptions | None = None, **keywords) -> CompileResult:

@@ -171,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     except SparsecError as exc:
         print(f"sparsec: error: {exc}", file=sys.stderr)
         return 1
+    except MemoryError:  # compile's own are refusals already; run, benchmark, verify too
+        print("sparsec: error: out of memory; the process's memory limit (ulimit -v) or the "
+              "machine's memory is below what this needs", file=sys.stderr)
+        return 1
     except OSError as exc:  # unwritable output folder, full disk, ...
         print(f"sparsec: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
               file=sys.stderr)

@@ -199,6 +199,6 @@ def test_parse_size_rejects(text):
 ])
 def test_constant_results_are_sized_before_they_are_evaluated(node, feeds):
     with pytest.raises(ResourceLimitError, match=f"node {node.name!r}"):
-        limits.check_node_results(node, feeds, 17, 1 << 30, small_elements=1 << 12)
-    limits.check_node_results(node, feeds, 17, 1 << 50, small_elements=1 << 12)
+        limits.FoldBudget(1 << 30).admit(node, node.name, feeds, 17, small_elements=1 << 12)
+    limits.FoldBudget(1 << 50).admit(node, node.name, feeds, 17, small_elements=1 << 12)
 

@@ -6,7 +6,8 @@ Establishes: no node has only constant inputs and no Shape or Size node remains;
 value is a constant tensor whose shape agrees with what shape inference declared for it.
 
 Evaluation uses onnx's own reference implementation, so folding follows the ONNX
-specification op by op without a second, hand-written interpreter to keep in step.
+specification op by op without a second, hand-written interpreter to keep in step. Each result
+is sized before it is evaluated, and refused over the memory limit (`limits.FoldBudget`).
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ SHAPE_ELEMENTS = 1 << 12
 def run(graph: Graph, ctx) -> Graph:
     graph = graph.copy()
     kept = []
+    budget = limits.FoldBudget(ctx.options.max_memory,
+                               sum(t.nbytes for t in graph.tensors.values() if t.is_constant))
     for node in graph.nodes:
         if node.op in SHAPE_OPS:
             _fold_shape(graph, node)
         elif all(not name or graph.tensors[name].is_constant for name in node.inputs):
-            _fold(graph, node, ctx.options.max_memory)
+            _fold(graph, node, budget)
         else:
             kept.append(node)
     graph.nodes = kept
@@ -42,16 +45,15 @@ def run(graph: Graph, ctx) -> Graph:
     return graph
 
 
-def _fold(graph: Graph, node: Node, max_memory: int) -> None:
+def _fold(graph: Graph, node: Node, budget: limits.FoldBudget) -> None:
     proto = helper.make_node(node.op, node.inputs, node.outputs, name=node.name,
                              **{k: _attr_for_onnx(v) for k, v in node.attrs.items()})
     feeds = {name: graph.tensors[name].data for name in node.inputs if name}
-    limits.check_node_results(proto, feeds, graph.opset, max_memory, SHAPE_ELEMENTS)
-    results = evaluate(proto, feeds, graph.opset)
-    for name, value in zip(node.outputs, results):
-        if not name:
-            continue
-        value = np.asarray(value)
+    budget.admit(proto, node.name, feeds, graph.opset, SHAPE_ELEMENTS)
+    results = {name: np.asarray(value)
+               for name, value in zip(node.outputs, evaluate(proto, feeds, graph.opset)) if name}
+    budget.hold(proto, node.name, results)
+    for name, value in results.items():
         if str(value.dtype) not in _DTYPE_NAMES:
             raise FrontendError(f"constant node {node.name!r} (op {node.op}) produces "
                                 f"{value.dtype} values, which sparsec does not support")
