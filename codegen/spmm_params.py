@@ -102,7 +102,10 @@ def spmm_tokens_params(req: KernelRequest, tokens: int, isa: str) -> dict:
         "values": req.blob.add(values), **bias_params(req, m, n),
         **epilogue_params(req, node.attrs, "float32"), **vector_epilogue_params(node.attrs),
         "y_feature_major": req.output().layout == FEATURE_MAJOR,
-        "direct_rows": a_sm == 1 and a_sk != 1,
+        # A read in place needs every block row inside A: a last block that hangs past K
+        # reads the scratch copy's zero rows instead (0 x whatever lies beyond A is NaN
+        # for an Inf there, and may be past the arena's end).
+        "direct_rows": a_sm == 1 and a_sk != 1 and block_rows * packed.rows == k,
     }
     req.take(req.output())
     return params
