@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from sparsec.codegen.c_literals import CTYPES
+from sparsec.codegen.isa import TOKEN_TILE_ISAS
 from sparsec.codegen.loops import broadcast_strides
 from sparsec.codegen.matrix_common import (
     activation_rows,
@@ -52,9 +53,10 @@ onnxruntime to 0.62x and 0.82x. The AVX2 GEMM showed no change from it (x86-avx2
 same host), so it has none."""
 
 
-def gemm_panels_params(req: KernelRequest, mr: int, panel: int) -> dict:
+def gemm_panels_params(req: KernelRequest, mr: int, panel: int, isa: str = "") -> dict:
     """Dense node with a constant dense weight for SIMD kernels: B re-laid at compile time as
-    [N / panel][K][panel] so each k step loads one contiguous panel row."""
+    [N / panel][K][panel] so each k step loads one contiguous panel row. `isa`: the x86
+    template's vector ISA (NEON's template names its own)."""
     node, a, weight = req.node, req.input(0), req.input(1)
     m, k, a_sm, a_sk = activation_rows(a, node.attrs.get("trans_a", 0))
     n = weight.shape[1]
@@ -64,12 +66,14 @@ def gemm_panels_params(req: KernelRequest, mr: int, panel: int) -> dict:
     req.take(a)
     params = {
         "M": m, "K": k, "N": n, "a_sm": a_sm, "a_sk": a_sk, "MR": mr, "panels": panels,
-        "prefetch_steps": PREFETCH_AHEAD_FMAS // (2 * mr),
+        "prefetch_steps": PREFETCH_AHEAD_FMAS // (2 * mr) if isa == "avx512f" else 0,
         "n_tail": n - (panels - 1) * panel,
         "packed": req.blob.add(padded.reshape(k, panels, panel).transpose(1, 0, 2)),
         **bias_params(req, m, n), **epilogue_params(req, node.attrs, "float32"),
         **vector_epilogue_params(node.attrs),
     }
+    if isa:
+        params["isa"] = TOKEN_TILE_ISAS[isa].template_names()
     req.take(req.output())
     return params
 

@@ -38,6 +38,7 @@ class FloatVectors:
     min: str
     loadu: str
     storeu: str
+    registers: int  # vector registers the ISA has
 
 
 @dataclass(frozen=True)
@@ -116,21 +117,22 @@ NEON_FLOATS = FloatVectors(
     broadcast="vld1q_dup_f32({})", load="vld1q_f32", store="vst1q_f32",
     fmadd="sparsec_neon_fmadd", add="vaddq_f32", transpose="sparsec_transpose4x4",
     epilogue="neon-epilogue.j2", mask_type="int", full_mask="1", set1="vdupq_n_f32",
-    mul="vmulq_f32", max="vmaxq_f32", min="vminq_f32", loadu="vld1q_f32", storeu="vst1q_f32")
+    mul="vmulq_f32", max="vmaxq_f32", min="vminq_f32", loadu="vld1q_f32", storeu="vst1q_f32",
+    registers=32)
 AVX2_FLOATS = FloatVectors(
     lanes=8, vmath="sparsec_v8_", vec="__m256", zero="_mm256_setzero_ps",
     broadcast="_mm256_broadcast_ss({})", load="_mm256_load_ps", store="_mm256_store_ps",
     fmadd="_mm256_fmadd_ps", add="_mm256_add_ps", transpose="sparsec_transpose8x8",
     epilogue="avx2-epilogue.j2", mask_type="__m256i", full_mask="_mm256_set1_epi32(-1)",
     set1="_mm256_set1_ps", mul="_mm256_mul_ps", max="_mm256_max_ps", min="_mm256_min_ps",
-    loadu="_mm256_loadu_ps", storeu="_mm256_storeu_ps")
+    loadu="_mm256_loadu_ps", storeu="_mm256_storeu_ps", registers=16)
 AVX512_FLOATS = FloatVectors(
     lanes=16, vmath="sparsec_v16_", vec="__m512", zero="_mm512_setzero_ps",
     broadcast="_mm512_set1_ps(*({}))", load="_mm512_load_ps", store="_mm512_store_ps",
     fmadd="_mm512_fmadd_ps", add="_mm512_add_ps", transpose="sparsec_transpose16x16",
     epilogue="avx512-epilogue.j2", mask_type="__mmask16", full_mask="(__mmask16)0xffff",
     set1="_mm512_set1_ps", mul="_mm512_mul_ps", max="_mm512_max_ps", min="_mm512_min_ps",
-    loadu="_mm512_loadu_ps", storeu="_mm512_storeu_ps")
+    loadu="_mm512_loadu_ps", storeu="_mm512_storeu_ps", registers=32)
 
 NEON_INTS = IntVectors(ivec="int32x4_t", izero="sparsec_neon_izero",
                        iload="sparsec_neon_iload", iset1="vdupq_n_s32", isub="vsubq_s32",
