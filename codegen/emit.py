@@ -149,6 +149,7 @@ def _render_plan(env: jinja2.Environment, graph: Graph, target: Target, blob: We
     features = {option.feature: option for option in target.dispatch}
     index = {name: i for i, name in enumerate(graph.tensors)}
     kernels, calls, layers = [], [], []
+    read_or_written: set[str] = set()  # the tensors some call passes, for their pointers
     for node_index, (node, spec) in enumerate(zip(graph.nodes, specs)):
         if all(graph.tensors[out].size == 0 for out in node.outputs if out):
             continue  # nothing to compute, and kernels assume at least one element
@@ -168,6 +169,7 @@ def _render_plan(env: jinja2.Environment, graph: Graph, target: Target, blob: We
             alternatives.append({"fn": other_fn, "mask": 1 << FEATURE_BITS[option.feature],
                                  "feature": option.feature, "kernel": other.symbol})
         args = [cnames.tensor_var(index[n]) for n in request.args]
+        read_or_written.update(request.args)
         if spec.scratch:  # a kernel that needs no scratch for this node gets NULL
             region = graph.memory.scratch.get(node_index)
             args.append(f"(float *)(arena + {region[0]})" if region else "NULL")
@@ -186,8 +188,8 @@ def _render_plan(env: jinja2.Environment, graph: Graph, target: Target, blob: We
             layers[-1]["dispatch"] = {a["feature"]: a["kernel"] for a in alternatives}
         if spec.parallel:
             layers[-1]["threads"] = "pool" if args[-1] == "pool" else "caller"
-    used = [name for name in graph.tensors
-            if any(cnames.tensor_var(index[name]) in c["args"] for c in calls)]
+    # A set, not a scan of every call per tensor: that was quadratic in the node count.
+    used = [name for name in graph.tensors if name in read_or_written]
     pointers = [_pointer(graph, name, index[name], blob) for name in used]
     copies = _output_copies(graph, index, blob, pointers)
     return {"run": cnames.plan_fn(number), "kernels": kernels, "pointers": pointers,
