@@ -28,6 +28,11 @@ def plan_fn(plan: int) -> str:
     return f"sparsec__model_run_plan{int(plan)}"
 
 
+def part_fn(plan: int, part: int) -> str:
+    """Part `part` of plan `plan`'s run function (a bounded run of its calls)."""
+    return f"{plan_fn(plan)}_part{int(part)}"
+
+
 def c_string_literal(text: str, chunk: int = 200, *, in_macro: bool = False) -> str:
     """A C string literal holding `text` as UTF-8, safe against every lexical trap.
 

@@ -29,6 +29,10 @@ from sparsec.errors import PortableKernelWarning, TemplateError
 from sparsec.version import ABI_VERSION
 
 BLOB_ALIGNMENT = 64
+# Calls per run-function part. The C compiler's time grew faster than the graph with one run
+# function holding every call (and, inlined, every kernel called once): 4,000 Relus took
+# 108 s against 8.7 s for 1,000. Parts of a bounded size keep it per node.
+PART_CALLS = 32
 
 
 def _require(condition: bool, message: str) -> str:
@@ -149,6 +153,7 @@ def _render_plan(env: jinja2.Environment, graph: Graph, target: Target, blob: We
     features = {option.feature: option for option in target.dispatch}
     index = {name: i for i, name in enumerate(graph.tensors)}
     kernels, calls, layers = [], [], []
+    read_or_written: set[str] = set()  # the tensors some call passes, for their pointers
     for node_index, (node, spec) in enumerate(zip(graph.nodes, specs)):
         if all(graph.tensors[out].size == 0 for out in node.outputs if out):
             continue  # nothing to compute, and kernels assume at least one element
@@ -168,6 +173,7 @@ def _render_plan(env: jinja2.Environment, graph: Graph, target: Target, blob: We
             alternatives.append({"fn": other_fn, "mask": 1 << FEATURE_BITS[option.feature],
                                  "feature": option.feature, "kernel": other.symbol})
         args = [cnames.tensor_var(index[n]) for n in request.args]
+        read_or_written.update(request.args)
         if spec.scratch:  # a kernel that needs no scratch for this node gets NULL
             region = graph.memory.scratch.get(node_index)
             args.append(f"(float *)(arena + {region[0]})" if region else "NULL")
@@ -175,7 +181,8 @@ def _render_plan(env: jinja2.Environment, graph: Graph, target: Target, blob: We
             args.append("pool" if runs_parallel(graph, node, spec, target, parallel_min_ns)
                         else "NULL")
         calls.append({"fn": fn, "args": args, "checked": request.checked,
-                      "dispatch": alternatives})
+                      "dispatch": alternatives, "layer": len(calls),
+                      "tensors": request.args})
         layers.append(_layer_info(graph, node, spec))
         slow = portable_reason(graph, node, spec, target)
         if slow:  # never silently: a portable product can be 10x the rest of the model
@@ -186,13 +193,28 @@ def _render_plan(env: jinja2.Environment, graph: Graph, target: Target, blob: We
             layers[-1]["dispatch"] = {a["feature"]: a["kernel"] for a in alternatives}
         if spec.parallel:
             layers[-1]["threads"] = "pool" if args[-1] == "pool" else "caller"
-    used = [name for name in graph.tensors
-            if any(cnames.tensor_var(index[name]) in c["args"] for c in calls)]
+    # A set, not a scan of every call per tensor: that was quadratic in the node count.
+    used = [name for name in graph.tensors if name in read_or_written]
+    # Every pointer made in the tensors' order, as one run function made them, so that the
+    # weight blob's layout does not depend on how the calls are split into parts.
     pointers = [_pointer(graph, name, index[name], blob) for name in used]
+    by_name = dict(zip(used, pointers))
     copies = _output_copies(graph, index, blob, pointers)
-    return {"run": cnames.plan_fn(number), "kernels": kernels, "pointers": pointers,
+    copied = {copy["src"] for copy in copies}
+    parts = [_part(calls[start:start + PART_CALLS], by_name, index, number, start // PART_CALLS)
+             for start in range(0, len(calls), PART_CALLS)]
+    return {"run": cnames.plan_fn(number), "kernels": kernels, "parts": parts,
+            "pointers": [p for p in pointers if p["var"] in copied],
             "calls": calls, "copies": copies, "layers": layers,
             "arena_bytes": graph.memory.arena_bytes}
+
+
+def _part(calls: list[dict], pointers: dict, index: dict, plan: int, number: int) -> dict:
+    """One run-function part: its calls and the pointers they pass (in the tensors' order)."""
+    names = sorted({name for call in calls for name in call["tensors"]}, key=index.__getitem__)
+    return {"fn": cnames.part_fn(plan, number), "calls": calls,
+            "pointers": [pointers[name] for name in names],
+            "dispatch": any(call["dispatch"] for call in calls)}
 
 
 def _plan_info(graph: Graph, plan: dict) -> dict:

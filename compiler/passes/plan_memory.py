@@ -11,6 +11,8 @@ buffers, constants in the library's read-only data, so a run allocates nothing.
 
 from __future__ import annotations
 
+import bisect
+
 from sparsec.compiler import limits
 from sparsec.compiler.ir import Graph, MemoryPlan, is_layout_flip
 from sparsec.compiler.ops import COPY_OPS
@@ -95,17 +97,55 @@ def first_fit(ranges: dict, sizes: dict) -> dict:
     """Offsets for regions with (first, last) node lifetimes: largest first, each at the
     lowest aligned offset clear of every placed region whose lifetime overlaps its own."""
     order = sorted(ranges, key=lambda key: (-sizes[key], ranges[key][0], str(key)))
-    placed: list[tuple[int, int, int, int]] = []  # (offset, end, first, last)
+    placed = _Lifetimes(1 + max((last for _, last in ranges.values()), default=0))
     offsets = {}
     for key in order:
         first, last = ranges[key]
         size = _align(max(sizes[key], 1))
-        conflicts = sorted((off, end) for off, end, f, l in placed if f <= last and first <= l)
         offset = 0
-        for off, end in conflicts:
+        for off, end in sorted(placed.overlapping(first, last)):
             if offset + size <= off:
                 break
             offset = max(offset, end)
         offsets[key] = offset
-        placed.append((offset, offset + size, first, last))
+        placed.add(first, last, (offset, offset + size))
     return offsets
+
+
+class _Lifetimes:
+    """Placed regions by lifetime, answering "which overlap [first, last]" without a scan of
+    them all (a scan per placement made planning quadratic in the node count). A region
+    overlaps [first, last] when it is live at `first` (a segment tree over node indices,
+    stabbed at `first`) or begins in (first, last] (regions keyed by their first node)."""
+
+    def __init__(self, nodes: int):
+        self._leaves = nodes
+        self._segments: list[list] = [[] for _ in range(2 * nodes)]
+        self._starts: list[int] = []  # sorted, distinct
+        self._by_start: dict[int, list] = {}
+
+    def add(self, first: int, last: int, region) -> None:
+        low, high = first + self._leaves, last + 1 + self._leaves
+        while low < high:  # the tree nodes that together cover [first, last]
+            if low & 1:
+                self._segments[low].append(region)
+                low += 1
+            if high & 1:
+                high -= 1
+                self._segments[high].append(region)
+            low, high = low >> 1, high >> 1
+        if first not in self._by_start:
+            bisect.insort(self._starts, first)
+            self._by_start[first] = []
+        self._by_start[first].append(region)
+
+    def overlapping(self, first: int, last: int) -> list:
+        found = []
+        node = first + self._leaves
+        while node >= 1:
+            found += self._segments[node]
+            node >>= 1
+        for start in self._starts[bisect.bisect_right(self._starts, first):
+                                  bisect.bisect_right(self._starts, last)]:
+            found += self._by_start[start]
+        return found

@@ -122,3 +122,30 @@ def test_views_compute_what_onnxruntime_does(compiler):
     for target in ("generic", "native"):
         got = compiler.load(proto, target).run({"x": x})["y"]
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def first_fit_by_scan(ranges, sizes):
+    """first_fit as it was written before its lifetime index: every placed region scanned
+    for each placement (quadratic), the definition the indexed version must match exactly."""
+    order = sorted(ranges, key=lambda key: (-sizes[key], ranges[key][0], str(key)))
+    placed, offsets = [], {}
+    for key in order:
+        first, last = ranges[key]
+        size = plan_memory._align(max(sizes[key], 1))
+        offset = 0
+        for off, end in sorted((o, e) for o, e, f, l in placed if f <= last and first <= l):
+            if offset + size <= off:
+                break
+            offset = max(offset, end)
+        offsets[key] = offset
+        placed.append((offset, offset + size, first, last))
+    return offsets
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 30), st.integers(0, 30),
+                          st.sampled_from([0, 1, 64, 100, 256, 4096])), min_size=1, max_size=40))
+def test_first_fit_places_as_the_full_scan_does(regions):
+    ranges = {("tensor", f"t{i}"): (min(a, b), max(a, b)) for i, (a, b, _) in enumerate(regions)}
+    sizes = {("tensor", f"t{i}"): size for i, (_, _, size) in enumerate(regions)}
+    assert plan_memory.first_fit(ranges, sizes) == first_fit_by_scan(ranges, sizes)
