@@ -188,7 +188,7 @@ def _render_plan(env: jinja2.Environment, graph: Graph, target: Target, blob: We
         if slow:  # never silently: a portable product can be 10x the rest of the model
             layers[-1]["portable"] = slow
             warnings.warn(f"layer {node.name!r}: {slow}", PortableKernelWarning,
-                          stacklevel=4)  # compile_model's caller
+                          stacklevel=5)  # compile_model's caller (past its out-of-memory guard)
         if alternatives:
             layers[-1]["dispatch"] = {a["feature"]: a["kernel"] for a in alternatives}
         if spec.parallel:
