@@ -33,6 +33,12 @@ def part_fn(plan: int, part: int) -> str:
     return f"{plan_fn(plan)}_part{int(part)}"
 
 
+def unit_entry_fn(plan: int, first_part: int) -> str:
+    """The function of a translation unit that runs plan `plan`'s parts from `first_part` on
+    (as many as the unit holds)."""
+    return f"{plan_fn(plan)}_from_part{int(first_part)}"
+
+
 def c_string_literal(text: str, chunk: int = 200, *, in_macro: bool = False) -> str:
     """A C string literal holding `text` as UTF-8, safe against every lexical trap.
 

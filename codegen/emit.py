@@ -1,4 +1,5 @@
-"""Render a planned graph into C: `model.c`, the C header `model.h`, and the weight blob.
+"""Render a planned graph into C: `model.c` (and, for a large model, `unit-N.c`: units.py), the
+C header `model.h`, and the weight blob.
 
 Every node's kernel was chosen by the select-kernels pass and recorded on it; this module only
 renders those rows. Identifiers in the C come from indices only; names from
@@ -10,19 +11,20 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 
 import jinja2
 import numpy as np
 
-from sparsec.codegen import cnames
+from sparsec.codegen import cnames, units
 from sparsec.codegen.c_literals import CTYPES
 from sparsec.codegen.costs import PARALLEL_MIN_NS, runs_parallel
 from sparsec.codegen.kernels import KernelSpec, by_key
 from sparsec.codegen.request import KernelRequest, WeightSink
 from sparsec.codegen.selection import chosen, portable_reason
 from sparsec.codegen.targets import FEATURE_BITS, Target
+from sparsec.codegen.weight_symbols import WeightSymbols
 from sparsec.compiler.ir import Graph
 from sparsec.compiler.ops import COPY_OPS, DENSE
 from sparsec.errors import PortableKernelWarning, TemplateError
@@ -31,8 +33,10 @@ from sparsec.version import ABI_VERSION
 BLOB_ALIGNMENT = 64
 # Calls per run-function part. The C compiler's time grew faster than the graph with one run
 # function holding every call (and, inlined, every kernel called once): 4,000 Relus took
-# 108 s against 8.7 s for 1,000. Parts of a bounded size keep it per node.
-PART_CALLS = 32
+# 108 s against 8.7 s for 1,000. Parts of a bounded size keep it per node. Parts are also
+# what units.py groups into translation units: 16 calls of a transformer's kernels (about
+# 50 KB of C) are no more than one unit's worth, so even MiniLM splits into several units.
+PART_CALLS = 16
 
 
 def _require(condition: bool, message: str) -> str:
@@ -82,9 +86,12 @@ class Rendered:
     model_h: str
     weights: bytes
     info: dict
+    units: list[str] = field(default_factory=list)  # unit-0.c, ... (units.py); empty: model.c only
 
     def digest(self) -> str:
         h = hashlib.sha256(self.model_c.encode())
+        for unit in self.units:
+            h.update(hashlib.sha256(unit.encode()).digest())
         h.update(hashlib.sha256(self.weights).digest())
         return h.hexdigest()
 
@@ -109,9 +116,11 @@ def emit_plans(graphs: list[Graph], target: Target, version: str,
     section, when there is more than one plan."""
     env = environment()
     blob = WeightBlob()
+    symbols = WeightSymbols(blob)
+    env.filters["weight"] = symbols.use  # a blob offset -> its constant's symbol
     plans = []
     for number, graph in enumerate(graphs):  # a loop: warnings' stacklevel counts frames
-        plans.append(_render_plan(env, graph, target, blob, number, parallel_min_ns))
+        plans.append(_render_plan(env, graph, target, blob, symbols, number, parallel_min_ns))
     first = 0
     for plan in plans:  # profiled builds: each plan's layers count into its own span
         plan["first_layer"], first = first, first + len(plan["calls"])
@@ -126,33 +135,30 @@ def emit_plans(graphs: list[Graph], target: Target, version: str,
         info["plans"] = [_plan_info(graph, plan) for graph, plan in zip(graphs, plans)]
     if emulate:
         info["emulated"] = target.emulation.what
-    weights = blob.tobytes()
-    symbol = "sparsec_weights_" + hashlib.sha256(weights).hexdigest()[:16]
-    context = dict(version=version, target=target.name, weights_symbol=symbol,
+    context = dict(version=version, target=target.name,
                    includes=target.includes, required_features=features,
                    arena_bytes=arena_bytes, profiled_layers=first,
                    num_inputs=len(graphs[-1].inputs),
                    num_outputs=len(graphs[-1].outputs),
-                   info_literal=cnames.c_string_literal(json.dumps(info, ensure_ascii=True)),
-                   plans=plans)
-    model_c = env.get_template("model.c.j2").render(**context)
+                   info_literal=cnames.c_string_literal(json.dumps(info, ensure_ascii=True)))
+    model_c, unit_sources = units.render(env, context, plans, symbols)
     model_h = env.get_template("model.h.j2").render(
         version=version, target=target.name, arena_bytes=arena_bytes,
         inputs=_header_tensors(graphs[-1], graphs[-1].inputs, buckets, "inputs"),
         outputs=_header_tensors(graphs[-1], graphs[-1].outputs, buckets, "outputs"),
         lengths=buckets["lengths"] if len(plans) > 1 else [])
-    return Rendered(model_c, model_h, weights, info)
+    return Rendered(model_c, model_h, blob.tobytes(), info, unit_sources)
 
 
 def _render_plan(env: jinja2.Environment, graph: Graph, target: Target, blob: WeightBlob,
-                 number: int, parallel_min_ns: float) -> dict:
+                 symbols: WeightSymbols, number: int, parallel_min_ns: float) -> dict:
     """One plan's kernels and run function (model.c.j2's `plans` entries); its functions
-    carry the plan's number, so plans coexist in one object."""
+    carry the plan's number, so plans coexist in one library."""
     assert graph.memory is not None, "plan_memory must run before emit"
     specs = [chosen(node) for node in graph.nodes]
     features = {option.feature: option for option in target.dispatch}
     index = {name: i for i, name in enumerate(graph.tensors)}
-    kernels, calls, layers = [], [], []
+    calls, layers = [], []
     read_or_written: set[str] = set()  # the tensors some call passes, for their pointers
     for node_index, (node, spec) in enumerate(zip(graph.nodes, specs)):
         if all(graph.tensors[out].size == 0 for out in node.outputs if out):
@@ -160,7 +166,7 @@ def _render_plan(env: jinja2.Environment, graph: Graph, target: Target, blob: We
         request = KernelRequest(graph, node, blob)
         params = spec.params(request)
         fn = cnames.node_fn(node_index, spec.symbol, number)
-        kernels.append({"source": env.get_template(spec.template).render(fn=fn, **params)})
+        kernels = [{"source": env.get_template(spec.template).render(fn=fn, **params)}]
         alternatives = []
         for feature, key in node.dispatch:
             option, other = features[feature], by_key(key)
@@ -182,7 +188,8 @@ def _render_plan(env: jinja2.Environment, graph: Graph, target: Target, blob: We
                         else "NULL")
         calls.append({"fn": fn, "args": args, "checked": request.checked,
                       "dispatch": alternatives, "layer": len(calls),
-                      "tensors": request.args})
+                      "tensors": request.args, "kernels": kernels,
+                      "weights": symbols.take()})
         layers.append(_layer_info(graph, node, spec))
         slow = portable_reason(graph, node, spec, target)
         if slow:  # never silently: a portable product can be 10x the rest of the model
@@ -197,13 +204,13 @@ def _render_plan(env: jinja2.Environment, graph: Graph, target: Target, blob: We
     used = [name for name in graph.tensors if name in read_or_written]
     # Every pointer made in the tensors' order, as one run function made them, so that the
     # weight blob's layout does not depend on how the calls are split into parts.
-    pointers = [_pointer(graph, name, index[name], blob) for name in used]
+    pointers = [_pointer(graph, name, index[name], blob, symbols) for name in used]
     by_name = dict(zip(used, pointers))
-    copies = _output_copies(graph, index, blob, pointers)
+    copies = _output_copies(graph, index, blob, symbols, pointers)
     copied = {copy["src"] for copy in copies}
     parts = [_part(calls[start:start + PART_CALLS], by_name, index, number, start // PART_CALLS)
              for start in range(0, len(calls), PART_CALLS)]
-    return {"run": cnames.plan_fn(number), "kernels": kernels, "parts": parts,
+    return {"run": cnames.plan_fn(number), "parts": parts,
             "pointers": [p for p in pointers if p["var"] in copied],
             "calls": calls, "copies": copies, "layers": layers,
             "arena_bytes": graph.memory.arena_bytes}
@@ -212,7 +219,7 @@ def _render_plan(env: jinja2.Environment, graph: Graph, target: Target, blob: We
 def _part(calls: list[dict], pointers: dict, index: dict, plan: int, number: int) -> dict:
     """One run-function part: its calls and the pointers they pass (in the tensors' order)."""
     names = sorted({name for call in calls for name in call["tensors"]}, key=index.__getitem__)
-    return {"fn": cnames.part_fn(plan, number), "calls": calls,
+    return {"fn": cnames.part_fn(plan, number), "plan": plan, "number": number, "calls": calls,
             "pointers": [pointers[name] for name in names],
             "dispatch": any(call["dispatch"] for call in calls)}
 
@@ -223,15 +230,16 @@ def _plan_info(graph: Graph, plan: dict) -> dict:
             "arena_bytes": plan["arena_bytes"], "layers": plan["layers"]}
 
 
-def _pointer(graph: Graph, name: str, tensor_index: int, blob: WeightBlob) -> dict:
+def _pointer(graph: Graph, name: str, tensor_index: int, blob: WeightBlob,
+             symbols: WeightSymbols) -> dict:
     tensor = graph.tensors[name]
     pointer = {"var": cnames.tensor_var(tensor_index), "ctype": CTYPES[tensor.dtype],
                "const": True}
     if name in graph.inputs:
         pointer["expr"] = f"inputs[{graph.inputs.index(name)}]"
     elif tensor.is_constant:
-        offset = blob.add(np.ascontiguousarray(tensor.data, dtype=tensor.dtype))
-        pointer["expr"] = f"sparsec_weights + {offset}"
+        symbol = symbols.name(blob.add(np.ascontiguousarray(tensor.data, dtype=tensor.dtype)))
+        pointer.update(expr=symbol, weight=symbol)
     elif name in graph.outputs:
         pointer.update(expr=f"outputs[{graph.outputs.index(name)}]", const=False)
     else:
@@ -239,7 +247,8 @@ def _pointer(graph: Graph, name: str, tensor_index: int, blob: WeightBlob) -> di
     return pointer
 
 
-def _output_copies(graph: Graph, index: dict, blob: WeightBlob, pointers: list) -> list[dict]:
+def _output_copies(graph: Graph, index: dict, blob: WeightBlob, symbols: WeightSymbols,
+                   pointers: list) -> list[dict]:
     """Outputs no node writes (a graph input or constant returned as is, or a repeated output)."""
     produced = {out for node in graph.nodes for out in node.outputs}
     known = {p["var"]: p for p in pointers}
@@ -254,7 +263,7 @@ def _output_copies(graph: Graph, index: dict, blob: WeightBlob, pointers: list) 
         else:
             var = cnames.tensor_var(index[name])
             if var not in known:
-                known[var] = _pointer(graph, name, index[name], blob)
+                known[var] = _pointer(graph, name, index[name], blob, symbols)
                 pointers.append(known[var])
             src = var
         copies.append({"dst": f"outputs[{position}]", "src": src,

@@ -22,6 +22,8 @@ def patched_library(source_dir: Path, statement: str, build_dir: Path,
     build_dir.mkdir()
     (build_dir / "model.c").write_text("#include <stdlib.h>\n" + source[:at] + "  " + statement
                                        + "\n" + source[at:])
+    for unit in source_dir.glob("unit-*.c"):  # a large model's other translation units
+        shutil.copy(unit, build_dir / unit.name)
     shutil.copy(source_dir / "weights.bin", build_dir / "weights.bin")
     target = targets.resolve("generic")
     library = build_dir / "model.so"
