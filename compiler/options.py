@@ -43,7 +43,7 @@ class CompileOptions:
     # Diagnostics.
     verify_each: bool = False  # check the IR's invariants after every pass
     dump_ir: Path | None = None  # write the IR after every pass into this folder
-    keep_source: Path | None = None  # also write model.c and weights.bin here
+    keep_source: Path | None = None  # also write model.c, any unit-N.c, weights.bin here
 
     def __post_init__(self) -> None:
         if self.quantize is not None and self.quantize not in QUANTIZE_MODES:

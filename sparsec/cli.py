@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="print per-layer sparsity, chosen kernel and why")
     p.add_argument("--profile", action="store_true",
                    help="time every layer at run time (see `sparsec run --profile`)")
-    p.add_argument("--keep-source", metavar="DIR", help="also write model.c and weights.bin")
+    p.add_argument("--keep-source", metavar="DIR",
+                   help="also write model.c (and a large model's unit-N.c) and weights.bin")
 
     p = sub.add_parser("run", help="run a compiled library on .npy inputs")
     p.add_argument("library")
