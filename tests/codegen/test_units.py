@@ -5,6 +5,7 @@ recompiles model.c and that layer's unit only."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -111,6 +112,27 @@ def test_a_one_layer_change_recompiles_that_layers_unit_only(tmp_path, monkeypat
     x = np.random.default_rng(1).standard_normal((2, WIDTH)).astype(np.float32)
     np.testing.assert_allclose(sparsec.load(library).run({"x": x})["y"],
                                run_onnxruntime(changed, {"x": x})[0], rtol=1e-5, atol=1e-5)
+
+
+def test_units_from_the_cache_link_the_library_an_uncached_build_makes(tmp_path, monkeypatch):
+    """Objects from the unit cache (and the precompiled prelude) give the very bytes that
+    build.compile_commands, which compiles every unit from source, gives."""
+    split_every_part(monkeypatch)
+    cache = tmp_path / "cache"
+    sparsec.compile(dense_chain(), "native", tmp_path / "warm.so", cache_dir=cache)
+    source = tmp_path / "source"
+    cached = sparsec.compile(dense_chain(output="z"), "native", tmp_path / "cached.so",
+                             cache_dir=cache, keep_source=source)
+    workdir = tmp_path / "uncached"
+    shutil.copytree(source, workdir)
+    resolved = build.targets.resolve("native")
+    commands = build.compile_commands(build.find_compiler(resolved), resolved, workdir,
+                                      workdir / "m.so")
+    assert [argv[argv.index("-c") + 1] for argv in commands if "-c" in argv][-4:] == [
+        "model.c", "unit-0.c", "unit-1.c", "unit-2.c"]
+    for argv in commands:
+        build._run(argv, workdir)
+    assert (workdir / "m.so").read_bytes() == cached.read_bytes()
 
 
 def test_a_damaged_unit_object_is_rebuilt_not_linked(tmp_path, monkeypatch):
