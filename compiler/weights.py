@@ -126,15 +126,15 @@ def detach_proto(model: onnx.ModelProto) -> Detached:
             _copy_field(proto.graph, descriptor, value)
     detached = Detached(proto, order=order)
     for index, tensor in enumerate(graph.initializer):
-        if index not in large:
+        data = tensor.raw_data if index in large else b""
+        if index not in large or len(data) != _expected_bytes(tensor):
+            large.discard(index)  # a wrong length stays for the checker to report
             proto.graph.initializer.add().CopyFrom(tensor)
             continue
         stand_in = proto.graph.initializer.add()
         for descriptor, value in tensor.ListFields():
             if descriptor.name != "raw_data":
                 _copy_field(stand_in, descriptor, value)
-        data = tensor.raw_data
-        _check_length(tensor, len(data), "its raw_data")
         detached.arrays[tensor.name] = _as_native(
             np.frombuffer(data, _little_endian(tensor.data_type)).reshape(tuple(tensor.dims)))
     _replace_by_inputs(proto, large)
@@ -154,7 +154,7 @@ def _copy_field(message, descriptor, value) -> None:
 def _detachable(tensor: onnx.TensorProto) -> bool:
     """Numeric, of a type the IR holds, and large enough that shape folding leaves it be."""
     return (tensor.data_type in DTYPES and tensor.data_type != TensorProto.STRING
-            and not tensor.HasField("segment")
+            and not tensor.HasField("segment") and all(d >= 0 for d in tensor.dims)
             and math.prod(tensor.dims) > MAX_FOLDED_ELEMENTS)
 
 
@@ -170,8 +170,12 @@ def _as_native(array: np.ndarray) -> np.ndarray:
     return array.astype(array.dtype.newbyteorder("="))
 
 
+def _expected_bytes(tensor: onnx.TensorProto) -> int:
+    return math.prod(tensor.dims) * _little_endian(tensor.data_type).itemsize
+
+
 def _check_length(tensor: onnx.TensorProto, length: int, where: str) -> None:
-    expected = math.prod(tensor.dims) * _little_endian(tensor.data_type).itemsize
+    expected = _expected_bytes(tensor)
     if length != expected:
         raise FrontendError(f"initializer {tensor.name!r} declares dims {list(tensor.dims)} "
                             f"but its data does not match them ({where} holds {length} bytes, "
@@ -282,7 +286,8 @@ def _strip_graph(view, start, end, spans, counter) -> bytes:
 
 def _raw_data_span(view, start, end) -> tuple[int, int, int, int] | None:
     """(field start, field end, data start, data end) of a tensor's raw_data when it is worth
-    detaching: numeric, over MAX_FOLDED_ELEMENTS elements, raw_data its only value field."""
+    detaching: numeric, over MAX_FOLDED_ELEMENTS elements, raw_data its only value field and
+    exactly as long as its dims say (anything else stays for the checker to report)."""
     dims, data_type, raw, others = [], None, None, False
     for number, wire, field_start, payload, stop in _fields(view, start, end):
         if number == _TENSOR_DIMS:
@@ -303,6 +308,10 @@ def _raw_data_span(view, start, end) -> tuple[int, int, int, int] | None:
             others = True
     if raw is None or others or data_type not in DTYPES or data_type == TensorProto.STRING:
         return None
-    if math.prod(dims) <= MAX_FOLDED_ELEMENTS:
+    if any(d >= 1 << 63 for d in dims):  # negative int64
+        return None
+    elements = math.prod(dims)
+    if elements <= MAX_FOLDED_ELEMENTS \
+            or raw[3] - raw[2] != elements * _little_endian(data_type).itemsize:
         return None
     return raw
