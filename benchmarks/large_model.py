@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, external_data_helper, helper
+from onnx import TensorProto, helper
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,9 +35,11 @@ def write_model(folder: Path, layers: int, width: int) -> tuple[Path, int]:
     with open(folder / "large.data", "wb") as data:
         for layer in range(layers):
             w = _weight(layer, width)
-            tensor = helper.make_tensor(f"w{layer}", TensorProto.FLOAT, w.shape, vals=[])
-            tensor.ClearField("float_data")
-            external_data_helper.set_external_data(tensor, "large.data", offset, w.nbytes)
+            tensor = TensorProto(name=f"w{layer}", data_type=TensorProto.FLOAT, dims=w.shape)
+            for key, value in (("location", "large.data"), ("offset", str(offset)),
+                               ("length", str(w.nbytes))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = key, value
             tensor.data_location = TensorProto.EXTERNAL
             data.write(w.tobytes())
             offset += w.nbytes
