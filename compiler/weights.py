@@ -100,8 +100,12 @@ def detach_external(detached: Detached, base: Path) -> None:
         if not size:
             continue  # nothing to map: the ordinary loader reports the missing data
         if path not in files:
-            with open(path, "rb") as handle:
-                files[path] = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            try:
+                with open(path, "rb") as handle:
+                    files[path] = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            except OSError as exc:  # ENOMEM under an address-space limit, among others
+                raise FrontendError(f"cannot map external data file {info.location!r} of "
+                                    f"tensor {tensor.name!r}: {exc.strerror or exc}") from None
         detached.arrays[tensor.name] = _mapped(files[path], offset, length, tensor,
                                                repr(info.location))
         indices.add(index)
