@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 import warnings
+import weakref
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 import jinja2
 import numpy as np
@@ -52,40 +56,66 @@ def environment() -> jinja2.Environment:
 
 class WeightBlob(WeightSink):
     """Constants laid out back to back, each 64-byte aligned, as one binary file. Equal
-    constants are stored once (a dispatched kernel's tables equal its fallback's)."""
+    constants are stored once (a dispatched kernel's tables equal its fallback's).
+
+    Each constant goes to a temporary file as it is added, hashed on the way, so the blob never
+    sits in memory: a BERT-large's would be hundreds of MB next to the weights it came from.
+    `finish` hands the file over as a `WeightsFile`; a blob never finished removes it."""
 
     def __init__(self) -> None:
-        self._chunks: list[bytes] = []
+        handle, path = tempfile.mkstemp(prefix="sparsec-weights-", suffix=".bin")
+        self._file = os.fdopen(handle, "wb")
+        self._path = Path(path)
+        self._discard = weakref.finalize(self, _discard_file, self._file, self._path)
+        self._hash = hashlib.sha256()
         self._size = 0
-        self._offsets: dict[bytes, int] = {}
+        self._offsets: dict[bytes, int] = {}  # sha256 of a constant's bytes -> its offset
 
     def add(self, array: np.ndarray) -> int:
-        data = np.ascontiguousarray(array).tobytes()
+        data = np.ascontiguousarray(array).reshape(-1).view(np.uint8)  # its bytes, uncopied
         key = hashlib.sha256(data).digest()
         if key in self._offsets:
             return self._offsets[key]
-        padding = -self._size % BLOB_ALIGNMENT
-        self._chunks.append(b"\0" * padding)
-        offset = self._size + padding
-        self._chunks.append(data)
-        self._size = offset + len(data)
+        padding = b"\0" * (-self._size % BLOB_ALIGNMENT)
+        offset = self._size + len(padding)
+        for chunk in (padding, data):
+            self._file.write(chunk)
+            self._hash.update(chunk)
+        self._size = offset + data.nbytes
         self._offsets[key] = offset
         return offset
 
-    def tobytes(self) -> bytes:
-        return b"".join(self._chunks)
+    def finish(self) -> WeightsFile:
+        """The blob's file, complete; nothing more may be added."""
+        self._discard.detach()
+        self._file.close()
+        return WeightsFile(self._path, self._size, self._hash.hexdigest())
+
+
+def _discard_file(handle, path: Path) -> None:
+    handle.close()
+    path.unlink(missing_ok=True)
+
+
+class WeightsFile:
+    """The finished weight blob: a temporary file, removed when this object is collected (or
+    at exit), its size and its SHA-256 (hex). `build` places it as the library's weights.bin."""
+
+    def __init__(self, path: Path, size: int, sha256: str) -> None:
+        self.path, self.size, self.sha256 = path, size, sha256
+        weakref.finalize(self, path.unlink, missing_ok=True)
 
 
 @dataclass
 class Rendered:
     model_c: str
     model_h: str
-    weights: bytes
+    weights: WeightsFile
     info: dict
 
     def digest(self) -> str:
         h = hashlib.sha256(self.model_c.encode())
-        h.update(hashlib.sha256(self.weights).digest())
+        h.update(bytes.fromhex(self.weights.sha256))
         return h.hexdigest()
 
 
@@ -126,8 +156,8 @@ def emit_plans(graphs: list[Graph], target: Target, version: str,
         info["plans"] = [_plan_info(graph, plan) for graph, plan in zip(graphs, plans)]
     if emulate:
         info["emulated"] = target.emulation.what
-    weights = blob.tobytes()
-    symbol = "sparsec_weights_" + hashlib.sha256(weights).hexdigest()[:16]
+    weights = blob.finish()
+    symbol = "sparsec_weights_" + weights.sha256[:16]
     context = dict(version=version, target=target.name, weights_symbol=symbol,
                    includes=target.includes, required_features=features,
                    arena_bytes=arena_bytes, profiled_layers=first,
