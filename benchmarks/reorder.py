@@ -35,9 +35,10 @@ from e2e import make_inputs
 import sparsec
 from sparsec.codegen import targets
 from sparsec.compiler import frontend
+from sparsec.compiler.channel_groups import search
 from sparsec.compiler.passes import detect_sparsity, fuse, reorder_blocks
 from sparsec.compiler.passes.detect_sparsity import block_counts
-from sparsec.compiler.passes.reorder_blocks import find_chains, search
+from sparsec.compiler.passes.reorder_blocks import find_chains
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "benchmarks" / "models"

@@ -14,6 +14,7 @@ mid-copy, bit rot) is noticed on the next hit and rebuilt instead of loaded.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -70,8 +71,9 @@ def compiler_identity(compiler: str) -> str:
     return f"{compiler}\n{result.stdout.strip()}"
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Readers see the old file or the whole new one, never a partial write."""
+@contextlib.contextmanager
+def _atomic_file(path: Path, mode: int):
+    """A file to write that appears at `path` whole when the block ends, never partly."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -79,7 +81,7 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
         raise BuildError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
@@ -87,18 +89,81 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
         raise
 
 
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Readers see the old file or the whole new one, never a partial write."""
+    with _atomic_file(path, mode) as handle:
+        handle.write(data)
+
+
+def atomic_copy(source: Path, path: Path, mode: int = 0o644) -> None:
+    """`atomic_write` of a file's contents, streamed: a library holds the model's weights."""
+    with _atomic_file(path, mode) as handle, open(source, "rb") as data:
+        shutil.copyfileobj(data, handle, CHUNK)
+
+
+def place(source: Path, path: Path) -> None:
+    """`source`'s contents at the new name `path`: a hard link where the file system allows,
+    else a streamed copy (weights.bin can be gigabytes)."""
+    try:
+        os.link(source, path)
+    except OSError:
+        shutil.copyfile(source, path)
+
+
 CACHE_MAGIC = b"sparsec-cache 1 sha256 "
+CHUNK = 1 << 20
 
 
-def store_entry(entry: Path, library: bytes) -> None:
-    """One file holding the digest and the library, so no reader can pair one with the other's
-    older twin: concurrent writers each replace the whole entry."""
-    digest = hashlib.sha256(library).hexdigest().encode()
-    atomic_write(entry, CACHE_MAGIC + digest + b"\n" + library, 0o644)
+def _file_digest(path: Path) -> bytes:
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest().encode()
+
+
+def store_entry(entry: Path, source: Path) -> None:
+    """One file holding the digest and the file `source` (a library, an object), so no reader
+    can pair one with the other's older twin: concurrent writers each replace the whole
+    entry. Streamed, never read whole into memory."""
+    digest = _file_digest(source)
+    with _atomic_file(entry, 0o644) as handle, open(source, "rb") as data:
+        handle.write(CACHE_MAGIC + digest + b"\n")
+        shutil.copyfileobj(data, handle, CHUNK)
+
+
+class _Corrupt(Exception):
+    pass
+
+
+def restore_entry(entry: Path, destination: Path, mode: int = 0o644) -> bool:
+    """Copy the file stored in `entry` to `destination` (atomically, streamed, its digest
+    checked on the way); False when the entry is missing or fails its digest."""
+    try:
+        handle = open(entry, "rb")
+    except OSError:
+        return False
+    try:
+        with handle:
+            head = handle.readline(len(CACHE_MAGIC) + 65)
+            if not head.startswith(CACHE_MAGIC) or not head.endswith(b"\n"):
+                raise _Corrupt
+            h = hashlib.sha256()
+            with _atomic_file(destination, mode) as out:
+                for chunk in iter(lambda: handle.read(CHUNK), b""):
+                    h.update(chunk)
+                    out.write(chunk)
+                if h.hexdigest().encode() != head[len(CACHE_MAGIC):-1]:
+                    raise _Corrupt
+        return True
+    except _Corrupt:
+        _warn_corrupt(entry)
+        return False
 
 
 def load_entry(entry: Path) -> bytes | None:
-    """The library stored in `entry`, or None when it is missing or fails its digest."""
+    """The file stored in `entry` as bytes (small entries: an object, a header), or None when
+    it is missing or fails its digest."""
     try:
         blob = entry.read_bytes()
     except OSError:
@@ -107,9 +172,13 @@ def load_entry(entry: Path) -> bytes | None:
     if (newline and head.startswith(CACHE_MAGIC)
             and head[len(CACHE_MAGIC):] == hashlib.sha256(library).hexdigest().encode()):
         return library
-    warnings.warn(f"sparsec: build cache entry {entry} is corrupt (its digest does not match); "
-                  f"rebuilding it", RuntimeWarning, stacklevel=3)
+    _warn_corrupt(entry)
     return None
+
+
+def _warn_corrupt(entry: Path) -> None:
+    warnings.warn(f"sparsec: build cache entry {entry} is corrupt (its digest does not match); "
+                  f"rebuilding it", RuntimeWarning, stacklevel=4)
 
 
 def _run(argv: list[str], cwd: Path) -> None:
@@ -225,15 +294,12 @@ def compile_model(compiler: str, target: Target, extra_flags: tuple[str, ...],
             commands.append(argv)
             continue
         entry = unit_entry(compiler, argv, text, cache_dir)
-        data = load_entry(entry) if entry.exists() else None
-        if data is None:
+        if not (entry.exists() and restore_entry(entry, workdir / object_name(source))):
             commands.append(argv)
             stores.append((entry, workdir / object_name(source)))
-        else:
-            (workdir / object_name(source)).write_bytes(data)
     run_parallel(commands, workdir)
     for entry, obj in stores:
-        store_entry(entry, obj.read_bytes())
+        store_entry(entry, obj)
 
 
 def runtime_inputs_digest() -> bytes:
@@ -264,13 +330,10 @@ def runtime_objects(compiler: str, workdir: Path, cache_dir: Path, use_cache: bo
             h.update(part.encode())
             h.update(b"\0")
         entry = cache_dir / "runtime" / f"{obj.stem}-{h.hexdigest()}.o.entry"
-        data = load_entry(entry) if use_cache and entry.exists() else None
-        if data is None:
+        if not (use_cache and entry.exists() and restore_entry(entry, obj)):
             _run(argv, workdir)
             if use_cache:
-                store_entry(entry, obj.read_bytes())
-        else:
-            obj.write_bytes(data)
+                store_entry(entry, obj)
         objects.append(obj)
     return objects
 
@@ -312,13 +375,11 @@ def precompiled_prelude(compiler: str, target: Target, extra_flags: tuple[str, .
         h.update(part.encode())
         h.update(b"\0")
     entry = cache_dir / "prelude" / f"{h.hexdigest()}.gch.entry"
-    data = load_entry(entry) if use_cache and entry.exists() else None
-    if data is None:
+    if not (use_cache and entry.exists()
+            and restore_entry(entry, workdir / (PRELUDE + ".gch"))):
         _run(argv, workdir)
         if use_cache:
-            store_entry(entry, (workdir / (PRELUDE + ".gch")).read_bytes())
-    else:
-        (workdir / (PRELUDE + ".gch")).write_bytes(data)
+            store_entry(entry, workdir / (PRELUDE + ".gch"))
     # -Winvalid-pch: a build with -Werror (the kernel tests) fails where the header goes unused
     return ("-include", PRELUDE, "-Winvalid-pch")
 
@@ -351,28 +412,27 @@ def build(rendered: Rendered, target: Target, output: Path, *, cache_dir: Path |
         keep_source.mkdir(parents=True, exist_ok=True)
         (keep_source / "model.c").write_text(rendered.model_c)
         write_units(rendered, keep_source)
-        (keep_source / "weights.bin").write_bytes(rendered.weights)
-    data = load_entry(entry) if use_cache and entry.exists() else None
-    if data is None:
-        with tempfile.TemporaryDirectory(prefix="sparsec-build-") as tmp:
-            workdir = Path(tmp)
-            (workdir / "model.c").write_text(rendered.model_c)
-            write_units(rendered, workdir)
-            (workdir / "weights.bin").write_bytes(rendered.weights)
-            library = workdir / "model.so"
-            objects = runtime_objects(compiler, workdir, cache_dir, use_cache, extra_flags)
-            # An uncached build of one translation unit would only pay for a precompiled
-            # header; with units, every file saves more than it costs (x86-amx flags: 0.45 s
-            # of CPU to build it, 0.33 s to parse the includes without it).
-            prelude = (precompiled_prelude(compiler, target, extra_flags, rendered.model_c,
-                                           workdir, cache_dir, use_cache)
-                       if use_cache or rendered.units else ())
-            compile_model(compiler, target, extra_flags, prelude, rendered, workdir, cache_dir,
-                          use_cache)
-            _run(link_command(compiler, objects, library, extra_flags, len(rendered.units)),
-                 workdir)
-            data = library.read_bytes()
+        atomic_copy(rendered.weights.path, keep_source / "weights.bin")
+    if use_cache and entry.exists() and restore_entry(entry, output, 0o755):
+        return output
+    with tempfile.TemporaryDirectory(prefix="sparsec-build-") as tmp:
+        workdir = Path(tmp)
+        (workdir / "model.c").write_text(rendered.model_c)
+        write_units(rendered, workdir)
+        place(rendered.weights.path, workdir / "weights.bin")
+        library = workdir / "model.so"
+        objects = runtime_objects(compiler, workdir, cache_dir, use_cache, extra_flags)
+        # An uncached build of one translation unit would only pay for a precompiled header;
+        # with units, every file saves more than it costs (x86-amx flags: 0.45 s of CPU to
+        # build it, 0.33 s to parse the includes without it).
+        prelude = (precompiled_prelude(compiler, target, extra_flags, rendered.model_c,
+                                       workdir, cache_dir, use_cache)
+                   if use_cache or rendered.units else ())
+        compile_model(compiler, target, extra_flags, prelude, rendered, workdir, cache_dir,
+                      use_cache)
+        _run(link_command(compiler, objects, library, extra_flags, len(rendered.units)),
+             workdir)
         if use_cache:
-            store_entry(entry, data)
-    atomic_write(output, data, 0o755)
+            store_entry(entry, library)
+        atomic_copy(library, output, 0o755)
     return output

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 
 import jinja2
 import numpy as np
@@ -56,35 +60,61 @@ def environment() -> jinja2.Environment:
 
 class WeightBlob(WeightSink):
     """Constants laid out back to back, each 64-byte aligned, as one binary file. Equal
-    constants are stored once (a dispatched kernel's tables equal its fallback's)."""
+    constants are stored once (a dispatched kernel's tables equal its fallback's).
+
+    Each constant goes to a temporary file as it is added, hashed on the way, so the blob never
+    sits in memory: a BERT-large's would be hundreds of MB next to the weights it came from.
+    `finish` hands the file over as a `WeightsFile`; a blob never finished removes it."""
 
     def __init__(self) -> None:
-        self._chunks: list[bytes] = []
+        handle, path = tempfile.mkstemp(prefix="sparsec-weights-", suffix=".bin")
+        self._file = os.fdopen(handle, "wb")
+        self._path = Path(path)
+        self._discard = weakref.finalize(self, _discard_file, self._file, self._path)
+        self._hash = hashlib.sha256()
         self._size = 0
-        self._offsets: dict[bytes, int] = {}
+        self._offsets: dict[bytes, int] = {}  # sha256 of a constant's bytes -> its offset
 
     def add(self, array: np.ndarray) -> int:
-        data = np.ascontiguousarray(array).tobytes()
+        data = np.ascontiguousarray(array).reshape(-1).view(np.uint8)  # its bytes, uncopied
         key = hashlib.sha256(data).digest()
         if key in self._offsets:
             return self._offsets[key]
-        padding = -self._size % BLOB_ALIGNMENT
-        self._chunks.append(b"\0" * padding)
-        offset = self._size + padding
-        self._chunks.append(data)
-        self._size = offset + len(data)
+        padding = b"\0" * (-self._size % BLOB_ALIGNMENT)
+        offset = self._size + len(padding)
+        for chunk in (padding, data):
+            self._file.write(chunk)
+            self._hash.update(chunk)
+        self._size = offset + data.nbytes
         self._offsets[key] = offset
         return offset
 
-    def tobytes(self) -> bytes:
-        return b"".join(self._chunks)
+    def finish(self) -> WeightsFile:
+        """The blob's file, complete; nothing more may be added."""
+        self._discard.detach()
+        self._file.close()
+        return WeightsFile(self._path, self._size, self._hash.hexdigest())
+
+
+def _discard_file(handle, path: Path) -> None:
+    handle.close()
+    path.unlink(missing_ok=True)
+
+
+class WeightsFile:
+    """The finished weight blob: a temporary file, removed when this object is collected (or
+    at exit), its size and its SHA-256 (hex). `build` places it as the library's weights.bin."""
+
+    def __init__(self, path: Path, size: int, sha256: str) -> None:
+        self.path, self.size, self.sha256 = path, size, sha256
+        weakref.finalize(self, path.unlink, missing_ok=True)
 
 
 @dataclass
 class Rendered:
     model_c: str
     model_h: str
-    weights: bytes
+    weights: WeightsFile
     info: dict
     units: list[str] = field(default_factory=list)  # unit-0.c, ... (units.py); empty: model.c only
 
@@ -92,7 +122,7 @@ class Rendered:
         h = hashlib.sha256(self.model_c.encode())
         for unit in self.units:
             h.update(hashlib.sha256(unit.encode()).digest())
-        h.update(hashlib.sha256(self.weights).digest())
+        h.update(bytes.fromhex(self.weights.sha256))
         return h.hexdigest()
 
 
@@ -147,7 +177,7 @@ def emit_plans(graphs: list[Graph], target: Target, version: str,
         inputs=_header_tensors(graphs[-1], graphs[-1].inputs, buckets, "inputs"),
         outputs=_header_tensors(graphs[-1], graphs[-1].outputs, buckets, "outputs"),
         lengths=buckets["lengths"] if len(plans) > 1 else [])
-    return Rendered(model_c, model_h, blob.tobytes(), info, unit_sources)
+    return Rendered(model_c, model_h, blob.finish(), info, unit_sources)
 
 
 def _render_plan(env: jinja2.Environment, graph: Graph, target: Target, blob: WeightBlob,

@@ -4,7 +4,7 @@ model.c holds the weight blob, the model's tables and each plan's run function. 
 functions' parts (emit.PART_CALLS calls each) and the kernels they call go into units of a
 few parts each, bounded by UNIT_BYTES of source, which build.py compiles in parallel and
 caches object by object. A unit's text depends on its own layers only: kernels address
-constants through symbols named by the constants' content (WeightSymbols), never by an offset
+constants through pointers named by the constants' content (WeightSymbols), never by an offset
 into the blob that another layer's weights would shift. A change to one layer's weights thus
 changes model.c (the blob, the model info) and the one unit holding that layer.
 

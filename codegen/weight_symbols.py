@@ -1,9 +1,9 @@
-"""Symbols for the weight blob's constants, named by their content.
+"""Names for the weight blob's constants, made from their content.
 
 Kernels once addressed a constant as `sparsec_weights + OFFSET`: a change to one layer's
-weights moved every later offset, so every later layer's C changed with it. A symbol named by
+weights moved every later offset, so every later layer's C changed with it. A name made from
 the constant's SHA-256 lets a translation unit name its constants whatever else the blob holds
-(codegen/units.py); model.c defines each symbol at its offset.
+(codegen/units.py): model.c defines, in assembly, a pointer of that name to the constant.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # emit imports this module
     from sparsec.codegen.emit import WeightBlob
 
 # Hex digits of the digest in a name: 96 bits. Two distinct constants of one model sharing
-# them would define one symbol twice, which `.equiv` refuses: never a silent mix-up.
+# them would define one label twice, which the assembler refuses: never a silent mix-up.
 NAME_DIGITS = 24
 
 

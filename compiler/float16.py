@@ -15,6 +15,7 @@ output, and only those Casts touch float16 (IEEE binary16, exact conversions).
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
@@ -26,13 +27,26 @@ FLOAT16 = TensorProto.FLOAT16
 def widen(model: onnx.ModelProto) -> onnx.ModelProto:
     """The model with float16 replaced by float32 inside the graph, float16 inputs and
     outputs kept and cast at the edge (a copy when anything changes)."""
-    if not _uses_float16(model):
-        return model
+    return widen_detached(model, {})[0]
+
+
+def widen_detached(model: onnx.ModelProto, detached: dict[str, np.ndarray]
+                   ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """`widen`, for a model whose `detached` initializers are kept outside the protobuf (each
+    stood in for by a graph input of its name, compiler/weights.py): float16 ones are widened
+    likewise (into a new dict)."""
+    if not _uses_float16(model) and all(a.dtype != np.float16 for a in detached.values()):
+        return model, detached
     model = onnx.ModelProto.FromString(model.SerializeToString())
     g = model.graph
     for index, tensor in enumerate(g.initializer):
         if tensor.data_type == FLOAT16:
             g.initializer[index].CopyFrom(_widened(tensor))
+    detached = {name: array.astype(np.float32) if array.dtype == np.float16 else array
+                for name, array in detached.items()}
+    for value in g.input:  # the stand-ins of detached float16 initializers
+        if value.name in detached and value.type.tensor_type.elem_type == FLOAT16:
+            value.type.tensor_type.elem_type = TensorProto.FLOAT
     for value in g.value_info:
         if value.type.tensor_type.elem_type == FLOAT16:
             value.type.tensor_type.elem_type = TensorProto.FLOAT
@@ -42,21 +56,21 @@ def widen(model: onnx.ModelProto) -> onnx.ModelProto:
                 attr.t.CopyFrom(_widened(attr.t))
             elif node.op_type == "Cast" and attr.name == "to" and attr.i == FLOAT16:
                 attr.i = TensorProto.FLOAT
-    _cast_boundary(g)
-    return model
+    renamed = _cast_boundary(g, set(detached))
+    return model, {renamed.get(name, name): array for name, array in detached.items()}
 
 
-def _cast_boundary(g: onnx.GraphProto) -> None:
+def _cast_boundary(g: onnx.GraphProto, detached: set[str]) -> dict[str, str]:
     """Inside, each float16 input or output N is renamed to a float32 tensor; Cast(N) makes it
     from an input, Cast(to float16) makes an output from it. An input returned as an output
-    is copied as it is."""
-    constants = {t.name for t in g.initializer}
+    is copied as it is. Returns the renames."""
+    constants = {t.name for t in g.initializer} | detached
     inputs = [v.name for v in g.input
               if v.type.tensor_type.elem_type == FLOAT16 and v.name not in constants]
     outputs = [v.name for v in g.output if v.type.tensor_type.elem_type == FLOAT16]
     boundary = set(inputs) | set(outputs)
     if not boundary:
-        return
+        return {}
     taken = constants | {v.name for v in [*g.input, *g.output, *g.value_info]} \
         | {name for node in g.node for name in [*node.input, *node.output]}
     inside = {}
@@ -72,6 +86,9 @@ def _cast_boundary(g: onnx.GraphProto) -> None:
         node.output[:] = [inside.get(name, name) for name in node.output]
     for tensor in g.initializer:  # a float16 output that is a constant
         tensor.name = inside.get(tensor.name, tensor.name)
+    for value in g.input:  # a detached one's stand-in
+        if value.name in detached:
+            value.name = inside.get(value.name, value.name)
     for value in g.value_info:
         value.name = inside.get(value.name, value.name)
     casts_in = [helper.make_node("Cast", [name], [inside[name]], to=TensorProto.FLOAT,
@@ -82,6 +99,7 @@ def _cast_boundary(g: onnx.GraphProto) -> None:
     nodes = casts_in + list(g.node) + casts_out
     del g.node[:]
     g.node.extend(nodes)
+    return inside
 
 
 def _uses_float16(model: onnx.ModelProto) -> bool:

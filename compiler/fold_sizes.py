@@ -321,6 +321,46 @@ def _mel_weight_matrix(op, attrs, inputs) -> Outputs:
     return [((dft_length // 2 + 1) * bins, itemsize)]
 
 
+def _dft(op, attrs, inputs) -> Outputs:
+    """The transformed axis becomes `dft_length` points (half plus one when onesided) and the
+    last axis two (real, imaginary). Opset 17 names the axis by attribute (default 1), opset
+    20 by an input (default -2); without either, the larger result of the two."""
+    data = inputs[0]
+    rank = data.ndim
+    if len(inputs) > 2 and inputs[2] is not None:
+        axes = [int(_scalar(inputs[2]))]
+    else:
+        axes = [attrs["axis"]] if "axis" in attrs else [1, -2]
+    length = inputs[1] if len(inputs) > 1 else None
+    results = []
+    for axis in axes:
+        if not -rank <= axis < rank or axis % rank == rank - 1:
+            continue  # not an axis, or the real/imaginary one: evaluation refuses it
+        points = _count(_scalar(length)) if length is not None else data.shape[axis]
+        if attrs.get("onesided", 0):
+            points = points // 2 + 1
+        dims = list(data.shape)
+        dims[axis], dims[-1] = points, 2
+        results.append(math.prod(dims))
+    return [(max(results), _itemsize(data))] if results else None
+
+
+def _stft(op, attrs, inputs) -> Outputs:
+    """[batch, frames, bins, 2]: a frame every `frame_step` samples, `frame_length` (or the
+    window's length) samples each, as many bins (half plus one when onesided, the default)."""
+    signal, step = inputs[0], _count(_scalar(inputs[1]))
+    window = inputs[2] if len(inputs) > 2 else None
+    length = inputs[3] if len(inputs) > 3 else None
+    batch, samples = signal.shape[0], signal.shape[1]
+    frame = (_count(_scalar(length)) if length is not None
+             else window.size if window is not None else samples)
+    # a frame longer than the signal, or a step of 0, is refused by evaluation: bound by one
+    # frame per sample
+    frames = (samples - frame) // step + 1 if step > 0 and frame <= samples else samples
+    bins = frame // 2 + 1 if attrs.get("onesided", 1) else frame
+    return [(batch * frames * bins * 2, _itemsize(signal))]
+
+
 def _col2im(op, attrs, inputs) -> Outputs:
     data, image = inputs[0], [_count(d) for d in _values(inputs[1])]
     channels = math.prod(data.shape[:2]) if data.ndim >= 2 else data.size
@@ -364,5 +404,5 @@ _RULES: dict[str, Callable] = {
     "Unique": _unique, "Split": _split, "CenterCropPad": _center_crop_pad,
     "HannWindow": _window, "HammingWindow": _window, "BlackmanWindow": _window,
     "MelWeightMatrix": _mel_weight_matrix, "Col2Im": _col2im, "MaxUnpool": _max_unpool,
-    "AffineGrid": _affine_grid, "Constant": _constant,
+    "AffineGrid": _affine_grid, "Constant": _constant, "DFT": _dft, "STFT": _stft,
 }

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import external_data_helper, helper, numpy_helper
 
-from sparsec.compiler import attributes, float16, limits, static_shapes
+from sparsec.compiler import attributes, float16, limits, static_shapes, weights
 from sparsec.compiler.ir import DTYPES, Graph, Node, Tensor
 from sparsec.compiler.ops import LOWERED_OPS, RUNTIME_OPS, SHAPE_OPS
 from sparsec.errors import FrontendError, ShapeError, UnsupportedOperatorError
@@ -47,26 +47,31 @@ def _parse_dim(text: str) -> int | list[int]:
     return int(text)
 
 
-def load_model(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
-    """Read a model file, pulling in external data only from inside the model's own folder."""
+def load_model(source: str | os.PathLike | onnx.ModelProto) -> weights.Detached:
+    """Read a model, pulling in external data only from inside the model's own folder. Large
+    initializers stay in their files, mapped, out of the protobuf (compiler/weights.py)."""
+    if isinstance(source, weights.Detached):
+        return source
     if isinstance(source, onnx.ModelProto):
         if any(external_data_helper.uses_external_data(t)
                for t in external_data_helper._get_all_tensors(source)):
             raise FrontendError("this ModelProto keeps tensors in external files, which would "
                                 "be read relative to the current directory; pass the model's "
                                 "file path instead, so sparsec reads them from its folder")
-        return source
+        return weights.detach_proto(source)
     path = Path(source)
     if not path.is_file():
         raise FrontendError(f"model file not found: {path}")
     if path.stat().st_size == 0:
         raise FrontendError(f"{path} is empty, not an ONNX model")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises several unrelated types for corrupt files
-        raise FrontendError(f"{path} is not a readable ONNX model: {exc}") from None
-    _load_external_data(model, path.parent)
-    return model
+    detached = weights.read_file(path)
+    if detached is None:  # not a well-formed protobuf: onnx.load says what is wrong with it
+        try:
+            detached = weights.detach_proto(onnx.load(str(path), load_external_data=False))
+        except Exception as exc:  # protobuf raises several unrelated types for corrupt files
+            raise FrontendError(f"{path} is not a readable ONNX model: {exc}") from None
+    _load_external_data(detached, path.parent)
+    return detached
 
 
 def _check_text(message, where: str = "model") -> None:
@@ -84,8 +89,9 @@ def _check_text(message, where: str = "model") -> None:
                 _check_text(item, f"{where}.{field.name}")
 
 
-def _load_external_data(model: onnx.ModelProto, base: Path) -> None:
+def _load_external_data(detached: weights.Detached, base: Path) -> None:
     base = base.resolve()
+    model = detached.proto
     for tensor in external_data_helper._get_all_tensors(model):
         if not external_data_helper.uses_external_data(tensor):
             continue
@@ -106,42 +112,54 @@ def _load_external_data(model: onnx.ModelProto, base: Path) -> None:
             raise FrontendError(f"external data of tensor {tensor.name!r} lies past the end of "
                                 f"{info.location!r} (offset {offset}, length {length}, "
                                 f"file {size} bytes)")
+    weights.detach_external(detached, base)
     try:
         external_data_helper.load_external_data_for_model(model, str(base))
     except Exception as exc:
         raise FrontendError(f"cannot read external data: {exc}") from None
 
 
-def import_model(source: str | os.PathLike | onnx.ModelProto,
+def import_model(source: str | os.PathLike | onnx.ModelProto | weights.Detached,
                  input_shapes: dict[str, tuple[int, ...]] | None = None,
                  max_memory: int = limits.DEFAULT_MAX_MEMORY) -> Graph:
     """Load, check and import an ONNX model into a `Graph` with static shapes everywhere;
     no tensor, and no constant the import folds, may exceed `max_memory` bytes."""
-    model = load_model(source)
+    detached = load_model(source)
+    model, arrays = detached.proto, detached.arrays
     _check_text(model)
     opset = _standard_opset(model)
-    model = _pin_input_shapes(model, input_shapes or {})
+    model = _pin_input_shapes(model, input_shapes or {}, set(arrays))
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
         raise FrontendError(f"the model is not valid ONNX: {_first_line(exc)}") from None
     if not model.graph.output:
         raise FrontendError("the model's graph has no outputs, so there is nothing to compute")
-    _check_declared_sizes(model, max_memory)
-    model = float16.widen(model)  # after the size checks: widening doubles float16 tensors
-    _check_operators(model)
-    graph = _build_graph(static_shapes.resolve(model, opset, max_memory), opset, max_memory)
+    _check_declared_sizes(model, max_memory, arrays)
+    # after the size checks: widening doubles float16 tensors
+    model, arrays = float16.widen_detached(model, arrays)
+    _check_operators(model, set(arrays))
+    resolved = static_shapes.resolve(model, opset, max_memory,
+                                     sum(array.nbytes for array in arrays.values()))
+    del model  # the checked copy: only the resolved one is read from here
+    graph = _build_graph(resolved, opset, max_memory, arrays, detached.order)
     attributes.check(graph)
     return graph
 
 
-def _check_declared_sizes(model: onnx.ModelProto, max_memory: int) -> None:
+def _check_declared_sizes(model: onnx.ModelProto, max_memory: int,
+                          arrays: dict[str, np.ndarray]) -> None:
     """Declared dims are checked before any tensor is decoded or any shape is inferred."""
     g = model.graph
     for init in g.initializer:
         limits.check_bytes(limits.shape_bytes(init.dims, limits._itemsize(init.data_type)),
                            f"initializer {init.name!r} of shape {list(init.dims)}", max_memory)
+    for name, array in arrays.items():  # mapped, not read: their bytes exist only on disk
+        limits.check_bytes(array.nbytes, f"initializer {name!r} of shape {list(array.shape)}",
+                           max_memory)
     for value in list(g.input) + list(g.value_info) + list(g.output):
+        if value.name in arrays:
+            continue
         ttype = value.type.tensor_type
         dims = ttype.shape.dim if ttype.HasField("shape") else []
         negative = [d.dim_value for d in dims if d.HasField("dim_value") and d.dim_value < 0]
@@ -171,9 +189,9 @@ def _standard_opset(model: onnx.ModelProto) -> int:
     return versions[0]
 
 
-def _pin_input_shapes(model: onnx.ModelProto,
-                      shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
-    initializers = {t.name for t in model.graph.initializer}
+def _pin_input_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
+                      detached: set[str]) -> onnx.ModelProto:
+    initializers = {t.name for t in model.graph.initializer} | detached
     runtime_inputs = {i.name: i for i in model.graph.input if i.name not in initializers}
     unknown = sorted(set(shapes) - set(runtime_inputs))
     if unknown:
@@ -206,10 +224,10 @@ def node_label(node: onnx.NodeProto, index: int) -> str:
     return node.name or f"<unnamed node {index}>"
 
 
-def _check_operators(model: onnx.ModelProto) -> None:
+def _check_operators(model: onnx.ModelProto, detached: frozenset[str] = frozenset()) -> None:
     """All unsupported nodes in one error, grouped by operator with the likely fix: runtime
     ops need kernels, others must fold away."""
-    constant = {t.name for t in model.graph.initializer}
+    constant = {t.name for t in model.graph.initializer} | set(detached)
     problems: dict[str, list[str]] = {}
     for index, node in enumerate(model.graph.node):
         if node.domain not in STANDARD_DOMAINS:
@@ -280,13 +298,23 @@ def _dtype(elem_type: int, what: str) -> str:
     return DTYPES[elem_type]
 
 
-def _build_graph(model: onnx.ModelProto, opset: int, max_memory: int) -> Graph:
+def _build_graph(model: onnx.ModelProto, opset: int, max_memory: int,
+                 arrays: dict[str, np.ndarray], order: list[str]) -> Graph:
     g = model.graph
     tensors: dict[str, Tensor] = {}
-    for init in g.initializer:
-        data = _tensor_data(init, f"initializer {init.name!r}")
-        tensors[init.name] = Tensor(init.name, tuple(data.shape),
-                                    _dtype(init.data_type, f"initializer {init.name!r}"), data)
+    stored = {init.name: init for init in g.initializer}
+    # The file's order first, so that the IR (and the library) does not depend on which
+    # initializers were detached; those the import folded follow.
+    for name in dict.fromkeys([*order, *stored]):
+        if name in arrays:
+            data = arrays[name]
+            tensors[name] = Tensor(name, tuple(data.shape), _dtype(
+                helper.np_dtype_to_tensor_dtype(data.dtype), f"initializer {name!r}"), data)
+        elif name in stored:
+            init = stored[name]
+            data = _tensor_data(init, f"initializer {name!r}")
+            tensors[name] = Tensor(name, tuple(data.shape),
+                                   _dtype(init.data_type, f"initializer {name!r}"), data)
     inputs = [v.name for v in g.input if v.name not in tensors]
     # Checked up front: otherwise a sequence or optional value only shows up later as a missing
     # static shape, with advice (--input-shape) that cannot help.

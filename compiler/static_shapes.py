@@ -37,12 +37,13 @@ def infer(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def resolve(model: onnx.ModelProto, opset: int,
-            max_memory: int = limits.DEFAULT_MAX_MEMORY) -> onnx.ModelProto:
+            max_memory: int = limits.DEFAULT_MAX_MEMORY, held: int = 0) -> onnx.ModelProto:
     """Inferred model; shape subgraphs folded where inference alone leaves shapes unknown.
-    No folded node may produce more than `max_memory` bytes, nor bring the constants held to
-    more (checked before evaluating)."""
+    No folded node may produce more than `max_memory` bytes, nor bring the constants held
+    (`held` bytes kept outside the protobuf, its initializers, and what folds) to more
+    (checked before evaluating)."""
     model = infer(model)
-    budget = limits.FoldBudget(max_memory, sum(
+    budget = limits.FoldBudget(max_memory, held + sum(
         limits.shape_bytes(t.dims, limits._itemsize(t.data_type)) for t in model.graph.initializer))
     while _missing_shapes(model) and _fold_small_constants(model, opset, budget):
         model = infer(model)

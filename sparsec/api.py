@@ -93,12 +93,12 @@ def _plans(model, ctx: PassContext) -> tuple[list[Graph], dict | None]:
     input_shapes, max_memory = ctx.options.input_shapes, ctx.options.max_memory
     if buckets.split(input_shapes or {})[2] is None:
         return [run_pipeline(frontend.import_model(model, input_shapes, max_memory), ctx)], None
-    proto = frontend.load_model(model)  # read once, imported once per length
-    request = buckets.expand(proto, input_shapes)
+    loaded = frontend.load_model(model)  # read once, imported once per length
+    request = buckets.expand(loaded.proto, input_shapes)
     graphs = []
     for length in request.lengths:
         dump_ir = ctx.options.dump_ir / f"bucket-{length}" if ctx.options.dump_ir else None
-        graph = frontend.import_model(proto, request.shapes(length), max_memory)
+        graph = frontend.import_model(loaded, request.shapes(length), max_memory)
         options = dataclasses.replace(ctx.options, dump_ir=dump_ir)
         graphs.append(run_pipeline(graph, dataclasses.replace(ctx, options=options, log=[])))
     return graphs, buckets.record(request, graphs)

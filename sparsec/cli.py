@@ -1,4 +1,5 @@
-"""The `sparsec` command: compile, run, info, targets.
+"""The `sparsec` command: compile, run, info, targets, verify, calibrate (benchmark in
+cli_benchmark).
 
 User errors print `sparsec: error: <message>` and exit 1; no traceback for anything a user can
 cause (bad file, unsupported operator, bad shape, failed build).
@@ -11,17 +12,20 @@ import json
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 
-from sparsec import benchmark
-from sparsec.errors import PortableKernelWarning, SparsecError
+from sparsec.cli_benchmark import DEFAULT_SECONDS, cmd_benchmark
+from sparsec.cli_options import (
+    add_build_options,
+    add_input_options,
+    build_options,
+    compile_printing_warnings,
+)
+from sparsec.errors import SparsecError
+from sparsec.reports import describe_tensors, format_layers, format_profile
 from sparsec.version import __version__
-
-DEFAULT_SECONDS = 5.0
-PROGRESS_AFTER_SECONDS = 2.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="compile an ONNX model into a shared library")
     p.add_argument("model", help="the .onnx file")
     p.add_argument("-o", "--output", help="library to write (default: MODEL_STEM.so)")
-    _add_build_options(p)
+    add_build_options(p)
     p.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass into DIR")
     p.add_argument("--report", action="store_true",
                    help="print per-layer sparsity, chosen kernel and why")
@@ -44,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a compiled library on .npy inputs")
     p.add_argument("library")
-    _add_input_options(p)
+    add_input_options(p)
     p.add_argument("--out", metavar="FILE.npz", help="save outputs instead of printing them")
     p.add_argument("--threads", type=int,
                    help="threads to run with (default: one per physical core)")
@@ -57,8 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("benchmark", help="time a model (.onnx, compiled first) or a library: "
                        "latency percentiles and items/s, optionally beside onnxruntime")
     p.add_argument("model", help="the .onnx file (compiled with the options below) or a .so")
-    _add_build_options(p)
-    _add_input_options(p)
+    add_build_options(p)
+    add_input_options(p)
     p.add_argument("--threads", type=int,
                    help="threads per run (default: the physical cores, shared among streams)")
     p.add_argument("--streams", type=int, default=1, metavar="N",
@@ -84,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="the .onnx file")
     p.add_argument("--target", default="native")
     p.add_argument("--input-shape", action="append", metavar="NAME=DxD...")
-    _add_input_options(p)
+    add_input_options(p)
     p.add_argument("--quantize", choices=["dynamic"])
     p.add_argument("--rtol", type=float, default=1e-4,
                    help="relative tolerance (default 1e-4: float32 sums in another order)")
@@ -102,67 +106,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="small layers and short timings (seconds, rougher numbers)")
     return parser
-
-
-def _add_build_options(p: argparse.ArgumentParser) -> None:
-    """How to build a library from an ONNX model: the options `compile` and `benchmark` share
-    (read back by _build_options)."""
-    p.add_argument("--target", default="native",
-                   help="target to compile for (default: native; see `sparsec targets`)")
-    p.add_argument("--input-shape", action="append", metavar="NAME=DxD...",
-                   help="pin a dynamic input shape, e.g. input_ids=1x128 (repeatable)")
-    p.add_argument("--pattern", metavar="P", dest="force_pattern",
-                   help="store every weight as P (dense, 1x1, 4x1, 1x4, 1x16, 16x1, 4x4; "
-                        "x86-amx int8 and bf16 also 4x16, 2x16, bitmask) instead of the "
-                        "cost model's choice")
-    p.add_argument("--quantize", choices=["dynamic"],
-                   help="dynamic: int8 matrix products (weights per output channel at compile "
-                        "time, activations per tensor at run time, as onnxruntime's "
-                        "DynamicQuantizeLinear)")
-    p.add_argument("--dtype", choices=["float32", "int8", "bf16"], default="float32",
-                   help="int8 is --quantize dynamic; bf16 multiplies weights and activations "
-                        "rounded to bf16, summing in fp32 (default: float32, the model's own)")
-    p.add_argument("--no-reorder", action="store_true",
-                   help="keep every weight's channel order (no block reordering)")
-    p.add_argument("--emulate", action="store_true",
-                   help="x86-amx: emulate the AMX tile instructions in scalar C, to test on a "
-                        "CPU without AMX (slow; the library's info says so)")
-    p.add_argument("--max-memory", metavar="SIZE",
-                   help="most memory any tensor, and weights plus arena together, may take, "
-                        "e.g. 16G (default: 4G); larger models are refused before allocating")
-    p.add_argument("--no-cache", action="store_true", help="rebuild even if cached")
-    p.add_argument("--cache-dir", help="build cache folder (default: ~/.cache/sparsec)")
-    p.add_argument("--no-host-profile", action="store_true",
-                   help="choose kernels by the kernel table's costs even where `sparsec "
-                        "calibrate` measured this CPU")
-
-
-def _add_input_options(p: argparse.ArgumentParser) -> None:
-    """--input and --seed, as sparsec.inputs.model_inputs reads them."""
-    p.add_argument("--input", action="append", metavar="NAME=FILE.npy", default=[],
-                   help="an input array (repeatable); omitted inputs get seeded random values "
-                        "the model accepts (masks ones, token types zeros, token ids within "
-                        "the table)")
-    p.add_argument("--seed", type=int, default=0, help="seed for generated inputs")
-
-
-def _build_options(args) -> dict:
-    """compile_model's keyword arguments from the options of _add_build_options."""
-    from sparsec.compiler.frontend import parse_input_shapes
-
-    return dict(input_shapes=parse_input_shapes(args.input_shape), cache_dir=args.cache_dir,
-                use_cache=not args.no_cache, force_pattern=args.force_pattern,
-                quantize=args.quantize or {"int8": "dynamic", "bf16": "bf16"}.get(args.dtype),
-                reorder=not args.no_reorder, max_memory=args.max_memory, emulate=args.emulate,
-                host_profile=not args.no_host_profile)
-
-
-def _changed_build_options(args) -> list[str]:
-    """The build options given other than as their defaults, as --flag names."""
-    reference = argparse.ArgumentParser()
-    _add_build_options(reference)
-    return [f"--{action.option_strings[0].lstrip('-')}" for action in reference._actions
-            if action.dest != "help" and getattr(args, action.dest) != action.default]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,27 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _compile(*args, **options):
-    """api.compile_model, its portable-kernel warnings printed as `sparsec: warning: ...`
-    (one line per layer) instead of Python's warning format; other warnings as usual."""
-    from sparsec.api import compile_model
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", PortableKernelWarning)
-        result = compile_model(*args, **options)
-    for warning in caught:
-        if issubclass(warning.category, PortableKernelWarning):
-            print(f"sparsec: warning: {warning.message}", file=sys.stderr)
-        else:
-            warnings.showwarning(warning.message, warning.category, warning.filename,
-                                 warning.lineno)
-    return result
-
-
 def cmd_compile(args) -> int:
-    result = _compile(args.model, args.target, args.output, dump_ir=args.dump_ir,
+    result = compile_printing_warnings(args.model, args.target, args.output, dump_ir=args.dump_ir,
                       keep_source=args.keep_source, profile=args.profile,
-                      **_build_options(args))
+                      **build_options(args))
     if args.report:
         if "buckets" in result.info:
             print(f"layers of the longest bucket, {result.info['buckets']['lengths'][-1]} "
@@ -255,252 +181,6 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _check_benchmark_args(args) -> bool:
-    """Refuse contradictory options before building anything; True for an .onnx model."""
-    is_onnx = Path(args.model).suffix == ".onnx"
-    if not is_onnx and Path(args.model).suffix != ".so":
-        raise SparsecError(f"benchmark takes a .onnx model or a .so library, got {args.model}")
-    if not is_onnx and _changed_build_options(args):
-        raise SparsecError(f"{', '.join(_changed_build_options(args))}: build options, for "
-                           f"an .onnx model; {args.model} is built already")
-    if args.compare and not is_onnx:
-        raise SparsecError("--compare onnxruntime needs the .onnx model, not a library")
-    if args.compare and args.streams != 1:
-        raise SparsecError("--compare times one stream against onnxruntime; drop --streams")
-    for flag, value, least in (("--streams", args.streams, 1), ("--threads", args.threads, 1),
-                               ("--repeat", args.repeat, 1)):
-        if value is not None and value < least:
-            raise SparsecError(f"{flag} must be at least {least}, got {value}")
-    for flag, value in (("--time", args.time), ("--warmup", args.warmup)):
-        if value is not None and not value >= 0:
-            raise SparsecError(f"{flag} must be a number of seconds, got {value}")
-    return is_onnx
-
-
-def _load_streams(library: Path, streams: int, threads: int | None) -> list:
-    """One Module per stream; without --threads the physical cores are shared among them."""
-    from sparsec.module import load
-
-    first = load(library, threads=threads)
-    if streams > 1 and threads is None:
-        threads = max(1, first.threads // streams)
-        first.close()
-        first = load(library, threads=threads)
-    return [first] + [load(library, threads=threads) for _ in range(streams - 1)]
-
-
-class _Progress:
-    """`sparsec benchmark: 3.0 s, 1234 runs` rewritten in place on stderr, when stderr is a
-    terminal and the timing has gone on for a while; stdout (and --json) stay clean."""
-
-    def __init__(self) -> None:
-        self.shown = False
-        self.enabled = sys.stderr.isatty()
-
-    def __call__(self, elapsed: float, runs: int) -> None:
-        if self.enabled and elapsed >= PROGRESS_AFTER_SECONDS:
-            sys.stderr.write(f"\rsparsec benchmark: {elapsed:.1f} s, {runs} runs ")
-            sys.stderr.flush()
-            self.shown = True
-
-    def clear(self) -> None:
-        if self.shown:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
-
-
-def _onnxruntime_session(model: str, threads: int):
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise SparsecError("--compare onnxruntime needs onnxruntime, which is not installed: "
-                           "pip install onnxruntime") from None
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    try:
-        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime's own exception types, one per failure
-        raise SparsecError(f"onnxruntime cannot load {model}: {exc}") from None
-
-
-def _stream_record(latencies: list[float], batch: int, seconds: float) -> dict:
-    return {"runs": len(latencies), "seconds": seconds,
-            "items_per_second": len(latencies) * batch / seconds if seconds else 0.0,
-            "latency_ms": benchmark.latency_stats(latencies)}
-
-
-def _compare(module, session, feeds: dict, budget, args, progress, batch: int) -> tuple:
-    """sparsec and onnxruntime alternating on one thread: sparsec's timings, and onnxruntime's
-    record with the latency ratio and each output's largest difference."""
-    outputs = module.run(feeds)  # first: its InputError names a bad --input clearly
-    try:
-        expected = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
-    except Exception as exc:  # onnxruntime's own exception types
-        raise SparsecError(f"onnxruntime cannot run {args.model}: {exc}") from None
-    differences = {}
-    for name, got in outputs.items():
-        wanted = np.asarray(expected[name])
-        if wanted.shape != got.shape:
-            raise SparsecError(f"output {name!r}: onnxruntime gives shape {wanted.shape}, "
-                               f"the library {got.shape}")
-        wide = wanted.astype(np.float64)
-        differences[name] = {
-            "max_abs_diff": float(np.max(np.abs(got.astype(np.float64) - wide)))
-            if got.size else 0.0,
-            "max_abs": float(np.max(np.abs(wide))) if got.size else 0.0}
-    timings = benchmark.alternate({"sparsec": lambda: module.run(feeds),
-                                   "onnxruntime": lambda: session.run(None, feeds)},
-                                  budget, args.warmup, progress=progress)
-    import onnxruntime
-
-    theirs = timings["onnxruntime"].latencies
-    ours = timings["sparsec"].latencies
-    compared = dict(_stream_record(theirs, batch, sum(theirs)), engine="onnxruntime",
-                    version=onnxruntime.__version__, threads=module.threads,
-                    latency_ratio=float(np.mean(theirs) / np.mean(ours)), outputs=differences)
-    return timings["sparsec"], compared
-
-
-def cmd_benchmark(args) -> int:
-    from sparsec import inputs
-
-    is_onnx = _check_benchmark_args(args)
-    budget = benchmark.Budget(DEFAULT_SECONDS if args.time is None else args.time, args.repeat)
-    with tempfile.TemporaryDirectory(prefix="sparsec-benchmark-") as tmp:
-        library = Path(args.model)
-        if is_onnx:
-            library = _compile(args.model, args.target, Path(tmp) / "model.so",
-                               **_build_options(args)).library
-        # every stream loads before the folder goes: a library's mapping outlives its file
-        modules = _load_streams(library, args.streams, args.threads)
-    progress = _Progress()
-    try:
-        generated: list[str] = []
-        feeds = inputs.model_inputs(modules[0].info["inputs"], args.input, args.seed,
-                                    log=generated.append, buckets=modules[0].info.get("buckets"))
-        shape = modules[0].inputs[0].shape if modules[0].inputs else ()
-        record = {"model": args.model, "target": modules[0].target,
-                  "batch": shape[0] if shape else 1, "streams": args.streams,
-                  "threads": modules[0].threads, "warmup_seconds": args.warmup,
-                  "inputs": generated}
-        if args.compare:
-            session = _onnxruntime_session(args.model, modules[0].threads)
-            timings, record["compare"] = _compare(modules[0], session, feeds, budget, args,
-                                                  progress, record["batch"])
-            streams, wall = [timings], sum(timings.latencies)
-            reduced = sorted({layer["weight_dtype"] for layer in modules[0].info["layers"]
-                              if layer.get("weight_dtype", "float32") != "float32"})
-            if reduced:
-                record["compare"]["note"] = (
-                    f"the library's matrix products are {' and '.join(reduced)}; onnxruntime "
-                    "runs the model as given, so the difference includes that rounding")
-        else:
-            streams, wall = benchmark.run_streams(
-                [lambda module=module: module.run(feeds) for module in modules], budget,
-                args.warmup, progress)
-    finally:
-        progress.clear()
-        for module in modules:
-            module.close()
-    record.update(_stream_record([s for t in streams for s in t.latencies], record["batch"],
-                                 wall),
-                  per_stream=[_stream_record(t.latencies, record["batch"], sum(t.latencies))
-                              for t in streams])
-    print(json.dumps(record, indent=2) if args.json else format_benchmark(record))
-    return 0
-
-
-def _latency_line(record: dict) -> str:
-    ms = record["latency_ms"]
-    return (f"{record['runs']} runs, {record['items_per_second']:.1f} items/s, latency ms: "
-            f"mean {ms['mean']:.3f}, p50 {ms['p50']:.3f}, p90 {ms['p90']:.3f}, "
-            f"p99 {ms['p99']:.3f}")
-
-
-def format_benchmark(record: dict) -> str:
-    streams = record["streams"]
-    lines = [f"{record['model']}: target {record['target']}, batch {record['batch']}, "
-             f"{streams} stream{'s' if streams > 1 else ''} x {record['threads']} thread"
-             f"{'s' if record['threads'] > 1 else ''}, {record['seconds']:.2f} s timed after "
-             f"{record['warmup_seconds']:g} s warm-up"]
-    lines += record["inputs"]
-    lines.append(f"sparsec: {_latency_line(record)}")
-    if streams > 1:
-        lines += [f"  stream {i}: {_latency_line(s)}" for i, s in enumerate(record["per_stream"])]
-    compared = record.get("compare")
-    if compared:
-        lines.append(f"onnxruntime {compared['version']}: {_latency_line(compared)}")
-        lines.append(f"onnxruntime / sparsec mean latency: {compared['latency_ratio']:.2f}x "
-                     "(alternating rounds, same inputs and threads)")
-        for name, diff in compared["outputs"].items():
-            lines.append(f"output {name!r}: max abs diff {diff['max_abs_diff']:.3g} from "
-                         f"onnxruntime's (its values up to {diff['max_abs']:.3g})")
-        if "note" in compared:
-            lines.append(f"note: {compared['note']}")
-    return "\n".join(lines)
-
-
-def format_profile(layers: list[dict], runs: int, top: int = 15) -> str:
-    """Time per operator kind, then the slowest layers; milliseconds per run."""
-    total = sum(layer["ms"] for layer in layers) / runs
-    by_op: dict[str, list[float]] = {}
-    for layer in layers:
-        by_op.setdefault(layer["op"], []).append(layer["ms"] / runs)
-    lines = [f"{total:.3f} ms per run in {len(layers)} layers", "",
-             f"{'op':<20} {'layers':>6} {'ms':>9} {'share':>6}"]
-    for op, times in sorted(by_op.items(), key=lambda item: -sum(item[1])):
-        lines.append(f"{op:<20} {len(times):>6} {sum(times):>9.3f} "
-                     f"{100 * sum(times) / total if total else 0:>5.1f}%")
-    lines += ["", f"{'slowest layers':<56} {'kernel':<28} {'ms':>8}"]
-    for layer in sorted(layers, key=lambda layer: -layer["ms"])[:top]:
-        lines.append(f"{(layer['node'] or '?')[-56:]:<56} {layer['kernel'][:28]:<28} "
-                     f"{layer['ms'] / runs:>8.3f}")
-    return "\n".join(lines)
-
-
-def _portable_note(layer: dict) -> str:
-    return f"PORTABLE C: {layer['portable']}; " if "portable" in layer else ""
-
-
-def _reorder_note(layer: dict) -> str:
-    reorder = layer.get("reorder")
-    return f"; reorder ({reorder['kind']}): {reorder['result']}" if reorder else ""
-
-
-def _layout_note(layer: dict) -> str:
-    transposed = [side for side, layout in layer.get("layouts", {}).items()
-                  if layout != "row-major"]
-    return f"; {' and '.join(transposed)} {'is' if len(transposed) == 1 else 'are'} " \
-        "feature-major (no transpose between token-tile kernels)" if transposed else ""
-
-
-def format_layers(info: dict) -> str:
-    rows = [("layer", "weight K x N", "dtype", "density", "pattern", "kernel", "why")]
-    for layer in info["layers"]:
-        if "shape" not in layer and "portable" not in layer:
-            continue
-        rows.append((layer["node"] or "?", "x".join(map(str, layer.get("shape", ["-"]))),
-                     layer.get("weight_dtype", "float32"),
-                     f"{layer['density']:.3f}" if "density" in layer else "-",
-                     layer.get("pattern", "dense" if "shape" in layer else "-"),
-                     layer["kernel"],
-                     _portable_note(layer) + layer.get("reason", "") + _layout_note(layer)
-                     + _reorder_note(layer)))
-    notes = [layer["unfused"] for layer in info["layers"] if "unfused" in layer]
-    if len(rows) == 1:
-        return "\n".join(["no matrix layers", *notes])
-    widths = [max(len(str(r[i])) for r in rows) for i in range(6)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r[:6], widths)) + "  " + r[6]
-             for r in rows]
-    return "\n".join(lines + notes)
-
-
-def _describe(tensors: list[dict]) -> str:
-    return "\n".join(f"  {t['name']!r}: {t['dtype']}[{'x'.join(map(str, t['shape']))}]"
-                     for t in tensors)
-
-
 def cmd_info(args) -> int:
     info = read_info(Path(args.library))
     if args.json:
@@ -516,8 +196,8 @@ def cmd_info(args) -> int:
                              for name, axes in info["buckets"]["inputs"].items())
         print(f"buckets: lengths {', '.join(map(str, info['buckets']['lengths']))} along "
               f"{bucketed}; the shapes below are the longest's")
-    print("inputs:\n" + _describe(info["inputs"]))
-    print("outputs:\n" + _describe(info["outputs"]))
+    print("inputs:\n" + describe_tensors(info["inputs"]))
+    print("outputs:\n" + describe_tensors(info["outputs"]))
     print("layers:\n" + format_layers(info))
     return 0
 
@@ -596,7 +276,7 @@ def cmd_verify(args) -> int:
 
     target = targets.resolve(args.target)
     with tempfile.TemporaryDirectory(prefix="sparsec-verify-") as tmp:
-        result = _compile(args.model, target.name, Path(tmp) / "model.so",
+        result = compile_printing_warnings(args.model, target.name, Path(tmp) / "model.so",
                                input_shapes=parse_input_shapes(args.input_shape),
                                quantize=args.quantize, cache_dir=args.cache_dir,
                                max_memory=args.max_memory,

@@ -210,18 +210,19 @@ def test_a_failing_stream_is_an_error_not_a_hang(workdir, capsys):
 
 
 def test_progress_goes_to_a_terminal_only_after_a_while(monkeypatch, capsys):
-    from sparsec import cli
+    from sparsec import cli_benchmark
 
     monkeypatch.setattr("sys.stderr.isatty", lambda: True)
-    progress = cli._Progress()
-    progress(cli.PROGRESS_AFTER_SECONDS / 2, 5)
+    progress = cli_benchmark._Progress()
+    progress(cli_benchmark.PROGRESS_AFTER_SECONDS / 2, 5)
     progress.clear()
     assert capsys.readouterr().err == "", "silent for short runs"
-    progress(cli.PROGRESS_AFTER_SECONDS + 1, 50)
+    progress(cli_benchmark.PROGRESS_AFTER_SECONDS + 1, 50)
     progress.clear()
     err = capsys.readouterr().err
-    assert f"{cli.PROGRESS_AFTER_SECONDS + 1:.1f} s, 50 runs" in err and err.endswith("\033[K")
+    shown = f"{cli_benchmark.PROGRESS_AFTER_SECONDS + 1:.1f} s, 50 runs"
+    assert shown in err and err.endswith("\033[K")
     monkeypatch.setattr("sys.stderr.isatty", lambda: False)
-    quiet = cli._Progress()
-    quiet(cli.PROGRESS_AFTER_SECONDS + 1, 50)
+    quiet = cli_benchmark._Progress()
+    quiet(cli_benchmark.PROGRESS_AFTER_SECONDS + 1, 50)
     assert capsys.readouterr().err == ""

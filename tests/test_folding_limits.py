@@ -6,6 +6,7 @@ one-line refusal, never a traceback or a killed process."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import subprocess
@@ -167,6 +168,23 @@ def _non_zero(draw, n):
     return Case("NonZero", {"x": np.ones((rows, cols), bool)}, {}, 2 * rows * cols * 8)
 
 
+def _dft(draw, n):
+    k = draw(st.integers(1, 8))
+    return Case("DFT", {"x": _data((1, k, 1)), "dft_length": np.array(n, np.int64)},
+                {"axis": 1}, n * 2 * 4)
+
+
+def _stft(draw, n):
+    """Frames overlap: a signal of 2f samples gives about f frames of f bins each, a result
+    that grows as the square of its input."""
+    frame, step = max(2, math.isqrt(n)), draw(st.integers(1, 3))
+    frames, bins = frame // step + 1, frame // 2 + 1
+    return Case("STFT", {"signal": _data((1, 2 * frame, 1)),
+                         "frame_step": np.array(step, np.int64), "-window": None,
+                         "frame_length": np.array(frame, np.int64)}, {},
+                frames * bins * 2 * 4)
+
+
 def _concat(draw, n):
     parts = draw(st.integers(8, 32))
     part = _data(max(n // parts, 1))  # one array under every name: the inputs stay small
@@ -181,11 +199,11 @@ BUILDERS = {
     "HannWindow": _hann_window,
     "MatMul": _outer("MatMul"), "Einsum": _outer("Einsum", equation="ij,jk->ik"),
     "Add": _outer("Add"), "Where": _where, "Gather": _gather, "NonZero": _non_zero,
-    "Concat": _concat,
+    "Concat": _concat, "DFT": _dft, "STFT": _stft,
 }
 # Results from products of two input sides, and NonZero, are bounded by their inputs: huge
 # means past the limit, not past what a test can hold as inputs.
-INPUT_BOUND = {"MatMul", "Einsum", "Add", "Where", "Gather", "NonZero", "Concat"}
+INPUT_BOUND = {"MatMul", "Einsum", "Add", "Where", "Gather", "NonZero", "Concat", "STFT"}
 
 
 def _huge(key):
@@ -287,11 +305,25 @@ def test_a_result_under_the_limit_folds_to_onnxruntimes_values(key, data):
     session = ort.InferenceSession(model.SerializeToString(),
                                    providers=["CPUExecutionProvider"])
     expected = session.run(None, feeds)[0]
-    # The same arithmetic on the same values, exact; but the window is 0.5 - 0.5 cos(x) in
-    # [0, 1], its cosines from two libms and float32 roundings: two float32 epsilons (2 ** -22)
-    # apart at most, absolute.
-    np.testing.assert_allclose(folded, expected, rtol=0,
-                               atol=2.0 ** -22 if case.op == "HannWindow" else 0)
+    np.testing.assert_allclose(folded, expected, rtol=0, atol=_tolerance(case))
+
+
+def _tolerance(case: Case) -> float:
+    """The same arithmetic on the same values is exact. But the window is 0.5 - 0.5 cos(x) in
+    [0, 1], its cosines from two libms and float32 roundings: two float32 epsilons (2 ** -22)
+    apart at most, absolute. A Fourier transform's output sums `points` products of a sample
+    and a twiddle factor e^(-2 pi i k j / points); onnxruntime works in float32, the reference
+    evaluator in numpy's FFT. Each product and addition is off by at most an epsilon (2 ** -23)
+    of the running sum, itself at most the sum of the absolute samples; and a twiddle's angle,
+    2 pi k j / points < 2 pi points, rounded to float32 is off by up to epsilon times that
+    angle, which moves the twiddle as far (measured: 1.8e-5 at 23 points, samples 1 and 2)."""
+    if case.op == "HannWindow":
+        return 2.0 ** -22
+    if case.op in ("DFT", "STFT"):
+        samples = next(iter(case.feeds.values()))
+        points = int(case.feeds.get("dft_length", case.feeds.get("frame_length")))
+        return (2 + 2 * math.pi) * points * 2.0 ** -23 * float(np.abs(samples).sum())
+    return 0.0
 
 
 @pytest.mark.parametrize("node,feeds", [

@@ -27,7 +27,7 @@ import numpy as np
 
 from sparsec.compiler.ir import Graph, Node, Tensor
 from sparsec.compiler.ops import DEPTHWISE_CONV, IM2COL
-from sparsec.compiler.passes.fuse import clip_bounds
+from sparsec.compiler.passes.fusion.match import clip_bounds
 from sparsec.errors import UnsupportedOperatorError
 
 NAME = "lower-conv"

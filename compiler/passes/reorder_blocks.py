@@ -23,7 +23,8 @@ the width of the producer's 1xC blocks: by rounds of pairing (match channels two
 largest overlap of nonzeros first, merge, repeat) up to 2048 channels, greedily beyond (densest
 first, then the channel adding the fewest new blocks); random swaps between groups then keep
 any improvement, for a fixed number of swaps (counted, not timed, so the result never depends
-on the machine's speed or load). Each candidate block shape is tried, the
+on the machine's speed or load; a model of more than 64 chains shares a fixed total, so its
+compile time stays linear in its size). Each candidate block shape is tried, the
 permuted weights are scored by the cost model (the pattern each would then choose), and the
 best candidate is kept only if it beats the identity.
 """
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sparsec.compiler.channel_groups import search
 from sparsec.compiler.ir import Graph, Node
 from sparsec.compiler.ops import DENSE, ELEMENTWISE_UNARY
 from sparsec.compiler.passes.detect_sparsity import analyse, predicted_costs
@@ -44,8 +46,11 @@ NAME = "reorder-blocks"
 # library, depend on how loaded the compiling machine was. 8192 swaps take about 0.3 s on
 # the project's 2-core VM, the time budget this replaced.
 SWAPS_PER_CHAIN = 8192
+# All chains together get at most this many swaps, shared evenly, so that a graph of thousands
+# of small layers (an exporter's decomposition) compiles in time linear in its size with a
+# small constant; models up to 64 chains (BERT-large has 48) keep SWAPS_PER_CHAIN each.
+SWAPS_PER_MODEL = 64 * SWAPS_PER_CHAIN
 SEED = 0  # the swap search is random but reproducible: the same model compiles the same
-PAIRING_LIMIT = 2048  # channels per section up to which pairing (quadratic) replaces greedy
 
 
 @dataclass
@@ -62,8 +67,10 @@ def run(graph: Graph, ctx) -> Graph:
         return graph
     graph = graph.copy()
     rng = np.random.default_rng(SEED)
-    for chain in find_chains(graph):
-        record = _reorder(graph, chain, ctx, rng)
+    chains = find_chains(graph)
+    swaps = min(SWAPS_PER_CHAIN, SWAPS_PER_MODEL // max(1, len(chains)))
+    for chain in chains:
+        record = _reorder(graph, chain, ctx, rng, swaps)
         for node in (chain.producer, chain.consumer):
             node.attrs["reorder"] = record
         ctx.log.append(f"{NAME}: {chain.producer.name} -> {chain.consumer.name}: "
@@ -83,28 +90,30 @@ def find_chains(graph: Graph) -> list[Chain]:
 
     chains, claimed = [], set()
     for node in graph.nodes:
-        if not _reorderable_dense(graph, node) or id(node) in claimed:
+        if not _reorderable_dense(graph, node, readers) or id(node) in claimed:
             continue
         width = graph.tensors[node.inputs[1]].shape[1]
         chain = _elementwise_chain(graph, node, width, sole_reader) \
             or _attention_value_chain(graph, node, width, sole_reader)
         if chain is None or id(chain.consumer) in claimed:
             continue
-        if not _reorderable_dense(graph, chain.consumer):
+        if not _reorderable_dense(graph, chain.consumer, readers):
             continue
         claimed.update((id(chain.producer), id(chain.consumer)))
         chains.append(chain)
     return chains
 
 
-def _reorderable_dense(graph: Graph, node: Node) -> bool:
-    """A Dense over a constant float32 K x N weight read once, with a per-column bias."""
+def _reorderable_dense(graph: Graph, node: Node, readers: dict[str, list[Node]]) -> bool:
+    """A Dense over a constant float32 K x N weight read once, with a per-column bias.
+    `readers`: graph.consumers(), computed once (a count over every node, per Dense, made
+    finding chains quadratic)."""
     if node.op != DENSE or node.attrs.get("trans_a", 0) or node.attrs.get("quantize"):
         return False
     weight = graph.tensors[node.inputs[1]]
     if not weight.is_constant or weight.dtype != "float32" or weight.sparsity is None:
         return False
-    if sum(name == weight.name for n in graph.nodes for name in n.inputs) != 1 \
+    if len(readers.get(weight.name, [])) != 1 \
             or weight.name in graph.outputs:
         return False
     bias = graph.tensors[node.inputs[2]] if node.inputs[2] else None
@@ -181,7 +190,7 @@ def _head_swap(rank: int) -> tuple[int, ...]:
 
 # --- searching --------------------------------------------------------------------------------
 
-def _reorder(graph: Graph, chain: Chain, ctx, rng) -> dict:
+def _reorder(graph: Graph, chain: Chain, ctx, rng, swaps: int) -> dict:
     w1 = graph.tensors[chain.producer.inputs[1]]
     w2 = graph.tensors[chain.consumer.inputs[1]]
     width = w1.shape[1]
@@ -193,7 +202,7 @@ def _reorder(graph: Graph, chain: Chain, ctx, rng) -> dict:
     best, best_score = identity, before
     candidates = list(_candidates(w1.data, w2.data, width // chain.groups, ctx))
     for group, features in candidates:
-        perm = search(features, group, chain.groups, rng, SWAPS_PER_CHAIN // len(candidates))
+        perm = search(features, group, chain.groups, rng, swaps // len(candidates))
         score = _score(w1.data, w2.data, perm, ctx)
         if score["predicted"] < best_score["predicted"] and _no_more_blocks(w1, w2, score):
             best, best_score = perm, score
@@ -250,120 +259,6 @@ def _candidates(w1: np.ndarray, w2: np.ndarray, per_group: int, ctx):
                 continue
             if nonzeros / group * per_block < present:
                 yield group, features
-
-
-def search(features: np.ndarray, group: int, sections: int, rng, swaps: int) -> np.ndarray:
-    """A permutation (new position -> old channel) grouping channels with overlapping
-    nonzeros; within each of `sections` consecutive ranges when the chain needs that. `swaps`
-    random swaps refine the grouping, shared evenly by the sections."""
-    width = features.shape[0]
-    size = width // sections
-    packed = _pack(features)
-    order = []
-    for section in range(sections):
-        channels = np.arange(section * size, (section + 1) * size)
-        if size <= PAIRING_LIMIT and group & (group - 1) == 0:
-            groups = _pairing(packed[channels], group)
-        else:
-            groups = _greedy(packed[channels], group)
-        groups = _improve(packed[channels], groups, rng, swaps // sections)
-        order.extend(channels[np.concatenate(groups)])
-    return np.asarray(order)
-
-
-def _pack(features: np.ndarray) -> np.ndarray:
-    """Bit rows as uint64 words, so a union's block count is a popcount."""
-    padded = np.zeros((features.shape[0], -(-features.shape[1] // 64) * 64), bool)
-    padded[:, :features.shape[1]] = features
-    return np.packbits(padded, axis=1, bitorder="little").view(np.uint64)
-
-
-def _blocks(bits: np.ndarray) -> int:
-    return int(np.bitwise_count(bits).sum(dtype=np.int64))
-
-
-def _pairing(packed: np.ndarray, group: int) -> list[np.ndarray]:
-    """Groups of a power-of-two size by rounds of pairing: match items two by two, largest
-    overlap first, merge each pair into one item (their union), until groups are `group`
-    channels. On MiniLM's 90 % unstructured FFN weights this left 17 % fewer 4x1 blocks than
-    the identity where the seed-first greedy left 12 % fewer."""
-    items = [np.array([i]) for i in range(packed.shape[0])]
-    bits = packed
-    while len(items[0]) < group and len(items) > 1:
-        count = bits.shape[0]
-        overlap = np.empty((count, count), np.int64)
-        for start in range(0, count, 256):  # bounded temporary: 256 x count x words
-            overlap[start:start + 256] = np.bitwise_count(
-                bits[start:start + 256, None, :] & bits[None, :, :]).sum(-1, dtype=np.int64)
-        used = np.zeros(count, bool)
-        pairs = _match(overlap, used)
-        leftover = [i for i in range(count) if not used[i]]  # an odd one out stays alone
-        items = [np.concatenate([items[a], items[b]]) for a, b in pairs] + \
-            [items[i] for i in leftover]
-        bits = np.stack([bits[a] | bits[b] for a, b in pairs] + [bits[i] for i in leftover])
-    return items
-
-
-def _match(overlap: np.ndarray, used: np.ndarray) -> list[tuple[int, int]]:
-    """Pairs of largest overlap, in rounds: every unmatched item names its best partner, and
-    items that name each other are matched (the largest overlap overall always is one such
-    pair, so every round matches at least one). Marks matched items in `used`."""
-    np.fill_diagonal(overlap, -1)
-    pairs = []
-    while (~used).sum() > 1:
-        free = np.flatnonzero(~used)
-        sub = overlap[np.ix_(free, free)]
-        best = np.argmax(sub, axis=1)
-        mutual = np.flatnonzero((best[best] == np.arange(free.size)) & (np.arange(free.size)
-                                                                          < best))
-        for i in mutual:
-            pairs.append((int(free[i]), int(free[best[i]])))
-        used[free[mutual]] = used[free[best[mutual]]] = True
-    return pairs
-
-
-def _greedy(packed: np.ndarray, group: int) -> list[np.ndarray]:
-    """Densest channel first; then the channel that adds the fewest new nonzeros to the union
-    (ties: the one sharing most)."""
-    remaining = np.ones(packed.shape[0], bool)
-    weight = np.bitwise_count(packed).sum(axis=1, dtype=np.int64)
-    groups = []
-    while remaining.any():
-        candidates = np.flatnonzero(remaining)
-        seed = candidates[np.argmax(weight[candidates])]
-        members, union = [seed], packed[seed].copy()
-        remaining[seed] = False
-        for _ in range(group - 1):
-            candidates = np.flatnonzero(remaining)
-            if candidates.size == 0:
-                break
-            added = np.bitwise_count(packed[candidates] & ~union).sum(axis=1, dtype=np.int64)
-            shared = np.bitwise_count(packed[candidates] & union).sum(axis=1, dtype=np.int64)
-            pick = candidates[np.lexsort((-shared, added))[0]]
-            members.append(pick)
-            union |= packed[pick]
-            remaining[pick] = False
-        groups.append(np.asarray(members))
-    return groups
-
-
-def _improve(packed: np.ndarray, groups: list[np.ndarray], rng, swaps: int) -> list[np.ndarray]:
-    """Try `swaps` swaps of random members of two random groups; keep what lowers the total
-    block count."""
-    if len(groups) < 2:
-        return groups
-    groups = [g.copy() for g in groups]
-    cost = [_blocks(np.bitwise_or.reduce(packed[g], axis=0)) for g in groups]
-    for _ in range(swaps):
-        a, b = rng.choice(len(groups), 2, replace=False)
-        i, j = rng.integers(len(groups[a])), rng.integers(len(groups[b]))
-        ga, gb = groups[a].copy(), groups[b].copy()
-        ga[i], gb[j] = gb[j], ga[i]
-        ca = _blocks(np.bitwise_or.reduce(packed[ga], axis=0))
-        cb = _blocks(np.bitwise_or.reduce(packed[gb], axis=0))
-        if ca + cb < cost[a] + cost[b]:
-            groups[a], groups[b], cost[a], cost[b] = ga, gb, ca, cb
-    return groups
 
 
 def _score(w1: np.ndarray, w2: np.ndarray, perm: np.ndarray, ctx) -> dict:

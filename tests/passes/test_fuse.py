@@ -293,7 +293,7 @@ def test_unfused_attention_says_which_node_broke_the_pattern(change, reason):
 
 
 def test_report_lists_unfused_attention(tmp_path):
-    from sparsec.cli import format_layers
+    from sparsec.reports import format_layers
     nodes = attention_nodes()
     nodes[1] = helper.make_node("Div", ["s", "x"], ["sc"])
     m = model(nodes, ATTENTION_INPUTS + [("x", [1])], [("y", [1, 2, 4, 8])])

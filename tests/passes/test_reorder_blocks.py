@@ -5,7 +5,7 @@ import time
 import numpy as np
 from onnx import helper
 
-from sparsec.compiler import frontend
+from sparsec.compiler import channel_groups, frontend
 from sparsec.compiler.ops import DENSE
 from sparsec.compiler.passes import detect_sparsity, fuse, reorder_blocks
 from sparsec.compiler.verify import verify
@@ -123,7 +123,7 @@ def test_the_search_does_not_depend_on_the_clock(monkeypatch):
     features = np.random.default_rng(10).random((64, 48)) < 0.2
 
     def permutation(swaps=reorder_blocks.SWAPS_PER_CHAIN):
-        return reorder_blocks.search(features, 4, 1, np.random.default_rng(reorder_blocks.SEED),
+        return channel_groups.search(features, 4, 1, np.random.default_rng(reorder_blocks.SEED),
                                      swaps)
 
     calm = permutation()

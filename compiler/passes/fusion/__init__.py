@@ -1,0 +1,1 @@
+"""The fuse pass's rules, by what they fuse, and the engine that applies them."""
