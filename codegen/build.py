@@ -286,9 +286,13 @@ def compile_model(compiler: str, target: Target, extra_flags: tuple[str, ...],
     """The model's objects in `workdir`: unit objects from the cache where it has them, the
     rest compiled in parallel. model.c is always compiled: it holds the weights (.incbin),
     which the cache would store a second copy of, and changes whenever any layer does."""
+    texts = dict(zip(model_sources(len(rendered.units)), [rendered.model_c, *rendered.units]))
+    # model.c first (it assembles the weights too), then the largest units: the longest
+    # compiles started first leave the short ones to even out the cores' finishing times
+    order = ["model.c", *sorted(list(texts)[1:], key=lambda source: -len(texts[source]))]
     commands, stores = [], []
-    for source, text in zip(model_sources(len(rendered.units)),
-                            [rendered.model_c, *rendered.units]):
+    for source in order:
+        text = texts[source]
         argv = model_command(compiler, target, extra_flags, prelude, source)
         if source == "model.c" or not use_cache:
             commands.append(argv)

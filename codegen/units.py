@@ -26,9 +26,11 @@ from sparsec.codegen.weight_symbols import WeightSymbols
 # gcc 12): a transformer's kernels compile at about 15 us of CPU per byte of source, small
 # element-wise ones (a chain of Relus) at about 1.5, and each unit costs about 0.09 s
 # besides (a compiler process, the precompiled header, -O3's per-unit work). A unit of
-# UNIT_BYTES then takes about 2 s of a transformer (5 % overhead; MiniLM splits into 3 units,
-# a BERT-large-size encoder into about 12, and a one-layer change recompiles about 2 s' worth)
-# and 0.2 s of Relus (a third overhead, which the second core more than pays back).
+# UNIT_BYTES then takes 2-3.5 s of a transformer's kernels (MiniLM splits into 3 units,
+# BERT-base into 5, and a one-layer change recompiles one of them) and 0.2 s of Relus (a
+# third overhead, which the second core more than pays back). The same VM's CPU speed drifts
+# by tens of percent, so these are rough: two cores must have enough units to share, and
+# 1-core builds pay for each unit.
 UNIT_BYTES = 128_000
 CALL_BYTES = 150
 
