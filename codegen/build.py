@@ -22,11 +22,10 @@ import shutil
 import subprocess
 import tempfile
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 
-from sparsec.codegen import targets
+from sparsec.codegen import jobs, targets
 from sparsec.codegen.emit import Rendered
 from sparsec.codegen.targets import BASE_CFLAGS, Target
 from sparsec.errors import BuildError
@@ -241,35 +240,6 @@ def compile_commands(compiler: str, target: Target, workdir: Path, output: Path,
             link_command(compiler, objects, output, extra_flags, units)]
 
 
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask, as taskset or a container's cpuset
-    sets it), not the machine's count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def run_parallel(commands: list[list[str]], cwd: Path) -> None:
-    """Run the compiler commands, as many at once as there are usable CPUs; the first that
-    fails (in `commands`' order) is raised once those running have finished, and those not
-    started are dropped."""
-    workers = min(len(commands), usable_cpus())
-    if workers <= 1:
-        for argv in commands:
-            _run(argv, cwd)
-        return
-    with ThreadPoolExecutor(workers) as pool:
-        futures = [pool.submit(_run, argv, cwd) for argv in commands]
-        try:
-            for future in futures:
-                future.result()
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
-
-
 def unit_entry(compiler: str, argv: list[str], source: str, cache_dir: Path) -> Path:
     """The object cache entry of one unit: its command (file names included, which the object
     records) and text, the compiler's identity and the runtime headers it includes."""
@@ -301,7 +271,7 @@ def compile_model(compiler: str, target: Target, extra_flags: tuple[str, ...],
         if not (entry.exists() and restore_entry(entry, workdir / object_name(source))):
             commands.append(argv)
             stores.append((entry, workdir / object_name(source)))
-    run_parallel(commands, workdir)
+    jobs.run_parallel(commands, workdir, _run)
     for entry, obj in stores:
         store_entry(entry, obj)
 

@@ -16,7 +16,7 @@ import pytest
 from onnx import helper
 
 import sparsec
-from sparsec.codegen import build, emit, units
+from sparsec.codegen import build, emit, jobs, units
 from sparsec.errors import BuildError
 from tests.conftest import HOST_TARGETS, run_onnxruntime
 from tests.graphs import model
@@ -189,9 +189,8 @@ def test_compiles_run_as_many_at_once_as_the_process_has_cpus(cpus, monkeypatch,
         with changed:
             running -= 1
 
-    monkeypatch.setattr(build, "_run", waiting)
-    monkeypatch.setattr(build, "usable_cpus", lambda: cpus)
-    build.run_parallel([["cc", str(n)] for n in range(6)], Path(tmp_path))
+    monkeypatch.setattr(jobs, "usable_cpus", lambda: cpus)
+    jobs.run_parallel([["cc", str(n)] for n in range(6)], Path(tmp_path), waiting)
     assert most == cpus
 
 
@@ -201,6 +200,6 @@ def test_usable_cpus_are_the_affinity_masks_not_the_machines():
     a time however many CPUs the machine has."""
     pinned = subprocess.run(
         [sys.executable, "-c", "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})"
-         "; from sparsec.codegen import build; print(build.usable_cpus())"],
+         "; from sparsec.codegen import jobs; print(jobs.usable_cpus())"],
         capture_output=True, text=True, check=True)
     assert pinned.stdout.strip() == "1"
