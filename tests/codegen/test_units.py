@@ -95,6 +95,17 @@ def test_a_model_in_units_computes_what_it_does_in_one_file(target, tmp_path, mo
         np.testing.assert_array_equal(got, expected)
 
 
+def test_profiled_layers_keep_their_plan_index_across_units(compiler, monkeypatch):
+    split_every_part(monkeypatch)
+    module = compiler.load(dense_chain(), "native", profile=True)
+    x = np.ones((2, WIDTH), np.float32)
+    for _ in range(200):  # times accumulate: one run may stay under a coarse clock's tick
+        module.run({"x": x})
+    layers = module.profile()
+    assert [layer["weight"] for layer in layers] == [f"w{n}" for n in range(LAYERS)]
+    assert all(layer["ms"] > 0 for layer in layers)
+
+
 def test_a_one_layer_change_recompiles_that_layers_unit_only(tmp_path, monkeypatch):
     split_every_part(monkeypatch)
     cache = tmp_path / "cache"
