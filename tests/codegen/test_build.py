@@ -70,20 +70,9 @@ def test_header_and_abi_header_are_written_beside_the_library(tmp_path):
     assert (tmp_path / "sparsec.h").is_file()
 
 
-def _counting_runs(monkeypatch) -> list:
-    calls = []
-    real = build._run
-
-    def counting(argv, cwd):
-        calls.append(argv)
-        real(argv, cwd)
-
-    monkeypatch.setattr(build, "_run", counting)
-    return calls
-
 
 @pytest.mark.parametrize("damage", ["flipped byte", "truncated", "empty", "foreign file"])
-def test_a_damaged_cache_entry_is_rebuilt_not_loaded(damage, tmp_path, monkeypatch):
+def test_a_damaged_cache_entry_is_rebuilt_not_loaded(compiler_runs, damage, tmp_path):
     cache = tmp_path / "cache"
     good = sparsec.compile(mlp(), "generic", tmp_path / "a.so", cache_dir=cache).read_bytes()
     (entry,) = cache.glob("*.entry")
@@ -97,7 +86,8 @@ def test_a_damaged_cache_entry_is_rebuilt_not_loaded(damage, tmp_path, monkeypat
     else:
         blob[:] = good  # a bare library, as an older sparsec or another tool might leave
     entry.write_bytes(bytes(blob))
-    calls = _counting_runs(monkeypatch)
+    compiler_runs.clear()  # counted from here on
+    calls = compiler_runs
     with pytest.warns(RuntimeWarning, match="corrupt"):
         rebuilt = sparsec.compile(mlp(), "generic", tmp_path / "b.so", cache_dir=cache)
     assert calls, "the damaged entry was used instead of rebuilt"
@@ -156,9 +146,10 @@ def _runtime_compiles(calls: list) -> list[str]:
             if Path(arg).name in build.RUNTIME_SOURCES]
 
 
-def test_runtime_is_compiled_once_per_compiler_and_flags(tmp_path, monkeypatch):
+def test_runtime_is_compiled_once_per_compiler_and_flags(compiler_runs, tmp_path):
     cache = tmp_path / "cache"
-    calls = _counting_runs(monkeypatch)
+    compiler_runs.clear()  # counted from here on
+    calls = compiler_runs
     sparsec.compile(mlp(seed=0), "generic", tmp_path / "a.so", cache_dir=cache)
     assert sorted(_runtime_compiles(calls)) == sorted(build.RUNTIME_SOURCES)
     calls.clear()
@@ -174,12 +165,13 @@ def test_runtime_is_compiled_once_per_compiler_and_flags(tmp_path, monkeypatch):
     assert _runtime_compiles(calls) == []
 
 
-def test_an_edited_runtime_header_recompiles_the_runtime(tmp_path, monkeypatch):
+def test_an_edited_runtime_header_recompiles_the_runtime(compiler_runs, tmp_path, monkeypatch):
     runtime = tmp_path / "runtime_c"
     shutil.copytree(build.runtime_dir(), runtime)
     monkeypatch.setattr(build, "runtime_dir", lambda: runtime)
     cache = tmp_path / "cache"
-    calls = _counting_runs(monkeypatch)
+    compiler_runs.clear()  # counted from here on
+    calls = compiler_runs
     sparsec.compile(mlp(seed=0), "generic", tmp_path / "a.so", cache_dir=cache)
     calls.clear()
     with open(runtime / "sparsec_vmath_body.h", "a") as header:
@@ -213,14 +205,15 @@ def test_no_cache_writes_no_runtime_objects(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["runtime", "prelude"])
-def test_a_damaged_runtime_object_or_prelude_is_rebuilt_not_used(kind, tmp_path, monkeypatch):
+def test_a_damaged_runtime_object_or_prelude_is_rebuilt_not_used(compiler_runs, kind, tmp_path):
     cache = tmp_path / "cache"
     sparsec.compile(mlp(seed=0), "generic", tmp_path / "a.so", cache_dir=cache)
     damaged = sorted(cache.glob(f"{kind}/*.entry"))[0]
     blob = bytearray(damaged.read_bytes())
     blob[len(blob) // 2] ^= 0x40
     damaged.write_bytes(bytes(blob))
-    calls = _counting_runs(monkeypatch)
+    compiler_runs.clear()  # counted from here on
+    calls = compiler_runs
     with pytest.warns(RuntimeWarning, match="corrupt"):
         library = sparsec.compile(mlp(seed=1), "generic", tmp_path / "b.so", cache_dir=cache)
     rebuilt = [argv for argv in calls if build.PRELUDE in argv and "c-header" in argv]
@@ -233,11 +226,12 @@ def test_a_damaged_runtime_object_or_prelude_is_rebuilt_not_used(kind, tmp_path,
     assert sparsec.load(library).run({"x": x})["y"].shape == (2, 16)
 
 
-def test_the_prelude_is_precompiled_once_and_used(tmp_path, monkeypatch):
+def test_the_prelude_is_precompiled_once_and_used(compiler_runs, tmp_path):
     """model.c's opening includes are parsed once per target and flags; -Werror turns the
     warning that the compiler ignored the precompiled header (-Winvalid-pch) into a failure."""
     cache = tmp_path / "cache"
-    calls = _counting_runs(monkeypatch)
+    compiler_runs.clear()  # counted from here on
+    calls = compiler_runs
     for seed in range(2):
         sparsec.compile(mlp(seed=seed), "native", tmp_path / f"{seed}.so", cache_dir=cache,
                         extra_cflags=("-Werror",))

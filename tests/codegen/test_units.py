@@ -52,17 +52,6 @@ def dense_chain(scaled_layer: int | None = None, output: str = "y"):
     return model(nodes, [("x", [2, WIDTH])], [(output, [2, WIDTH])], initializers)
 
 
-def _counting_runs(monkeypatch) -> list:
-    calls = []
-    real = build._run
-
-    def counting(argv, cwd):
-        calls.append(argv)
-        real(argv, cwd)
-
-    monkeypatch.setattr(build, "_run", counting)
-    return calls
-
 
 def _compiled_sources(calls: list) -> list[str]:
     """The model's sources (model.c, unit-N.c) that the recorded compiler calls compiled."""
@@ -106,10 +95,11 @@ def test_profiled_layers_keep_their_plan_index_across_units(compiler, monkeypatc
     assert all(layer["ms"] > 0 for layer in layers)
 
 
-def test_a_one_layer_change_recompiles_that_layers_unit_only(tmp_path, monkeypatch):
+def test_a_one_layer_change_recompiles_that_layers_unit_only(compiler_runs, tmp_path, monkeypatch):
     split_every_part(monkeypatch)
     cache = tmp_path / "cache"
-    calls = _counting_runs(monkeypatch)
+    compiler_runs.clear()  # counted from here on
+    calls = compiler_runs
     sparsec.compile(dense_chain(), "generic", tmp_path / "a.so", cache_dir=cache,
                     keep_source=tmp_path / "a")
     assert _compiled_sources(calls) == ["model.c", "unit-0.c", "unit-1.c", "unit-2.c"]
@@ -146,7 +136,7 @@ def test_units_from_the_cache_link_the_library_an_uncached_build_makes(tmp_path,
     assert (workdir / "m.so").read_bytes() == cached.read_bytes()
 
 
-def test_a_damaged_unit_object_is_rebuilt_not_linked(tmp_path, monkeypatch):
+def test_a_damaged_unit_object_is_rebuilt_not_linked(compiler_runs, tmp_path, monkeypatch):
     split_every_part(monkeypatch)
     cache = tmp_path / "cache"
     sparsec.compile(dense_chain(), "generic", tmp_path / "a.so", cache_dir=cache)
@@ -156,7 +146,8 @@ def test_a_damaged_unit_object_is_rebuilt_not_linked(tmp_path, monkeypatch):
         blob = bytearray(entry.read_bytes())
         blob[len(blob) // 2] ^= 0x40
         entry.write_bytes(bytes(blob))
-    calls = _counting_runs(monkeypatch)
+    compiler_runs.clear()  # counted from here on
+    calls = compiler_runs
     # Another output name: a new model.c (the model info), the very same units, all damaged
     renamed = dense_chain(output="z")
     with pytest.warns(RuntimeWarning, match="corrupt"):
