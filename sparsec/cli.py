@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -119,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         print("sparsec: error: out of memory; the process's memory limit (ulimit -v) or the "
               "machine's memory is below what this needs", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (`sparsec info x.so | head`): not an error of sparsec's. Python
+        # flushes stdout again at exit, so it goes to /dev/null first; 141 is the status of a
+        # tool that SIGPIPE ended, as the shell reports it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as exc:  # unwritable output folder, full disk, ...
         print(f"sparsec: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
               file=sys.stderr)

@@ -44,6 +44,17 @@ def test_compile_run_info_round_trip(workdir, capsys):
     assert json.loads(capsys.readouterr().out)["inputs"][0]["name"] == "x"
 
 
+def test_a_reader_that_goes_away_is_not_an_error(workdir):
+    """`sparsec info x.so | head`: the pipe closes before sparsec writes. No `error: Broken
+    pipe`, no traceback at exit; the status of a tool SIGPIPE ended."""
+    assert main(["compile", str(SAMPLE), "--target", "generic", "-o", "m.so"]) == 0
+    process = subprocess.Popen([sys.executable, "-m", "sparsec", "info", "m.so"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # before the child writes: its first write fails with EPIPE
+    _, stderr = process.communicate(timeout=120)
+    assert stderr == b"" and process.returncode == 141
+
+
 def test_run_without_inputs_uses_seeded_random(workdir, capsys):
     main(["compile", str(SAMPLE), "--target", "generic", "-o", "m.so"])
     assert main(["run", "m.so", "--seed", "3"]) == 0
