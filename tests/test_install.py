@@ -36,6 +36,8 @@ def test_fresh_venv_install_compiles_and_runs_the_sample(tmp_path):
                    check=True, cwd=elsewhere, env=env, capture_output=True)
     check = ("import sparsec, numpy as np, sys; "
              "assert 'site-packages' in sparsec.__file__, sparsec.__file__; "
+             "from pathlib import Path; "
+             "assert (Path(sparsec.__file__).parent / 'py.typed').is_file(), 'no py.typed'; "
              "import sparsec.compiler, sparsec.codegen; "
              "m = sparsec.load('build/mlp.so'); "
              "y = m.run({'x': np.load('x.npy')})['y']; "
