@@ -160,21 +160,6 @@ def restore_entry(entry: Path, destination: Path, mode: int = 0o644) -> bool:
         return False
 
 
-def load_entry(entry: Path) -> bytes | None:
-    """The file stored in `entry` as bytes (small entries: an object, a header), or None when
-    it is missing or fails its digest."""
-    try:
-        blob = entry.read_bytes()
-    except OSError:
-        return None
-    head, newline, library = blob.partition(b"\n")
-    if (newline and head.startswith(CACHE_MAGIC)
-            and head[len(CACHE_MAGIC):] == hashlib.sha256(library).hexdigest().encode()):
-        return library
-    _warn_corrupt(entry)
-    return None
-
-
 def _warn_corrupt(entry: Path) -> None:
     warnings.warn(f"sparsec: build cache entry {entry} is corrupt (its digest does not match); "
                   f"rebuilding it", RuntimeWarning, stacklevel=4)

@@ -11,6 +11,7 @@ from onnx import numpy_helper
 import sparsec
 from sparsec.codegen import build
 from sparsec.errors import BuildError
+from tests.codegen.entries import read_entry
 from tests.graphs import mlp
 
 
@@ -92,7 +93,7 @@ def test_a_damaged_cache_entry_is_rebuilt_not_loaded(compiler_runs, damage, tmp_
         rebuilt = sparsec.compile(mlp(), "generic", tmp_path / "b.so", cache_dir=cache)
     assert calls, "the damaged entry was used instead of rebuilt"
     assert rebuilt.read_bytes() == good
-    assert build.load_entry(entry) == good  # healed for the next hit
+    assert read_entry(entry) == good  # healed for the next hit
     x = np.ones((2, 8), np.float32)
     np.testing.assert_array_equal(sparsec.load(rebuilt).run({"x": x})["y"],
                                   sparsec.load(tmp_path / "a.so").run({"x": x})["y"])
@@ -120,7 +121,7 @@ def test_concurrent_compiles_share_one_cache_safely(tmp_path):
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err
     (entry,) = cache.glob("*.entry")
-    library = build.load_entry(entry)
+    library = read_entry(entry)
     assert library is not None
     for out in set(outputs):
         assert out.read_bytes() == library
@@ -130,9 +131,9 @@ def test_concurrent_compiles_share_one_cache_safely(tmp_path):
     # the racers compiled the runtime at once too: one whole object entry per source
     runtime_entries = sorted(cache.glob("runtime/*.entry"))
     assert len(runtime_entries) == len(build.RUNTIME_SOURCES)
-    assert all(build.load_entry(entry) for entry in runtime_entries)
+    assert all(read_entry(entry) for entry in runtime_entries)
     (prelude,) = cache.glob("prelude/*.entry")
-    assert build.load_entry(prelude)
+    assert read_entry(prelude)
     x = np.arange(4 * 64, dtype=np.float32).reshape(4, 64) / 100
     wanted = np.maximum(x @ numpy_helper.to_array(mlp(k=64, n=96, m=4).graph.initializer[0])
                         + numpy_helper.to_array(mlp(k=64, n=96, m=4).graph.initializer[1]), 0)
@@ -221,7 +222,7 @@ def test_a_damaged_runtime_object_or_prelude_is_rebuilt_not_used(compiler_runs, 
         assert len(_runtime_compiles(calls)) == 1 and not rebuilt, "only the damaged object"
     else:
         assert not _runtime_compiles(calls) and len(rebuilt) == 1, "only the damaged prelude"
-    assert build.load_entry(damaged) is not None  # healed for the next hit
+    assert read_entry(damaged) is not None  # healed for the next hit
     x = np.ones((2, 8), np.float32)
     assert sparsec.load(library).run({"x": x})["y"].shape == (2, 16)
 

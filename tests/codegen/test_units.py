@@ -18,6 +18,7 @@ from onnx import helper
 import sparsec
 from sparsec.codegen import build, emit, jobs, units
 from sparsec.errors import BuildError
+from tests.codegen.entries import read_entry
 from tests.conftest import HOST_TARGETS, run_onnxruntime
 from tests.graphs import model
 from tests.test_sanitizers import tiny_bert_module
@@ -154,7 +155,7 @@ def test_a_damaged_unit_object_is_rebuilt_not_linked(compiler_runs, tmp_path, mo
         library = sparsec.compile(renamed, "generic", tmp_path / "b.so", cache_dir=cache)
     assert _compiled_sources(calls) == ["model.c", "unit-0.c", "unit-1.c", "unit-2.c"]
     assert sorted(cache.glob("units/*.entry")) == entries
-    assert all(build.load_entry(entry) is not None for entry in entries)  # healed
+    assert all(read_entry(entry) is not None for entry in entries)  # healed
     x = np.ones((2, WIDTH), np.float32)
     np.testing.assert_allclose(sparsec.load(library).run({"x": x})["z"],
                                run_onnxruntime(renamed, {"x": x})[0], rtol=1e-5, atol=1e-5)
