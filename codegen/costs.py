@@ -12,6 +12,7 @@ from sparsec.codegen.targets import Target
 from sparsec.compiler.ir import BITMASK, SPARSE_PATTERNS, Graph, Node
 from sparsec.compiler.ops import DENSE
 from sparsec.compiler.passes import SparseKernelCost, StreamedWeights
+from sparsec.compiler.passes.absorb_patches import dense_rows
 
 PARALLEL_MIN_NS = 30_000.0
 """A parallel kernel predicted to run shorter than this runs on the calling thread alone:
@@ -24,8 +25,7 @@ def predicted_ns(graph: Graph, node: Node, spec: KernelSpec, target: Target) -> 
     if node.op != DENSE or not spec.cost_ns:
         return None
     weight = graph.tensors[node.inputs[1]]
-    k = weight.shape[0]
-    rows = graph.tensors[node.inputs[0]].size // k if k else 0
+    rows = dense_rows(graph, node)
     info = weight.sparsity
     if info is None or info.pattern in ("dense", BITMASK) or spec.pattern == "dense":
         return rows * weight.size * _cost(spec, target)

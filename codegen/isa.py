@@ -39,6 +39,11 @@ class FloatVectors:
     loadu: str
     storeu: str
     registers: int  # vector registers the ISA has
+    # Masked loads that read no byte of a masked-off lane (so fault on none): `mask_bits`
+    # formats {bits} (one per lane, in an integer) into a mask_type; `maskz_loadu` formats
+    # {mask} and {ptr}, zero in masked-off lanes. NEON has none.
+    mask_bits: str = ""
+    maskz_loadu: str = ""
 
 
 @dataclass(frozen=True)
@@ -125,14 +130,16 @@ AVX2_FLOATS = FloatVectors(
     fmadd="_mm256_fmadd_ps", add="_mm256_add_ps", transpose="sparsec_transpose8x8",
     epilogue="avx2-epilogue.j2", mask_type="__m256i", full_mask="_mm256_set1_epi32(-1)",
     set1="_mm256_set1_ps", mul="_mm256_mul_ps", max="_mm256_max_ps", min="_mm256_min_ps",
-    loadu="_mm256_loadu_ps", storeu="_mm256_storeu_ps", registers=16)
+    loadu="_mm256_loadu_ps", storeu="_mm256_storeu_ps", registers=16,
+    mask_bits="sparsec_mask8_from_bits({bits})", maskz_loadu="_mm256_maskload_ps({ptr}, {mask})")
 AVX512_FLOATS = FloatVectors(
     lanes=16, vmath="sparsec_v16_", vec="__m512", zero="_mm512_setzero_ps",
     broadcast="_mm512_set1_ps(*({}))", load="_mm512_load_ps", store="_mm512_store_ps",
     fmadd="_mm512_fmadd_ps", add="_mm512_add_ps", transpose="sparsec_transpose16x16",
     epilogue="avx512-epilogue.j2", mask_type="__mmask16", full_mask="(__mmask16)0xffff",
     set1="_mm512_set1_ps", mul="_mm512_mul_ps", max="_mm512_max_ps", min="_mm512_min_ps",
-    loadu="_mm512_loadu_ps", storeu="_mm512_storeu_ps", registers=32)
+    loadu="_mm512_loadu_ps", storeu="_mm512_storeu_ps", registers=32,
+    mask_bits="(__mmask16)({bits})", maskz_loadu="_mm512_maskz_loadu_ps({mask}, {ptr})")
 
 NEON_INTS = IntVectors(ivec="int32x4_t", izero="sparsec_neon_izero",
                        iload="sparsec_neon_iload", iset1="vdupq_n_s32", isub="vsubq_s32",

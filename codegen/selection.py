@@ -69,7 +69,8 @@ def dispatched(graph: Graph, node: Node, target: Target,
         fitting = [k for k in rows if k.isa == option.isa and k.parallel == base.parallel
                    and bool(k.scratch) == bool(base.scratch)
                    and k.feature_major == base.feature_major
-                   and k.reads_feature_major == base.reads_feature_major]
+                   and k.reads_feature_major == base.reads_feature_major
+                   and k.reads_patches == base.reads_patches]
         if fitting and ISA_ORDER.index(option.isa) > ISA_ORDER.index(base.isa):
             result.append((option, fitting[0]))
     return result
@@ -102,7 +103,9 @@ def scratch_bytes(graph: Graph, node: Node) -> int:
 def layout_support(graph: Graph, node: Node) -> LayoutSupport:
     """What choose_layouts may ask of the node's chosen kernel."""
     spec = chosen(node)
-    return LayoutSupport(spec.feature_major or spec.reads_feature_major, spec.feature_major)
+    dispatched_specs = [by_key(key) for _, key in node.dispatch]
+    return LayoutSupport(spec.feature_major or spec.reads_feature_major, spec.feature_major,
+                         all(k.reads_patches for k in [spec, *dispatched_specs]))
 
 
 def weight_pattern(graph: Graph, node: Node) -> str:

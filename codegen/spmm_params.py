@@ -20,6 +20,7 @@ from sparsec.codegen.matrix_common import (
 from sparsec.codegen.packing import column_blocks
 from sparsec.codegen.request import KernelRequest
 from sparsec.compiler.ir import FEATURE_MAJOR, Graph, Node
+from sparsec.compiler.passes.absorb_patches import dense_rows
 
 
 def spmm_params(req: KernelRequest) -> dict:
@@ -72,7 +73,12 @@ def spmm_tokens_params(req: KernelRequest, tokens: int, isa: str) -> dict:
     (block row index and R values per block); the kernel transposes A tiles in scratch."""
     node, a, weight = req.node, req.input(0), req.input(1)
     packed = weight.sparsity.packed
-    m, k, a_sm, a_sk = activation_rows(a, node.attrs.get("trans_a", 0))
+    patches = node.attrs.get("patches")
+    if patches:  # absorb_patches: A's rows are X's channel planes, shifted per tap
+        m, k = dense_rows(req.graph, node), weight.shape[0]
+        a_sm, a_sk = 1, a.shape[2] * a.shape[3]
+    else:
+        m, k, a_sm, a_sk = activation_rows(a, node.attrs.get("trans_a", 0))
     if a.layout == FEATURE_MAJOR:  # choose_layouts: the producer wrote A^T (K x M)
         a_sm, a_sk = 1, m
     n = weight.shape[1]
@@ -80,6 +86,11 @@ def spmm_tokens_params(req: KernelRequest, tokens: int, isa: str) -> dict:
     block_rows = packed.row_ptr.size - 1
     lanes = TOKEN_TILE_ISAS[isa].lanes
     chunk = chunk_block_rows(packed, n, tokens)
+    patch_params = {}
+    if patches:
+        chunk = _divisor_at_most(a.shape[1] // packed.rows, chunk)
+        patch_params = _shifted_rows(req, a.shape, patches, m, tokens, lanes, chunk,
+                                     packed.rows)
     chunks = max(1, -(-block_rows // chunk))
     per_task = -(-COLUMNS_PER_TASK // lanes) * lanes
     tasks = -(-n // per_task)
@@ -106,20 +117,55 @@ def spmm_tokens_params(req: KernelRequest, tokens: int, isa: str) -> dict:
         # reads the scratch copy's zero rows instead (0 x whatever lies beyond A is NaN
         # for an Inf there, and may be past the arena's end).
         "direct_rows": a_sm == 1 and a_sk != 1 and block_rows * packed.rows == k,
+        "patches": bool(patches), **patch_params,
     }
     req.take(req.output())
     return params
 
 
+def _divisor_at_most(count: int, limit: int) -> int:
+    """The largest divisor of count no larger than limit: K chunks that never straddle taps."""
+    return max(d for d in range(1, min(count, max(limit, 1)) + 1) if count % d == 0)
+
+
+def _shifted_rows(req: KernelRequest, x_shape, patches: dict, m: int, tokens: int,
+                  lanes: int, chunk: int, block_rows: int) -> dict:
+    """What a token-tile kernel needs to read patches from X [1, C, H, W] (absorb_patches):
+    per tap, the element shift of its row from the K row's channel plane, and per token tile
+    and tap, one bit per token lane (uint16 per vector) set where the tap reads inside X."""
+    _n, c, h, w = x_shape
+    (kh, kw), (dh, dw) = patches["kernel"], patches["dilations"]
+    top, left = patches["pads"][0], patches["pads"][1]
+    _out_h, out_w = patches["out"]
+    taps = kh * kw
+    dy = np.repeat(np.arange(kh) * dh - top, kw)
+    dx = np.tile(np.arange(kw) * dw - left, kh)
+    # K row tap * C + channel lies at channel * H * W + shift[tap] from the tile's token 0.
+    shift = dy * w + dx - np.arange(taps) * c * h * w
+    tiles = -(-m // tokens)
+    pixel = np.arange(tiles * tokens)
+    row, column = pixel // out_w, pixel % out_w
+    inside = ((pixel[None, :] < m)
+              & (row[None, :] + dy[:, None] >= 0) & (row[None, :] + dy[:, None] < h)
+              & (column[None, :] + dx[:, None] >= 0) & (column[None, :] + dx[:, None] < w))
+    lane_bits = (1 << np.arange(lanes)).astype(np.uint32)
+    bits = inside.reshape(taps, tiles, tokens // lanes, lanes).astype(np.uint32) @ lane_bits
+    masks = np.ascontiguousarray(bits.transpose(1, 0, 2)).astype(np.uint16)
+    return {"TAPS": taps, "CHUNKS_PER_TAP": c // block_rows // chunk,
+            "tap_shift": [int(s) for s in shift], "masks": req.blob.add(masks)}
+
+
 def spmm_tokens_scratch(graph: Graph, node: Node, tokens: int) -> int:
     """Per token tile (tiles run in parallel, each in its own scratch): the transposed A tile
-    (block rows padded) and the transposed Y tile."""
+    (block rows padded; none where the kernel reads patches from X) and the transposed Y
+    tile."""
     weight = graph.tensors[node.inputs[1]]
     k, n = weight.shape
     rows = weight.sparsity.packed.rows
-    m = graph.tensors[node.inputs[0]].size // k if k else 0
+    m = dense_rows(graph, node)
     tiles = max(1, -(-m // tokens))
-    return tiles * 4 * tokens * (-(-k // rows) * rows + n)
+    a_rows = 0 if "patches" in node.attrs else -(-k // rows) * rows
+    return tiles * 4 * tokens * (a_rows + n)
 
 
 PACK_ABOVE_BYTES = 48 * 1024

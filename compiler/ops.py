@@ -51,9 +51,11 @@ ADD_LAYER_NORM = "AddLayerNorm"
 ACTIVATIONS = ("Relu", "Sigmoid", "Tanh", "Clip")
 
 # Im2Col: the patch matrix of a 2-D convolution over X [N, C, H, W], channels first:
-# [N, C*kh*kw, Ho*Wo] (N == 1: [C*kh*kw, Ho*Wo]); row c*kh*kw + i*kw + j holds tap (i, j) of
+# [N, kh*kw*C, Ho*Wo] (N == 1: [kh*kw*C, Ho*Wo]); row (i*kw + j)*C + c holds tap (i, j) of
 # channel c for every output pixel, zero where the tap falls in the padding. attrs:
 # kernel (kh, kw), strides, dilations, pads (top, left, bottom, right), out (Ho, Wo).
+# Taps first, so that a K chunk of a token-tile kernel lies within one tap when it reads the
+# patches straight from X (absorb_patches).
 IM2COL = "Im2Col"
 
 # DepthwiseConv: a Conv with one filter per channel (group == C == M), NCHW in and out:

@@ -6,6 +6,14 @@
 #include <immintrin.h>
 #include <stddef.h>
 
+/* Lane i all ones where bit i of `bits` is set: VMASKMOVPS's mask, from the 8-bit lane
+ * masks the shifted-row conv kernels keep per tap (AVX-512 uses the bits as they are). */
+static inline __m256i sparsec_mask8_from_bits(unsigned bits)
+{
+  const __m256i lane_bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)bits), lane_bits), lane_bits);
+}
+
 /* dst[j][i] = src[i][j] for an 8 x 8 float block; strides in elements. Three shuffle stages
  * (32-bit, 64-bit and 128-bit lanes). */
 static inline void sparsec_transpose8x8(const float *src, size_t src_stride, float *dst,

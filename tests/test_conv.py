@@ -212,6 +212,43 @@ def test_random_convs_match_onnxruntime(target, compiler):
     runs.flush()
 
 
+# Stride-1 convs that keep their width, so a token-tile kernel reads their patches from X with
+# masked shifted rows (absorb_patches): partial tiles, Ho != H, asymmetric pads, dilation,
+# every block pattern the token kernels take, channel counts that make a K chunk one tap or
+# less, a tap entirely in the padding.
+SHIFTED_ROW_CASES = [
+    edge(c=8, m=16, h=9, w=10, density=0.1, activation="Relu"),
+    edge(c=16, m=8, h=12, w=11, kernel=(3, 3), dilations=(2, 2), pads=(2, 2, 2, 2),
+         density=0.3, batch_norm=True),
+    edge(c=4, m=12, h=7, w=13, kernel=(2, 3), pads=(0, 1, 1, 1), density=0.2, bias=False),
+    edge(c=12, m=20, h=10, w=9, kernel=(3, 3), pads=(0, 1, 0, 1), density=0.2,
+         activation="Sigmoid"),  # Ho = H - 2
+    edge(c=3, m=5, h=6, w=70, kernel=(1, 5), pads=(0, 2, 0, 2), density=0.4),  # tile > row
+    edge(c=8, m=8, h=4, w=5, kernel=(5, 3), pads=(4, 1, 0, 1), density=0.5),  # taps in pads
+    edge(c=64, m=24, h=11, w=12, kernel=(3, 3), density=0.05, activation="Clip"),
+]
+
+
+@pytest.mark.parametrize("pattern", ["1x1", "4x1"])
+@pytest.mark.parametrize("target", ["x86-avx2", "x86-avx512"])
+def test_stride_1_convs_read_their_patches_in_place(target, pattern, compiler):
+    """No Im2Col is left: the Dense reads X itself, and matches onnxruntime. Masked lanes are
+    never read, so a tap reaching before X's first byte or past its last is no fault."""
+    if not compiler.can_run(target):
+        pytest.skip(f"{target} cannot run on this host")
+    for case in SHIFTED_ROW_CASES:
+        if pattern == "4x1" and case.c % 4:
+            continue
+        model, feeds = build(case)
+        result = compiler.compile(model, target, force_pattern=pattern)
+        ops = [node.op for node in result.graph.nodes]
+        assert "Im2Col" not in ops, (case, ops)
+        dense = [node for node in result.graph.nodes if node.op == "Dense"]
+        assert len(dense) == 1 and "patches" in dense[0].attrs, case
+        outputs = sparsec.load(result.library).run(feeds)
+        check_against_onnxruntime(case, outputs)
+
+
 def test_pointwise_convs_at_batch_1_move_no_bytes(compiler):
     """Two sparse 1x1 convs in a row on x86-avx2: both Dense kernels read and write
     channels-first (feature-major), and every Transpose lower_conv wrote is a flip that

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from sparsec.compiler.ir import Graph, Node
 from sparsec.compiler.options import CompileOptions
 from sparsec.compiler.passes import (
+    absorb_patches,
     choose_layouts,
     detect_sparsity,
     fold_constants,
@@ -71,6 +72,8 @@ class LayoutSupport:
 
     reads_feature_major: bool = False  # its activations (input 0) stored K x rows
     writes_feature_major: bool = False  # its output stored N x rows
+    # Reads a stride-1 conv's patches from the conv's input itself (absorb_patches).
+    reads_patches: bool = False
 
 
 @dataclass
@@ -118,6 +121,8 @@ PIPELINE: list[tuple[str, Callable[[Graph, PassContext], Graph], str]] = [
      "choose every node's kernel on the target once, recorded on the node for what follows"),
     (choose_layouts.NAME, choose_layouts.run,
      "hand activations between token-tile kernels over transposed, skipping two transposes"),
+    (absorb_patches.NAME, absorb_patches.run,
+     "let token-tile kernels read a stride-1 conv's patches from its input, with no Im2Col"),
     (plan_memory.NAME, plan_memory.run,
      "place every intermediate in one arena, sized at compile time"),
 ]

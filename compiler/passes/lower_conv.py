@@ -9,14 +9,14 @@ X [N, C, H, W] with weight W [M, C/g, kh, kw] is
     Y = reshape(transpose(act(patches^T . Wk + b)))
 
 where `patches` is X itself for a 1x1, stride-1, unpadded conv and an Im2Col node otherwise,
-and Wk the weight as a (C*kh*kw) x M matrix (block-diagonal for grouped convs, so the sparse
-kernels skip the zero blocks like any other zeros). A BatchNormalization that only this Conv
-feeds is folded into the weight and bias, and the activation after them (Relu, Clip, Sigmoid,
-Tanh) moves before the transposes, so `fuse` turns the product, bias and activation into one
-Dense node. At batch 1 both transposes are [1, 0] flips of a 2-D matrix: choose_layouts then
-hands the Dense its activations channels-first (feature-major) and they cost nothing. A
-depthwise conv (one filter per channel) becomes one DepthwiseConv node instead, with a Relu or
-Clip after it folded in.
+and Wk the weight as a (kh*kw*C) x M matrix, taps first (block-diagonal for grouped convs, so
+the sparse kernels skip the zero blocks like any other zeros). A BatchNormalization that
+only this Conv feeds is folded into the weight and bias, and the activation after them (Relu,
+Clip, Sigmoid, Tanh) moves before the transposes, so `fuse` turns the product, bias and
+activation into one Dense node. At batch 1 both transposes are [1, 0] flips of a 2-D
+matrix: choose_layouts then hands the Dense its activations channels-first (feature-major)
+and they cost nothing. A depthwise conv (one filter per channel) becomes one DepthwiseConv
+node instead, with a Relu or Clip after it folded in.
 """
 
 from __future__ import annotations
@@ -145,14 +145,15 @@ class Conv:
                 "dilations": self.dilations, "pads": self.pads, "out": [self.ho, self.wo]}
 
     def matrix(self) -> np.ndarray:
-        """The weight as (C*kh*kw) x M, row c*kh*kw + i*kw + j; block-diagonal by group."""
+        """The weight as (kh*kw*C) x M, row (i*kw + j)*C + c (Im2Col's tap-major order);
+        block-diagonal by group within each tap."""
         taps = self.kh * self.kw
         cg, mg = self.c // self.group, self.m // self.group
-        k = np.zeros((self.c * taps, self.m), np.float32)
+        k = np.zeros((taps, self.c, self.m), np.float32)
         for g in range(self.group):
-            block = self.weight[g * mg:(g + 1) * mg].reshape(mg, cg * taps)
-            k[g * cg * taps:(g + 1) * cg * taps, g * mg:(g + 1) * mg] = block.T
-        return k
+            block = self.weight[g * mg:(g + 1) * mg].reshape(mg, cg, taps)
+            k[:, g * cg:(g + 1) * cg, g * mg:(g + 1) * mg] = block.transpose(2, 1, 0)
+        return k.reshape(taps * self.c, self.m)
 
 
 def _unsupported(graph: Graph, node: Node) -> str:
@@ -268,10 +269,17 @@ def _as_dense(graph: Graph, conv: Conv, activation: Node | None, output: str) ->
     nodes.append(Node("Transpose", [patches], [rows], {"perm": flip}, conv.node.name))
     if conv.weight is not None:
         weight = names.add("weight", (k, conv.m), conv.matrix())
-    else:  # a run-time weight [M, C, kh, kw]: as M x K, then flipped to K x M each run
+    else:  # a run-time weight [M, C, kh, kw]: taps first, as M x K, flipped to K x M each run
+        source = conv.node.inputs[1]
+        if conv.one_d:
+            source = names.add("weight4", (conv.m, conv.c, 1, conv.kw))
+            nodes.append(_reshape(graph, conv.node.inputs[1], source, names))
+        taps_first = names.add("weight_taps", (conv.m, conv.kh, conv.kw, conv.c))
         flat = names.add("weight_rows", (conv.m, k))
         weight = names.add("weight", (k, conv.m))
-        nodes += [_reshape(graph, conv.node.inputs[1], flat, names),
+        nodes += [Node("Transpose", [source], [taps_first], {"perm": [0, 2, 3, 1]},
+                       conv.node.name),
+                  _reshape(graph, taps_first, flat, names),
                   Node("Transpose", [flat], [weight], {"perm": [1, 0]}, conv.node.name)]
     product = names.add("product", lead + (pixels, conv.m))
     nodes.append(Node("MatMul", [rows, weight], [product], {}, conv.node.name))
