@@ -87,6 +87,8 @@ class KernelSpec:
     reads_feature_major: bool = False
     # Reads a stride-1 conv's patches from the conv's input (masked shifted rows).
     reads_patches: bool = False
+    # Adds a residual tensor (input 3) to its feature-major output before the activation.
+    adds_residual: bool = False
 
     family: str = ""  # symbol stem: "f32_spmm" -> sparsec_f32_spmm_ukernel_...
 
@@ -158,7 +160,7 @@ KERNELS: list[KernelSpec] = [
     # calibrate on, so its costs are the AVX2 row's measured ones scaled by 8 lanes over 4.
     *[KernelSpec(op=DENSE, dtypes=FLOAT, isa=isa, pattern=p, mr=tokens, nr=1,
                  family="f32_spmm", template="f32-spmm/x86-tokens.c.j2", parallel=True,
-                 feature_major=True, reads_patches=isa != "neon",
+                 feature_major=True, reads_patches=isa != "neon", adds_residual=True,
                  params=functools.partial(smp.spmm_tokens_params, tokens=tokens, isa=isa),
                  scratch=functools.partial(smp.spmm_tokens_scratch, tokens=tokens),
                  cost_ns={"generic": cost})

@@ -70,7 +70,8 @@ def dispatched(graph: Graph, node: Node, target: Target,
                    and bool(k.scratch) == bool(base.scratch)
                    and k.feature_major == base.feature_major
                    and k.reads_feature_major == base.reads_feature_major
-                   and k.reads_patches == base.reads_patches]
+                   and k.reads_patches == base.reads_patches
+                   and k.adds_residual == base.adds_residual]
         if fitting and ISA_ORDER.index(option.isa) > ISA_ORDER.index(base.isa):
             result.append((option, fitting[0]))
     return result
@@ -103,9 +104,9 @@ def scratch_bytes(graph: Graph, node: Node) -> int:
 def layout_support(graph: Graph, node: Node) -> LayoutSupport:
     """What choose_layouts may ask of the node's chosen kernel."""
     spec = chosen(node)
-    dispatched_specs = [by_key(key) for _, key in node.dispatch]
+    specs = [spec, *(by_key(key) for _, key in node.dispatch)]
     return LayoutSupport(spec.feature_major or spec.reads_feature_major, spec.feature_major,
-                         all(k.reads_patches for k in [spec, *dispatched_specs]))
+                         all(k.reads_patches for k in specs), all(k.adds_residual for k in specs))
 
 
 def weight_pattern(graph: Graph, node: Node) -> str:

@@ -111,6 +111,7 @@ def spmm_tokens_params(req: KernelRequest, tokens: int, isa: str) -> dict:
         "a_sm": a_sm, "a_sk": a_sk, "num_blocks": packed.num_blocks,
         "col_ptr": req.blob.add(col_ptr), "k_idx": req.blob.add(k_idx),
         "values": req.blob.add(values), **bias_params(req, m, n),
+        "residual": req.take(req.input(3)),  # absorb_residual: after the bias, in this order
         **epilogue_params(req, node.attrs, "float32"), **vector_epilogue_params(node.attrs),
         "y_feature_major": req.output().layout == FEATURE_MAJOR,
         # A read in place needs every block row inside A: a last block that hangs past K

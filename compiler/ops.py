@@ -36,6 +36,8 @@ LOWERED_OPS = frozenset(("Conv",))
 
 # Ops that only passes create; they never come from a model.
 DENSE = "Dense"  # act(alpha * X . W + beta * bias), W 2-D; X's leading dims flattened into rows
+# (absorb_patches: X is a conv's input, read as its patches; absorb_residual: a fourth input
+# of the output's shape is added before the activation)
 
 # softmax(scale(A . B) + mask) . V over the batch dimensions, one kernel that keeps the score
 # rows in L1: inputs A [..., M, K], B [..., K, N], V [..., N, D], mask (broadcasts to the

@@ -249,6 +249,74 @@ def test_stride_1_convs_read_their_patches_in_place(target, pattern, compiler):
         check_against_onnxruntime(case, outputs)
 
 
+def residual_block(shortcut: str, activation: str, seed: int = 0) -> tuple[onnx.ModelProto, dict]:
+    """x -> 3x3 conv + Relu -> 3x3 conv + BatchNormalization, added to the shortcut (x itself,
+    or a 1x1 conv of x: a downsampling block, where both Add operands are convs), then the
+    activation (none, Relu, or Clip 0..6); 90 % of each conv weight zero."""
+    rng = np.random.default_rng(seed)
+    c, h, w = 16, 9, 10
+
+    def sparse(*shape):
+        return (rng.standard_normal(shape) * (rng.random(shape) < 0.1)).astype(np.float32)
+
+    inits = [numpy_helper.from_array(sparse(c, c, 3, 3), "w1"),
+             numpy_helper.from_array(sparse(c, c, 3, 3), "w2")]
+    for name, value in zip(("scale", "shift", "mean", "var"),
+                           (rng.random(c) + 0.5, rng.standard_normal(c),
+                            rng.standard_normal(c), rng.random(c) + 0.5)):
+        inits.append(numpy_helper.from_array(value.astype(np.float32), name))
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c2", "scale", "shift", "mean", "var"],
+                              ["b2"])]
+    other = "x"
+    if shortcut == "conv":
+        inits.append(numpy_helper.from_array(sparse(c, c, 1, 1), "ws"))
+        nodes.append(helper.make_node("Conv", ["x", "ws"], ["s"]))
+        other = "s"
+    nodes.append(helper.make_node("Add", ["b2", other], ["sum"]))
+    if activation == "Clip":
+        inits += [numpy_helper.from_array(np.float32(0), "low"),
+                  numpy_helper.from_array(np.float32(6), "high")]
+        nodes.append(helper.make_node("Clip", ["sum", "low", "high"], ["y"]))
+    elif activation:
+        nodes.append(helper.make_node(activation, ["sum"], ["y"]))
+    else:
+        nodes[-1].output[0] = "y"
+    graph = helper.make_graph(
+        nodes, "block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, h, w])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, h, w])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model, {"x": rng.standard_normal((1, c, h, w)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("target", [p for p in TARGET_PARAMS if p.values[0] != "generic"])
+def test_residual_add_and_activation_run_in_the_conv_epilogue(target, compiler):
+    """No Add or activation node is left: the block's last conv adds the shortcut and
+    activates as it stores (every SIMD target's token-tile kernels). Against onnxruntime on
+    sums of at most 16*9 products: 1e-4 on outputs of magnitude up to 51 (measured) is 25 ulp
+    or more, above the two summation orders' difference, and far below any wrong or missing
+    term."""
+    runs = Runs(targets.resolve(target), compiler.cache_dir)
+    for shortcut in ("identity", "conv"):
+        for activation in ("Relu", "Clip", ""):
+            model, feeds = residual_block(shortcut, activation)
+            result = compiler.compile(model, target, force_pattern="1x1")
+            ops = [node.op for node in result.graph.nodes]
+            assert "Add" not in ops and "Relu" not in ops and "Clip" not in ops, ops
+            assert sum(len(node.inputs) == 4 for node in result.graph.nodes
+                       if node.op == "Dense") == 1
+            (expected,) = run_onnxruntime(model, feeds)
+
+            def check(outputs, expected=expected):
+                np.testing.assert_allclose(outputs["y"], expected, rtol=0, atol=1e-4)
+
+            runs.submit(result, feeds, check, label=f"{shortcut} shortcut, {activation!r}")
+    runs.flush()
+
+
 def test_pointwise_convs_at_batch_1_move_no_bytes(compiler):
     """Two sparse 1x1 convs in a row on x86-avx2: both Dense kernels read and write
     channels-first (feature-major), and every Transpose lower_conv wrote is a flip that

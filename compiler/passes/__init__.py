@@ -12,6 +12,7 @@ from sparsec.compiler.ir import Graph, Node
 from sparsec.compiler.options import CompileOptions
 from sparsec.compiler.passes import (
     absorb_patches,
+    absorb_residual,
     choose_layouts,
     detect_sparsity,
     fold_constants,
@@ -74,6 +75,8 @@ class LayoutSupport:
     writes_feature_major: bool = False  # its output stored N x rows
     # Reads a stride-1 conv's patches from the conv's input itself (absorb_patches).
     reads_patches: bool = False
+    # Adds a residual (input 3) to its feature-major output (absorb_residual).
+    adds_residual: bool = False
 
 
 @dataclass
@@ -123,6 +126,8 @@ PIPELINE: list[tuple[str, Callable[[Graph, PassContext], Graph], str]] = [
      "hand activations between token-tile kernels over transposed, skipping two transposes"),
     (absorb_patches.NAME, absorb_patches.run,
      "let token-tile kernels read a stride-1 conv's patches from its input, with no Im2Col"),
+    (absorb_residual.NAME, absorb_residual.run,
+     "add a conv's residual connection and the activation after it in its Dense's epilogue"),
     (plan_memory.NAME, plan_memory.run,
      "place every intermediate in one arena, sized at compile time"),
 ]

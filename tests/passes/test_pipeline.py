@@ -15,7 +15,7 @@ def test_pipeline_is_data_with_reasons():
     names = [name for name, _, _ in PIPELINE]
     assert names == ["fold-constants", "lower-conv", "detect-sparsity", "fuse", "reorder-blocks",
                      "quantize", "select-kernels", "choose-layouts", "absorb-patches",
-                     "plan-memory"]
+                     "absorb-residual", "plan-memory"]
     assert all(why for _, _, why in PIPELINE)
 
 
@@ -27,7 +27,8 @@ def test_dump_ir_writes_every_pass(tmp_path):
     assert files == ["00-import.txt", "01-fold-constants.txt", "02-lower-conv.txt",
                      "03-detect-sparsity.txt", "04-fuse.txt", "05-reorder-blocks.txt",
                      "06-quantize.txt", "07-select-kernels.txt", "08-choose-layouts.txt",
-                     "09-absorb-patches.txt", "10-plan-memory.txt"]
+                     "09-absorb-patches.txt", "10-absorb-residual.txt",
+                     "11-plan-memory.txt"]
     assert "Dense(" in (tmp_path / "04-fuse.txt").read_text()
 
 
