@@ -8,6 +8,7 @@ import numpy as np
 
 from sparsec.codegen.activations import activation_statements
 from sparsec.codegen.c_literals import c_float
+from sparsec.codegen.isa import TOKEN_TILE_ISAS
 from sparsec.codegen.request import KernelRequest
 from sparsec.compiler.ir import Graph, Node
 
@@ -55,7 +56,8 @@ def _padded_plane(geometry: dict) -> tuple[int, int]:
     return hp, wp
 
 
-def depthwise_params(req: KernelRequest) -> dict:
+def depthwise_params(req: KernelRequest, isa: str | None = None) -> dict:
+    """isa: the SIMD ISA whose transposes move full channel blocks (None: scalar copies)."""
     node = req.node
     x, w, bias, y = req.input(0), req.input(1), req.input(2), req.output()
     n, c = x.shape[0], x.shape[1]
@@ -76,15 +78,22 @@ def depthwise_params(req: KernelRequest) -> dict:
     bounds = tuple(c_float(b) for b in node.attrs["activation_params"]) \
         if activation == "Clip" else ()
     params["activate"] = activation_statements(activation, bounds, "float32", "v")
+    if isa is not None:
+        params["isa"] = TOKEN_TILE_ISAS[isa].template_names()
     req.take(x)
     req.take(y)
     return params
 
 
 def depthwise_scratch(graph: Graph, node: Node) -> int:
-    """Per task (image and block of channels): its padded planes and one output row."""
+    """Per task (image and block of channels): the ring of padded input rows a window
+    spans, a zero row, and one output row."""
     x = graph.tensors[node.inputs[0]]
     geometry = _geometry(graph, node)
-    hp, wp = _padded_plane(geometry)
+    _hp, wp = _padded_plane(geometry)
+    span = (geometry["kh"] - 1) * geometry["dh"] + 1
+    # Slots and the output row in whole chunks of up to 16 pixels (the ISAs' transposes).
+    slot = max(wp, geometry["left"] + -(-geometry["w"] // 16) * 16)
+    out_row = -(-geometry["wo"] // 16) * 16
     blocks = -(-x.shape[1] // DEPTHWISE_BLOCK)
-    return 4 * x.shape[0] * blocks * (hp * wp + geometry["wo"]) * DEPTHWISE_BLOCK
+    return 4 * x.shape[0] * blocks * ((span + 1) * slot + out_row) * DEPTHWISE_BLOCK

@@ -349,9 +349,13 @@ KERNELS: list[KernelSpec] = [
     # four NEON).
     KernelSpec(op=IM2COL, dtypes=FLOAT, isa="scalar", family="x_im2col",
                template="x-im2col/scalar.c.j2", params=cp.im2col_params, parallel=True),
-    KernelSpec(op=DEPTHWISE_CONV, dtypes=FLOAT, isa="scalar", family="f32_depthwise",
-               template="f32-depthwise/scalar.c.j2", params=cp.depthwise_params,
-               scratch=cp.depthwise_scratch, parallel=True),
+    # DepthwiseConv: one template; the SIMD rows move channel blocks with the ISA's transposes.
+    *[KernelSpec(op=DEPTHWISE_CONV, dtypes=FLOAT, isa=isa, family="f32_depthwise",
+                 template="f32-depthwise/scalar.c.j2",
+                 params=functools.partial(cp.depthwise_params,
+                                          isa=None if isa == "scalar" else isa),
+                 scratch=cp.depthwise_scratch, parallel=True)
+      for isa in ("scalar", "neon", "avx2", "avx512f")],
     # CNN operators. Portable C only: the pools run contiguous over W, so GCC vectorises
     # them for each target's flags (-mavx2, -mavx512f, NEON) without intrinsics.
     *[KernelSpec(op=op, dtypes=FLOATS + ("int8", "uint8") if "Max" in op else FLOATS,

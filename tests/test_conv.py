@@ -190,6 +190,11 @@ def test_random_convs_match_onnxruntime(target, compiler):
                        batch_norm=True, activation="Relu"))  # pointwise, sparse: flips only
     @example(case=edge(c=12, m=12, group=12, strides=(2, 2), activation="Clip",
                        batch_norm=True))  # MobileNet's depthwise 3x3 s2 + BN + ReLU6
+    # Depthwise with whole 16-channel blocks (the SIMD transposes): a plane narrower than a
+    # vector; and full plus partial pixel chunks, horizontal stride 2 and dilation.
+    @example(case=edge(c=32, m=32, group=32, h=7, w=7, activation="Clip", batch_norm=True))
+    @example(case=edge(c=48, m=48, group=48, h=5, w=37, strides=(1, 2), dilations=(2, 1),
+                       pads=(2, 1, 2, 1), density=0.5, activation="Relu"))
     @example(case=edge(c=6, m=9, group=3, kernel=(2, 3), pads=(0, 2, 1, 0),
                        dilations=(2, 1), density=0.5))
     @example(case=edge(h=0, w=17, kernel=(1, 5), pads=(0, 2, 0, 1), strides=(1, 2),
