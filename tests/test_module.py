@@ -1,4 +1,7 @@
+import json
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -338,3 +341,41 @@ def test_abi_version_is_one_number_everywhere(module):
     assert int(re.search(r"#define SPARSEC_ABI_VERSION (\d+)", header).group(1)) == ABI_VERSION
     assert module.info["abi_version"] == ABI_VERSION
     assert module._lib.sparsec_abi_version() == ABI_VERSION
+
+
+def test_load_and_run_need_only_numpy_and_cffi(compiler, tmp_path):
+    """A deployment without the compiler's packages: onnx, jinja2 and onnxruntime cannot be
+    imported (None in sys.modules, as for an uninstalled package), yet `import sparsec`, load,
+    run and `sparsec info` work, and compile says what it needs."""
+    library = compiler.compile(mlp(), "generic").library
+    x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    expected = sparsec.load(library).run({"x": x})["y"]
+    script = f"""
+import json, sys
+for name in ("onnx", "jinja2", "onnxruntime"):
+    sys.modules[name] = None
+import numpy as np
+import sparsec
+from sparsec.cli import main
+module = sparsec.load({str(library)!r})
+y = module.run({{"x": np.load({str(tmp_path / "x.npy")!r})}})["y"]
+np.save({str(tmp_path / "y.npy")!r}, y)
+try:
+    sparsec.compile
+    needs = ""
+except ImportError as error:
+    needs = str(error)
+loaded = sorted(m for m in sys.modules if m.startswith(("sparsec.compiler", "sparsec.codegen")))
+print(json.dumps({{"needs": needs, "loaded": loaded}}))
+sys.argv = ["sparsec", "info", {str(library)!r}]
+main()
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.splitlines()[0])
+    assert report["loaded"] == []
+    assert "onnx" in report["needs"] and "pip install sparsec" in report["needs"]
+    assert "target generic" in done.stdout
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), expected)
