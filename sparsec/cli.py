@@ -25,6 +25,7 @@ from sparsec.cli_options import (
     compile_printing_warnings,
 )
 from sparsec.errors import SparsecError
+from sparsec.library_info import read_info
 from sparsec.reports import describe_tensors, format_layers, format_profile
 from sparsec.version import __version__
 
@@ -207,20 +208,6 @@ def cmd_info(args) -> int:
     print("outputs:\n" + describe_tensors(info["outputs"]))
     print("layers:\n" + format_layers(info))
     return 0
-
-
-def read_info(path: Path) -> dict:
-    """Model info without running target code: the library's info function needs no CPU
-    features, so this works for libraries the host cannot execute (same architecture)."""
-    from sparsec.module import _ffi
-
-    if not path.is_file():
-        raise SparsecError(f"no compiled model at {path}")
-    try:
-        lib = _ffi().dlopen(str(path.resolve()))
-        return json.loads(_ffi().string(lib.sparsec_model_info()).decode())
-    except (OSError, AttributeError) as exc:
-        raise SparsecError(f"{path} is not a sparsec library for this machine: {exc}") from None
 
 
 def cmd_calibrate(args) -> int:

@@ -10,6 +10,7 @@ from onnx import helper
 
 from sparsec.cli import main
 from sparsec.codegen import targets
+from tests.conftest import TARGET_PARAMS
 from tests.graphs import mlp, model
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "mlp_sparse.onnx"
@@ -42,6 +43,26 @@ def test_compile_run_info_round_trip(workdir, capsys):
     assert "target generic" in out and "'x': float32[4x64]" in out and "arena:" in out
     assert main(["info", "build/mlp.so", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["inputs"][0]["name"] == "x"
+
+
+@pytest.mark.parametrize("target", [p for p in TARGET_PARAMS if p.values[0] == "arm-neon"])
+def test_info_reads_a_library_this_host_cannot_load(target, workdir, capsys):
+    """The model info is a section of the file: a cross-built AArch64 library's reads on an
+    x86 host (it said "cannot open shared object file" when info came from loading it)."""
+    assert main(["compile", str(SAMPLE), "--target", target, "-o", "arm.so"]) == 0
+    capsys.readouterr()
+    assert main(["info", "arm.so"]) == 0
+    out = capsys.readouterr().out
+    assert f"target {target}" in out and "'x': float32[4x64]" in out
+    assert main(["info", "arm.so", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["target"] == target
+
+
+def test_info_of_a_file_that_is_no_library_is_one_line(workdir, capsys):
+    Path("notes.so").write_text("not a library")
+    assert main(["info", "notes.so"]) != 0
+    err = capsys.readouterr().err
+    assert "notes.so is not a sparsec library" in err and "Traceback" not in err
 
 
 def test_a_reader_that_goes_away_is_not_an_error(workdir):
