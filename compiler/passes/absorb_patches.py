@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from sparsec.compiler.ir import FEATURE_MAJOR, Graph, Node
 from sparsec.compiler.ops import DENSE, IM2COL
+from sparsec.compiler.passes.fusion.rewrite import Uses
 
 NAME = "absorb-patches"
 
@@ -29,13 +30,12 @@ MAX_ELEMENTS = 1 << 30
 def run(graph: Graph, ctx) -> Graph:
     if ctx.layouts is None:
         return graph
-    producers = graph.producers()
-    readers = graph.consumers()
+    uses = Uses(graph)
     found = []
     for node in graph.nodes:
         if node.op != DENSE or not ctx.layouts(graph, node).reads_patches:
             continue
-        chain = _patch_chain(graph, node, producers, readers)
+        chain = _patch_chain(graph, node, uses)
         if chain is not None:
             found.append((node, *chain))
     if not found:
@@ -61,20 +61,18 @@ def run(graph: Graph, ctx) -> Graph:
     return graph
 
 
-def _patch_chain(graph: Graph, dense: Node, producers, readers) -> tuple[Node, Node] | None:
+def _patch_chain(graph: Graph, dense: Node, uses: Uses) -> tuple[Node, Node] | None:
     """(flip, im2col) when `dense` reads Im2Col patches through a layout flip that nothing
     else reads, and the conv's geometry lets a shifted row stand for each patch row."""
     rows = dense.inputs[0]
     if dense.attrs.get("trans_a", 0) or graph.tensors[rows].layout != FEATURE_MAJOR:
         return None
-    flip = producers.get(rows)
-    if flip is None or flip.op != "Transpose" or len(readers.get(rows, [])) != 1:
+    flip = uses.producers.get(rows)
+    if flip is None or flip.op != "Transpose" or uses.sole_reader(rows) is None:
         return None
     patches = flip.inputs[0]
-    im2col = producers.get(patches)
-    if im2col is None or im2col.op != IM2COL or len(readers.get(patches, [])) != 1:
-        return None
-    if patches in graph.outputs or rows in graph.outputs:
+    im2col = uses.producers.get(patches)
+    if im2col is None or im2col.op != IM2COL or uses.sole_reader(patches) is None:
         return None
     x = graph.tensors[im2col.inputs[0]]
     if len(x.shape) != 4 or x.shape[0] != 1 or x.size >= MAX_ELEMENTS:

@@ -17,6 +17,7 @@ from __future__ import annotations
 from sparsec.compiler.ir import FEATURE_MAJOR, Graph, Node
 from sparsec.compiler.ops import DENSE
 from sparsec.compiler.passes.fusion.match import clip_bounds
+from sparsec.compiler.passes.fusion.rewrite import Uses
 
 NAME = "absorb-residual"
 
@@ -26,13 +27,7 @@ RESIDUAL_ACTIVATIONS = ("Relu", "Clip")
 def run(graph: Graph, ctx) -> Graph:
     if ctx.layouts is None:
         return graph
-    readers = graph.consumers()
-    outputs = set(graph.outputs)
-
-    def sole_reader(name: str) -> Node | None:
-        users = readers.get(name, [])
-        return users[0] if len(users) == 1 and name not in outputs else None
-
+    sole_reader = Uses(graph).sole_reader
     found, claimed = [], set()
     for node in graph.nodes:
         if node.op == DENSE and ctx.layouts(graph, node).adds_residual:
