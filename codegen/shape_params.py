@@ -8,6 +8,7 @@ import numpy as np
 
 from sparsec.codegen.c_literals import CTYPES
 from sparsec.codegen.cnames import c_string_literal
+from sparsec.codegen.isa import TOKEN_TILE_ISAS
 from sparsec.codegen.loops import coalesce, contiguous_strides, elementwise_loops, loop_nest
 from sparsec.codegen.request import KernelRequest
 from sparsec.compiler.ir import is_layout_flip
@@ -44,7 +45,9 @@ TRANSPOSE_ELEMENTS_PER_TASK = 4096
 TRANSPOSE_TILE = 16
 
 
-def transpose_params(req: KernelRequest) -> dict:
+def transpose_params(req: KernelRequest, isa: str | None = None) -> dict:
+    """isa: a SIMD ISA whose square transpose moves whole fp32 tiles (None: element by
+    element)."""
     x, y = req.input(0), req.output()
     if is_layout_flip(req.graph, req.node):  # choose_layouts: the bytes are already in order
         req.take(x)
@@ -72,6 +75,8 @@ def transpose_params(req: KernelRequest) -> dict:
         if matrix:
             params.update(tile=TRANSPOSE_TILE, batch=dims[0] if len(dims) == 3 else 1,
                           rows=rows, cols=cols)
+            if isa is not None:
+                params["isa"] = TOKEN_TILE_ISAS[isa].template_names()
     return params
 
 

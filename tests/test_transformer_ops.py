@@ -12,9 +12,11 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx import helper as h
 
 import sparsec
+from sparsec.codegen import targets
 from sparsec.errors import InputError
 from tests.conftest import TARGET_PARAMS, run_onnxruntime
 from tests.graphs import model
+from tests.runs import Runs
 
 # float32 results of short sums and libm calls, both summed in float (in another order): each
 # within a few eps of the exact value.
@@ -170,3 +172,26 @@ def test_layer_norm_written_out_with_scale_and_bias_becomes_one_kernel(target, c
     result = compiler.compile(onnx_model, target)
     assert [n.op for n in result.graph.nodes] == ["LayerNormalization"]
     check(compiler, target, onnx_model, {"x": rng.standard_normal((2, 7, 24)).astype("f4")})
+
+
+@pytest.mark.parametrize("target", TARGET_PARAMS)
+def test_matrix_transposes_move_whole_tiles_and_edges(target, compiler):
+    """fp32 matrix transposes (SIMD targets: whole 16 x 16 tiles through the ISA's square
+    transpose, the edges element by element), batched and not, with and without edges;
+    exact, as moving bytes is."""
+    runs = Runs(targets.resolve(target), compiler.cache_dir)
+    rng = np.random.default_rng(5)
+    for shape, perm in (([37, 50], [1, 0]), ([3, 33, 48], [0, 2, 1]), ([2, 16, 32], [0, 2, 1]),
+                        ([64, 48], [1, 0])):
+        out = [shape[p] for p in perm]
+        onnx_model = model([helper.make_node("Transpose", ["x"], ["y"], perm=perm)],
+                           [("x", shape)], [("y", out)])
+        x = rng.standard_normal(shape).astype(np.float32)
+        expected = np.ascontiguousarray(x.transpose(perm))
+        result = compiler.compile(onnx_model, target)
+
+        def exact(outputs, expected=expected):
+            np.testing.assert_array_equal(outputs["y"], expected)
+
+        runs.submit(result, {"x": x}, exact, label=f"{shape} perm {perm}")
+    runs.flush()
