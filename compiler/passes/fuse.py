@@ -9,7 +9,8 @@ epilogue could absorb it; LayerNorm written as ReduceMean/Sub/Pow/Sqrt/Div is on
 LayerNormalization; every
 scaled, masked softmax between two batched MatMuls (attention) is one `Attention` node, which
 reads Q and V and writes its output through the head-splitting Transposes around it; an Add
-read only by a LayerNormalization is part of an `AddLayerNorm` node.
+read only by a LayerNormalization is part of an `AddLayerNorm` node; no Cast to the type its
+input already has is left (one the graph returns stays).
 Fusion never hides a value the graph returns: an intermediate that is a graph output or has
 several readers stays materialised.
 """
@@ -30,6 +31,7 @@ from sparsec.compiler.passes.fusion.dense import (
     gemm_to_dense,
     matmul_to_dense,
 )
+from sparsec.compiler.passes.fusion.no_ops import drop_no_op_casts
 from sparsec.compiler.passes.fusion.rewrite import Rule, Uses, apply_rules
 from sparsec.compiler.passes.fusion.written_out import (
     absorb_residual_add,
@@ -55,7 +57,9 @@ RULES = [
 
 
 def run(graph: Graph, ctx) -> Graph:
-    graph = apply_rules(graph.copy(), RULES)
+    graph = graph.copy()
+    drop_no_op_casts(graph)
+    graph = apply_rules(graph, RULES)
     uses = Uses(graph)
     for index, node in enumerate(graph.nodes):
         if node.op == "Softmax" and graph.tensors[node.inputs[0]].dtype == "float32":

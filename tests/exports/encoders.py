@@ -1,6 +1,7 @@
 """Tiny random-weight Hugging Face encoders exported as a new user would: `torch.onnx.export`
 in its default (dynamo, opset 18) and TorchScript (`dynamo=False`, opset 17) modes, with the
-default (sdpa) and eager attention, plus float16, block-pruned and optimum variants.
+default (sdpa) and eager attention, plus float16, block-pruned and optimum variants; text
+encoders and a ViT (pixels in, a patch-embedding Conv first).
 
 Seeded: the same case gives the same weights and inputs on every run. Run as a script to
 write every case into a folder: `python tests/exports/encoders.py OUT_DIR`.
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 HIDDEN, LAYERS, HEADS, INTERMEDIATE, VOCAB, SEQ, BATCH = 32, 2, 2, 64, 100, 16, 2
+IMAGE, PATCH = 32, 8  # ViT: 16 patches and the class token
 
 
 @dataclass(frozen=True)
@@ -56,10 +58,15 @@ def _config(family: str):
         return t.ElectraConfig(**_common(embedding_size=16))
     if family == "mpnet":
         return t.MPNetConfig(**_common(pad_token_id=1))
+    if family == "vit":
+        return t.ViTConfig(hidden_size=HIDDEN, num_hidden_layers=LAYERS,
+                           num_attention_heads=HEADS, intermediate_size=INTERMEDIATE,
+                           image_size=IMAGE, patch_size=PATCH, num_channels=3)
     raise ValueError(family)
 
 
-FAMILIES = ("bert", "distilbert", "roberta", "albert", "electra", "mpnet", "xlm-roberta")
+FAMILIES = ("bert", "distilbert", "roberta", "albert", "electra", "mpnet", "xlm-roberta", "vit")
+IMAGES = ("vit",)  # families that take pixel_values
 TOKEN_TYPES = ("bert", "albert", "electra")  # families whose forward takes token_type_ids
 
 
@@ -76,6 +83,7 @@ def cases() -> list[Case]:
         Case("bert", "dynamo", "eager", "pruned"),
         Case("bert", "optimum", "sdpa"),
         Case("roberta", "optimum", "sdpa"),
+        Case("vit", "torchscript", "sdpa", "pruned"),
     ]
 
 
@@ -83,6 +91,8 @@ def inputs(case: Case) -> dict[str, np.ndarray]:
     """Token ids away from the padding id, and a mask with padding at the end of one row
     (as a tokenizer pads a batch)."""
     rng = np.random.default_rng(7)
+    if case.family in IMAGES:
+        return {"pixel_values": rng.standard_normal((BATCH, 3, IMAGE, IMAGE)).astype(np.float32)}
     ids = rng.integers(3, VOCAB, size=(BATCH, SEQ), dtype=np.int64)
     mask = np.ones((BATCH, SEQ), np.int64)
     mask[1, SEQ - 5:] = 0
@@ -140,7 +150,8 @@ def export(case: Case, folder: Path) -> Path:
             return self.inner(**dict(zip(names, args))).last_hidden_state
 
     args = tuple(torch.from_numpy(feeds[n]) for n in names)
-    dynamic = {n: {0: "batch", 1: "sequence"} for n in names}
+    dynamic = {n: {0: "batch"} if case.family in IMAGES else {0: "batch", 1: "sequence"}
+               for n in names}
     quiet = io.StringIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), \
             contextlib.redirect_stderr(quiet):

@@ -151,6 +151,24 @@ def test_scaled_masked_softmax_between_matmuls_is_one_attention():
     assert (node.attrs["scale_op"], node.attrs["scale"]) == ("Div", 2.0)
 
 
+def test_a_cast_to_the_same_type_does_not_hide_attention():
+    """ViT's eager attention as the TorchScript exporter writes it: Softmax -> Cast(float)
+    -> MatMul. The Cast is dropped; a same-type Cast the graph returns stays, and a Cast that
+    changes the type is never dropped."""
+    nodes = attention_nodes()
+    nodes[3].output[0] = "p32"
+    nodes.insert(4, helper.make_node("Cast", ["p32"], ["p"], to=TensorProto.FLOAT))
+    graph = fused(model(nodes, ATTENTION_INPUTS, [("y", [1, 2, 4, 8])],
+                        [("c", np.float32(2.0))]))
+    assert [n.op for n in graph.nodes] == ["Attention"]
+    returned = [helper.make_node("Relu", ["x"], ["r"]),
+                helper.make_node("Cast", ["r"], ["y"], to=TensorProto.FLOAT),
+                helper.make_node("Cast", ["r"], ["ri"], to=TensorProto.INT32),
+                helper.make_node("Cast", ["ri"], ["z"], to=TensorProto.FLOAT)]
+    graph = fused(model(returned, [("x", [2, 4])], [("y", [2, 4]), ("z", [2, 4])]))
+    assert [n.op for n in graph.nodes] == ["Relu", "Cast", "Cast", "Cast"]
+
+
 def test_attention_is_not_fused_over_another_axis_or_a_returned_score():
     graph = fused(model(attention_nodes(softmax_axis=2), ATTENTION_INPUTS,
                         [("y", [1, 2, 4, 8])], [("c", np.float32(2.0))]))
