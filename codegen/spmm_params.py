@@ -95,10 +95,23 @@ def spmm_tokens_params(req: KernelRequest, tokens: int, isa: str) -> dict:
     per_task = -(-COLUMNS_PER_TASK // lanes) * lanes
     tasks = -(-n // per_task)
     # Blocks in the order the kernel walks them: by task (column range), K chunk, column,
-    # then block row; segment s = (task * chunks + chunk) * per_task + column in the task.
+    # then block row. Within a task's chunk the columns go in order of their block counts,
+    # most first (column_at says which column is i-th), so the loops over a column's blocks
+    # run the same number of times from one column to the next: in column order the counts
+    # were random, and their loop exits mispredicted. Segment s = (task * chunks + chunk) *
+    # per_task + i.
     columns = np.repeat(np.arange(n), np.diff(col_ptr))
-    segment = ((columns // per_task * chunks + k_idx // chunk) * per_task
-               + columns % per_task)
+    slot = ((columns // per_task * chunks + k_idx // chunk) * per_task
+            + columns % per_task)
+    counts = np.bincount(slot, minlength=tasks * chunks * per_task).reshape(-1, per_task)
+    real = (np.arange(tasks * per_task) < n).reshape(tasks, 1, per_task)
+    real = np.broadcast_to(real, (tasks, chunks, per_task)).reshape(-1, per_task)
+    column_at = np.lexsort((-counts, ~real), axis=-1).astype(np.uint16)
+    position = np.empty_like(column_at)
+    np.put_along_axis(position, column_at.astype(np.int64),
+                      np.arange(per_task, dtype=np.uint16)[None, :].repeat(len(counts), 0),
+                      axis=-1)
+    segment = slot // per_task * per_task + position.reshape(-1)[slot]
     order = np.argsort(segment, kind="stable")
     segment_ptr = np.zeros(tasks * chunks * per_task + 1, np.int32)
     np.cumsum(np.bincount(segment, minlength=tasks * chunks * per_task), out=segment_ptr[1:])
@@ -107,6 +120,7 @@ def spmm_tokens_params(req: KernelRequest, tokens: int, isa: str) -> dict:
     params = {
         "isa": TOKEN_TILE_ISAS[isa].template_names(), "KC": chunk, "CHUNKS": chunks,
         "CT": per_task, "segment_ptr": req.blob.add(segment_ptr),
+        "column_at": req.blob.add(np.ascontiguousarray(column_at)),
         "M": m, "K": k, "N": n, "R": packed.rows, "KB": packed.row_ptr.size - 1, "T": tokens,
         "a_sm": a_sm, "a_sk": a_sk, "num_blocks": packed.num_blocks,
         "col_ptr": req.blob.add(col_ptr), "k_idx": req.blob.add(k_idx),
