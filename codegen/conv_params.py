@@ -56,6 +56,20 @@ def _padded_plane(geometry: dict) -> tuple[int, int]:
     return hp, wp
 
 
+# The SIMD depthwise rows move channel blocks in chunks of up to 16 pixels (AVX-512's square
+# transpose; AVX2 and NEON take 8 and 4): ring slots and the output row hold whole chunks.
+DEPTHWISE_CHUNK = 16
+
+
+def _depthwise_rows(geometry: dict) -> tuple[int, int, int]:
+    """Input rows a window spans (the ring's slots), a slot's width in pixels and the
+    output row's, each rounded up to whole chunks."""
+    _hp, wp = _padded_plane(geometry)
+    span = (geometry["kh"] - 1) * geometry["dh"] + 1
+    slot = max(wp, geometry["left"] + -(-geometry["w"] // DEPTHWISE_CHUNK) * DEPTHWISE_CHUNK)
+    return span, slot, -(-geometry["wo"] // DEPTHWISE_CHUNK) * DEPTHWISE_CHUNK
+
+
 def depthwise_params(req: KernelRequest, isa: str | None = None) -> dict:
     """isa: the SIMD ISA whose transposes move full channel blocks (None: scalar copies)."""
     node = req.node
@@ -68,7 +82,9 @@ def depthwise_params(req: KernelRequest, isa: str | None = None) -> dict:
     packed = np.zeros((blocks * DEPTHWISE_BLOCK, taps), np.float32)
     packed[:c] = w.data.reshape(c, taps)
     packed = packed.reshape(blocks, DEPTHWISE_BLOCK, taps).transpose(0, 2, 1)
+    span, slot, out_row = _depthwise_rows(geometry)
     params = dict(geometry, n=n, c=c, hp=hp, wp=wp, CB=DEPTHWISE_BLOCK, blocks=blocks,
+                  SPAN=span, WS=slot, WO=out_row,
                   packed=req.blob.add(np.ascontiguousarray(packed)), has_bias=bias is not None)
     if bias is not None:
         padded = np.zeros(blocks * DEPTHWISE_BLOCK, np.float32)
@@ -89,11 +105,6 @@ def depthwise_scratch(graph: Graph, node: Node) -> int:
     """Per task (image and block of channels): the ring of padded input rows a window
     spans, a zero row, and one output row."""
     x = graph.tensors[node.inputs[0]]
-    geometry = _geometry(graph, node)
-    _hp, wp = _padded_plane(geometry)
-    span = (geometry["kh"] - 1) * geometry["dh"] + 1
-    # Slots and the output row in whole chunks of up to 16 pixels (the ISAs' transposes).
-    slot = max(wp, geometry["left"] + -(-geometry["w"] // 16) * 16)
-    out_row = -(-geometry["wo"] // 16) * 16
+    span, slot, out_row = _depthwise_rows(_geometry(graph, node))
     blocks = -(-x.shape[1] // DEPTHWISE_BLOCK)
     return 4 * x.shape[0] * blocks * ((span + 1) * slot + out_row) * DEPTHWISE_BLOCK

@@ -106,12 +106,10 @@ def spmm_tokens_params(req: KernelRequest, tokens: int, isa: str) -> dict:
     counts = np.bincount(slot, minlength=tasks * chunks * per_task).reshape(-1, per_task)
     real = (np.arange(tasks * per_task) < n).reshape(tasks, 1, per_task)
     real = np.broadcast_to(real, (tasks, chunks, per_task)).reshape(-1, per_task)
-    column_at = np.lexsort((-counts, ~real), axis=-1).astype(np.uint16)
-    position = np.empty_like(column_at)
-    np.put_along_axis(position, column_at.astype(np.int64),
-                      np.arange(per_task, dtype=np.uint16)[None, :].repeat(len(counts), 0),
-                      axis=-1)
+    column_at = np.lexsort((-counts, ~real), axis=-1)
+    position = np.argsort(column_at, axis=-1)  # the inverse: each column's place i
     segment = slot // per_task * per_task + position.reshape(-1)[slot]
+    column_at = column_at.astype(np.uint16)
     order = np.argsort(segment, kind="stable")
     segment_ptr = np.zeros(tasks * chunks * per_task + 1, np.int32)
     np.cumsum(np.bincount(segment, minlength=tasks * chunks * per_task), out=segment_ptr[1:])
