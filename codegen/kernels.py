@@ -99,11 +99,12 @@ class KernelSpec:
         return f"sparsec_{self.family}_ukernel_{self.mr}x{self.nr}{pattern}__{self.isa}"
 
 
-# Sapphire Rapids, one core, for the AMX rows' estimates: 2 MiB of L2 read at about 32 bytes a
-# cycle at 3 GHz (100 bytes/ns), and beyond it (L3, DRAM) about 20 GB/s, what one core streams
-# on published measurements. No AMX machine here to measure them on.
+# Sapphire Rapids, one core, for the AMX rows: 2 MiB of L2 read at about 32 bytes a cycle at
+# 3 GHz (100 bytes/ns); beyond it (L3, DRAM) 14 GB/s, what a bf16 768 x 3072 layer's dense
+# AMX kernel streamed on the Sapphire Rapids-class VM (1.31 ms for 128 rows, 4.5 MiB walked
+# every 32 rows; the published figure of about 20 GB/s predicted it 30 % fast).
 SAPPHIRE_RAPIDS_STREAM = WeightStream(cache_bytes=2 << 20, cached_bytes_per_ns=100.0,
-                                      memory_bytes_per_ns=20.0)
+                                      memory_bytes_per_ns=14.0)
 
 
 # Measured by `python benchmarks/kernels.py --calibrate` (ns per activation row and weight
@@ -119,14 +120,16 @@ SCALAR_SPMM_COST_NS = {
 }
 
 # int8 on AVX2 without VNNI (dense, 4x1): VPMADDWD on 16-bit codes, two per VNNI step. No
-# AVX2-only host here to measure on: the AVX-VNNI row's costs times the ratio of inner-loop
-# instructions per product (objdump of the built kernels, 384 x 384 layers, 32 tokens):
-# dense 40 per group of 2 columns against VNNI's 34 per group of 4 columns (its AVX-512 loop,
-# at 32 tokens), 2.35x; 4x1 41 per pair of groups against 23, 1.78x. For comparison, the fp32
-# AVX2 kernels' loops take 24 instructions per 96 products (dense) and 26 per 4x1 block:
-# by count int8 is the cheaper, and on cores that issue VPMADDWD on one port (Haswell, Zen 2)
-# its products run at the fp32 FMAs' rate (16 a cycle), on two ports (Skylake on) at twice it.
-AVX2_INT8_COST_NS = (round(0.0096 * 80 / 34, 4), round(0.092 * 41 / 23, 3))
+# AVX2-only host here: measured with the x86-avx2 build on the Sapphire Rapids-class host
+# (MiniLM-L6's Dense layers at 128 tokens, min of 5 alternating rounds in one process, int8
+# over fp32 of the same model): dense 24.1 / 35.8 ms, 4x1-90 % 5.86 / 7.70 ms. The costs are
+# the fp32 AVX2 rows' (GEMM, 4x1 token tiles) times those ratios, so the quantize pass's
+# int8-or-float32 choice compares like with like. That core issues VPMADDWD on two ports;
+# Haswell and Zen 2 on one, where `sparsec calibrate` measures what the host does.
+AVX2_INT8_COST_NS = (round(0.0183 * 24.1 / 35.8, 4), round(0.149 * 5.86 / 7.70, 3))
+# bf16 on AVX2 (no bf16 arithmetic: pairs widened to fp32 as the tile is packed), measured as
+# above: dense 45.1 / 35.8 ms (slower than fp32), 4x1-90 % 7.47 / 7.70 ms, per 2x1 pair.
+AVX2_BF16_COST_NS = (round(0.0183 * 45.1 / 35.8, 4), round(0.149 / 2 * 7.47 / 7.70, 3))
 
 KERNELS: list[KernelSpec] = [
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="scalar", pattern="dense", mr=4, nr=32,
@@ -207,12 +210,18 @@ KERNELS: list[KernelSpec] = [
     # AMX (x86-amx): the VNNI token-tile kernel at 32 tokens, its columns on tiles (TDPBSUD,
     # two C tiles of 16 channels x 16 tokens sharing each A tile); a 4x16 weight skips the
     # 4x16 blocks without a nonzero; a BITMASK weight is dense tiles expanded from its
-    # nonzeros. No AMX machine here to calibrate on: the costs are estimates of compute alone
-    # (the weights' streaming is added from SAPPHIRE_RAPIDS_STREAM), Sapphire Rapids' 1024
-    # int8 products a cycle per core at 3 GHz at half that peak (0.00065 ns per weight element
-    # and row); a kept 4x16 block 64 such products plus the copy of its activations into the
-    # B tiles (0.05 ns per block and row); BITMASK the dense rate plus 16 expand-loads a tile
-    # at 2 cycles each, once per 32 tokens (another 0.00033).
+    # nonzeros. Measured on a Sapphire Rapids-class VM, 128 rows, one thread; the earlier
+    # estimates from AMX's peak were 2-15x low, and made 1x16-pruned int8 models slower
+    # than float32:
+    # - dense 0.0024 ns per element and row: 768 x 3072 0.0022, 384 x 1536 0.0026 (quantizing
+    #   the activations, a cost per input element, weighs more in narrow layers);
+    # - a kept 4x16 block 0.76 ns (`sparsec calibrate`): copying its activations into the B
+    #   tiles dominates, so 1x16-pruned weights, which fill a third of their 4x16 blocks, run
+    #   faster on the VNNI 4x1 rows or in float32;
+    # - BITMASK 0.0026: 768 x 3072 at 70 % zeros 0.00232 against dense 0.0022 (its weights
+    #   then fit L2; dense streams them, but one byte per element over 32 rows costs less
+    #   than the products), 384 x 1536 0.0032. So int8 BITMASK does not win on this core;
+    #   bf16's, with twice the bytes to stream, does.
     *[KernelSpec(op=DENSE, dtypes=FLOAT, weight_dtype="int8", isa="amx", pattern=p,
                  mr=pk.AMX_TOKENS, nr=16, family="qs8_dense",
                  template="i8-dense/x86-vnni-tokens.c.j2", parallel=True,
@@ -220,7 +229,7 @@ KERNELS: list[KernelSpec] = [
                                           isa="avx512vnni", amx=True),
                  scratch=qp.int8_amx_scratch, cost_ns={"generic": cost},
                  stream=SAPPHIRE_RAPIDS_STREAM)
-      for p, cost in (("dense", 0.00065), ("4x16", 0.05), (BITMASK, 0.001))],
+      for p, cost in (("dense", 0.0024), ("4x16", 0.76), (BITMASK, 0.0026))],
     # bf16 weights (--dtype bf16), walked as 2x1 pairs; "dense" keeps them all. Costs per
     # weight element or kept pair and activation row, measured on the Zen 5 machine (which
     # has AVX512_BF16; the avx512f rows with it hidden) on 128x768x768 layers, dense and 90 %
@@ -238,19 +247,14 @@ KERNELS: list[KernelSpec] = [
       for isa, costs in (("avx512f", (0.0107, 0.033)), ("avx512bf16", (0.0065, 0.025)))
       for p, cost in zip(("dense", "2x1"), costs)],
     # AVX2 (x86-avx2): the same kernel at 32 tokens, the tile's pairs widened to floats as
-    # they are packed, so its inner loop is the fp32 token kernels' FMAs. Not measured (no
-    # AVX2-only host here): the fp32 AVX2 rows' costs times the ratio of inner-loop
-    # instructions per product (objdump, 384 x 384 layers): dense 29 per 128 products
-    # against the fp32 GEMM's 24 per 96; 2x1 14 per pair (64 products) against 26 per 4x1
-    # block (128) of the fp32 token kernel.
+    # they are packed, so its inner loop is the fp32 token kernels' FMAs (AVX2_BF16_COST_NS).
     *[KernelSpec(op=DENSE, dtypes=FLOAT, weight_dtype="bfloat16", isa="avx2", pattern=p,
                  mr=32, nr=1, family="bf16_dense", template="bf16-dense/x86-tokens.c.j2",
                  parallel=True,
                  params=functools.partial(bp.bf16_dense_params, tokens=32, isa="avx2"),
                  scratch=functools.partial(bp.bf16_tokens_scratch, tokens=32, isa="avx2"),
                  cost_ns={"generic": cost})
-      for p, cost in (("dense", round(0.0183 * (29 / 128) / (24 / 96), 4)),
-                      ("2x1", round(0.149 * 14 / 26, 3)))],
+      for p, cost in zip(("dense", "2x1"), AVX2_BF16_COST_NS)],
     # 1x16 blocks on AVX-512, two at a time (16 rows of A, 16 accumulators): for weights
     # pruned in 1x16 blocks, which 2x1 pairs walk one column at a time. Cost per 1x16 block
     # and row: `benchmarks/kernels.py --calibrate --target x86-avx512 --quantize bf16`
@@ -263,8 +267,9 @@ KERNELS: list[KernelSpec] = [
       for isa, cost in (("avx512f", 0.26), ("avx512bf16", 0.21))],
     # AMX bf16 (x86-amx): the bf16 token-tile kernel at 32 tokens, its columns on tiles
     # (TDPBF16PS) as above; a 2x16 weight skips its all-zero 2x16 blocks; BITMASK as for int8.
-    # Estimated compute costs, no AMX machine here: half of the int8 rows' rate (half the
-    # products per TDPBF16PS and per expand-load).
+    # Measured as the int8 rows: dense 0.0031 (384 x 1536; 768 x 3072 streams: 0.0043),
+    # a kept 2x16 block 0.38 (calibrate), BITMASK 0.0036 (384 x 1536 0.0041; 768 x 3072
+    # at 70 % zeros 0.0038, 13 % faster than dense there).
     *[KernelSpec(op=DENSE, dtypes=FLOAT, weight_dtype="bfloat16", isa="amx", pattern=p,
                  mr=pk.AMX_TOKENS, nr=16, family="bf16_dense",
                  template="bf16-dense/x86-tokens.c.j2",
@@ -274,7 +279,7 @@ KERNELS: list[KernelSpec] = [
                  scratch=functools.partial(bp.bf16_tokens_scratch, tokens=pk.AMX_TOKENS,
                                            isa="avx512f", amx=True),
                  cost_ns={"generic": cost}, stream=SAPPHIRE_RAPIDS_STREAM)
-      for p, cost in (("dense", 0.0013), ("2x16", 0.05), (BITMASK, 0.002))],
+      for p, cost in (("dense", 0.0031), ("2x16", 0.38), (BITMASK, 0.0036))],
     # Vectors of 4 where the target has no SIMD ISA: GCC lowers them to what the machine has.
     *[KernelSpec(op=ATTENTION, dtypes=FLOAT, isa=isa, mr=8, nr=vector, family="f32_attention",
                  template="f32-attention/vector.c.j2", parallel=True,

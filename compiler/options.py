@@ -28,6 +28,9 @@ class CompileOptions:
     # "dynamic": int8 weights, activations quantized at run time; "bf16": bf16 products
     # summed in fp32; None: the model's own precision.
     quantize: str | None = None
+    # With quantize: a layer whose lowered kernel the cost model predicts slower than its
+    # float32 one keeps float32 (True), or every layer is lowered (False).
+    mixed_precision: bool = True
     reorder: bool = True  # reorder_blocks may permute channels between Dense layers
     layouts: bool = True  # choose_layouts may hand activations over feature-major
     # Bytes the compiled model (weights and arena) and any folded constant may take.

@@ -114,7 +114,9 @@ def compile(model: str | os.PathLike | onnx.ModelProto, target: str = "native",
     one plan per length into the library (README, Variable-length inputs); dump_ir=DIR writes
     the IR after every pass; cache_dir/use_cache control the build cache; force_pattern="4x1"
     (or "dense") overrides the cost model's choice for every weight; quantize="dynamic" runs the
-    matrix products in int8 (weights per output channel, activations per tensor at run time);
+    matrix products in int8 (weights per output channel, activations per tensor at run time),
+    but layers the cost model predicts faster in float32 stay float32 unless
+    mixed_precision=False;
     layouts=False keeps every activation row-major (choose_layouts off); parallel_min_ns: the
     predicted time below which a layer runs on one thread (default costs.PARALLEL_MIN_NS);
     max_memory=8 << 30 (or "8G") raises the memory limit (default limits.DEFAULT_MAX_MEMORY).

@@ -27,6 +27,10 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["float32", "int8", "bf16"], default="float32",
                    help="int8 is --quantize dynamic; bf16 multiplies weights and activations "
                         "rounded to bf16, summing in fp32 (default: float32, the model's own)")
+    p.add_argument("--no-mixed-precision", action="store_true",
+                   help="with --dtype int8 or bf16, lower every layer, also those whose "
+                        "float32 kernel is predicted faster (kept float32 by default; "
+                        "--report says which)")
     p.add_argument("--no-reorder", action="store_true",
                    help="keep every weight's channel order (no block reordering)")
     p.add_argument("--emulate", action="store_true",
@@ -58,6 +62,7 @@ def build_options(args) -> dict:
     return dict(input_shapes=parse_input_shapes(args.input_shape), cache_dir=args.cache_dir,
                 use_cache=not args.no_cache, force_pattern=args.force_pattern,
                 quantize=args.quantize or {"int8": "dynamic", "bf16": "bf16"}.get(args.dtype),
+                mixed_precision=not args.no_mixed_precision,
                 reorder=not args.no_reorder, max_memory=args.max_memory, emulate=args.emulate,
                 host_profile=not args.no_host_profile)
 

@@ -54,8 +54,8 @@ def test_quantized_tiny_bert_equals_the_host_build(compiler):
     model = onnx.load(str(ROOT / "samples" / "tiny_bert.onnx"))
     feeds = {name: np.load(ROOT / "samples" / f"tiny_bert_{name}.npy")
              for name in ("input_ids", "attention_mask")}
-    arm = run_arm(compiler, model, feeds, quantize="dynamic")["last_hidden_state"]
-    host = compiler.load(model, "generic", quantize="dynamic").run(feeds)["last_hidden_state"]
+    arm = run_arm(compiler, model, feeds, quantize="dynamic", mixed_precision=False)["last_hidden_state"]
+    host = compiler.load(model, "generic", quantize="dynamic", mixed_precision=False).run(feeds)["last_hidden_state"]
     np.testing.assert_allclose(arm, host, rtol=0, atol=1e-5)
 
 
@@ -117,7 +117,7 @@ def test_dotprod_library_refuses_a_core_without_it(compiler):
     missing feature instead of dying on SIGILL; arm-neon builds run there (and call their SDOT
     kernels only where the core has it)."""
     result = compiler.compile(mlp(k=16, n=8, m=3, density=0.5), "arm-neon-dotprod",
-                              quantize="dynamic")
+                              quantize="dynamic", mixed_precision=False)
     with pytest.raises(RuntimeFailure, match="asimddp"):
         emulation.run(result.library, DOTPROD, result.info, {"x": np.ones((3, 16), "f4")},
                       cache_dir=compiler.cache_dir, cpu="cortex-a53")
@@ -131,11 +131,11 @@ def test_quantized_tiny_bert_on_dot_product_kernels(compiler):
     model = onnx.load(str(ROOT / "samples" / "tiny_bert.onnx"))
     feeds = {name: np.load(ROOT / "samples" / f"tiny_bert_{name}.npy")
              for name in ("input_ids", "attention_mask")}
-    result = compiler.compile(model, "arm-neon-dotprod", quantize="dynamic")
+    result = compiler.compile(model, "arm-neon-dotprod", quantize="dynamic", mixed_precision=False)
     assert any("neondot" in layer["kernel"] for layer in result.info["layers"])
     arm = emulation.run(result.library, DOTPROD, result.info, feeds,
                         cache_dir=compiler.cache_dir)["last_hidden_state"]
-    host = compiler.load(model, "generic", quantize="dynamic").run(feeds)["last_hidden_state"]
+    host = compiler.load(model, "generic", quantize="dynamic", mixed_precision=False).run(feeds)["last_hidden_state"]
     np.testing.assert_allclose(arm, host, rtol=0, atol=1e-5)
 
 
@@ -154,7 +154,7 @@ def test_arm_neon_calls_sdot_only_where_the_core_has_it(compiler):
     two runs agree bit for bit, and with the host's portable int8 build up to the fp32 layers'
     own rounding (FMA contraction on AArch64)."""
     model, feeds = sample_tiny_bert()
-    result = compiler.compile(model, "arm-neon", quantize="dynamic")
+    result = compiler.compile(model, "arm-neon", quantize="dynamic", mixed_precision=False)
     int8_layers = [layer for layer in result.info["layers"] if layer.get("weight_dtype") == "int8"]
     assert int8_layers and all(layer["kernel"].endswith("__neon")
                                and layer["dispatch"]["asimddp"].endswith("__neondot")
@@ -166,7 +166,7 @@ def test_arm_neon_calls_sdot_only_where_the_core_has_it(compiler):
         runs.flush()
     np.testing.assert_array_equal(outputs["sdot"]["last_hidden_state"],
                                   outputs["widening"]["last_hidden_state"])
-    host = compiler.load(model, "generic", quantize="dynamic").run(feeds)["last_hidden_state"]
+    host = compiler.load(model, "generic", quantize="dynamic", mixed_precision=False).run(feeds)["last_hidden_state"]
     np.testing.assert_allclose(outputs["sdot"]["last_hidden_state"], host, rtol=0, atol=1e-5)
 
 

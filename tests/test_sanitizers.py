@@ -149,7 +149,8 @@ def test_quantized_mlps_are_exact_under_sanitizers(target, with_onnxruntime, com
         options = dict(case)
         rng = np.random.default_rng(options.pop("seed"))
         fp32, quantized = quantized_mlp(rng, **options)
-        result = compiler.compile(fp32, target, quantize="dynamic", extra_cflags=SANITIZE)
+        result = compiler.compile(fp32, target, quantize="dynamic", mixed_precision=False,
+                                  extra_cflags=SANITIZE)
         assert all(layer["weight_dtype"] == "int8" for layer in result.info["layers"]
                    if "shape" in layer)
         x = rng.standard_normal((options["m"], options["widths"][0])).astype(np.float32)
@@ -185,7 +186,7 @@ def test_bf16_layers_run_clean_under_sanitizers(target, compiler):
             x = rng.standard_normal((m, k)).astype(np.float32)
             result = compiler.compile(bf16_model(m, k, n, w, b, "Relu"), target,
                                       quantize="bf16", force_pattern=pattern,
-                                      extra_cflags=SANITIZE)
+                                      mixed_precision=False, extra_cflags=SANITIZE)
             expected, bound = bf16_reference(x, w, b, "Relu")
             runs.submit(result, {"x": x}, functools.partial(within, expected, bound),
                         label=f"{m}x{k}x{n} {rows}x{cols} density {density}")

@@ -54,7 +54,7 @@ def test_int8_stays_close_to_fp32(target, bert, compiler):
     against the fp32 model; LayerNorm re-centres after every block, so the error stays at the
     size of a few quantization steps: bound 2 % of the output range (measured 0.4 %)."""
     model, feeds, expected = bert
-    result = compiler.compile(model, target, quantize="dynamic")
+    result = compiler.compile(model, target, quantize="dynamic", mixed_precision=False)
     if not compiler.can_run(target):
         return
     actual = sparsec.load(result.library).run(feeds)["last_hidden_state"]
@@ -67,7 +67,7 @@ def test_bf16_stays_close_to_fp32(target, bert, compiler):
     error up to 2**-9 each); LayerNorm re-centres after every block. Bound 1 % of the output
     range (measured 0.07 %); the kernels' own exactness is tests/codegen/test_bf16_kernels.py's."""
     model, feeds, expected = bert
-    result = compiler.compile(model, target, quantize="bf16")
+    result = compiler.compile(model, target, quantize="bf16", mixed_precision=False)
     dense_layers = [layer for layer in result.info["layers"] if layer["op"] == "Dense"]
     assert len(dense_layers) == 12
     if not compiler.can_run(target):

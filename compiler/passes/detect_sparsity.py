@@ -26,16 +26,22 @@ from sparsec.errors import SparsecError
 NAME = "detect-sparsity"
 
 
+def float_force(ctx) -> str | None:
+    """The pattern forced on float32 weights. One only the lowered kernels offer (x86-amx's
+    4x16 and BITMASK) is forced when quantize runs; the float weight it replaces is analysed
+    as usual meanwhile."""
+    force = ctx.options.force_pattern
+    if ctx.options.quantize and force not in (None, "dense", *ctx.cost.per_block,
+                                              *ctx.cost.per_element):
+        return None
+    return force
+
+
 def run(graph: Graph, ctx) -> Graph:
     graph = graph.copy()
     users = graph.consumers()
     copies: dict[str, str] = {}  # weight -> its transposed copy, when the original stays too
-    # A pattern only the int8 kernels offer (x86-amx's 4x16) is forced when quantize runs; the
-    # float weight it replaces is analysed as usual meanwhile.
-    force = ctx.options.force_pattern
-    if ctx.options.quantize and force not in (None, "dense", *ctx.cost.per_block,
-                                      *ctx.cost.per_element):
-        force = None
+    force = float_force(ctx)
     for node in graph.nodes:
         if node.op not in ("MatMul", "Gemm") or len(node.inputs) < 2:
             continue

@@ -5,7 +5,7 @@ Requires: fuse (Dense nodes with their epilogues) and detect_sparsity (K x N wei
 Establishes: every Dense node reading int8 codes (fuse maps onnxruntime's dynamically quantized
 exports onto them) has a SparsityInfo chosen by the int8 kernels' costs; and when
 `ctx.options.quantize == "dynamic"`: every Dense node with a constant float32 weight
-reads instead an int8 weight (symmetric, per output channel: `scale[n] = max|W[:, n]| / 127`,
+(but those kept float32, below) reads instead an int8 weight (symmetric, per output channel: `scale[n] = max|W[:, n]| / 127`,
 `q = round-half-even(W / scale)`, so codes lie in [-127, 127]) and, as input 3, the float32
 `scale[N]`. Its activations are quantized when the kernel runs, per tensor, asymmetric uint8,
 exactly as ONNX's DynamicQuantizeLinear does it, so the result equals onnxruntime running
@@ -13,17 +13,27 @@ DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul(scale_x * scale_w) -> bias
 The int8 weight gets its own `SparsityInfo`, chosen by the int8 kernels' costs: rounding can
 turn small weights into zeros, and the VNNI kernels work on 4x1 groups of weights.
 
+A layer whose int8 (or bf16) kernel the cost model predicts slower than its float32 one keeps
+float32, and its SparsityInfo's reason says so (`--report`): the int8 and bf16 kernels walk
+4x1 groups and 2x1 pairs along K, which weights pruned in 1x16 blocks or unstructured fill a
+quarter to a half, while the float32 kernels have rows for those patterns; there the lower
+precision would cost both accuracy and time (MiniLM 1x16-90 % on x86-avx2: Dense layers 11.6
+ms in int8, 10.8 in bf16, 5.0 in float32). `mixed_precision=False` (`--no-mixed-precision`),
+or a `force_pattern`, lowers every layer, as tests and benchmarks that pin what runs need.
+
 Codes stop at +-127 rather than -128 so the weights are symmetric; VNNI's u8 x s8 products
 (at most 255 * 127 * 4 per lane and step) cannot overflow int32 below K = 16,000.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from sparsec.compiler.ir import Graph, Tensor
+from sparsec.compiler.ir import Graph, SparsityInfo, Tensor
 from sparsec.compiler.ops import DENSE
-from sparsec.compiler.passes.detect_sparsity import analyse
+from sparsec.compiler.passes.detect_sparsity import analyse, predicted_costs
 from sparsec.errors import SparsecError
 
 NAME = "quantize"
@@ -55,7 +65,7 @@ def run(graph: Graph, ctx) -> Graph:
     graph = graph.copy()
     if ctx.options.quantize == "bf16":
         return _mark_bf16(graph, ctx)
-    done: dict[str, tuple[str, str]] = {}  # float weight -> its codes and scales (shared weights)
+    done: dict[str, tuple[str, str] | None] = {}  # float weight -> codes and scales, or None
     for node, weight in _float_weights(graph):
         if not np.all(np.isfinite(weight.data)):
             raise SparsecError(f"node {node.name!r}: weight {weight.name!r} holds inf or NaN, "
@@ -65,7 +75,13 @@ def run(graph: Graph, ctx) -> Graph:
                                "where int32 accumulation of u8 x s8 products could overflow; "
                                "compile it without --quantize")
         if weight.name not in done:
-            done[weight.name] = _add_quantized(graph, weight, ctx)
+            codes, scales = quantize_weight(weight.data)
+            info = analyse(codes, ctx.int8_cost, ctx.options.force_pattern)
+            kept = _keeps_float32(weight, codes, info, ctx.int8_cost, "int8", ctx)
+            done[weight.name] = None if kept else _add_quantized(graph, weight, codes, scales, info)
+        if done[weight.name] is None:
+            ctx.log.append(f"{NAME}: {node.name or node.outputs[0]}: {weight.sparsity.reason}")
+            continue
         codes, scales = done[weight.name]
         node.inputs[1] = codes
         node.inputs[2:] = [node.inputs[2], scales]
@@ -87,19 +103,45 @@ def _float_weights(graph: Graph):
 
 
 def _mark_bf16(graph: Graph, ctx) -> Graph:
-    """--dtype bf16: every Dense node with a constant float32 weight multiplies in bf16 (attr
+    """--dtype bf16: every Dense node with a constant float32 weight (but those kept float32,
+    see the module's docstring) multiplies in bf16 (attr
     precision; the kernel rounds the weight when it is packed and the activations when it
     runs, and sums in fp32). The weight's pattern is chosen again by the bf16 kernels' costs,
     which walk 2x1 pairs."""
-    analysed: set[str] = set()  # a weight shared by several nodes is analysed once
+    chosen: dict[str, bool] = {}  # weight -> multiplied in bf16 (a shared weight is analysed once)
     for node, weight in _float_weights(graph):
-        node.attrs["precision"] = "bf16"
-        if weight.name not in analysed:
-            analysed.add(weight.name)
-            weight.sparsity = analyse(weight.data, ctx.bf16_cost, ctx.options.force_pattern)
-        ctx.log.append(f"{NAME}: {node.name or node.outputs[0]}: bf16, "
-                       f"{weight.sparsity.reason}")
+        if weight.name not in chosen:
+            info = analyse(weight.data, ctx.bf16_cost, ctx.options.force_pattern)
+            chosen[weight.name] = not _keeps_float32(weight, weight.data, info, ctx.bf16_cost,
+                                                     "bf16", ctx)
+            if chosen[weight.name]:
+                weight.sparsity = info
+        if chosen[weight.name]:
+            node.attrs["precision"] = "bf16"
+            ctx.log.append(f"{NAME}: {node.name or node.outputs[0]}: bf16, "
+                           f"{weight.sparsity.reason}")
+        else:
+            ctx.log.append(f"{NAME}: {node.name or node.outputs[0]}: {weight.sparsity.reason}")
     return graph
+
+
+def _keeps_float32(weight: Tensor, lowered: np.ndarray, info: SparsityInfo, cost,
+                   precision: str, ctx) -> bool:
+    """Whether the layer stays float32 because its kernel in `precision` (weights `lowered`,
+    stored as `info` says) is predicted slower than the float32 one detect_sparsity chose; if
+    so, the float32 weight's reason says why."""
+    if (not ctx.options.mixed_precision or ctx.options.force_pattern is not None
+            or weight.sparsity is None):
+        return False
+    current = weight.sparsity
+    float32_ns = predicted_costs(weight.data, current.block_stats, ctx.cost)[current.pattern]
+    lowered_ns = predicted_costs(lowered, info.block_stats, cost)[info.pattern]
+    if lowered_ns <= float32_ns:
+        return False
+    weight.sparsity = dataclasses.replace(current, reason=(
+        f"{current.reason}; kept float32: {precision} {info.pattern} is predicted "
+        f"{lowered_ns / float32_ns:.2f}x its time"))
+    return True
 
 
 def _analyse_exported_int8(graph: Graph, ctx) -> Graph:
@@ -122,8 +164,8 @@ def _analyse_exported_int8(graph: Graph, ctx) -> Graph:
     return graph
 
 
-def _add_quantized(graph: Graph, weight: Tensor, ctx) -> tuple[str, str]:
-    codes, scales = quantize_weight(weight.data)
+def _add_quantized(graph: Graph, weight: Tensor, codes: np.ndarray, scales: np.ndarray,
+                   info: SparsityInfo) -> tuple[str, str]:
     names = []
     for suffix, data in (("int8", codes), ("scale", scales)):
         name = f"{weight.name}::{suffix}"
@@ -131,5 +173,5 @@ def _add_quantized(graph: Graph, weight: Tensor, ctx) -> tuple[str, str]:
             name += "'"
         graph.tensors[name] = Tensor(name, tuple(data.shape), str(data.dtype), data)
         names.append(name)
-    graph.tensors[names[0]].sparsity = analyse(codes, ctx.int8_cost, ctx.options.force_pattern)
+    graph.tensors[names[0]].sparsity = info
     return names[0], names[1]

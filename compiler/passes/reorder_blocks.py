@@ -38,7 +38,7 @@ import numpy as np
 from sparsec.compiler.channel_groups import search
 from sparsec.compiler.ir import Graph, Node
 from sparsec.compiler.ops import DENSE, ELEMENTWISE_UNARY
-from sparsec.compiler.passes.detect_sparsity import analyse, predicted_costs
+from sparsec.compiler.passes.detect_sparsity import analyse, float_force, predicted_costs
 
 NAME = "reorder-blocks"
 # Random swaps tried per chain after the grouping, shared evenly by its candidate block shapes
@@ -248,7 +248,7 @@ def _candidates(w1: np.ndarray, w2: np.ndarray, per_group: int, ctx):
     rules out, say, 1x4 blocks for a kernel that costs more per weight than unstructured)."""
     shapes = ((w2, lambda g: f"{g}x1", w2 != 0), (w1, lambda g: f"1x{g}", (w1 != 0).T))
     for weight, pattern_of, features in shapes:
-        info = analyse(weight, ctx.cost, ctx.options.force_pattern)
+        info = analyse(weight, ctx.cost, float_force(ctx))
         present = predicted_costs(weight, info.block_stats, ctx.cost)[info.pattern]
         nonzeros = int(np.count_nonzero(weight))
         for group in (4, 16):
@@ -265,7 +265,7 @@ def _score(w1: np.ndarray, w2: np.ndarray, perm: np.ndarray, ctx) -> dict:
     """Predicted time of both weights under `perm`, each at the pattern it would choose."""
     total, blocks = 0.0, {}
     for role, weight in (("producer", w1[:, perm]), ("consumer", w2[perm, :])):
-        info = analyse(weight, ctx.cost, ctx.options.force_pattern)
+        info = analyse(weight, ctx.cost, float_force(ctx))
         costs = predicted_costs(weight, info.block_stats, ctx.cost)
         total += costs[info.pattern]
         blocks[role] = {"pattern": info.pattern,
@@ -282,7 +282,7 @@ def _apply(graph: Graph, chain: Chain, perm: np.ndarray, ctx) -> None:
     producer, consumer = chain.producer, chain.consumer
     w1 = graph.tensors[producer.inputs[1]]
     w1.data = np.ascontiguousarray(w1.data[:, perm])
-    w1.sparsity = analyse(w1.data, ctx.cost, ctx.options.force_pattern)
+    w1.sparsity = analyse(w1.data, ctx.cost, float_force(ctx))
     if producer.inputs[2]:
         _permute_last_axis(graph, producer, 2, perm)
     for node in chain.between:
@@ -291,7 +291,7 @@ def _apply(graph: Graph, chain: Chain, perm: np.ndarray, ctx) -> None:
                 _permute_last_axis(graph, node, index, perm)
     w2 = graph.tensors[consumer.inputs[1]]
     w2.data = np.ascontiguousarray(w2.data[perm, :])
-    w2.sparsity = analyse(w2.data, ctx.cost, ctx.options.force_pattern)
+    w2.sparsity = analyse(w2.data, ctx.cost, float_force(ctx))
 
 
 def _permute_last_axis(graph: Graph, node: Node, index: int, perm: np.ndarray) -> None:

@@ -307,13 +307,14 @@ def test_tiny_bert_int8_on_x86_avx2_equals_the_portable_int8_kernels(compiler, m
     model = onnx.load(str(SAMPLES / "tiny_bert.onnx"))
     feeds = {name: np.load(SAMPLES / f"tiny_bert_{name}.npy")
              for name in ("input_ids", "attention_mask")}
-    fast = compiler.compile(model, "x86-avx2", quantize="dynamic")
+    fast = compiler.compile(model, "x86-avx2", quantize="dynamic", mixed_precision=False)
     int8 = [layer for layer in fast.info["layers"] if layer.get("weight_dtype") == "int8"]
     assert len(int8) == 12 and all(layer["kernel"].endswith("__avx2") for layer in int8)
     monkeypatch.setattr(kernels, "KERNELS", [k for k in kernels.KERNELS if k not in AVX2_ROWS])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PortableKernelWarning)
-        portable = compiler.compile(model, "x86-avx2", quantize="dynamic")
+        portable = compiler.compile(model, "x86-avx2", quantize="dynamic",
+                                    mixed_precision=False)
     messages = [str(w.message) for w in caught if w.category is PortableKernelWarning]
     assert len(messages) == 12
     assert ("layer '/encoder.layer.0.attention.self.query/MatMul': int8 Dense runs portable C "

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import example, given, settings
@@ -13,8 +15,9 @@ from tests.graphs import mlp, model
 from tests.passes.helpers import context
 
 
-def quantized(m, mode="dynamic"):
-    ctx = context(quantize=mode)
+def quantized(m, mode="dynamic", target="generic", mixed_precision=False):
+    """The graph before and after quantize; every layer lowered unless mixed_precision."""
+    ctx = context(target, quantize=mode, mixed_precision=mixed_precision)
     before = fuse.run(detect_sparsity.run(frontend.import_model(m), ctx), ctx)
     after = quantize.run(before, ctx)
     verify(after, "quantize")
@@ -87,3 +90,46 @@ def test_bf16_marks_dense_nodes_and_chooses_pairs_by_bf16_cost():
     assert [w.dtype for w in weights] == ["float32", "float32"]
     assert weights[0].sparsity.pattern == "2x1" and weights[1].sparsity.pattern == "dense"
     assert "2x1" in weights[0].sparsity.block_stats
+
+
+def _pruned_1x16(rng, k, n):
+    keep = np.kron(rng.random((k, n // 16)) < 0.1, np.ones((1, 16)))
+    return (rng.standard_normal((k, n)) * keep).astype(np.float32)
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "bf16"])
+def test_layers_faster_in_float32_keep_it_and_say_why(mode):
+    """x86-avx2: a weight pruned in 1x16 blocks fills a quarter of int8's 4x1 groups (half of
+    bf16's 2x1 pairs) while float32 has a 1x16 kernel, so it stays float32 and its reason says
+    so; a weight pruned in 4x1 blocks is lowered. mixed_precision=False lowers both."""
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h"], name="rows"),
+             helper.make_node("MatMul", ["h", "w1"], ["y"], name="blocks")]
+    blocks = np.kron(rng.random((96, 64)) < 0.1, np.ones((4, 1))) * rng.standard_normal((384, 64))
+    m = model(nodes, [("x", [128, 384])], [("y", [128, 64])],
+              [("w0", _pruned_1x16(rng, 384, 384)), ("w1", blocks.astype(np.float32))])
+
+    def lowered(graph):
+        return [node.attrs.get("quantize") == "dynamic" or node.attrs.get("precision") == "bf16"
+                for node in graph.nodes]
+
+    before, after = quantized(m, mode, "x86-avx2", mixed_precision=True)
+    assert lowered(after) == [False, True]
+    kept = after.tensors[after.nodes[0].inputs[1]]
+    assert kept.dtype == "float32" and kept.sparsity.pattern == "1x16"
+    expected = {"dynamic": "int8 4x1", "bf16": "bf16 2x1"}[mode]
+    assert f"kept float32: {expected} is predicted" in kept.sparsity.reason
+    _, every = quantized(m, mode, "x86-avx2", mixed_precision=False)
+    assert lowered(every) == [True, True]
+
+
+def test_forced_pattern_lowers_every_layer():
+    """A pinned pattern (kernel tests, benchmarks) is a request for exactly that kernel."""
+    m = mlp(k=384, n=384, m=128, density=0.1, seed=1)
+    ctx = context("x86-avx2", quantize="dynamic")
+    ctx = dataclasses.replace(ctx, options=dataclasses.replace(ctx.options, force_pattern="4x1"))
+    graph = fuse.run(detect_sparsity.run(frontend.import_model(m), ctx), ctx)
+    (node,) = quantize.run(graph, ctx).nodes
+    assert node.attrs["quantize"] == "dynamic"
+    _, unforced = quantized(m, "dynamic", "x86-avx2", mixed_precision=True)
+    assert "quantize" not in unforced.nodes[0].attrs  # unstructured: float32's 1x1 is faster
