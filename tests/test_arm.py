@@ -54,8 +54,9 @@ def test_quantized_tiny_bert_equals_the_host_build(compiler):
     model = onnx.load(str(ROOT / "samples" / "tiny_bert.onnx"))
     feeds = {name: np.load(ROOT / "samples" / f"tiny_bert_{name}.npy")
              for name in ("input_ids", "attention_mask")}
-    arm = run_arm(compiler, model, feeds, quantize="dynamic", mixed_precision=False)["last_hidden_state"]
-    host = compiler.load(model, "generic", quantize="dynamic", mixed_precision=False).run(feeds)["last_hidden_state"]
+    lowered = dict(quantize="dynamic", mixed_precision=False)
+    arm = run_arm(compiler, model, feeds, **lowered)["last_hidden_state"]
+    host = compiler.load(model, "generic", **lowered).run(feeds)["last_hidden_state"]
     np.testing.assert_allclose(arm, host, rtol=0, atol=1e-5)
 
 
@@ -135,7 +136,8 @@ def test_quantized_tiny_bert_on_dot_product_kernels(compiler):
     assert any("neondot" in layer["kernel"] for layer in result.info["layers"])
     arm = emulation.run(result.library, DOTPROD, result.info, feeds,
                         cache_dir=compiler.cache_dir)["last_hidden_state"]
-    host = compiler.load(model, "generic", quantize="dynamic", mixed_precision=False).run(feeds)["last_hidden_state"]
+    host = compiler.load(model, "generic", quantize="dynamic",
+                         mixed_precision=False).run(feeds)["last_hidden_state"]
     np.testing.assert_allclose(arm, host, rtol=0, atol=1e-5)
 
 
@@ -166,7 +168,8 @@ def test_arm_neon_calls_sdot_only_where_the_core_has_it(compiler):
         runs.flush()
     np.testing.assert_array_equal(outputs["sdot"]["last_hidden_state"],
                                   outputs["widening"]["last_hidden_state"])
-    host = compiler.load(model, "generic", quantize="dynamic", mixed_precision=False).run(feeds)["last_hidden_state"]
+    host = compiler.load(model, "generic", quantize="dynamic",
+                         mixed_precision=False).run(feeds)["last_hidden_state"]
     np.testing.assert_allclose(outputs["sdot"]["last_hidden_state"], host, rtol=0, atol=1e-5)
 
 

@@ -5,8 +5,9 @@ Requires: fuse (Dense nodes with their epilogues) and detect_sparsity (K x N wei
 Establishes: every Dense node reading int8 codes (fuse maps onnxruntime's dynamically quantized
 exports onto them) has a SparsityInfo chosen by the int8 kernels' costs; and when
 `ctx.options.quantize == "dynamic"`: every Dense node with a constant float32 weight
-(but those kept float32, below) reads instead an int8 weight (symmetric, per output channel: `scale[n] = max|W[:, n]| / 127`,
-`q = round-half-even(W / scale)`, so codes lie in [-127, 127]) and, as input 3, the float32
+(but those kept float32, below) reads instead an int8 weight (symmetric, per output
+channel: `scale[n] = max|W[:, n]| / 127`, `q = round-half-even(W / scale)`, so codes lie in
+[-127, 127]) and, as input 3, the float32
 `scale[N]`. Its activations are quantized when the kernel runs, per tensor, asymmetric uint8,
 exactly as ONNX's DynamicQuantizeLinear does it, so the result equals onnxruntime running
 DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul(scale_x * scale_w) -> bias.
