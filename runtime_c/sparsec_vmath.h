@@ -49,6 +49,7 @@
 #define sparsec_vsplat SPARSEC_VM_EXPAND(SPARSEC_VLANES, splat)
 #define sparsec_vmax SPARSEC_VM_EXPAND(SPARSEC_VLANES, max)
 #define sparsec_vexp SPARSEC_VM_EXPAND(SPARSEC_VLANES, exp)
+#define sparsec_vexp_shifted SPARSEC_VM_EXPAND(SPARSEC_VLANES, exp_shifted)
 #define sparsec_verf SPARSEC_VM_EXPAND(SPARSEC_VLANES, erf)
 #define sparsec_vgelu SPARSEC_VM_EXPAND(SPARSEC_VLANES, gelu)
 #define sparsec_vgelu_tanh SPARSEC_VM_EXPAND(SPARSEC_VLANES, gelu_tanh)

@@ -157,6 +157,17 @@ static inline VF SPARSEC_VM(exp)(VF x)
   return SPARSEC_VM(select)(SPARSEC_VM(isnan)(x), x, result);
 }
 
+/* e^d for d <= 0, -inf or NaN: softmax's x - max(x). Exactly exp's result there (the one
+ * factor 2^n of exp_nonpositive rounds as exp_in_range's two do), without the upper clamp and
+ * the two-factor scaling that positive arguments need. */
+static inline VF SPARSEC_VM(exp_shifted)(VF d)
+{
+  const VF low = SPARSEC_VM(splat)(-87.0f);
+  const VF result = SPARSEC_VM(select)(SPARSEC_VM(lt)(d, low), (VF){0},
+                                       SPARSEC_VM(exp_nonpositive)(SPARSEC_VM(max)(d, low)));
+  return SPARSEC_VM(select)(SPARSEC_VM(isnan)(d), d, result);
+}
+
 /* erfc(a) for a >= 0 (or NaN): Numerical Recipes' erfc, t e^(P(t) - a^2) with t = 1 / (1 + a/2)
  * (relative error under 1.2e-7). The exponent is at most ~3e-8 (taken as 0 by the clamp);
  * below -87 the result is flushed to 0, as in exp; NaN still comes out through t. */

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from sparsec.codegen import build, targets
 
-FUNCTIONS = ("exp", "erf", "gelu", "gelu_tanh", "sigmoid", "tanh")
+FUNCTIONS = ("exp", "erf", "gelu", "gelu_tanh", "sigmoid", "tanh", "exp_shifted")
 
 # One program per width: reads floats, writes each function's results on whole vectors
 # (LANES) and through the scalar instance, function after function.
@@ -43,6 +43,7 @@ int main(void) {
   const size_t n = fread(in, sizeof *in, 1 << 20, stdin);
   if (n % LANES) return 2;
   APPLY(exp) APPLY(erf) APPLY(gelu) APPLY(gelu_tanh) APPLY(sigmoid) APPLY(tanh)
+  APPLY(exp_shifted)
   return 0;
 }
 """
@@ -120,6 +121,21 @@ def test_every_lane_returns_the_scalar_result_for_any_bits(harness, bits):
     for name, (vector, scalar) in harness.run(x).items():
         same = same_bits(vector[:len(x)], scalar[:len(x)])
         assert same.all(), f"{name}: lane differs at x = {x[~same][:5]!r}"
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=256))
+def test_softmax_exp_equals_exp_where_softmax_calls_it(harness, bits):
+    """exp_shifted serves softmax's x - max(x): zero or below, -inf, or NaN (a NaN row, or
+    inf - inf). There it is exp bit for bit, on every lane."""
+    x = np.concatenate([-np.abs(np.array(bits, dtype=np.uint32).view(np.float32)),
+                        edge_values()])
+    x = x[(x <= 0) | np.isnan(x)]
+    results = harness.run(x)
+    exact = results["exp"][1][:len(x)]
+    for got in results["exp_shifted"]:
+        same = same_bits(got[:len(x)], exact)
+        assert same.all(), f"exp_shifted differs from exp at x = {x[~same][:5]!r}"
 
 
 # --- the scalar instance against float64 --------------------------------------------------
