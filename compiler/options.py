@@ -17,6 +17,8 @@ from sparsec.compiler import limits
 from sparsec.errors import SparsecError
 
 QUANTIZE_MODES = ("dynamic", "bf16")
+# The precisions the CLI's --dtype and compile()'s dtype= name, as the quantize modes they are.
+DTYPES = {"float32": None, "int8": "dynamic", "bf16": "bf16"}
 
 
 @dataclass(frozen=True)
@@ -59,9 +61,17 @@ class CompileOptions:
     @classmethod
     def from_keywords(cls, **keywords) -> CompileOptions:
         """The options from `compile()`'s keyword arguments, in the forms users write them:
-        max_memory as "8G", paths as strings; an unknown keyword is an error naming the known
-        ones."""
+        max_memory as "8G", paths as strings, dtype="int8" or "bf16" (the CLI's --dtype) for
+        quantize; an unknown keyword is an error naming the known ones."""
         known = {f.name for f in dataclasses.fields(cls)}
+        if "dtype" in keywords:
+            dtype = keywords.pop("dtype")
+            if dtype not in DTYPES:
+                raise SparsecError(f"dtype={dtype!r}; choose one of: {', '.join(DTYPES)}")
+            if keywords.get("quantize") not in (None, DTYPES[dtype]):
+                raise SparsecError(f"dtype={dtype!r} and quantize={keywords['quantize']!r} "
+                                   "disagree; give one of them")
+            keywords["quantize"] = DTYPES[dtype]
         unknown = sorted(set(keywords) - known)
         if unknown:
             raise SparsecError(f"unknown compile option(s) {', '.join(unknown)}; known: "

@@ -91,10 +91,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--target", default="native")
     p.add_argument("--input-shape", action="append", metavar="NAME=DxD...")
     add_input_options(p)
-    p.add_argument("--quantize", choices=["dynamic"])
-    p.add_argument("--rtol", type=float, default=1e-4,
+    p.add_argument("--quantize", choices=["dynamic"], help="the same as --dtype int8")
+    p.add_argument("--dtype", choices=["float32", "int8", "bf16"], default="float32",
+                   help="as for compile; int8 and bf16 are compared with float32 onnxruntime "
+                        "within a share of each output's range (int8 2 %%, bf16 1 %%) unless "
+                        "--rtol or --atol is given")
+    p.add_argument("--rtol", type=float,
                    help="relative tolerance (default 1e-4: float32 sums in another order)")
-    p.add_argument("--atol", type=float, default=1e-5, help="absolute tolerance (default 1e-5)")
+    p.add_argument("--atol", type=float, help="absolute tolerance (default 1e-5)")
     p.add_argument("--cpu", help="CPU model qemu emulates, e.g. cortex-a53 (emulated targets)")
     p.add_argument("--max-memory", metavar="SIZE", help="as for compile (default: 4G)")
     p.add_argument("--cache-dir", help="build cache folder (default: ~/.cache/sparsec)")
@@ -267,12 +271,17 @@ def cmd_verify(args) -> int:
     from sparsec import emulation, inputs
     from sparsec.codegen import targets
     from sparsec.compiler.frontend import parse_input_shapes
+    from sparsec.compiler.options import DTYPES
 
     target = targets.resolve(args.target)
+    quantize = args.quantize or DTYPES[args.dtype]
+    by_range = quantize is not None and args.rtol is None and args.atol is None
+    rtol = 1e-4 if args.rtol is None else args.rtol
+    atol = 1e-5 if args.atol is None else args.atol
     with tempfile.TemporaryDirectory(prefix="sparsec-verify-") as tmp:
         result = compile_printing_warnings(args.model, target.name, Path(tmp) / "model.so",
                                input_shapes=parse_input_shapes(args.input_shape),
-                               quantize=args.quantize, cache_dir=args.cache_dir,
+                               quantize=quantize, cache_dir=args.cache_dir,
                                max_memory=args.max_memory,
                                emulate=targets.runs_emulated(target))
         feeds = inputs.model_inputs(result.info["inputs"], args.input, args.seed)
@@ -292,12 +301,28 @@ def cmd_verify(args) -> int:
     failed = False
     for name, got in outputs.items():
         wanted = expected[name]
-        close = np.allclose(got, wanted, rtol=args.rtol, atol=args.atol, equal_nan=True)
-        failed |= not close
         diff = np.max(np.abs(got.astype(np.float64) - wanted)) if got.size else 0.0
-        print(f"  {name}: max abs diff {diff:.3g} -> {'ok' if close else 'MISMATCH'}"
-              f" (rtol {args.rtol:g}, atol {args.atol:g})")
+        if by_range:
+            share = RANGE_SHARE[quantize]
+            bound = share * (np.max(np.abs(wanted)) if wanted.size else 0.0)
+            close = bool(np.array_equal(np.isnan(got), np.isnan(wanted))
+                         and np.nan_to_num(diff) <= bound)
+            how = f"{'int8' if quantize == 'dynamic' else quantize}: within {share:.0%} of " \
+                  f"the output's range, {bound:.3g}"
+        else:
+            close = np.allclose(got, wanted, rtol=rtol, atol=atol, equal_nan=True)
+            how = f"rtol {rtol:g}, atol {atol:g}"
+        failed |= not close
+        print(f"  {name}: max abs diff {diff:.3g} -> {'ok' if close else 'MISMATCH'} ({how})")
     return 1 if failed else 0
+
+
+# The share of an output's largest magnitude that a lowered build may differ from float32
+# onnxruntime by: int8 quantizes every layer's activations to 255 steps and its weights to
+# 254, bf16 rounds both to 8 significant bits; LayerNorm re-centres after each block, so the
+# error stays at a few steps (tiny BERT: int8 0.4 %, bf16 0.07 %; tests/test_tiny_bert.py
+# holds the same bounds).
+RANGE_SHARE = {"dynamic": 0.02, "bf16": 0.01}
 
 
 COMMANDS = {"compile": cmd_compile, "run": cmd_run, "benchmark": cmd_benchmark,

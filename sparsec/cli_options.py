@@ -58,10 +58,11 @@ def add_input_options(p: argparse.ArgumentParser) -> None:
 def build_options(args) -> dict:
     """compile_model's keyword arguments from the options of add_build_options."""
     from sparsec.compiler.frontend import parse_input_shapes
+    from sparsec.compiler.options import DTYPES
 
     return dict(input_shapes=parse_input_shapes(args.input_shape), cache_dir=args.cache_dir,
                 use_cache=not args.no_cache, force_pattern=args.force_pattern,
-                quantize=args.quantize or {"int8": "dynamic", "bf16": "bf16"}.get(args.dtype),
+                quantize=args.quantize or DTYPES[args.dtype],
                 mixed_precision=not args.no_mixed_precision,
                 reorder=not args.no_reorder, max_memory=args.max_memory, emulate=args.emulate,
                 host_profile=not args.no_host_profile)

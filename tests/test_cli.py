@@ -186,3 +186,28 @@ def test_compile_is_quiet_where_every_product_has_a_simd_kernel(dtype, workdir, 
                  "-o", "build/mlp.so", "--report"]) == 0
     captured = capsys.readouterr()
     assert "warning" not in captured.err and "PORTABLE" not in captured.out
+
+
+@pytest.mark.parametrize("dtype, share", [("int8", "2%"), ("bf16", "1%")])
+def test_verify_compares_a_lowered_build_within_its_precision(dtype, share, workdir, capsys):
+    """int8 and bf16 cannot equal float32 onnxruntime to 1e-5: verify holds them to a share of
+    each output's range instead, and says which; an explicit --atol is used as given."""
+    assert main(["verify", str(SAMPLE), "--target", "x86-avx2", "--dtype", dtype]) == 0
+    assert f"-> ok ({dtype}: within {share} of the output's range" in capsys.readouterr().out
+    assert main(["verify", str(SAMPLE), "--target", "x86-avx2", "--dtype", dtype,
+                 "--atol", "1e-9", "--rtol", "0"]) == 1
+    assert "MISMATCH (rtol 0, atol 1e-09)" in capsys.readouterr().out
+
+
+def test_python_dtype_names_the_precision_as_the_cli_does():
+    from sparsec.compiler.options import CompileOptions
+    from sparsec.errors import SparsecError
+
+    assert CompileOptions.from_keywords(dtype="int8").quantize == "dynamic"
+    assert CompileOptions.from_keywords(dtype="bf16").quantize == "bf16"
+    assert CompileOptions.from_keywords(dtype="float32").quantize is None
+    assert CompileOptions.from_keywords(dtype="int8", quantize="dynamic").quantize == "dynamic"
+    with pytest.raises(SparsecError, match="disagree"):
+        CompileOptions.from_keywords(dtype="int8", quantize="bf16")
+    with pytest.raises(SparsecError, match="dtype='fp16'; choose one of: float32, int8, bf16"):
+        CompileOptions.from_keywords(dtype="fp16")
