@@ -156,8 +156,9 @@ def cmd_compile(args) -> int:
     buckets = result.info.get("buckets")
     plans = (f", {len(buckets['lengths'])} plans for lengths "
              f"{', '.join(map(str, buckets['lengths']))}" if buckets else "")
-    print(f"wrote {result.library} (target {result.info['target']}{emulated}{plans}) and "
-          f"{result.header}")
+    # sparsec.h, the ABI header X.h includes, is named too: it lands beside the library
+    print(f"wrote {result.library} (target {result.info['target']}{emulated}{plans}), "
+          f"{result.header} and {result.header.parent / 'sparsec.h'}")
     return 0
 
 

@@ -27,7 +27,9 @@ def test_compile_run_info_round_trip(workdir, capsys):
     assert main(["compile", str(SAMPLE), "--target", "generic", "-o", "build/mlp.so",
                  "--report"]) == 0
     out = capsys.readouterr().out
-    assert "wrote build/mlp.so (target generic)" in out
+    # every file it writes is named, the ABI header sparsec.h too
+    assert "wrote build/mlp.so (target generic), build/mlp.h and build/sparsec.h" in out
+    assert sorted(p.name for p in Path("build").iterdir()) == ["mlp.h", "mlp.so", "sparsec.h"]
     assert "fc0/MatMul" in out and "1x16" in out, "the report names layers and patterns"
     x = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
     np.save("x.npy", x)
