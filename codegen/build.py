@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from sparsec.codegen import jobs, targets
 from sparsec.codegen.emit import Rendered
 from sparsec.codegen.targets import BASE_CFLAGS, Target
 from sparsec.errors import BuildError
+from sparsec.progress import Progress
 
 RUNTIME_SOURCES = ("runtime.c", "cpu.c", "threads.c")
 
@@ -237,7 +239,8 @@ def unit_entry(compiler: str, argv: list[str], source: str, cache_dir: Path) -> 
 
 def compile_model(compiler: str, target: Target, extra_flags: tuple[str, ...],
                   prelude: tuple[str, ...], rendered: Rendered, workdir: Path,
-                  cache_dir: Path, use_cache: bool) -> None:
+                  cache_dir: Path, use_cache: bool,
+                  finished: Callable[[int, int], None] | None = None) -> None:
     """The model's objects in `workdir`: unit objects from the cache where it has them, the
     rest compiled in parallel. model.c is always compiled: it holds the weights (.incbin),
     which the cache would store a second copy of, and changes whenever any layer does."""
@@ -256,7 +259,7 @@ def compile_model(compiler: str, target: Target, extra_flags: tuple[str, ...],
         if not (entry.exists() and restore_entry(entry, workdir / object_name(source))):
             commands.append(argv)
             stores.append((entry, workdir / object_name(source)))
-    jobs.run_parallel(commands, workdir, _run)
+    jobs.run_parallel(commands, workdir, _run, finished)
     for entry, obj in stores:
         store_entry(entry, obj)
 
@@ -361,8 +364,10 @@ def write_units(rendered: Rendered, directory: Path) -> None:
 
 def build(rendered: Rendered, target: Target, output: Path, *, cache_dir: Path | None = None,
           use_cache: bool = True, extra_flags: tuple[str, ...] = (),
-          keep_source: Path | None = None) -> Path:
-    """Compile `rendered` into the shared library `output`; returns `output`."""
+          keep_source: Path | None = None, progress: Progress | None = None) -> Path:
+    """Compile `rendered` into the shared library `output`; returns `output`. `progress`
+    hears of the build's units as they finish, or that the library came from the cache."""
+    progress = progress or Progress()
     compiler = find_compiler(target)
     cache_dir = cache_dir or default_cache_dir()
     key = cache_key(rendered, target, compiler, extra_flags)
@@ -373,6 +378,7 @@ def build(rendered: Rendered, target: Target, output: Path, *, cache_dir: Path |
         write_units(rendered, keep_source)
         atomic_copy(rendered.weights.path, keep_source / "weights.bin")
     if use_cache and entry.exists() and restore_entry(entry, output, 0o755):
+        progress.cached("library")
         return output
     with tempfile.TemporaryDirectory(prefix="sparsec-build-") as tmp:
         workdir = Path(tmp)
@@ -388,7 +394,7 @@ def build(rendered: Rendered, target: Target, output: Path, *, cache_dir: Path |
                                        workdir, cache_dir, use_cache)
                    if use_cache or rendered.units else ())
         compile_model(compiler, target, extra_flags, prelude, rendered, workdir, cache_dir,
-                      use_cache)
+                      use_cache, progress.units)
         _run(link_command(compiler, objects, library, extra_flags, len(rendered.units)),
              workdir)
         if use_cache:

@@ -16,6 +16,7 @@ from sparsec.compiler.ir import Graph
 from sparsec.compiler.options import CompileOptions
 from sparsec.compiler.passes import PassContext, run_pipeline
 from sparsec.errors import SparsecError
+from sparsec.progress import Progress
 from sparsec.version import __version__
 
 
@@ -31,7 +32,8 @@ class CompileResult:
 @limits.out_of_memory_is_refusal
 def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "native",
                   output: str | os.PathLike | None = None, *,
-                  options: CompileOptions | None = None, **keywords) -> CompileResult:
+                  options: CompileOptions | None = None, progress: Progress | None = None,
+                  **keywords) -> CompileResult:
     """Compile and return the library path, its C header, its model info and the final IR.
 
     The options are a `CompileOptions`, or its fields as keywords (not both), e.g.
@@ -40,7 +42,17 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "nat
     tensor, and the weights plus arena, may take; emulate=True: build the target's newest
     instructions as scalar C (x86-amx: AMX tiles), for testing on a CPU without them (the
     library says so in its info); host_profile=False: choose kernels by the kernel table's
-    costs even where `sparsec calibrate` measured this CPU."""
+    costs even where `sparsec calibrate` measured this CPU. `progress` (sparsec.progress)
+    hears of each phase as it runs; it changes nothing in the library."""
+    progress = progress or Progress()
+    try:
+        return _compile(model, target, output, options, keywords, progress)
+    finally:
+        progress.finish()
+
+
+def _compile(model, target: str, output, options: CompileOptions | None, keywords: dict,
+             progress: Progress) -> CompileResult:
     if options is not None and keywords:
         raise SparsecError("compile(): pass options= or option keywords, not both")
     options = options or CompileOptions.from_keywords(**keywords)
@@ -56,16 +68,19 @@ def compile_model(model: str | os.PathLike | onnx.ModelProto, target: str = "nat
                       select_kernel=lambda g, n: selection.choose(g, n, resolved),
                       scratch_bytes=selection.scratch_bytes,
                       layouts=selection.layout_support if options.layouts else None,
-                      target=resolved.name)
+                      target=resolved.name, on_pass=progress.phase)
+    progress.phase("import")
     graphs, bucket_info = _plans(model, ctx)
+    progress.phase("emit C")
     rendered = emit.emit_plans(graphs, resolved, __version__,
                                costs.PARALLEL_MIN_NS if options.parallel_min_ns is None
                                else options.parallel_min_ns, options.emulate, bucket_info)
     flags = ((resolved.emulation.flags if options.emulate else ()) + options.extra_cflags
              + (("-DSPARSEC_PROFILE",) if options.profile else ()))
+    progress.phase("C build")
     builder.build(rendered, resolved, output, cache_dir=options.cache_dir,
                   use_cache=options.use_cache, extra_flags=flags,
-                  keep_source=options.keep_source)
+                  keep_source=options.keep_source, progress=progress)
     header = output.with_suffix(".h")
     builder.atomic_write(header, rendered.model_h.encode())
     builder.atomic_write(output.parent / "sparsec.h",

@@ -47,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="time every layer at run time (see `sparsec run --profile`)")
     p.add_argument("--keep-source", metavar="DIR",
                    help="also write model.c (and a large model's unit-N.c) and weights.bin")
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument("-v", "--verbose", action="store_true",
+                      help="print each compile phase (import, every pass, emit, C build) and "
+                           "its time on stderr, also where stderr is not a terminal")
+    talk.add_argument("-q", "--quiet", action="store_true",
+                      help="print nothing but warnings and errors (no progress line on a "
+                           "terminal, no `wrote ...`)")
 
     p = sub.add_parser("run", help="run a compiled library on .npy inputs")
     p.add_argument("library")
@@ -141,9 +148,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_compile(args) -> int:
+    from sparsec.progress import for_terminal
+
     result = compile_printing_warnings(args.model, args.target, args.output, dump_ir=args.dump_ir,
                       keep_source=args.keep_source, profile=args.profile,
-                      **build_options(args))
+                      progress=for_terminal(args.verbose, args.quiet), **build_options(args))
     if args.report:
         if "buckets" in result.info:
             print(f"layers of the longest bucket, {result.info['buckets']['lengths'][-1]} "
@@ -152,6 +161,8 @@ def cmd_compile(args) -> int:
         print(f"kernel costs: {'measured on this host, ' + str(result.host_profile)}"
               if result.host_profile else "kernel costs: the kernel table's "
               "(`sparsec calibrate` measures this host's)")
+    if args.quiet:
+        return 0
     emulated = f"; {result.info['emulated']}" if "emulated" in result.info else ""
     buckets = result.info.get("buckets")
     plans = (f", {len(buckets['lengths'])} plans for lengths "

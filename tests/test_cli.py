@@ -213,3 +213,44 @@ def test_python_dtype_names_the_precision_as_the_cli_does():
         CompileOptions.from_keywords(dtype="int8", quantize="bf16")
     with pytest.raises(SparsecError, match="dtype='fp16'; choose one of: float32, int8, bf16"):
         CompileOptions.from_keywords(dtype="fp16")
+
+
+def test_compile_says_each_phase_with_verbose_and_nothing_with_quiet(workdir, capsys):
+    assert main(["compile", str(SAMPLE), "--target", "generic", "-o", "a.so", "-v"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    phases = [line.split()[1] for line in err if line.startswith("sparsec: ")]
+    assert phases[0] == "import" and "detect-sparsity" in phases and "plan-memory" in phases
+    assert err[-1].startswith("sparsec: C build ") and "C files compiled" in err[-1]
+    assert main(["compile", str(SAMPLE), "--target", "generic", "-o", "a.so", "-v"]) == 0
+    assert capsys.readouterr().err.splitlines()[-1].endswith("(library cached)")
+    assert main(["compile", str(SAMPLE), "--target", "generic", "-o", "b.so", "-q"]) == 0
+    assert capsys.readouterr() == ("", "")
+    # stderr not a terminal and no -v: no progress, just the result
+    assert main(["compile", str(SAMPLE), "--target", "generic", "-o", "c.so"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and out.startswith("wrote c.so")
+
+
+def test_compile_draws_a_progress_line_on_a_terminal(workdir):
+    """stderr a terminal (a pseudo-terminal here): rich's live line names the phases."""
+    import os
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.run([sys.executable, "-m", "sparsec", "compile", str(SAMPLE), "--target",
+                           "generic", "-o", "t.so", "--no-cache"], stderr=follower,
+                          stdout=subprocess.PIPE, text=True, timeout=300)
+    os.close(follower)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the pseudo-terminal is closed once everything is read
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(leader)
+    assert proc.returncode == 0 and proc.stdout.startswith("wrote t.so")
+    text = drawn.decode(errors="replace")
+    assert "sparsec: import" in text and "sparsec: C build" in text

@@ -99,6 +99,8 @@ class PassContext:
     layouts: Callable[[Graph, Node], LayoutSupport] | None = None
     target: str = ""  # the target's name, for messages
     log: list[str] = field(default_factory=list)
+    # Told each pass's name as it starts (compile progress); None: nobody is listening.
+    on_pass: Callable[[str], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,8 @@ def run_pipeline(graph: Graph, ctx: PassContext) -> Graph:
     if ctx.options.verify_each:
         verify(graph, "import")
     for index, (name, run, _why) in enumerate(PIPELINE, start=1):
+        if ctx.on_pass is not None:
+            ctx.on_pass(name)
         graph = run(graph, ctx)
         _dump(graph, ctx, index, name)
         if ctx.options.verify_each:
