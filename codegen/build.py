@@ -156,6 +156,8 @@ def restore_entry(entry: Path, destination: Path, mode: int = 0o644) -> bool:
                     out.write(chunk)
                 if h.hexdigest().encode() != head[len(CACHE_MAGIC):-1]:
                     raise _Corrupt
+        with contextlib.suppress(OSError):  # its last use, which the size bound keeps
+            os.utime(entry)
         return True
     except _Corrupt:
         _warn_corrupt(entry)
@@ -364,9 +366,11 @@ def write_units(rendered: Rendered, directory: Path) -> None:
 
 def build(rendered: Rendered, target: Target, output: Path, *, cache_dir: Path | None = None,
           use_cache: bool = True, extra_flags: tuple[str, ...] = (),
-          keep_source: Path | None = None, progress: Progress | None = None) -> Path:
+          keep_source: Path | None = None, progress: Progress | None = None,
+          store_library: bool = True) -> Path:
     """Compile `rendered` into the shared library `output`; returns `output`. `progress`
-    hears of the build's units as they finish, or that the library came from the cache."""
+    hears of the build's units as they finish, or that the library came from the cache.
+    store_library=False: the library is not cached by its source (the caller caches it)."""
     progress = progress or Progress()
     compiler = find_compiler(target)
     cache_dir = cache_dir or default_cache_dir()
@@ -397,7 +401,7 @@ def build(rendered: Rendered, target: Target, output: Path, *, cache_dir: Path |
                       use_cache, progress.units)
         _run(link_command(compiler, objects, library, extra_flags, len(rendered.units)),
              workdir)
-        if use_cache:
+        if use_cache and store_library:
             store_entry(entry, library)
         atomic_copy(library, output, 0o755)
     return output

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
 
+from sparsec import compile_cache
 from sparsec.codegen import build as builder
 from sparsec.codegen import costs, emit, profiles, selection, targets
 from sparsec.compiler import buckets, frontend, limits
 from sparsec.compiler.ir import Graph
 from sparsec.compiler.options import CompileOptions
 from sparsec.compiler.passes import PassContext, run_pipeline
-from sparsec.errors import SparsecError
+from sparsec.errors import PortableKernelWarning, SparsecError
+from sparsec.library_info import read_info
 from sparsec.progress import Progress
 from sparsec.version import __version__
 
@@ -25,8 +29,20 @@ class CompileResult:
     library: Path
     header: Path
     info: dict
-    graph: Graph
+    final_graph: dataclasses.InitVar[Graph | None]
     host_profile: Path | None = None  # the measured costs kernels were chosen by, if any
+    cached: bool = False  # the library came whole from the build cache
+    replay: Callable[[], Graph] | None = field(default=None, repr=False)
+
+    def __post_init__(self, final_graph: Graph | None) -> None:
+        self._graph = final_graph
+
+    @property
+    def graph(self) -> Graph:
+        """The final IR; after a cache hit, made again (the passes, no C) when first asked."""
+        if self._graph is None and self.replay is not None:
+            self._graph = self.replay()
+        return self._graph
 
 
 @limits.out_of_memory_is_refusal
@@ -62,6 +78,7 @@ def _compile(model, target: str, output, options: CompileOptions | None, keyword
         raise SparsecError(f"target {resolved.name} has no emulation build; emulate applies to "
                            + ", ".join(t.name for t in targets.TARGETS.values() if t.emulation))
     output = _output_path(model, output)
+    header = output.with_suffix(".h")
     ctx = PassContext(cost=costs.cost_model(resolved, "float32", measured), options=options,
                       int8_cost=costs.cost_model(resolved, "int8", measured),
                       bf16_cost=costs.cost_model(resolved, "bfloat16", measured),
@@ -69,6 +86,14 @@ def _compile(model, target: str, output, options: CompileOptions | None, keyword
                       scratch_bytes=selection.scratch_bytes,
                       layouts=selection.layout_support if options.layouts else None,
                       target=resolved.name, on_pass=progress.phase)
+    cache_dir = options.cache_dir or builder.default_cache_dir()
+    progress.phase("cache lookup")
+    key = (compile_cache.compile_key(model, resolved.name, options,
+                                     builder.find_compiler(resolved), measured)
+           if compile_cache.cacheable(options) else None)
+    if key is not None and compile_cache.restore(cache_dir, key, output, header):
+        progress.cached("compile")
+        return _cached_result(model, ctx, output, header, profile_path)
     progress.phase("import")
     graphs, bucket_info = _plans(model, ctx)
     progress.phase("emit C")
@@ -78,14 +103,39 @@ def _compile(model, target: str, output, options: CompileOptions | None, keyword
     flags = ((resolved.emulation.flags if options.emulate else ()) + options.extra_cflags
              + (("-DSPARSEC_PROFILE",) if options.profile else ()))
     progress.phase("C build")
+    # a whole compile's entry holds the library: a second copy by C source would double it
     builder.build(rendered, resolved, output, cache_dir=options.cache_dir,
                   use_cache=options.use_cache, extra_flags=flags,
-                  keep_source=options.keep_source, progress=progress)
-    header = output.with_suffix(".h")
+                  keep_source=options.keep_source, progress=progress,
+                  store_library=key is None)
     builder.atomic_write(header, rendered.model_h.encode())
+    _write_abi_header(output)
+    if key is not None:
+        compile_cache.store(cache_dir, key, output, header)
+    if options.use_cache:
+        compile_cache.prune(cache_dir)
+    return CompileResult(output, header, rendered.info, graphs[-1], profile_path)
+
+
+def _write_abi_header(output: Path) -> None:
     builder.atomic_write(output.parent / "sparsec.h",
                          (builder.runtime_dir() / "sparsec.h").read_bytes())
-    return CompileResult(output, header, rendered.info, graphs[-1], profile_path)
+
+
+def _cached_result(model, ctx: PassContext, output: Path, header: Path,
+                   profile_path: Path | None) -> CompileResult:
+    """A whole compile restored from the cache: its info from the library, its layers'
+    portable-C warnings said again (never silently), its IR made again only if asked for."""
+    _write_abi_header(output)
+    info = read_info(output)
+    for plan in info.get("plans", [info]):
+        for layer in plan.get("layers", []):
+            if "portable" in layer:
+                warnings.warn(f"layer {layer['node']!r}: {layer['portable']}",
+                              PortableKernelWarning, stacklevel=4)
+    quiet = dataclasses.replace(ctx, on_pass=None)
+    return CompileResult(output, header, info, None, profile_path, cached=True,
+                         replay=lambda: _plans(model, quiet)[0][-1])
 
 
 def _output_path(model, output) -> Path:

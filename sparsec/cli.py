@@ -1,4 +1,4 @@
-"""The `sparsec` command: compile, run, info, targets, verify, calibrate (benchmark in
+"""The `sparsec` command: compile, run, info, targets, verify, calibrate, cache (benchmark in
 cli_benchmark).
 
 User errors print `sparsec: error: <message>` and exit 1; no traceback for anything a user can
@@ -118,6 +118,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="a target this host runs natively (default: native)")
     p.add_argument("--quick", action="store_true",
                    help="small layers and short timings (seconds, rougher numbers)")
+
+    p = sub.add_parser("cache", help="the build cache: what it holds (info) or empty it (clear)")
+    p.add_argument("action", choices=["info", "clear"])
+    p.add_argument("--cache-dir", help="build cache folder (default: ~/.cache/sparsec)")
+    p.add_argument("--json", action="store_true", help="info as JSON")
     return parser
 
 
@@ -168,7 +173,8 @@ def cmd_compile(args) -> int:
     plans = (f", {len(buckets['lengths'])} plans for lengths "
              f"{', '.join(map(str, buckets['lengths']))}" if buckets else "")
     # sparsec.h, the ABI header X.h includes, is named too: it lands beside the library
-    print(f"wrote {result.library} (target {result.info['target']}{emulated}{plans}), "
+    cached = ", from the build cache" if result.cached else ""
+    print(f"wrote {result.library} (target {result.info['target']}{emulated}{plans}{cached}), "
           f"{result.header} and {result.header.parent / 'sparsec.h'}")
     return 0
 
@@ -337,9 +343,29 @@ def cmd_verify(args) -> int:
 RANGE_SHARE = {"dynamic": 0.02, "bf16": 0.01}
 
 
+def cmd_cache(args) -> int:
+    from sparsec import compile_cache
+    from sparsec.codegen.build import default_cache_dir
+
+    folder = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    if args.action == "clear":
+        print(f"removed {compile_cache.clear(folder)} entries from {folder}")
+        return 0
+    usage = compile_cache.usage(folder)
+    if args.json:
+        print(json.dumps(usage, indent=1))
+        return 0
+    print(f"{folder}: {usage['bytes'] / 2**20:.1f} MiB of at most "
+          f"{usage['limit_bytes'] / 2**20:.0f} MiB (SPARSEC_CACHE_SIZE; least recently used "
+          "entries go first)")
+    for kind, counts in usage["kinds"].items():
+        print(f"  {counts['entries']:>6} {kind}: {counts['bytes'] / 2**20:.1f} MiB")
+    return 0
+
+
 COMMANDS = {"compile": cmd_compile, "run": cmd_run, "benchmark": cmd_benchmark,
             "info": cmd_info, "verify": cmd_verify, "targets": cmd_targets,
-            "calibrate": cmd_calibrate}
+            "calibrate": cmd_calibrate, "cache": cmd_cache}
 
 
 if __name__ == "__main__":
