@@ -26,7 +26,7 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-from sparsec.codegen import jobs, targets
+from sparsec.codegen import exports, jobs, targets
 from sparsec.codegen.emit import Rendered
 from sparsec.codegen.targets import BASE_CFLAGS, Target
 from sparsec.errors import BuildError
@@ -210,9 +210,15 @@ def model_command(compiler: str, target: Target, extra_flags: tuple[str, ...] = 
             "-c", source, "-o", object_name(source)]
 
 
+EXPORTS_MAP = "exports.map"
+
+
 def link_command(compiler: str, runtime_objects: list[Path], output: Path,
-                 extra_flags: tuple[str, ...] = (), units: int = 0) -> list[str]:
-    return [compiler, "-shared", *extra_flags, *map(str, runtime_objects),
+                 extra_flags: tuple[str, ...] = (), units: int = 0,
+                 named: bool = False) -> list[str]:
+    """named: the library exports only its --name API (EXPORTS_MAP in the build folder)."""
+    exports = [f"-Wl,--version-script={EXPORTS_MAP}"] if named else []
+    return [compiler, "-shared", *extra_flags, *exports, *map(str, runtime_objects),
             *map(object_name, model_sources(units)), "-o", str(output), "-lm", "-pthread"]
 
 
@@ -226,7 +232,8 @@ def compile_commands(compiler: str, target: Target, workdir: Path, output: Path,
               for source, obj in zip(RUNTIME_SOURCES, objects)),
             *(model_command(compiler, target, extra_flags, source=source)
               for source in model_sources(units)),
-            link_command(compiler, objects, output, extra_flags, units)]
+            link_command(compiler, objects, output, extra_flags, units,
+                         named=(workdir / EXPORTS_MAP).exists())]
 
 
 def unit_entry(compiler: str, argv: list[str], source: str, cache_dir: Path) -> Path:
@@ -380,6 +387,8 @@ def build(rendered: Rendered, target: Target, output: Path, *, cache_dir: Path |
         keep_source.mkdir(parents=True, exist_ok=True)
         (keep_source / "model.c").write_text(rendered.model_c)
         write_units(rendered, keep_source)
+        if rendered.export_prefix:
+            (keep_source / EXPORTS_MAP).write_text(exports.version_script(rendered.export_prefix))
         atomic_copy(rendered.weights.path, keep_source / "weights.bin")
     if use_cache and entry.exists() and restore_entry(entry, output, 0o755):
         progress.cached("library")
@@ -399,8 +408,10 @@ def build(rendered: Rendered, target: Target, output: Path, *, cache_dir: Path |
                    if use_cache or rendered.units else ())
         compile_model(compiler, target, extra_flags, prelude, rendered, workdir, cache_dir,
                       use_cache, progress.units)
-        _run(link_command(compiler, objects, library, extra_flags, len(rendered.units)),
-             workdir)
+        if rendered.export_prefix:
+            (workdir / EXPORTS_MAP).write_text(exports.version_script(rendered.export_prefix))
+        _run(link_command(compiler, objects, library, extra_flags, len(rendered.units),
+                          named=bool(rendered.export_prefix)), workdir)
         if use_cache and store_library:
             store_entry(entry, library)
         atomic_copy(library, output, 0o755)

@@ -21,7 +21,7 @@ from pathlib import Path
 import jinja2
 import numpy as np
 
-from sparsec.codegen import cnames, units
+from sparsec.codegen import cnames, exports, units
 from sparsec.codegen.c_literals import CTYPES
 from sparsec.codegen.costs import PARALLEL_MIN_NS, runs_parallel
 from sparsec.codegen.kernels import KernelSpec, by_key
@@ -117,6 +117,8 @@ class Rendered:
     weights: WeightsFile
     info: dict
     units: list[str] = field(default_factory=list)  # unit-0.c, ... (units.py); empty: model.c only
+    # --name: the prefix the library exports its API under (codegen/exports.py); None: sparsec_
+    export_prefix: str | None = None
 
     def digest(self) -> str:
         h = hashlib.sha256(self.model_c.encode())
@@ -137,13 +139,14 @@ def emit(graph: Graph, target: Target, version: str,
 
 def emit_plans(graphs: list[Graph], target: Target, version: str,
                parallel_min_ns: float = PARALLEL_MIN_NS, emulate: bool = False,
-               buckets: dict | None = None) -> Rendered:
+               buckets: dict | None = None, name: str | None = None) -> Rendered:
     """One library holding one plan per graph (the same model at other input shapes, such as
     sequence-length buckets, shortest first), sharing one weight blob: equal constants are
     stored once. The last plan is the default, the one `sparsec_run` runs, and the model
     info's and header's top-level inputs, outputs and layers describe it; `buckets` (lengths,
     each input's and output's bucketed axes) goes into the info as is, with a "plans"
-    section, when there is more than one plan."""
+    section, when there is more than one plan. `name`: the library's API and header under
+    that prefix instead of sparsec_ (codegen/exports.py)."""
     env = environment()
     blob = WeightBlob()
     symbols = WeightSymbols(blob)
@@ -165,6 +168,8 @@ def emit_plans(graphs: list[Graph], target: Target, version: str,
         info["plans"] = [_plan_info(graph, plan) for graph, plan in zip(graphs, plans)]
     if emulate:
         info["emulated"] = target.emulation.what
+    if name:
+        info["name"] = name
     context = dict(version=version, target=target.name,
                    includes=target.includes, required_features=features,
                    arena_bytes=arena_bytes, profiled_layers=first,
@@ -172,12 +177,17 @@ def emit_plans(graphs: list[Graph], target: Target, version: str,
                    num_outputs=len(graphs[-1].outputs),
                    info_literal=cnames.c_string_literal(json.dumps(info, ensure_ascii=True)))
     model_c, unit_sources = units.render(env, context, plans, symbols)
+    if name:
+        model_c += exports.wrappers_c(name)
     model_h = env.get_template("model.h.j2").render(
         version=version, target=target.name, arena_bytes=arena_bytes,
         inputs=_header_tensors(graphs[-1], graphs[-1].inputs, buckets, "inputs"),
         outputs=_header_tensors(graphs[-1], graphs[-1].outputs, buckets, "outputs"),
-        lengths=buckets["lengths"] if len(plans) > 1 else [])
-    return Rendered(model_c, model_h, blob.finish(), info, unit_sources)
+        lengths=buckets["lengths"] if len(plans) > 1 else [],
+        macro=f"{name.upper()}_MODEL" if name else "SPARSEC_MODEL",
+        symbol=f"{name}_model" if name else "sparsec_model",
+        declarations=exports.declarations_h(name) if name else "")
+    return Rendered(model_c, model_h, blob.finish(), info, unit_sources, name)
 
 
 def _render_plan(env: jinja2.Environment, graph: Graph, target: Target, blob: WeightBlob,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from sparsec.compiler import limits
 from sparsec.errors import SparsecError
 
 QUANTIZE_MODES = ("dynamic", "bf16")
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")  # --name: a C identifier
 # The precisions the CLI's --dtype and compile()'s dtype= name, as the quantize modes they are.
 DTYPES = {"float32": None, "int8": "dynamic", "bf16": "bf16"}
 
@@ -34,6 +36,9 @@ class CompileOptions:
     # float32 one keeps float32 (True), or every layer is lowered (False).
     mixed_precision: bool = True
     reorder: bool = True  # reorder_blocks may permute channels between Dense layers
+    # The library's API and header under this C prefix instead of sparsec_ (--name), so that
+    # several models link into one program.
+    name: str | None = None
     layouts: bool = True  # choose_layouts may hand activations over feature-major
     # Bytes the compiled model (weights and arena) and any folded constant may take.
     max_memory: int = limits.DEFAULT_MAX_MEMORY
@@ -54,6 +59,11 @@ class CompileOptions:
         if self.quantize is not None and self.quantize not in QUANTIZE_MODES:
             raise SparsecError(f"unknown quantization {self.quantize!r}; choose one of: "
                                + ", ".join(QUANTIZE_MODES))
+        if self.name is not None and (not NAME.fullmatch(self.name)
+                                      or self.name.lower() == "sparsec"):
+            raise SparsecError(f"name {self.name!r}: a model's name prefixes its C symbols, so "
+                               "it must be a C identifier (letters, digits and _, not starting "
+                               "with a digit, at most 64 characters) other than sparsec")
         if not isinstance(self.max_memory, int) or self.max_memory <= 0:
             raise SparsecError(f"max_memory={self.max_memory!r}: expected a positive number of "
                                "bytes")

@@ -99,7 +99,8 @@ def _compile(model, target: str, output, options: CompileOptions | None, keyword
     progress.phase("emit C")
     rendered = emit.emit_plans(graphs, resolved, __version__,
                                costs.PARALLEL_MIN_NS if options.parallel_min_ns is None
-                               else options.parallel_min_ns, options.emulate, bucket_info)
+                               else options.parallel_min_ns, options.emulate, bucket_info,
+                               options.name)
     flags = ((resolved.emulation.flags if options.emulate else ()) + options.extra_cflags
              + (("-DSPARSEC_PROFILE",) if options.profile else ()))
     progress.phase("C build")

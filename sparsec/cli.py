@@ -220,6 +220,9 @@ def cmd_info(args) -> int:
           + (f" (needs {', '.join(info['features'])})" if info["features"] else ""))
     if "emulated" in info:
         print(f"EMULATED: {info['emulated']}")
+    if "name" in info:
+        print(f"name: {info['name']} (its API is {info['name']}_create, {info['name']}_run, "
+              "...; compiled with --name)")
     print(f"arena: {info['arena_bytes']} bytes")
     if "buckets" in info:
         bucketed = ", ".join(f"{name!r} axis {axes[0]}"

@@ -38,13 +38,17 @@ def _ffi() -> cffi.FFI:
     global _FFI
     with _FFI_LOCK:
         if _FFI is None:
-            header = (resources.files("sparsec.runtime_c") / "sparsec.h").read_text()
-            body = header.split("/* cdef-begin")[1].split("*/", 1)[1].split("/* cdef-end */")[0]
-            body = re.sub(r"/\*.*?\*/", "", body, flags=re.S).replace("SPARSEC_API ", "")
             ffi = cffi.FFI()
-            ffi.cdef(body)
+            ffi.cdef(_cdef_body())
             _FFI = ffi
         return _FFI
+
+
+def _cdef_body() -> str:
+    """sparsec.h's declarations between its cdef markers, without comments or SPARSEC_API."""
+    header = (resources.files("sparsec.runtime_c") / "sparsec.h").read_text()
+    body = header.split("/* cdef-begin")[1].split("*/", 1)[1].split("/* cdef-end */")[0]
+    return re.sub(r"/\*.*?\*/", "", body, flags=re.S).replace("SPARSEC_API ", "")
 
 
 class Module:
@@ -62,8 +66,9 @@ class Module:
                             "for this machine's architecture?") from None
         try:
             abi = self._lib.sparsec_abi_version()
-        except AttributeError:
-            raise LoadError(f"{self.path} is not a sparsec library") from None
+        except AttributeError:  # a library compiled with --name, or no sparsec library
+            self._lib = _renamed(ffi, self._lib, self.path)
+            abi = self._lib.sparsec_abi_version()
         if abi != ABI_VERSION:
             raise LoadError(f"{self.path} uses sparsec ABI {abi}; this sparsec reads ABI "
                             f"{ABI_VERSION}. Recompile the model with this sparsec")
@@ -204,6 +209,43 @@ class Module:
                              f"takes: {takes}")
         axes = self.buckets.inputs if self.buckets else {}
         return [spec.check(feeds[spec.name], axes.get(spec.name)) for spec in self.inputs]
+
+
+class _Renamed:
+    """A library compiled with --name PREFIX: its sparsec_X is PREFIX_X."""
+
+    def __init__(self, library, prefix: str):
+        self._library, self._prefix = library, prefix
+
+    def __getattr__(self, name: str):
+        return getattr(self._library, self._prefix + name.removeprefix("sparsec"))
+
+
+_DECLARED_PREFIXES: set[str] = set()
+
+
+def _renamed(ffi: cffi.FFI, library, path: Path) -> _Renamed:
+    """`library` through the names its info (read from the file) says it exports: sparsec.h's
+    function declarations, renamed, are added to the shared FFI once per prefix."""
+    from sparsec.library_info import read_info
+
+    try:
+        prefix = read_info(path).get("name")
+    except Exception:  # not an ELF file with sparsec's info section
+        prefix = None
+    if not prefix or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", prefix):
+        raise LoadError(f"{path} is not a sparsec library")
+    with _FFI_LOCK:
+        if prefix not in _DECLARED_PREFIXES:
+            functions = re.findall(r"[^;{}]*\bsparsec_\w+\([^;]*\);", _cdef_body())
+            ffi.cdef(re.sub(r"\bsparsec_(\w+)\(", rf"{prefix}_\1(", "".join(functions)))
+            _DECLARED_PREFIXES.add(prefix)
+    renamed = _Renamed(library, prefix)
+    try:
+        renamed.sparsec_abi_version  # noqa: B018 (its presence is the check)
+    except AttributeError:
+        raise LoadError(f"{path} is not a sparsec library") from None
+    return renamed
 
 
 def _dlopen_current(ffi: cffi.FFI, path: Path):

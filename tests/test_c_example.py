@@ -60,3 +60,59 @@ def test_c_example_cross_builds_for_arm_and_runs_under_qemu(tmp_path, cache_dir)
     got = np.array([float(v) for v in result.stdout.split()], np.float32).reshape(4, 10)
     (expected,) = run_onnxruntime(onnx.load(str(EXAMPLE.parent / "mlp_sparse.onnx")), {"x": x})
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+TWO_MODELS = r"""
+#include <stdio.h>
+#include "libwide.h"
+#include "libnarrow.h"
+
+/* Both models in one program: each library's API under its own name. */
+int main(void) {
+  static float x[WIDE_MODEL_INPUT0_ELEMENTS], y[WIDE_MODEL_OUTPUT0_ELEMENTS];
+  static float u[NARROW_MODEL_INPUT0_ELEMENTS], v[NARROW_MODEL_OUTPUT0_ELEMENTS];
+  for (int i = 0; i < WIDE_MODEL_INPUT0_ELEMENTS; i++) x[i] = (float)(i % 7) - 3.0f;
+  for (int i = 0; i < NARROW_MODEL_INPUT0_ELEMENTS; i++) u[i] = (float)(i % 5) - 2.0f;
+  sparsec_context *a, *b;
+  if (wide_create_threads(&a, 1) || narrow_create_threads(&b, 1)) return 1;
+  const void *in_a[] = {x}, *in_b[] = {u};
+  void *out_a[] = {y}, *out_b[] = {v};
+  if (wide_run(a, in_a, out_a) || narrow_run(b, in_b, out_b)) return 2;
+  for (int i = 0; i < WIDE_MODEL_OUTPUT0_ELEMENTS; i++) printf("%.9g\n", y[i]);
+  printf("--\n");
+  for (int i = 0; i < NARROW_MODEL_OUTPUT0_ELEMENTS; i++) printf("%.9g\n", v[i]);
+  wide_destroy(a);
+  narrow_destroy(b);
+  return 0;
+}
+"""
+
+
+def test_two_models_named_apart_link_into_one_program(tmp_path, cache_dir):
+    """--name gives each library its own exported API (and each header its own macros), so
+    two models link into one program; each computes its own model, as sparsec.load does."""
+    import sparsec
+    from sparsec.codegen import build
+    from tests.graphs import mlp
+
+    models = {"wide": mlp(k=48, n=32, m=3, density=0.4, seed=1),
+              "narrow": mlp(k=16, n=8, m=5, density=0.6, seed=2)}
+    for name, model in models.items():
+        sparsec.compile_model(model, "generic", tmp_path / f"lib{name}.so", name=name,
+                              cache_dir=cache_dir)
+        exported = subprocess.run(["nm", "-D", "--defined-only", str(tmp_path / f"lib{name}.so")],
+                                  check=True, capture_output=True, text=True).stdout.split()
+        symbols = [word for word in exported if "_" in word and not word.startswith("_")]
+        assert symbols and all(symbol.startswith(f"{name}_") for symbol in symbols), symbols
+    (tmp_path / "main.c").write_text(TWO_MODELS)
+    subprocess.run([build.find_compiler(None), "-std=c11", "-Wall", "-Werror", "main.c",
+                    "-o", "both", "-L.", "-lwide", "-lnarrow", "-Wl,-rpath,$ORIGIN"],
+                   cwd=tmp_path, check=True, capture_output=True)
+    printed = subprocess.run([str(tmp_path / "both")], check=True, capture_output=True,
+                             text=True).stdout.split("--")
+    x = ((np.arange(3 * 48) % 7) - 3.0).astype(np.float32).reshape(3, 48)
+    u = ((np.arange(5 * 16) % 5) - 2.0).astype(np.float32).reshape(5, 16)
+    for (name, feed), text in zip((("wide", x), ("narrow", u)), printed):
+        got = np.array(text.split(), np.float32)
+        expected = sparsec.load(tmp_path / f"lib{name}.so").run({"x": feed})["y"].ravel()
+        np.testing.assert_array_equal(got, expected)

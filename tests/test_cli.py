@@ -254,3 +254,17 @@ def test_compile_draws_a_progress_line_on_a_terminal(workdir):
     assert proc.returncode == 0 and proc.stdout.startswith("wrote t.so")
     text = drawn.decode(errors="replace")
     assert "sparsec: import" in text and "sparsec: C build" in text
+
+
+@pytest.mark.parametrize("name", ["9lives", "has-dash", "sparsec", "x" * 65, "bad name"])
+def test_a_name_that_is_no_c_identifier_is_refused(name, workdir, capsys):
+    assert main(["compile", str(SAMPLE), "--target", "generic", "--name", name]) == 1
+    assert "must be a C identifier" in capsys.readouterr().err
+
+
+def test_info_says_a_library_s_name(workdir, capsys):
+    assert main(["compile", str(SAMPLE), "--target", "generic", "--name", "mlp", "-o",
+                 "n.so"]) == 0
+    capsys.readouterr()
+    assert main(["info", "n.so"]) == 0
+    assert "name: mlp (its API is mlp_create, mlp_run" in capsys.readouterr().out
