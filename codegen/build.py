@@ -373,11 +373,9 @@ def write_units(rendered: Rendered, directory: Path) -> None:
 
 def build(rendered: Rendered, target: Target, output: Path, *, cache_dir: Path | None = None,
           use_cache: bool = True, extra_flags: tuple[str, ...] = (),
-          keep_source: Path | None = None, progress: Progress | None = None,
-          store_library: bool = True) -> Path:
+          keep_source: Path | None = None, progress: Progress | None = None) -> Path:
     """Compile `rendered` into the shared library `output`; returns `output`. `progress`
-    hears of the build's units as they finish, or that the library came from the cache.
-    store_library=False: the library is not cached by its source (the caller caches it)."""
+    hears of the build's units as they finish, or that the library came from the cache."""
     progress = progress or Progress()
     compiler = find_compiler(target)
     cache_dir = cache_dir or default_cache_dir()
@@ -412,7 +410,7 @@ def build(rendered: Rendered, target: Target, output: Path, *, cache_dir: Path |
             (workdir / EXPORTS_MAP).write_text(exports.version_script(rendered.export_prefix))
         _run(link_command(compiler, objects, library, extra_flags, len(rendered.units),
                           named=bool(rendered.export_prefix)), workdir)
-        if use_cache and store_library:
+        if use_cache:
             store_entry(entry, library)
         atomic_copy(library, output, 0o755)
     return output

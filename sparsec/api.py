@@ -29,13 +29,10 @@ class CompileResult:
     library: Path
     header: Path
     info: dict
-    final_graph: dataclasses.InitVar[Graph | None]
+    _graph: Graph | None = field(default=None, repr=False)  # read it as .graph
     host_profile: Path | None = None  # the measured costs kernels were chosen by, if any
     cached: bool = False  # the library came whole from the build cache
     replay: Callable[[], Graph] | None = field(default=None, repr=False)
-
-    def __post_init__(self, final_graph: Graph | None) -> None:
-        self._graph = final_graph
 
     @property
     def graph(self) -> Graph:
@@ -104,15 +101,15 @@ def _compile(model, target: str, output, options: CompileOptions | None, keyword
     flags = ((resolved.emulation.flags if options.emulate else ()) + options.extra_cflags
              + (("-DSPARSEC_PROFILE",) if options.profile else ()))
     progress.phase("C build")
-    # a whole compile's entry holds the library: a second copy by C source would double it
     builder.build(rendered, resolved, output, cache_dir=options.cache_dir,
                   use_cache=options.use_cache, extra_flags=flags,
-                  keep_source=options.keep_source, progress=progress,
-                  store_library=key is None)
+                  keep_source=options.keep_source, progress=progress)
     builder.atomic_write(header, rendered.model_h.encode())
     _write_abi_header(output)
     if key is not None:
-        compile_cache.store(cache_dir, key, output, header)
+        library_key = builder.cache_key(rendered, resolved, builder.find_compiler(resolved),
+                                        flags)
+        compile_cache.store(cache_dir, key, library_key, header)
     if options.use_cache:
         compile_cache.prune(cache_dir)
     return CompileResult(output, header, rendered.info, graphs[-1], profile_path)

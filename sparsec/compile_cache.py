@@ -24,6 +24,7 @@ import json
 import mmap
 import os
 import re
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -43,7 +44,7 @@ _RUNS_IN_FULL = ("dump_ir", "keep_source", "verify_each")
 _IRRELEVANT = ("cache_dir", "use_cache")
 
 KINDS = {  # folder (or None: the cache's top level) -> what its entries are
-    "compiles": "whole compiles (library and header)",
+    "compiles": "whole compiles (their header, and which library)",
     None: "libraries by C source",
     "units": "translation unit objects",
     "runtime": "runtime objects",
@@ -160,25 +161,39 @@ def compile_key(model, target: str, options: CompileOptions, compiler: str,
     return h.hexdigest()
 
 
-def _entries(cache_dir: Path, key: str) -> tuple[Path, Path]:
-    folder = cache_dir / "compiles"
-    return folder / f"{key}.so.entry", folder / f"{key}.h.entry"
+def _entry(cache_dir: Path, key: str) -> Path:
+    return cache_dir / "compiles" / f"{key}.entry"
 
 
 def restore(cache_dir: Path, key: str, library: Path, header: Path) -> bool:
-    """The cached library and header at `library` and `header`; False on a miss."""
-    library_entry, header_entry = _entries(cache_dir, key)
-    if not (library_entry.exists() and header_entry.exists()):
+    """The cached library and header at `library` and `header`; False on a miss. A whole
+    compile's entry names the library's own entry (the C build's, by source) and holds the
+    header, so the library is stored once."""
+    entry = _entry(cache_dir, key)
+    if not entry.exists():
         return False
-    return (builder.restore_entry(header_entry, header)
-            and builder.restore_entry(library_entry, library, 0o755))
+    with tempfile.TemporaryDirectory(prefix="sparsec-cache-") as tmp:
+        record = Path(tmp) / "record.json"
+        if not builder.restore_entry(entry, record):
+            return False
+        try:
+            fields = json.loads(record.read_text())
+            library_key, header_text = fields["library"], fields["header"]
+        except (ValueError, KeyError, TypeError):
+            return False
+    if not builder.restore_entry(cache_dir / f"{library_key}.entry", library, 0o755):
+        return False
+    builder.atomic_write(header, header_text.encode())
+    return True
 
 
-def store(cache_dir: Path, key: str, library: Path, header: Path) -> None:
-    library_entry, header_entry = _entries(cache_dir, key)
-    library_entry.parent.mkdir(parents=True, exist_ok=True)
-    builder.store_entry(header_entry, header)  # the header first: a hit needs both
-    builder.store_entry(library_entry, library)
+def store(cache_dir: Path, key: str, library_key: str, header: Path) -> None:
+    entry = _entry(cache_dir, key)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="sparsec-cache-") as tmp:
+        record = Path(tmp) / "record.json"
+        record.write_text(json.dumps({"library": library_key, "header": header.read_text()}))
+        builder.store_entry(entry, record)
 
 
 def _all_entries(cache_dir: Path) -> list[tuple[str | None, Path, os.stat_result]]:

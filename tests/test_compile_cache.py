@@ -26,8 +26,20 @@ def compile_twice(tmp_path, model, **options):
     return first, second
 
 
-def test_a_repeated_compile_comes_whole_from_the_cache(tmp_path, capsys):
-    first, second = compile_twice(tmp_path, SAMPLE)
+def test_a_repeated_compile_comes_whole_from_the_cache(tmp_path, capsys, monkeypatch):
+    from sparsec.codegen import build
+
+    first = sparsec.compile_model(SAMPLE, "generic", tmp_path / "a.so",
+                                  cache_dir=tmp_path / "cache")
+
+    def no_front_end(*args, **kwargs):
+        raise AssertionError("a whole-compile hit must not import the model")
+
+    monkeypatch.setattr(sparsec.api, "_plans", no_front_end)
+    monkeypatch.setattr(build, "_run", no_front_end)
+    second = sparsec.compile_model(SAMPLE, "generic", tmp_path / "b.so",
+                                   cache_dir=tmp_path / "cache")
+    monkeypatch.undo()
     assert not first.cached and second.cached
     assert first.library.read_bytes() == second.library.read_bytes()
     assert first.header.read_text().replace("a.h", "b.h") == second.header.read_text()
@@ -109,10 +121,12 @@ def test_a_restored_entry_counts_as_used(tmp_path):
     """Hits refresh an entry's time, so a library used every day outlives one built once."""
     cache = tmp_path / "cache"
     sparsec.compile_model(SAMPLE, "generic", tmp_path / "a.so", cache_dir=cache)
-    (library_entry,) = (cache / "compiles").glob("*.so.entry")
-    os.utime(library_entry, (0, 0))
-    sparsec.compile_model(SAMPLE, "generic", tmp_path / "b.so", cache_dir=cache)
-    assert library_entry.stat().st_mtime > 1e9
+    entries = [*cache.glob("*.entry"), *(cache / "compiles").glob("*.entry")]
+    assert len(entries) == 2  # the library (by its C source) and the whole compile's record
+    for entry in entries:
+        os.utime(entry, (0, 0))
+    assert sparsec.compile_model(SAMPLE, "generic", tmp_path / "b.so", cache_dir=cache).cached
+    assert all(entry.stat().st_mtime > 1e9 for entry in entries)
 
 
 def test_the_size_bound_is_configurable(monkeypatch):
@@ -132,10 +146,11 @@ def test_cache_command_reports_and_clears(tmp_path, capsys):
     assert "from the build cache" in capsys.readouterr().out.splitlines()[-1]
     assert main(["cache", "info", "--cache-dir", str(cache), "--json"]) == 0
     usage = json.loads(capsys.readouterr().out)
-    assert usage["kinds"]["whole compiles (library and header)"]["entries"] == 2
+    assert usage["kinds"]["whole compiles (their header, and which library)"]["entries"] == 1
+    assert usage["kinds"]["libraries by C source"]["entries"] == 1
     assert usage["bytes"] > 0
     assert main(["cache", "info", "--cache-dir", str(cache)]) == 0
-    assert "whole compiles (library and header)" in capsys.readouterr().out
+    assert "whole compiles (their header, and which library)" in capsys.readouterr().out
     assert main(["cache", "clear", "--cache-dir", str(cache)]) == 0
     assert capsys.readouterr().out.startswith("removed ")
     assert compile_cache.usage(cache)["bytes"] == 0
