@@ -356,10 +356,11 @@ def precompiled_prelude(compiler: str, target: Target, extra_flags: tuple[str, .
 
 
 def cache_key(rendered: Rendered, target: Target, compiler: str,
-              extra_flags: tuple[str, ...]) -> str:
+              extra_flags: tuple[str, ...], static: bool = False) -> str:
+    """The library's entry: its source, flags and compiler; static: the archive's."""
     h = hashlib.sha256()
     for part in (rendered.digest(), target.name, " ".join(BASE_CFLAGS), " ".join(target.cflags),
-                 " ".join(extra_flags), compiler_identity(compiler)):
+                 " ".join(extra_flags), compiler_identity(compiler), "static" * static):
         h.update(part.encode())
         h.update(b"\0")
     h.update(runtime_inputs_digest())
@@ -371,15 +372,41 @@ def write_units(rendered: Rendered, directory: Path) -> None:
         (directory / source).write_text(text)
 
 
+def binutil(target: Target, tool: str) -> str:
+    """objcopy or ar for `target`: the cross toolchain's for another architecture."""
+    cross = target.arch not in ("any", targets.host_arch()) and target.cross_triplet
+    name = f"{target.cross_triplet}-{tool}" if cross else tool
+    path = shutil.which(name)
+    if path is None:
+        raise BuildError(f"a static archive needs {name} (binutils), which is not installed")
+    return path
+
+
+def archive_objects(compiler: str, target: Target, objects: list[Path], workdir: Path,
+                    archive: Path, prefix: str | None) -> None:
+    """A static archive of the library: every object linked into one relocatable object
+    (ld -r), whose hidden symbols, everything but the API, are then made local, so that two
+    models' kernels, weights and runtime cannot clash in one program; with --name the
+    sparsec_* functions too, leaving only the prefixed API. Then ar."""
+    combined = workdir / "library.o"
+    _run([compiler, "-r", "-nostdlib", *map(str, objects), "-o", str(combined)], workdir)
+    local = [f"--localize-symbol=sparsec_{f.name}" for f in exports.api_functions()] \
+        if prefix else []
+    _run([binutil(target, "objcopy"), "--localize-hidden", *local, str(combined)], workdir)
+    _run([binutil(target, "ar"), "rcs", str(archive), str(combined)], workdir)
+
+
 def build(rendered: Rendered, target: Target, output: Path, *, cache_dir: Path | None = None,
           use_cache: bool = True, extra_flags: tuple[str, ...] = (),
-          keep_source: Path | None = None, progress: Progress | None = None) -> Path:
-    """Compile `rendered` into the shared library `output`; returns `output`. `progress`
-    hears of the build's units as they finish, or that the library came from the cache."""
+          keep_source: Path | None = None, progress: Progress | None = None,
+          static: bool = False) -> Path:
+    """Compile `rendered` into the shared library `output` (static: the static archive);
+    returns `output`. `progress` hears of the build's units as they finish, or that the
+    library came from the cache."""
     progress = progress or Progress()
     compiler = find_compiler(target)
     cache_dir = cache_dir or default_cache_dir()
-    key = cache_key(rendered, target, compiler, extra_flags)
+    key = cache_key(rendered, target, compiler, extra_flags, static)
     entry = cache_dir / f"{key}.entry"
     if keep_source is not None:
         keep_source.mkdir(parents=True, exist_ok=True)
@@ -406,10 +433,18 @@ def build(rendered: Rendered, target: Target, output: Path, *, cache_dir: Path |
                    if use_cache or rendered.units else ())
         compile_model(compiler, target, extra_flags, prelude, rendered, workdir, cache_dir,
                       use_cache, progress.units)
-        if rendered.export_prefix:
-            (workdir / EXPORTS_MAP).write_text(exports.version_script(rendered.export_prefix))
-        _run(link_command(compiler, objects, library, extra_flags, len(rendered.units),
-                          named=bool(rendered.export_prefix)), workdir)
+        if static:
+            library = workdir / "model.a"
+            model_objects = [workdir / object_name(source)
+                             for source in model_sources(len(rendered.units))]
+            archive_objects(compiler, target, [*objects, *model_objects], workdir, library,
+                            rendered.export_prefix)
+        else:
+            if rendered.export_prefix:
+                (workdir / EXPORTS_MAP).write_text(
+                    exports.version_script(rendered.export_prefix))
+            _run(link_command(compiler, objects, library, extra_flags, len(rendered.units),
+                              named=bool(rendered.export_prefix)), workdir)
         if use_cache:
             store_entry(entry, library)
         atomic_copy(library, output, 0o755)

@@ -39,6 +39,9 @@ class CompileOptions:
     # The library's API and header under this C prefix instead of sparsec_ (--name), so that
     # several models link into one program.
     name: str | None = None
+    # "shared": a shared library (.so); "static": a static archive (.a) for linking into a
+    # program, every symbol but the API local.
+    emit: str = "shared"
     layouts: bool = True  # choose_layouts may hand activations over feature-major
     # Bytes the compiled model (weights and arena) and any folded constant may take.
     max_memory: int = limits.DEFAULT_MAX_MEMORY
@@ -64,6 +67,8 @@ class CompileOptions:
             raise SparsecError(f"name {self.name!r}: a model's name prefixes its C symbols, so "
                                "it must be a C identifier (letters, digits and _, not starting "
                                "with a digit, at most 64 characters) other than sparsec")
+        if self.emit not in ("shared", "static"):
+            raise SparsecError(f"emit={self.emit!r}; choose shared or static")
         if not isinstance(self.max_memory, int) or self.max_memory <= 0:
             raise SparsecError(f"max_memory={self.max_memory!r}: expected a positive number of "
                                "bytes")

@@ -19,7 +19,6 @@ from sparsec.compiler.ir import Graph
 from sparsec.compiler.options import CompileOptions
 from sparsec.compiler.passes import PassContext, run_pipeline
 from sparsec.errors import PortableKernelWarning, SparsecError
-from sparsec.library_info import read_info
 from sparsec.progress import Progress
 from sparsec.version import __version__
 
@@ -74,7 +73,7 @@ def _compile(model, target: str, output, options: CompileOptions | None, keyword
     if options.emulate and resolved.emulation is None:
         raise SparsecError(f"target {resolved.name} has no emulation build; emulate applies to "
                            + ", ".join(t.name for t in targets.TARGETS.values() if t.emulation))
-    output = _output_path(model, output)
+    output = _output_path(model, output, ".a" if options.emit == "static" else ".so")
     header = output.with_suffix(".h")
     ctx = PassContext(cost=costs.cost_model(resolved, "float32", measured), options=options,
                       int8_cost=costs.cost_model(resolved, "int8", measured),
@@ -88,9 +87,10 @@ def _compile(model, target: str, output, options: CompileOptions | None, keyword
     key = (compile_cache.compile_key(model, resolved.name, options,
                                      builder.find_compiler(resolved), measured)
            if compile_cache.cacheable(options) else None)
-    if key is not None and compile_cache.restore(cache_dir, key, output, header):
+    info = compile_cache.restore(cache_dir, key, output, header) if key is not None else None
+    if info is not None:
         progress.cached("compile")
-        return _cached_result(model, ctx, output, header, profile_path)
+        return _cached_result(model, ctx, output, header, info, profile_path)
     progress.phase("import")
     graphs, bucket_info = _plans(model, ctx)
     progress.phase("emit C")
@@ -103,13 +103,14 @@ def _compile(model, target: str, output, options: CompileOptions | None, keyword
     progress.phase("C build")
     builder.build(rendered, resolved, output, cache_dir=options.cache_dir,
                   use_cache=options.use_cache, extra_flags=flags,
-                  keep_source=options.keep_source, progress=progress)
+                  keep_source=options.keep_source, progress=progress,
+                  static=options.emit == "static")
     builder.atomic_write(header, rendered.model_h.encode())
     _write_abi_header(output)
     if key is not None:
         library_key = builder.cache_key(rendered, resolved, builder.find_compiler(resolved),
-                                        flags)
-        compile_cache.store(cache_dir, key, library_key, header)
+                                        flags, options.emit == "static")
+        compile_cache.store(cache_dir, key, library_key, header, rendered.info)
     if options.use_cache:
         compile_cache.prune(cache_dir)
     return CompileResult(output, header, rendered.info, graphs[-1], profile_path)
@@ -120,12 +121,11 @@ def _write_abi_header(output: Path) -> None:
                          (builder.runtime_dir() / "sparsec.h").read_bytes())
 
 
-def _cached_result(model, ctx: PassContext, output: Path, header: Path,
+def _cached_result(model, ctx: PassContext, output: Path, header: Path, info: dict,
                    profile_path: Path | None) -> CompileResult:
-    """A whole compile restored from the cache: its info from the library, its layers'
-    portable-C warnings said again (never silently), its IR made again only if asked for."""
+    """A whole compile restored from the cache: its layers' portable-C warnings said again
+    (never silently), its IR made again only if asked for."""
     _write_abi_header(output)
-    info = read_info(output)
     for plan in info.get("plans", [info]):
         for layer in plan.get("layers", []):
             if "portable" in layer:
@@ -136,17 +136,18 @@ def _cached_result(model, ctx: PassContext, output: Path, header: Path,
                          replay=lambda: _plans(model, quiet)[0][-1])
 
 
-def _output_path(model, output) -> Path:
+def _output_path(model, output, suffix: str) -> Path:
     if output is None:
         if not isinstance(model, (str, os.PathLike)):
             raise SparsecError("compile(): pass output= when the model is an onnx.ModelProto")
-        output = Path(Path(model).stem + ".so")
+        output = Path(Path(model).stem + suffix)
     output = Path(output)
-    if output.suffix != ".so":
-        raise SparsecError(f"output {str(output)!r} must end in .so")
+    if output.suffix != suffix:
+        what = "a static archive" if suffix == ".a" else "a shared library"
+        raise SparsecError(f"output {str(output)!r} must end in {suffix} ({what})")
     if output.stem == "sparsec":
-        raise SparsecError("output sparsec.so would put the model header where the ABI header "
-                           "sparsec.h goes; choose another name")
+        raise SparsecError(f"output sparsec{suffix} would put the model header where the ABI "
+                           "header sparsec.h goes; choose another name")
     return output
 
 

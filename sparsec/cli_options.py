@@ -35,6 +35,9 @@ def add_build_options(p: argparse.ArgumentParser) -> None:
                    help="export the library's API as PREFIX_create, PREFIX_run, ... and name "
                         "the header's macros PREFIX_MODEL_*, so several models link into one "
                         "program (a C identifier; default: sparsec_)")
+    p.add_argument("--emit", choices=["shared", "static"], default="shared",
+                   help="static: a static archive (-o X.a) to link into a program, every "
+                        "symbol but the API local (default: a shared library)")
     p.add_argument("--no-reorder", action="store_true",
                    help="keep every weight's channel order (no block reordering)")
     p.add_argument("--emulate", action="store_true",
@@ -67,7 +70,7 @@ def build_options(args) -> dict:
     return dict(input_shapes=parse_input_shapes(args.input_shape), cache_dir=args.cache_dir,
                 use_cache=not args.no_cache, force_pattern=args.force_pattern,
                 quantize=args.quantize or DTYPES[args.dtype],
-                mixed_precision=not args.no_mixed_precision, name=args.name,
+                mixed_precision=not args.no_mixed_precision, name=args.name, emit=args.emit,
                 reorder=not args.no_reorder, max_memory=args.max_memory, emulate=args.emulate,
                 host_profile=not args.no_host_profile)
 

@@ -44,7 +44,7 @@ _RUNS_IN_FULL = ("dump_ir", "keep_source", "verify_each")
 _IRRELEVANT = ("cache_dir", "use_cache")
 
 KINDS = {  # folder (or None: the cache's top level) -> what its entries are
-    "compiles": "whole compiles (their header, and which library)",
+    "compiles": "whole compiles (header, info, which library)",
     None: "libraries by C source",
     "units": "translation unit objects",
     "runtime": "runtime objects",
@@ -165,34 +165,36 @@ def _entry(cache_dir: Path, key: str) -> Path:
     return cache_dir / "compiles" / f"{key}.entry"
 
 
-def restore(cache_dir: Path, key: str, library: Path, header: Path) -> bool:
-    """The cached library and header at `library` and `header`; False on a miss. A whole
-    compile's entry names the library's own entry (the C build's, by source) and holds the
-    header, so the library is stored once."""
+def restore(cache_dir: Path, key: str, library: Path, header: Path) -> dict | None:
+    """The cached library and header at `library` and `header`, and the model info; None on
+    a miss. A whole compile's entry names the library's own entry (the C build's, by source)
+    and holds the header and the info, so the library is stored once (and a static archive,
+    which is no ELF file to read the info from, needs nothing else)."""
     entry = _entry(cache_dir, key)
     if not entry.exists():
-        return False
+        return None
     with tempfile.TemporaryDirectory(prefix="sparsec-cache-") as tmp:
         record = Path(tmp) / "record.json"
         if not builder.restore_entry(entry, record):
-            return False
+            return None
         try:
             fields = json.loads(record.read_text())
-            library_key, header_text = fields["library"], fields["header"]
+            library_key, header_text, info = fields["library"], fields["header"], fields["info"]
         except (ValueError, KeyError, TypeError):
-            return False
+            return None
     if not builder.restore_entry(cache_dir / f"{library_key}.entry", library, 0o755):
-        return False
+        return None
     builder.atomic_write(header, header_text.encode())
-    return True
+    return info
 
 
-def store(cache_dir: Path, key: str, library_key: str, header: Path) -> None:
+def store(cache_dir: Path, key: str, library_key: str, header: Path, info: dict) -> None:
     entry = _entry(cache_dir, key)
     entry.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="sparsec-cache-") as tmp:
         record = Path(tmp) / "record.json"
-        record.write_text(json.dumps({"library": library_key, "header": header.read_text()}))
+        record.write_text(json.dumps({"library": library_key, "header": header.read_text(),
+                                      "info": info}))
         builder.store_entry(entry, record)
 
 

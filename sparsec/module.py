@@ -58,6 +58,9 @@ class Module:
         self.path = Path(path)
         if not self.path.is_file():
             raise LoadError(f"no compiled model at {self.path}")
+        if self.path.suffix == ".a":
+            raise LoadError(f"{self.path} is a static archive (--emit static), for linking "
+                            "into a C program; compile a shared library (.so) to load it here")
         ffi = _ffi()
         try:
             self._lib = _dlopen_current(ffi, self.path.resolve())

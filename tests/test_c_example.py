@@ -88,31 +88,46 @@ int main(void) {
 """
 
 
-def test_two_models_named_apart_link_into_one_program(tmp_path, cache_dir):
+def global_symbols(path: Path, dynamic: bool) -> list[str]:
+    """The symbols `path` defines for others to link against."""
+    listing = subprocess.run(["nm", "--defined-only", "--extern-only",
+                              *(["-D"] if dynamic else []), str(path)],
+                             check=True, capture_output=True, text=True).stdout
+    return [line.split()[-1] for line in listing.splitlines() if len(line.split()) == 3]
+
+
+@pytest.mark.parametrize("emit", ["shared", "static"])
+def test_two_models_named_apart_link_into_one_program(emit, tmp_path, cache_dir):
     """--name gives each library its own exported API (and each header its own macros), so
-    two models link into one program; each computes its own model, as sparsec.load does."""
+    two models link into one program, as shared libraries or static archives (whose kernels,
+    weights and runtime are local symbols); each computes its own model, as sparsec.load of
+    the shared build does."""
     import sparsec
     from sparsec.codegen import build
     from tests.graphs import mlp
 
     models = {"wide": mlp(k=48, n=32, m=3, density=0.4, seed=1),
               "narrow": mlp(k=16, n=8, m=5, density=0.6, seed=2)}
+    suffix = ".a" if emit == "static" else ".so"
     for name, model in models.items():
-        sparsec.compile_model(model, "generic", tmp_path / f"lib{name}.so", name=name,
-                              cache_dir=cache_dir)
-        exported = subprocess.run(["nm", "-D", "--defined-only", str(tmp_path / f"lib{name}.so")],
-                                  check=True, capture_output=True, text=True).stdout.split()
-        symbols = [word for word in exported if "_" in word and not word.startswith("_")]
+        sparsec.compile_model(model, "generic", tmp_path / f"lib{name}{suffix}", name=name,
+                              emit=emit, cache_dir=cache_dir)
+        if emit == "static":  # the shared twin, for sparsec.load below
+            sparsec.compile_model(model, "generic", tmp_path / "shared" / f"lib{name}.so",
+                                  name=name, cache_dir=cache_dir)
+        symbols = global_symbols(tmp_path / f"lib{name}{suffix}", emit == "shared")
         assert symbols and all(symbol.startswith(f"{name}_") for symbol in symbols), symbols
     (tmp_path / "main.c").write_text(TWO_MODELS)
+    link = (["libwide.a", "libnarrow.a", "-lm", "-pthread"] if emit == "static" else
+            ["-L.", "-lwide", "-lnarrow", "-Wl,-rpath,$ORIGIN"])
     subprocess.run([build.find_compiler(None), "-std=c11", "-Wall", "-Werror", "main.c",
-                    "-o", "both", "-L.", "-lwide", "-lnarrow", "-Wl,-rpath,$ORIGIN"],
-                   cwd=tmp_path, check=True, capture_output=True)
+                    "-o", "both", *link], cwd=tmp_path, check=True, capture_output=True)
+    shared = tmp_path / ("shared" if emit == "static" else ".")
     printed = subprocess.run([str(tmp_path / "both")], check=True, capture_output=True,
                              text=True).stdout.split("--")
     x = ((np.arange(3 * 48) % 7) - 3.0).astype(np.float32).reshape(3, 48)
     u = ((np.arange(5 * 16) % 5) - 2.0).astype(np.float32).reshape(5, 16)
     for (name, feed), text in zip((("wide", x), ("narrow", u)), printed):
         got = np.array(text.split(), np.float32)
-        expected = sparsec.load(tmp_path / f"lib{name}.so").run({"x": feed})["y"].ravel()
+        expected = sparsec.load(shared / f"lib{name}.so").run({"x": feed})["y"].ravel()
         np.testing.assert_array_equal(got, expected)

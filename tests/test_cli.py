@@ -272,3 +272,18 @@ def test_info_says_a_library_s_name(workdir, capsys):
     capsys.readouterr()
     assert main(["info", "n.so"]) == 0
     assert "name: mlp (its API is mlp_create, mlp_run" in capsys.readouterr().out
+
+
+def test_a_static_archive_reads_like_a_library_and_says_what_it_is(workdir, capsys):
+    assert main(["compile", str(SAMPLE), "--target", "generic", "--emit", "static",
+                 "-o", "s.a"]) == 0
+    assert "wrote s.a (target generic" in capsys.readouterr().out
+    assert main(["info", "s.a"]) == 0
+    assert "s.a: sparsec" in capsys.readouterr().out
+    assert main(["compile", str(SAMPLE), "--target", "generic", "--emit", "static",
+                 "-o", "s.so"]) == 1
+    assert "must end in .a (a static archive)" in capsys.readouterr().err
+    import sparsec
+
+    with pytest.raises(sparsec.LoadError, match="static archive"):
+        sparsec.load("s.a")

@@ -146,11 +146,11 @@ def test_cache_command_reports_and_clears(tmp_path, capsys):
     assert "from the build cache" in capsys.readouterr().out.splitlines()[-1]
     assert main(["cache", "info", "--cache-dir", str(cache), "--json"]) == 0
     usage = json.loads(capsys.readouterr().out)
-    assert usage["kinds"]["whole compiles (their header, and which library)"]["entries"] == 1
+    assert usage["kinds"]["whole compiles (header, info, which library)"]["entries"] == 1
     assert usage["kinds"]["libraries by C source"]["entries"] == 1
     assert usage["bytes"] > 0
     assert main(["cache", "info", "--cache-dir", str(cache)]) == 0
-    assert "whole compiles (their header, and which library)" in capsys.readouterr().out
+    assert "whole compiles (header, info, which library)" in capsys.readouterr().out
     assert main(["cache", "clear", "--cache-dir", str(cache)]) == 0
     assert capsys.readouterr().out.startswith("removed ")
     assert compile_cache.usage(cache)["bytes"] == 0
