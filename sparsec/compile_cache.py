@@ -125,6 +125,8 @@ def _model_digest(model) -> str:
         directory = Path.cwd()
     else:
         path = Path(model)
+        if not path.is_file():  # a FIFO would block the open; the front end says what it is
+            return ""
         try:
             with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0,
                                                         access=mmap.ACCESS_READ) as data:
@@ -135,9 +137,15 @@ def _model_digest(model) -> str:
         directory = path.parent
     for location in locations:
         h.update(f"\0{location}\0".encode())
+        # Model files are untrusted: only a regular file inside the model's folder is read
+        # (a location of /dev/zero would never end); the front end refuses the others.
         try:
-            _hash_file(h, directory / location)
-        except OSError:
+            resolved = (directory / location).resolve()
+            if resolved.is_relative_to(directory.resolve()) and resolved.is_file():
+                _hash_file(h, resolved)
+            else:
+                h.update(b"not read")
+        except (OSError, ValueError):
             h.update(b"missing")
     return h.hexdigest()
 

@@ -154,3 +154,24 @@ def test_cache_command_reports_and_clears(tmp_path, capsys):
     assert main(["cache", "clear", "--cache-dir", str(cache)]) == 0
     assert capsys.readouterr().out.startswith("removed ")
     assert compile_cache.usage(cache)["bytes"] == 0
+
+
+@pytest.mark.parametrize("location", ["/dev/zero", "../outside.data", "fifo"])
+def test_a_hostile_external_data_location_is_not_read_for_the_key(location, tmp_path):
+    """The key reads only regular files inside the model's folder: a model naming /dev/zero
+    (or a FIFO) as its external data must not hang the cache lookup."""
+    model = mlp(k=8, n=4, m=2, density=1.0)
+    tensor = model.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.ClearField("float_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    entry = tensor.external_data.add()
+    entry.key, entry.value = "location", location
+    (tmp_path / "models").mkdir()
+    if location == "fifo":
+        os.mkfifo(tmp_path / "models" / "fifo")
+    path = tmp_path / "models" / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    assert compile_cache._model_digest(path)  # returns, and reads nothing it must not
+    with pytest.raises(sparsec.SparsecError):
+        sparsec.compile_model(path, "generic", tmp_path / "m.so", cache_dir=tmp_path / "c")
