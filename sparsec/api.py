@@ -83,14 +83,15 @@ def _compile(model, target: str, output, options: CompileOptions | None, keyword
                       layouts=selection.layout_support if options.layouts else None,
                       target=resolved.name, on_pass=progress.phase)
     cache_dir = options.cache_dir or builder.default_cache_dir()
-    progress.phase("cache lookup")
-    key = (compile_cache.compile_key(model, resolved.name, options,
-                                     builder.find_compiler(resolved), measured)
-           if compile_cache.cacheable(options) else None)
-    info = compile_cache.restore(cache_dir, key, output, header) if key is not None else None
-    if info is not None:
-        progress.cached("compile")
-        return _cached_result(model, ctx, output, header, info, profile_path)
+    key = None
+    if compile_cache.cacheable(options):
+        progress.phase("cache lookup")
+        key = compile_cache.compile_key(model, resolved.name, options,
+                                        builder.find_compiler(resolved), measured)
+        info = compile_cache.restore(cache_dir, key, output, header) if key else None
+        if info is not None:
+            progress.cached("compile")
+            return _cached_result(model, ctx, output, header, info, profile_path)
     progress.phase("import")
     graphs, bucket_info = _plans(model, ctx)
     progress.phase("emit C")
