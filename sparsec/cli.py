@@ -1,5 +1,5 @@
-"""The `sparsec` command: compile, run, info, targets, verify, calibrate, cache (benchmark in
-cli_benchmark).
+"""The `sparsec` command: compile, run, info, targets, verify, calibrate, cache, analyze
+(benchmark in cli_benchmark).
 
 User errors print `sparsec: error: <message>` and exit 1; no traceback for anything a user can
 cause (bad file, unsupported operator, bad shape, failed build).
@@ -123,6 +123,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["info", "clear"])
     p.add_argument("--cache-dir", help="build cache folder (default: ~/.cache/sparsec)")
     p.add_argument("--json", action="store_true", help="info as JSON")
+
+    p = sub.add_parser("analyze", help="an HTML report of a model's sparsity, the kernels the "
+                       "compiler chose and why, and their predicted (--measure: measured) time")
+    p.add_argument("model", help="the .onnx file")
+    p.add_argument("-o", "--output", metavar="REPORT.html",
+                   help="the report to write (default: MODEL_STEM-analysis.html; with --json, "
+                        "only when given)")
+    add_build_options(p)
+    p.add_argument("--json", action="store_true",
+                   help="print the report's data (no pictures) as JSON on stdout")
+    p.add_argument("--measure", action="store_true",
+                   help="also compile with every weight dense and time both builds, whole runs "
+                        "and every layer (the target must run on this host)")
+    p.add_argument("--time", type=float, default=2.0, metavar="S",
+                   help="with --measure: seconds of timed runs per build (default 2)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="with --measure: threads per run (default 1, as the cost model's "
+                        "kernel costs are)")
+    add_input_options(p)
     return parser
 
 
@@ -366,9 +385,37 @@ def cmd_cache(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    from sparsec.analyze import Measure, analyze
+
+    if args.emit != "shared":
+        raise SparsecError("analyze reads and runs a shared library; drop --emit static")
+    if not args.measure and (args.input or args.threads != 1 or args.time != 2.0):
+        raise SparsecError("--input, --threads and --time are for --measure")
+    if args.threads < 1:
+        raise SparsecError(f"--threads must be at least 1, got {args.threads}")
+    if not args.time > 0:
+        raise SparsecError(f"--time must be a positive number of seconds, got {args.time}")
+    measure = Measure(seconds=args.time, threads=args.threads, inputs=tuple(args.input),
+                      seed=args.seed) if args.measure else None
+    with tempfile.TemporaryDirectory(prefix="sparsec-analyze-") as tmp:
+        analysis = analyze(args.model, args.target, workdir=Path(tmp), measure=measure,
+                           compile_fn=compile_printing_warnings, **build_options(args))
+    if args.json:
+        print(json.dumps(analysis.data, indent=1))
+    if args.json and not args.output:
+        return 0
+    from sparsec.analyze_html import render
+
+    output = Path(args.output or Path(args.model).stem + "-analysis.html")
+    output.write_text(render(analysis), encoding="utf-8")
+    print(f"wrote {output}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
 COMMANDS = {"compile": cmd_compile, "run": cmd_run, "benchmark": cmd_benchmark,
             "info": cmd_info, "verify": cmd_verify, "targets": cmd_targets,
-            "calibrate": cmd_calibrate, "cache": cmd_cache}
+            "calibrate": cmd_calibrate, "cache": cmd_cache, "analyze": cmd_analyze}
 
 
 if __name__ == "__main__":
