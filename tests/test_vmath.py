@@ -9,9 +9,11 @@ the reason."""
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 
 import numpy as np
+from numpy.polynomial import chebyshev
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -218,3 +220,26 @@ def test_edges(scalar):
     g = y["gelu_tanh"]
     assert np.isnan(g[0]) and g[1] == 0 and g[2] == 0 and g[4] == 100 and g[5] == np.inf
     assert np.isnan(g[6])
+
+
+def test_gelu_erfc_pieces_are_chebyshev_interpolants_of_erfc():
+    """The table behind GELU (sparsec__erfc_pieces): piece i of [0, 4) in halves is erfc's
+    degree-6 Chebyshev interpolant in u = a - (i/2 + 1/4), rounded to float. Recomputed here,
+    so the constants say where they come from. In float each piece is within 2^-24 of erfc
+    (the interpolants are within 1.8e-8; the rest is the coefficients' own rounding)."""
+    source = (build.runtime_dir() / "sparsec_vmath_body.h").read_text()
+    body = source[source.index("sparsec__erfc_pieces[7][8] = {"):]
+    rows = re.findall(r"\{([^{}]*)\}", body[:body.index("};")])
+    table = np.array([[float(v.strip().rstrip("f")) for v in row.split(",") if v.strip()]
+                      for row in rows])
+    assert table.shape == (7, 8)
+    erfc = np.vectorize(math.erfc)
+    u = np.linspace(-0.25, 0.25, 1001)
+    for piece in range(8):
+        centre = piece / 2 + 0.25
+        cheb = chebyshev.chebinterpolate(lambda s, c=centre: erfc(c + s / 4), 6)
+        expected = chebyshev.cheb2poly(cheb) * 4.0 ** np.arange(7)  # s = 4u
+        np.testing.assert_array_equal(table[:, piece].astype(np.float32),
+                                      expected.astype(np.float32))
+        fitted = np.polynomial.polynomial.polyval(u, table[:, piece].astype(np.float32))
+        assert np.abs(fitted - erfc(centre + u)).max() < 2.0**-24
