@@ -82,10 +82,10 @@ def fill_histograms(candidates: dict[str, dict], chosen: str) -> bytes | None:
     shapes = [p for p, c in candidates.items() if "fill_histogram" in c and p != "1x1"]
     if not shapes:
         return None
-    columns = min(4, len(shapes))
+    columns = len(shapes) if len(shapes) <= 6 else 4
     rows = -(-len(shapes) // columns)
     height = 1.9 * rows + 0.3
-    figure = _figure(2.4 * columns, height, layout=None)
+    figure = _figure(2.2 * columns, height, layout=None)
     figure.subplots_adjust(left=0.09, right=0.98, bottom=0.45 / height, top=1 - 0.3 / height,
                            wspace=0.35, hspace=0.75 / 1.9 * 2)
     axes = figure.subplots(rows, columns, squeeze=False).ravel()

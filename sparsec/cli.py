@@ -398,9 +398,13 @@ def cmd_analyze(args) -> int:
         raise SparsecError(f"--time must be a positive number of seconds, got {args.time}")
     measure = Measure(seconds=args.time, threads=args.threads, inputs=tuple(args.input),
                       seed=args.seed) if args.measure else None
+    # a large model takes a minute (BERT-base: compile 20 s, charts 35 s): say what is going on
+    say = (lambda message: print(f"sparsec analyze: {message}", file=sys.stderr, flush=True)) \
+        if sys.stderr.isatty() else None
     with tempfile.TemporaryDirectory(prefix="sparsec-analyze-") as tmp:
         analysis = analyze(args.model, args.target, workdir=Path(tmp), measure=measure,
-                           compile_fn=compile_printing_warnings, **build_options(args))
+                           compile_fn=compile_printing_warnings, progress=say,
+                           **build_options(args))
     if args.json:
         print(json.dumps(analysis.data, indent=1))
     if args.json and not args.output:
@@ -408,6 +412,8 @@ def cmd_analyze(args) -> int:
     from sparsec.analyze_html import render
 
     output = Path(args.output or Path(args.model).stem + "-analysis.html")
+    if say:
+        say(f"drawing the charts of {len(analysis.data['matrix_layers'])} matrix layers")
     output.write_text(render(analysis), encoding="utf-8")
     print(f"wrote {output}", file=sys.stderr if args.json else sys.stdout)
     return 0

@@ -34,6 +34,11 @@ def test_fresh_venv_install_compiles_and_runs_the_sample(tmp_path):
                    capture_output=True)
     subprocess.run([sparsec, "run", "build/mlp.so", "--input", "x=x.npy", "--out", "y.npz"],
                    check=True, cwd=elsewhere, env=env, capture_output=True)
+    # the analysis page's template and matplotlib come with the package
+    subprocess.run([sparsec, "analyze", "mlp_sparse.onnx", "--target", "generic",
+                    "-o", "report.html"], check=True, cwd=elsewhere, env=env,
+                   capture_output=True)
+    assert (elsewhere / "report.html").read_text().count("<img") >= 4
     check = ("import sparsec, numpy as np, sys; "
              "assert 'site-packages' in sparsec.__file__, sparsec.__file__; "
              "from pathlib import Path; "
