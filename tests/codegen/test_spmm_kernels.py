@@ -25,6 +25,7 @@ from onnx import helper
 
 from sparsec.codegen import targets
 from sparsec.codegen.kernels import KERNELS, KernelSpec
+from sparsec.codegen.spmm_params import rows_fit_l1_sets
 from sparsec.compiler.ir import block_shape
 from sparsec.compiler.ops import DENSE
 from tests.graphs import model
@@ -178,3 +179,14 @@ def compare(case: KernelCase, x, weight, bias, outputs: dict) -> None:
     assert np.all(excess <= 0), (f"{case.name}: y{[int(i) for i in worst]} is "
                                  f"{float(actual[worst])!r}, expected {float(expected[worst])!r} "
                                  f"within {allowed[worst]:.3g}")
+
+
+def test_token_tiles_read_a_in_place_only_where_a_chunk_fits_l1_sets():
+    """A feature-major A is read in place unless a K chunk's rows crowd L1's sets beyond
+    their ways: 128-token rows (512 bytes apart) land in 16 of 64 sets, 16 lines each."""
+    assert not rows_fit_l1_sets(4 * 128, 128, 4 * 32)
+    assert not rows_fit_l1_sets(4 * 384, 128, 4 * 64)  # 384 tokens, AVX-512 tiles
+    assert rows_fit_l1_sets(4 * 784, 128, 4 * 32)  # a 28x28 plane: every set, 4 lines
+    assert rows_fit_l1_sets(4 * 3136, 128, 4 * 32)  # 56x56: 32 sets, 8 lines
+    assert rows_fit_l1_sets(4 * 12544, 32, 4 * 32)  # 112x112, 32 channels: 8 sets, 8 lines
+    assert not rows_fit_l1_sets(4 * 12544, 64, 4 * 32)
