@@ -13,10 +13,10 @@ import re
 import subprocess
 
 import numpy as np
-from numpy.polynomial import chebyshev
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from numpy.polynomial import chebyshev
 
 from sparsec.codegen import build, targets
 
