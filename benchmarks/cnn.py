@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import functools
 import re
+import statistics
 import sys
 import tempfile
 from dataclasses import replace
@@ -32,7 +33,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from common import ort_session, unset_openblas_overrides, write_table
 from deepsparse_peer import Peer
-from e2e import CompileFailed, compile_in_child, default_targets, paired_medians
+from e2e import CompileFailed, compile_in_child, default_targets, median_ratio, paired_rounds
 
 unset_openblas_overrides()
 
@@ -92,7 +93,7 @@ def main() -> None:
         notes = (f"Batch 1, {size}, TorchScript exports (opset 17). Medians; ratio = onnxruntime "
                  "time / sparsec time, ratio to DeepSparse = DeepSparse time / sparsec time, same "
                  f"run, same model file, measured in alternation, {1 if args.quick else 3} "
-                 "round(s) each, the median round kept."
+                 "round(s) each; a ratio is the median of the rounds' own ratios."
                  + (" DeepSparse 1.8 runs in its own venv in a child process (NM_ARCH=avx2 on "
                     "x86-avx2 tables)." if not args.no_deepsparse else "")
                  + "".join(f" {model}: sparsec refused: {reason}"
@@ -137,21 +138,24 @@ def table(target, specs: dict, paths: dict, thread_counts: list[int], deepsparse
                 module = sparsec.load(library, threads=threads) if library else None
                 runs = [ort_run] + ([lambda: module.run(feeds)] if module else []) \
                     + ([peer] if peer else [])
-                ms = paired_medians(*runs, rounds=rounds)
-                ort_ms = ms.pop(0)
-                sparsec_ms = ms.pop(0) if module else None
+                times = paired_rounds(*runs, rounds=rounds)
+                ort_times = times.pop(0)
+                sparsec_times = times.pop(0) if module else None
+                ort_ms = statistics.median(ort_times)
+                sparsec_ms = statistics.median(sparsec_times) if module else None
                 if module:
                     output = list(module.run(feeds).values())[0]
                     module.close()
                 if peer:
                     peer.close()
                 del ort_run  # the session's spinning threads must not share the cores
-                row += [f"{ort_ms:.3f}"] + ([f"{sparsec_ms:.3f}", f"{ort_ms / sparsec_ms:.2f}x"]
-                                            if module else ["refused", "-"])
+                row += [f"{ort_ms:.3f}"] + (
+                    [f"{sparsec_ms:.3f}", f"{median_ratio(ort_times, sparsec_times):.2f}x"]
+                    if module else ["refused", "-"])
                 if peer:
-                    peer_ms = ms.pop(0)
-                    row += [f"{peer_ms:.3f}",
-                            f"{peer_ms / sparsec_ms:.2f}x" if module else "-"]
+                    peer_times = times.pop(0)
+                    row += [f"{statistics.median(peer_times):.3f}",
+                            f"{median_ratio(peer_times, sparsec_times):.2f}x" if module else "-"]
             row += ([f"{np.max(np.abs(output - reference)):.2e}", f"{compile_s:.1f}",
                      f"{peak_mb:.0f}"] if library else ["-", "-", "-"])
             rows.append(row)

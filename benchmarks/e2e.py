@@ -62,15 +62,21 @@ def make_inputs(model: onnx.ModelProto, rng) -> dict[str, np.ndarray]:
     return feeds
 
 
-def paired_medians(*runs, rounds: int = 3) -> list[float]:
-    """Median milliseconds of each run (a callable, or a Peer timing itself), measured in
-    alternating rounds (this VM's speed drifts)."""
+def paired_rounds(*runs, rounds: int = 3) -> list[list[float]]:
+    """Each run's median milliseconds (a callable, or a Peer timing itself) per round, the
+    runs alternating within a round (this VM's speed drifts)."""
     times = [[] for _ in runs]
     for _ in range(rounds):
         for run, kept in zip(runs, times):
             kept.append(run.median_ms() if isinstance(run, Peer) else
                         1e3 * median_seconds(run))
-    return [statistics.median(kept) for kept in times]
+    return times
+
+
+def median_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """The median of per-round ratios: two runs timed back to back share the machine's
+    speed of the moment, which the ratio of two separate medians does not."""
+    return statistics.median(a / b for a, b in zip(numerator, denominator))
 
 
 def default_targets() -> list[str]:
@@ -124,6 +130,8 @@ def main() -> None:
     parser.add_argument("--deepsparse", action="store_true",
                         help="time DeepSparse 1.8 too (benchmarks/deepsparse_peer.py --install); "
                              "on x86-avx2 tables with NM_ARCH=avx2")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating rounds per model (default 3; more on a noisy host)")
     parser.add_argument("--name", help="results file stem (default e2e-TARGET); with several "
                         "targets, STEM-TARGET")
     args = parser.parse_args()
@@ -135,7 +143,7 @@ def main() -> None:
     thread_counts = [int(t) for t in args.threads.split(",")]
     for name in names:
         target = targets.resolve(name)
-        rows = table(target, args.models, dtypes, thread_counts, args.deepsparse)
+        rows = table(target, args.models, dtypes, thread_counts, args.deepsparse, args.rounds)
         header = ["model", "sparsec dtype"]
         for threads in thread_counts:
             plural = "thread" if threads == 1 else "threads"
@@ -150,21 +158,23 @@ def main() -> None:
                         targets.TARGETS["x86-avx512"]) else "")
         peer = (" DeepSparse 1.8 (its own venv, NM_ARCH=avx2 on x86-avx2 tables) runs the same "
                 "file in a child process, its rounds alternating with the others'; ratio to "
-                "DeepSparse = DeepSparse time / sparsec time." if args.deepsparse else "")
+                "DeepSparse = DeepSparse time / sparsec time, a median of rounds likewise."
+                if args.deepsparse else "")
         path = write_table(
             # with several targets --name is a stem: one file each, never the default ones
             (args.name if len(names) == 1 else f"{args.name}-{target.name}") if args.name
             else f"e2e-{target.name}",
             f"Whole models, target {target.name}", header, rows,
             "Medians; ratio = onnxruntime time / sparsec time, same run, same model file; they "
-            "are measured in alternation, three rounds each, and the median round kept, so a "
-            "drift in the machine's speed hits both." + isa_note + peer + " Compile: `sparsec "
-            "compile` in a child process, wall time and peak resident memory.")
+            f"are measured in alternation, {args.rounds} rounds each, and a ratio is the median "
+            "of the rounds' own ratios, so a drift in the machine's speed hits both."
+            + isa_note + peer + " Compile: `sparsec compile` in a child process, wall time "
+            "and peak resident memory.")
         print(f"wrote {path}")
 
 
 def table(target, models: list[str], dtypes: list[str], thread_counts: list[int],
-          deepsparse: bool) -> list[list]:
+          deepsparse: bool, rounds: int) -> list[list]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for path in models:
@@ -183,14 +193,16 @@ def table(target, models: list[str], dtypes: list[str], thread_counts: list[int]
                         if deepsparse else None
                     with sparsec.load(library, threads=threads) as module:
                         output = list(module.run(feeds).values())[0]
-                        ms = paired_medians(ort_run, lambda: module.run(feeds),
-                                            *([peer] if peer else []))
+                        times = paired_rounds(ort_run, lambda: module.run(feeds),
+                                              *([peer] if peer else []), rounds=rounds)
                     if peer:
                         peer.close()
                     del ort_run  # the session's spinning threads must not share the cores
-                    row += [f"{ms[0]:.3f}", f"{ms[1]:.3f}", f"{ms[0] / ms[1]:.2f}x"]
+                    ms = [statistics.median(kept) for kept in times]
+                    row += [f"{ms[0]:.3f}", f"{ms[1]:.3f}",
+                            f"{median_ratio(times[0], times[1]):.2f}x"]
                     if peer:
-                        row += [f"{ms[2]:.3f}", f"{ms[2] / ms[1]:.2f}x"]
+                        row += [f"{ms[2]:.3f}", f"{median_ratio(times[2], times[1]):.2f}x"]
                 row += [f"{np.max(np.abs(output - reference)):.2e}", f"{compile_s:.1f}",
                         f"{peak_mb:.0f}"]
                 rows.append(row)
