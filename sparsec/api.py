@@ -137,11 +137,16 @@ def _cached_result(model, ctx: PassContext, output: Path, header: Path, info: di
                          replay=lambda: _plans(model, quiet)[0][-1])
 
 
+DEFAULT_OUTPUT_DIR = Path("build")
+"""Where a compile without an output goes (relative to the working directory): the library,
+its header and sparsec.h are three files, which used to land among the user's own."""
+
+
 def _output_path(model, output, suffix: str) -> Path:
     if output is None:
         if not isinstance(model, (str, os.PathLike)):
             raise SparsecError("compile(): pass output= when the model is an onnx.ModelProto")
-        output = Path(Path(model).stem + suffix)
+        output = DEFAULT_OUTPUT_DIR / (Path(model).stem + suffix)
     output = Path(output)
     if output.suffix != suffix:
         what = "a static archive" if suffix == ".a" else "a shared library"
@@ -171,7 +176,8 @@ def _plans(model, ctx: PassContext) -> tuple[list[Graph], dict | None]:
 
 def compile(model: str | os.PathLike | onnx.ModelProto, target: str = "native",
             output: str | os.PathLike | None = None, **options) -> Path:
-    """Compile an ONNX model (path or ModelProto) into a shared library; returns its path.
+    """Compile an ONNX model (path or ModelProto) into a shared library; returns its path
+    (default for a path: build/MODEL_STEM.so under the working directory).
 
     Options are `CompileOptions` fields (sparsec/compiler/options.py), given as keywords or as
     options=CompileOptions(...): input_shapes={"name": (1, 128)} pins dynamic dimensions, and

@@ -38,7 +38,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compile", help="compile an ONNX model into a shared library")
     p.add_argument("model", help="the .onnx file")
-    p.add_argument("-o", "--output", help="library to write (default: MODEL_STEM.so)")
+    p.add_argument("-o", "--output",
+                   help="library to write (default: build/MODEL_STEM.so, build/MODEL_STEM.a "
+                        "with --emit static); its header and sparsec.h go beside it")
     add_build_options(p)
     p.add_argument("--dump-ir", metavar="DIR", help="write the IR after every pass into DIR")
     p.add_argument("--report", action="store_true",

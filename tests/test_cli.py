@@ -287,3 +287,13 @@ def test_a_static_archive_reads_like_a_library_and_says_what_it_is(workdir, caps
 
     with pytest.raises(sparsec.LoadError, match="static archive"):
         sparsec.load("s.a")
+
+
+def test_compile_without_output_writes_into_build(workdir, capsys):
+    """Without -o the library, its header and sparsec.h go into ./build/, not among the
+    user's own files."""
+    assert main(["compile", str(SAMPLE), "--target", "generic"]) == 0
+    assert sorted(p.name for p in workdir.iterdir()) == ["build"]
+    assert sorted(p.name for p in (workdir / "build").iterdir()) == [
+        "mlp_sparse.h", "mlp_sparse.so", "sparsec.h"]
+    assert "wrote build/mlp_sparse.so" in capsys.readouterr().out
