@@ -31,7 +31,7 @@ from common import functions, one_layer, write_table
 import sparsec
 from sparsec.codegen import targets
 from sparsec.codegen.kernels import KERNELS
-from sparsec.compiler.ir import BITMASK
+from sparsec.compiler.patterns import BITMASK
 
 PRODUCTS = ("tdpbsud", "tdpbf16ps")  # the int8 and bf16 rows' tile products
 LINE = re.compile(r"^\s*([0-9a-f]+):\s+(?:[0-9a-f]{2} )+\s*(\S+)\s*(.*)$")

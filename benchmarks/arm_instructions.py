@@ -25,7 +25,8 @@ from common import functions, one_layer, write_table
 
 import sparsec
 from sparsec.codegen.kernels import KERNELS
-from sparsec.compiler.ir import block_shape
+from sparsec.compiler.ops import DENSE
+from sparsec.compiler.patterns import Pattern
 
 OBJDUMP = "aarch64-linux-gnu-objdump"
 LINE = re.compile(r"^\s*([0-9a-f]+):\s+[0-9a-f]{8}\s+(\S+)\s*(.*)$")
@@ -62,7 +63,8 @@ def main() -> None:
         raise SystemExit(f"{OBJDUMP} is missing: apt-get install binutils-aarch64-linux-gnu")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for row in (k for k in KERNELS if k.isa in ("neon", "neondot") and k.pattern != "dense"):
+        for row in (k for k in KERNELS if k.op == DENSE and k.isa in ("neon", "neondot")
+                    and k.pattern != "dense"):
             int8 = row.weight_dtype == "int8"
             result = sparsec.compile_model(one_layer(row.pattern),
                                            "arm-neon-dotprod" if row.isa == "neondot"
@@ -82,7 +84,7 @@ def main() -> None:
             # 4 x (load + FMA) = 9). A trip may cover several blocks (the int8 kernel takes
             # two groups a trip): the FMA/SDOT count says how many. Without SDOT, one SDOT's
             # work takes two widening multiplies (SMULL, SMULL2).
-            rows_, cols_ = block_shape(row.pattern)
+            rows_, cols_ = Pattern(row.pattern).block
             fmas = sum(0.5 if m.startswith("smull") else 1 if m.startswith(MULTIPLIES)
                        else 0 for _, m, _ in loop)
             per_block = (row.mr // 4 if int8 else

@@ -77,9 +77,9 @@ def one_layer(pattern: str, k: int = 256, n: int = 64, m: int = 64, density: flo
     import numpy as np
     from onnx import helper
 
-    from sparsec.compiler.ir import block_shape
+    from sparsec.compiler.patterns import Pattern
 
-    rows, cols = block_shape(pattern)
+    rows, cols = Pattern(pattern).block
     rng = np.random.default_rng(0)
     keep = np.kron(rng.random((k // rows, n // cols)) < density, np.ones((rows, cols)))
     weight = (rng.standard_normal((k, n)) * keep).astype(np.float32)

@@ -30,12 +30,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 import sparsec
 from sparsec.codegen import targets
-from sparsec.compiler.ir import SPARSE_PATTERNS, block_shape
-from sparsec.compiler.passes.detect_sparsity import block_counts
+from sparsec.compiler.ir import SPARSE_PATTERNS
+from sparsec.compiler.patterns import Pattern
 
 
 def pruned_weight(rng, k: int, n: int, density: float, pattern: str) -> np.ndarray:
-    rows, cols = block_shape(pattern)
+    rows, cols = Pattern(pattern).block
     w = rng.standard_normal((k, n)).astype(np.float32)
     keep = rng.random((-(-k // rows), -(-n // cols))) < density
     mask = np.repeat(np.repeat(keep, rows, 0), cols, 1)[:k, :n]
@@ -81,7 +81,7 @@ def calibrate(args, tmp: str) -> None:
         samples = []
         for density in (0.2, 0.1, 0.05):
             w = pruned_weight(rng, args.k, args.n, density, pattern)
-            samples.append(per_unit(w, pattern, block_counts(w, *block_shape(pattern))))
+            samples.append(per_unit(w, pattern, Pattern(pattern).count(w)[0]))
         costs[pattern] = float(np.median(samples))
     print(f"target {args.target}, {weights} weights, ns per activation row and unit:")
     for name, value in costs.items():

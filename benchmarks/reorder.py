@@ -37,8 +37,8 @@ from sparsec.codegen import targets
 from sparsec.compiler import frontend
 from sparsec.compiler.channel_groups import search
 from sparsec.compiler.passes import detect_sparsity, fuse, reorder_blocks
-from sparsec.compiler.passes.detect_sparsity import block_counts
 from sparsec.compiler.passes.reorder_blocks import find_chains
+from sparsec.compiler.patterns import Pattern
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "benchmarks" / "models"
@@ -59,10 +59,10 @@ def block_search(path: str, ctx) -> dict:
                 ("1x16 producer", 16, w1, (w1 != 0).T, lambda w, p: w[:, p])):
             if per_group % group:
                 continue
-            rows, cols = (4, 1) if key.startswith("4x1") else (1, 16)
+            pattern = Pattern("4x1" if key.startswith("4x1") else "1x16")
             perm = search(features, group, chain.groups, rng, reorder_blocks.SWAPS_PER_CHAIN)
-            totals[key][0] += block_counts(weight, rows, cols)
-            totals[key][1] += block_counts(permute(weight, perm), rows, cols)
+            totals[key][0] += pattern.count(weight)[0]
+            totals[key][1] += pattern.count(permute(weight, perm))[0]
     return {"chains": len(chains), **totals}
 
 

@@ -26,7 +26,8 @@ from sparsec.codegen.packing import (
     groups_by_column,
 )
 from sparsec.codegen.request import KernelRequest
-from sparsec.compiler.ir import BITMASK, Graph, Node
+from sparsec.compiler.ir import Graph, Node
+from sparsec.compiler.patterns import DENSE_PATTERN
 
 PAIR = 2  # K values per 32-bit lane of vdpbf16ps
 TILE_BYTES = 64 * 1024  # bf16 activations per tile beyond which the tile is halved
@@ -57,8 +58,8 @@ def bf16_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "",
     node, a, weight = req.node, req.input(0), req.input(1)
     m, k, a_sm, a_sk = activation_rows(a, node.attrs.get("trans_a", 0))
     n = weight.shape[1]
-    pattern = "dense" if weight.sparsity is None else weight.sparsity.pattern
-    keep_all = pattern in ("dense", BITMASK)  # BITMASK: dense tiles, compressed in memory
+    pattern = DENSE_PATTERN if weight.sparsity is None else weight.sparsity.pattern
+    keep_all = pattern.computes_every_product  # BITMASK: dense tiles, compressed in memory
     # -0.0 (a pruned weight times -1 in the exporter) must not keep its pair
     bits = bf16_bits(np.where(weight.data == 0, np.float32(0), weight.data))
     col_ptr, k_idx, lanes = groups_by_column(bits, keep_all, PAIR)
@@ -80,7 +81,7 @@ def bf16_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "",
         params.update(isa=BF16_ISAS[isa].template_names(), T=tokens, y_feature_major=False,
                       amx=amx, KPX=amx_groups(k, PAIR) if amx else -(-k // PAIR))
         if amx:
-            params.update(amx_params(req, bits, keep_all, pattern == BITMASK, PAIR))
+            params.update(amx_params(req, bits, keep_all, pattern.is_bitmask, PAIR))
         elif keep_all:  # column-major pairs, KP lanes per column: the loop needs no index
             params.update(values=req.blob.add(lanes))
         else:  # one stream per column: (byte offset of the pair's row in the tile, the pair)

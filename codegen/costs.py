@@ -9,10 +9,11 @@ from collections.abc import Mapping
 from sparsec.codegen import kernels as table
 from sparsec.codegen.kernels import ISA_ORDER, KernelSpec
 from sparsec.codegen.targets import Target
-from sparsec.compiler.ir import BITMASK, SPARSE_PATTERNS, Graph, Node
+from sparsec.compiler.ir import SPARSE_PATTERNS, Graph, Node
 from sparsec.compiler.ops import DENSE
 from sparsec.compiler.passes import SparseKernelCost, StreamedWeights
 from sparsec.compiler.passes.absorb_patches import dense_rows
+from sparsec.compiler.patterns import DENSE_PATTERN, Pattern
 
 PARALLEL_MIN_NS = 30_000.0
 """A parallel kernel predicted to run shorter than this runs on the calling thread alone:
@@ -27,10 +28,10 @@ def predicted_ns(graph: Graph, node: Node, spec: KernelSpec, target: Target) -> 
     weight = graph.tensors[node.inputs[1]]
     rows = dense_rows(graph, node)
     info = weight.sparsity
-    if info is None or info.pattern in ("dense", BITMASK) or spec.pattern == "dense":
+    if info is None or spec.pattern == DENSE_PATTERN:
         return rows * weight.size * _cost(spec, target)
-    blocks, _fill = info.block_stats[info.pattern]
-    return rows * blocks * _cost(spec, target)
+    units, _fill = info.block_stats.get(info.pattern, (weight.size, 1.0))
+    return rows * info.pattern.work_units(weight.size, units) * _cost(spec, target)
 
 
 def runs_parallel(graph: Graph, node: Node, spec: KernelSpec, target: Target,
@@ -74,10 +75,11 @@ def cost_model(target: Target, weights: str = "float32",
     def cost(pattern: str, row: KernelSpec) -> float:
         return measured.get((weights, pattern)) or _cost(row, target)
 
+    best = {Pattern(p): k for p, k in best.items()}
     return SparseKernelCost(
-        dense_per_element=cost("dense", best["dense"]),
-        per_block={p: cost(p, k) for p, k in best.items() if p not in ("dense", BITMASK)},
-        per_element={p: cost(p, k) for p, k in best.items() if p == BITMASK},
+        dense_per_element=cost(DENSE_PATTERN, best[DENSE_PATTERN]),
+        per_block={p: cost(p, k) for p, k in best.items() if p.is_block},
+        per_element={p: cost(p, k) for p, k in best.items() if p.is_bitmask},
         streamed={p: StreamedWeights(k.mr, k.stream) for p, k in best.items() if k.stream},
         value_bytes=VALUE_BYTES[weights])
 

@@ -30,7 +30,8 @@ from sparsec.codegen.packing import (
     groups_by_column,
 )
 from sparsec.codegen.request import KernelRequest
-from sparsec.compiler.ir import BITMASK, Graph, Node
+from sparsec.compiler.ir import Graph, Node
+from sparsec.compiler.patterns import DENSE_PATTERN
 from sparsec.errors import KernelNotFoundError
 
 TILE_BYTES = 64 * 1024  # activation codes per tile beyond which halving the tile measured faster
@@ -73,8 +74,8 @@ def int8_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "",
     scales = req.input(3)
     m, k, a_sm, a_sk = activation_rows(a, node.attrs.get("trans_a", 0))
     n = codes.shape[1]
-    pattern = "dense" if codes.sparsity is None else codes.sparsity.pattern
-    keep_all = pattern in ("dense", BITMASK)  # BITMASK: dense tiles, compressed in memory
+    pattern = DENSE_PATTERN if codes.sparsity is None else codes.sparsity.pattern
+    keep_all = pattern.computes_every_product  # BITMASK: dense tiles, compressed in memory
     colsum = codes.data.astype(np.int32).sum(axis=0, dtype=np.int32)
     req.take(a)
     params = {
@@ -104,7 +105,7 @@ def int8_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "",
                       SLICES=max(1, min(8, m * k // 4096)), y_feature_major=False,
                       amx=amx, KBX=amx_groups(k) if amx else -(-k // GROUP))
         if amx:
-            params.update(amx_params(req, codes.data, keep_all, pattern == BITMASK))
+            params.update(amx_params(req, codes.data, keep_all, pattern.is_bitmask))
         elif keep_all:  # column-major codes, KB lanes per column: the loop needs no index
             params.update(values=req.blob.add(lanes))
         else:  # one stream per column: (byte offset of the group's row in the tile, codes)

@@ -28,7 +28,7 @@ from sparsec.codegen import quantize_params as qlp
 from sparsec.codegen import shape_params as shp
 from sparsec.codegen import spmm_params as smp
 from sparsec.codegen.request import KernelRequest
-from sparsec.compiler.ir import BITMASK, SPARSE_PATTERNS, Graph, Node, block_shape
+from sparsec.compiler.ir import SPARSE_PATTERNS, Graph, Node
 from sparsec.compiler.ops import (
     ADD_LAYER_NORM,
     ATTENTION,
@@ -45,6 +45,7 @@ from sparsec.compiler.ops import (
 from sparsec.compiler.passes import (
     WeightStream,
 )
+from sparsec.compiler.patterns import BITMASK, Pattern
 from sparsec.errors import KernelNotFoundError
 
 FLOAT = ("float32",)
@@ -136,7 +137,7 @@ KERNELS: list[KernelSpec] = [
                family="f32_gemm", template="f32-gemm/scalar.c.j2", params=gp.dense_params,
                cost_ns=SCALAR_GEMM_COST_NS),
     *[KernelSpec(op=DENSE, dtypes=FLOAT, isa="scalar", pattern=p, mr=4,
-                 nr=block_shape(p)[1], family="f32_spmm", template="f32-spmm/scalar.c.j2",
+                 nr=Pattern(p).block[1], family="f32_spmm", template="f32-spmm/scalar.c.j2",
                  params=smp.spmm_params, cost_ns=SCALAR_SPMM_COST_NS[p])
       for p in SPARSE_PATTERNS],
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="scalar", pattern="runtime", mr=4, nr=32,

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from sparsec.compiler.patterns import Pattern
+
 # ONNX element type numbers for the dtypes sparsec represents.
 DTYPES = {
     1: "float32",
@@ -32,21 +34,11 @@ DTYPES = {
 FEATURE_MAJOR = "feature-major"
 """Layout of an activation stored transposed: features outermost, tokens contiguous."""
 
-SPARSE_PATTERNS = ("1x1", "4x1", "1x4", "1x16", "16x1", "4x4")
+SPARSE_PATTERNS = tuple(Pattern(p) for p in ("1x1", "4x1", "1x4", "1x16", "16x1", "4x4"))
 """Candidate block shapes RxC over a K x N weight: R consecutive input rows x C output columns.
 A target's cost model may offer others (x86-amx's int8 kernel skips 4x16 blocks); those are
-counted too, for the weights it prices."""
-
-
-BITMASK = "bitmask"
-"""A stored form, not a block shape: the weight's nonzeros in order plus one bit per element,
-expanded into dense tiles as the kernel runs (x86-amx). It computes every product, as dense
-does, but streams fewer bytes, which pays where the weights come from beyond the cache."""
-
-
-def block_shape(pattern: str) -> tuple[int, int]:
-    rows, cols = pattern.split("x")
-    return int(rows), int(cols)
+counted too, for the weights it prices. BITMASK (compiler/patterns.py) is a stored form, not a
+block shape, offered where the cost model prices it."""
 
 
 @dataclass
@@ -74,9 +66,9 @@ class SparsityInfo:
     """What detect_sparsity learned about one weight, and what it chose."""
 
     density: float
-    # pattern -> (nonzero blocks, fill ratio); BITMASK -> (nonzero elements, density)
-    block_stats: dict[str, tuple[int, float]]
-    pattern: str  # "dense", one of SPARSE_PATTERNS, a block shape the cost model offered, BITMASK
+    # pattern -> Pattern.count: (nonzero blocks, fill); BITMASK: (nonzero elements, density)
+    block_stats: dict[Pattern, tuple[int, float]]
+    pattern: Pattern  # DENSE, one of SPARSE_PATTERNS, a block shape the cost model offered, BITMASK
     reason: str
     packed: PackedBlocks | None = None
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sparsec.compiler import limits
+from sparsec.compiler.patterns import Pattern
 from sparsec.errors import SparsecError
 
 QUANTIZE_MODES = ("dynamic", "bf16")
@@ -28,7 +29,7 @@ class CompileOptions:
     # Model shape: dynamic dimensions pinned, one of them possibly a list of bucket lengths.
     input_shapes: Mapping[str, tuple] | None = None
     # Weights: "dense" or a pattern for every weight instead of the cost model's choice.
-    force_pattern: str | None = None
+    force_pattern: Pattern | None = None
     # "dynamic": int8 weights, activations quantized at run time; "bf16": bf16 products
     # summed in fp32; None: the model's own precision.
     quantize: str | None = None
@@ -67,6 +68,11 @@ class CompileOptions:
             raise SparsecError(f"name {self.name!r}: a model's name prefixes its C symbols, so "
                                "it must be a C identifier (letters, digits and _, not starting "
                                "with a digit, at most 64 characters) other than sparsec")
+        if self.force_pattern is not None:
+            try:  # a str from the CLI or compile(): which pattern it names is checked here
+                object.__setattr__(self, "force_pattern", Pattern(self.force_pattern))
+            except ValueError as error:
+                raise SparsecError(str(error)) from None
         if self.emit not in ("shared", "static"):
             raise SparsecError(f"emit={self.emit!r}; choose shared or static")
         if not isinstance(self.max_memory, int) or self.max_memory <= 0:

@@ -142,8 +142,8 @@ def unpermuted(graph, node, producers: dict[int, object]) -> np.ndarray | None:
 def matrix_layer(graph, node, layer: dict, cost_models: dict,
                  producers: dict[int, object]) -> tuple[dict, dict[str, np.ndarray]]:
     """One Dense layer's record and its pictures."""
-    from sparsec.compiler.ir import BITMASK, block_shape
     from sparsec.compiler.passes.detect_sparsity import predicted_costs
+    from sparsec.compiler.patterns import DENSE_PATTERN
 
     weight = graph.tensors[node.inputs[1]]
     data = weight.data
@@ -166,29 +166,19 @@ def matrix_layer(graph, node, layer: dict, cost_models: dict,
             candidate = {"nonzero_blocks": blocks, "fill": fill,
                          "predicted_ms": predicted[pattern] * rows / 1e6
                          if pattern in predicted else None}
-            if pattern != BITMASK:
-                candidate["fill_histogram"] = fill_histogram(data, *block_shape(pattern))
+            if pattern.is_block:
+                candidate["fill_histogram"] = fill_histogram(data, *pattern.block)
             record["candidates"][pattern] = candidate
         record["predicted_ms"] = predicted[info.pattern] * rows / 1e6
-        record["predicted_dense_ms"] = predicted["dense"] * rows / 1e6
+        record["predicted_dense_ms"] = predicted[DENSE_PATTERN] * rows / 1e6
         record["costs"] = _cost_dtype(graph, node)
-        record["executed_flops"] = 2 * rows * _stored_elements(info, k, n)
+        units = info.block_stats.get(info.pattern, (k * n, 1.0))[0]
+        record["executed_flops"] = 2 * rows * info.pattern.multiplied(k * n, units)
     pictures = {"after": density_grid(data)}
     before = unpermuted(graph, node, producers)
     if before is not None:
         pictures["before"] = density_grid(before)
     return record, pictures
-
-
-def _stored_elements(info, k: int, n: int) -> int:
-    """Weights the chosen kernel multiplies: every one for dense and BITMASK (which expands its
-    tiles), the blocks' (zeros padding them included) for a block pattern."""
-    from sparsec.compiler.ir import BITMASK, block_shape
-
-    if info.pattern in ("dense", BITMASK):
-        return k * n
-    rows, cols = block_shape(info.pattern)
-    return info.block_stats[info.pattern][0] * rows * cols
 
 
 # --- the model --------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 import sparsec
-from sparsec.compiler.ir import BITMASK
+from sparsec.compiler.patterns import BITMASK
 from tests.conftest import TARGET_PARAMS, assert_int8_equal, int8_expected, int8_oracles
 from tests.graphs import model
 from tests.quantization import quantize_weights

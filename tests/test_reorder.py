@@ -16,9 +16,7 @@ from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
 import sparsec
-from sparsec.compiler.ir import block_shape
 from sparsec.compiler.ops import DENSE
-from sparsec.compiler.passes.detect_sparsity import block_counts
 from tests.conftest import TARGET_PARAMS, run_onnxruntime
 from tests.graphs import model
 
@@ -37,7 +35,7 @@ def check_records(graph, original_weights: dict):
         weight = graph.tensors[node.inputs[1]]
         pattern = weight.sparsity.pattern
         if pattern != "dense":
-            before = block_counts(original_weights[node.name], *block_shape(pattern))
+            before = pattern.count(original_weights[node.name])[0]
             assert weight.sparsity.block_stats[pattern][0] <= before
 
 

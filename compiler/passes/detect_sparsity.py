@@ -12,26 +12,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparsec.compiler.ir import (
-    BITMASK,
-    SPARSE_PATTERNS,
-    Graph,
-    PackedBlocks,
-    SparsityInfo,
-    Tensor,
-    block_shape,
-)
+from sparsec.compiler.ir import SPARSE_PATTERNS, Graph, PackedBlocks, SparsityInfo, Tensor
+from sparsec.compiler.patterns import BITMASK, DENSE_PATTERN, Pattern
 from sparsec.errors import SparsecError
 
 NAME = "detect-sparsity"
 
 
-def float_force(ctx) -> str | None:
+def float_force(ctx) -> Pattern | None:
     """The pattern forced on float32 weights. One only the lowered kernels offer (x86-amx's
     4x16 and BITMASK) is forced when quantize runs; the float weight it replaces is analysed
     as usual meanwhile."""
     force = ctx.options.force_pattern
-    if ctx.options.quantize and force not in (None, "dense", *ctx.cost.per_block,
+    if ctx.options.quantize and force not in (None, DENSE_PATTERN, *ctx.cost.per_block,
                                               *ctx.cost.per_element):
         return None
     return force
@@ -73,15 +66,6 @@ def _store_transposed(graph: Graph, node, weight: Tensor, shared: bool,
     return graph.tensors[name]
 
 
-def block_counts(weight: np.ndarray, rows: int, cols: int) -> int:
-    """Number of R x C blocks (zero padded at the K and N tails) holding any nonzero."""
-    k, n = weight.shape
-    kb, nb = -(-k // rows), -(-n // cols)
-    padded = np.zeros((kb * rows, nb * cols), dtype=bool)
-    padded[:k, :n] = weight != 0
-    return int(padded.reshape(kb, rows, nb, cols).any(axis=(1, 3)).sum())
-
-
 def pack_blocks(weight: np.ndarray, rows: int, cols: int) -> PackedBlocks:
     """Block-CSR over K x N: per block row, the block columns that hold a nonzero."""
     k, n = weight.shape
@@ -97,21 +81,20 @@ def pack_blocks(weight: np.ndarray, rows: int, cols: int) -> PackedBlocks:
                         np.ascontiguousarray(tiles[block_rows, block_cols]))
 
 
-def predicted_costs(weight: np.ndarray, stats: dict[str, tuple[int, float]], cost) -> dict:
+def predicted_costs(weight: np.ndarray, stats: dict[Pattern, tuple[int, float]],
+                    cost) -> dict[Pattern, float]:
     """Predicted time per activation row of the dense kernel and of each offered form: its
-    compute, or for a form the cost model streams, the larger of that and its share of
-    reading the stored weights (values, and for BITMASK one bit per element) once per pass."""
+    work units times their cost, or for a form the cost model streams, the larger of that
+    and its share of reading the stored weights once per pass."""
     elements = weight.size
-    compute = {"dense": elements * cost.dense_per_element}
-    stored = {"dense": elements * cost.value_bytes}
-    for pattern, (count, _fill) in stats.items():
-        if pattern in cost.per_block:
-            rows, cols = block_shape(pattern)
-            compute[pattern] = count * cost.per_block[pattern]
-            stored[pattern] = count * rows * cols * cost.value_bytes
-        elif pattern in cost.per_element:
-            compute[pattern] = elements * cost.per_element[pattern]
-            stored[pattern] = count * cost.value_bytes + elements / 8
+    compute = {DENSE_PATTERN: elements * cost.dense_per_element}
+    stored = {DENSE_PATTERN: DENSE_PATTERN.streamed_bytes(elements, elements, cost.value_bytes)}
+    for pattern, (units, _fill) in stats.items():
+        pattern = Pattern(pattern)
+        per_unit = (cost.per_block if pattern.is_block else cost.per_element).get(pattern)
+        if per_unit is not None:
+            compute[pattern] = pattern.work_units(elements, units) * per_unit
+            stored[pattern] = pattern.streamed_bytes(elements, units, cost.value_bytes)
     costs = {}
     for pattern, ns in compute.items():
         streamed = cost.streamed.get(pattern)
@@ -123,44 +106,40 @@ def predicted_costs(weight: np.ndarray, stats: dict[str, tuple[int, float]], cos
 
 def analyse(weight: np.ndarray, cost, force: str | None = None) -> SparsityInfo:
     """Statistics for every candidate block shape (and BITMASK where the cost model offers
-    it), and the choice: the cheapest by `cost`, or `force` ("dense" or a pattern) when the
+    it), and the choice: the cheapest by `cost`, or `force` (dense or a pattern) when the
     user pinned one (benchmarks, kernel tests)."""
-    nonzeros = int(np.count_nonzero(weight))
-    density = nonzeros / weight.size if weight.size else 1.0
-    stats = {}
-    for pattern in dict.fromkeys(SPARSE_PATTERNS + tuple(cost.per_block)):
-        rows, cols = block_shape(pattern)
-        blocks = block_counts(weight, rows, cols)
-        stats[pattern] = (blocks, nonzeros / (blocks * rows * cols) if blocks else 1.0)
+    _nonzeros, density = DENSE_PATTERN.count(weight)
+    stats = {pattern: pattern.count(weight)
+             for pattern in map(Pattern, dict.fromkeys(SPARSE_PATTERNS + tuple(cost.per_block)))}
     if BITMASK in cost.per_element:
-        stats[BITMASK] = (nonzeros, density)
+        stats[BITMASK] = BITMASK.count(weight)
     costs = predicted_costs(weight, stats, cost)
-    relative = {p: c / costs["dense"] if costs["dense"] else 1.0 for p, c in costs.items()}
+    dense = costs[DENSE_PATTERN]
+    relative = {p: c / dense if dense else 1.0 for p, c in costs.items()}
     if force is not None:
         if force not in costs:
             raise SparsecError(f"pattern {force!r} was requested but the target has no kernel "
                                f"for it; it offers: {', '.join(sorted(costs))}")
-        choice = force
+        choice = Pattern(force)
         reason = f"{force}: requested (predicted {relative[force]:.2f}x the dense kernel's work)"
     else:
-        choice = min(costs, key=lambda p: (costs[p], p != "dense"))
+        choice = min(costs, key=lambda p: (costs[p], not p.is_dense))
         reason = _reason(choice, stats, relative, density) + _streaming(weight, cost)
-    if choice in ("dense", BITMASK):
+    if not choice.is_block:
         return SparsityInfo(density, stats, choice, reason)
-    rows, cols = block_shape(choice)
-    return SparsityInfo(density, stats, choice, reason, pack_blocks(weight, rows, cols))
+    return SparsityInfo(density, stats, choice, reason, pack_blocks(weight, *choice.block))
 
 
-def _reason(choice: str, stats: dict, relative: dict, density: float) -> str:
-    if choice == BITMASK:
+def _reason(choice: Pattern, stats: dict, relative: dict, density: float) -> str:
+    if choice.is_bitmask:
         return (f"{BITMASK}: {1 - density:.0%} zeros, dense tiles expanded from a bit mask and "
                 f"{stats[BITMASK][0]} nonzeros, predicted {relative[choice]:.2f}x the dense "
                 f"kernel's time")
-    if choice != "dense":
+    if choice.is_block:
         blocks, fill = stats[choice]
         return (f"{choice}: {blocks} nonzero blocks, fill {fill:.0%}, predicted "
                 f"{relative[choice]:.2f}x the dense kernel's work")
-    offered = [p for p in relative if p != "dense"]
+    offered = [p for p in relative if not p.is_dense]
     if not offered:
         return "the target offers no sparse kernel"
     runner_up = min(offered, key=relative.get)
@@ -171,9 +150,9 @@ def _reason(choice: str, stats: dict, relative: dict, density: float) -> str:
 def _streaming(weight: np.ndarray, cost) -> str:
     """Where a streamed cost model expects the dense weights to come from: what decides
     between dense tiles and BITMASK."""
-    if "dense" not in cost.streamed:
+    if DENSE_PATTERN not in cost.streamed:
         return ""
-    streamed = cost.streamed["dense"]
+    streamed = cost.streamed[DENSE_PATTERN]
     size = weight.size * cost.value_bytes
     cache = f"the {streamed.stream.cache_bytes >> 10} KiB cache"
     if size <= streamed.stream.cache_bytes:

@@ -221,8 +221,8 @@ def _reorder(graph: Graph, chain: Chain, ctx, rng, swaps: int) -> dict:
 
 
 def _describe(blocks: dict) -> str:
-    if blocks["pattern"] == "dense":
-        return "dense"
+    if not blocks["pattern"].is_block:
+        return blocks["pattern"]
     return f"{blocks['blocks']} {blocks['pattern']} blocks (fill {blocks['fill']:.0%})"
 
 
@@ -230,15 +230,16 @@ def _no_more_blocks(w1, w2, score: dict) -> bool:
     """Each weight needs at most as many blocks of its new pattern as it did unpermuted."""
     for role, weight in (("producer", w1), ("consumer", w2)):
         pattern = score["blocks"][role]["pattern"]
-        if pattern != "dense" and (score["blocks"][role]["blocks"]
-                                   > weight.sparsity.block_stats[pattern][0]):
+        if pattern.is_block and (score["blocks"][role]["blocks"]
+                                 > weight.sparsity.block_stats[pattern][0]):
             return False
     return True
 
 
 def _full(info) -> bool:
     """A block pattern whose blocks hold no zero: no permutation can need fewer of them."""
-    return info.pattern not in ("dense", "1x1") and info.block_stats[info.pattern][1] >= 1.0
+    return (info.pattern.is_block and info.pattern != "1x1"
+            and info.block_stats[info.pattern][1] >= 1.0)
 
 
 def _candidates(w1: np.ndarray, w2: np.ndarray, per_group: int, ctx):
@@ -268,11 +269,10 @@ def _score(w1: np.ndarray, w2: np.ndarray, perm: np.ndarray, ctx) -> dict:
         info = analyse(weight, ctx.cost, float_force(ctx))
         costs = predicted_costs(weight, info.block_stats, ctx.cost)
         total += costs[info.pattern]
+        counted = info.pattern.is_block
         blocks[role] = {"pattern": info.pattern,
-                        "blocks": info.block_stats[info.pattern][0]
-                        if info.pattern != "dense" else None,
-                        "fill": round(info.block_stats[info.pattern][1], 4)
-                        if info.pattern != "dense" else None}
+                        "blocks": info.block_stats[info.pattern][0] if counted else None,
+                        "fill": round(info.block_stats[info.pattern][1], 4) if counted else None}
     return {"predicted": total, "blocks": blocks}
 
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from sparsec.codegen import packing, targets
 from sparsec.codegen.kernels import KERNELS
-from sparsec.compiler.ir import BITMASK
+from sparsec.compiler.patterns import BITMASK
 from tests.graphs import model
 
 

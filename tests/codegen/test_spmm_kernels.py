@@ -26,8 +26,8 @@ from onnx import helper
 from sparsec.codegen import targets
 from sparsec.codegen.kernels import KERNELS, KernelSpec
 from sparsec.codegen.spmm_params import rows_fit_l1_sets
-from sparsec.compiler.ir import block_shape
 from sparsec.compiler.ops import DENSE
+from sparsec.compiler.patterns import Pattern
 from tests.graphs import model
 from tests.runs import Runs
 
@@ -66,7 +66,7 @@ class KernelCase:
 
 
 def block_of(row: KernelSpec) -> tuple[int, int]:
-    return (1, 1) if row.pattern == "dense" else block_shape(row.pattern)
+    return (1, 1) if row.pattern == "dense" else Pattern(row.pattern).block
 
 
 def weight_for(case: KernelCase, block: tuple[int, int], rng) -> np.ndarray:

@@ -5,13 +5,14 @@ from onnx import helper
 from sparsec.codegen import targets
 from sparsec.codegen.costs import cost_model
 from sparsec.compiler import frontend
-from sparsec.compiler.ir import BITMASK, SPARSE_PATTERNS, block_shape
+from sparsec.compiler.ir import SPARSE_PATTERNS
 from sparsec.compiler.passes import (
     SparseKernelCost,
     StreamedWeights,
     WeightStream,
     detect_sparsity,
 )
+from sparsec.compiler.patterns import BITMASK, Pattern
 from sparsec.compiler.verify import verify
 from sparsec.errors import SparsecError
 from tests.graphs import mlp, model
@@ -31,7 +32,7 @@ def test_block_counts_and_fill():
 
 @pytest.mark.parametrize("pattern", SPARSE_PATTERNS)
 def test_pack_blocks_round_trips(pattern):
-    rows, cols = block_shape(pattern)
+    rows, cols = Pattern(pattern).block
     rng = np.random.default_rng(0)
     w = rng.standard_normal((19, 35)).astype(np.float32) * (rng.random((19, 35)) < 0.2)
     packed = detect_sparsity.pack_blocks(w, rows, cols)
@@ -43,7 +44,7 @@ def test_pack_blocks_round_trips(pattern):
             dense[block_row * rows:(block_row + 1) * rows, c * cols:(c + 1) * cols] = \
                 packed.values[j]
     np.testing.assert_array_equal(dense[:19, :35], w)
-    assert packed.num_blocks == detect_sparsity.block_counts(w, rows, cols)
+    assert packed.num_blocks == Pattern(pattern).count(w)[0]
 
 
 COST = SparseKernelCost(dense_per_element=0.02, per_block={"1x1": 0.4, "4x1": 0.5, "1x16": 0.4})
@@ -141,7 +142,7 @@ def test_streamed_cost_is_the_larger_of_compute_and_reading_the_weights():
     w = unstructured(128, 64, 0.25)  # 8 KiB: beyond the 4 KiB cache
     nonzeros = int(np.count_nonzero(w))
     stats = {BITMASK: (nonzeros, nonzeros / w.size),
-             "4x16": (detect_sparsity.block_counts(w, 4, 16), 1.0)}
+             "4x16": (Pattern("4x16").count(w)[0], 1.0)}
     costs = detect_sparsity.predicted_costs(w, stats, STREAMED)
     # dense: 8192 bytes at 10 bytes/ns once per 16 rows, over its compute of 8.2 ns a row
     assert costs["dense"] == pytest.approx(8192 / 10 / 16)
