@@ -165,6 +165,9 @@ class Graph:
         self.tensors = {k: t for k, t in self.tensors.items() if k in used}
 
     def to_text(self) -> str:
+        """The graph as compiler/ir_text.py writes it (`--dump-ir`, pass tests)."""
+        from sparsec.compiler.ir_text import format_graph
+
         return format_graph(self)
 
 
@@ -176,52 +179,3 @@ def is_layout_flip(graph: Graph, node: Node) -> bool:
     x, y = graph.tensors[node.inputs[0]], graph.tensors[node.outputs[0]]
     return (len(x.shape) == 2 and list(node.attrs.get("perm") or [1, 0]) == [1, 0]
             and x.layout != y.layout)
-
-
-def _format_value(value: Any) -> str:
-    if isinstance(value, float):
-        return repr(round(value, 6))
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_format_value(v) for v in value) + "]"
-    if isinstance(value, str):
-        return repr(value)
-    return str(value)
-
-
-def _format_tensor(t: Tensor) -> str:
-    shape = "x".join(str(d) for d in t.shape) or "scalar"
-    text = f"{t.name!r}: {t.dtype}[{shape}]"
-    if t.layout != "row-major":
-        text += f" layout={t.layout}"
-    if t.is_constant:
-        text += " const"
-    if t.sparsity is not None:
-        s = t.sparsity
-        text += f" density={s.density:.3f} pattern={s.pattern}"
-        if s.packed is not None:
-            text += f" blocks={s.packed.num_blocks}"
-    return text
-
-
-def format_graph(graph: Graph) -> str:
-    """Stable, readable text: used by --dump-ir and by test diffs."""
-    lines = [f"graph opset={graph.opset}"]
-    lines += [f"  input  {_format_tensor(graph.tensors[n])}" for n in graph.inputs]
-    consts = sorted(n for n, t in graph.tensors.items() if t.is_constant)
-    lines += [f"  const  {_format_tensor(graph.tensors[n])}" for n in consts]
-    for i, node in enumerate(graph.nodes):
-        attrs = ", ".join(f"{k}={_format_value(v)}" for k, v in sorted(node.attrs.items()))
-        ins = ", ".join(repr(n) for n in node.inputs)
-        outs = ", ".join(repr(n) for n in node.outputs)
-        lines.append(f"  %{i} {node.op}({ins}) -> {outs}" + (f"  {{{attrs}}}" if attrs else "")
-                     + (f"  => {node.kernel}" if node.kernel else "")
-                   + "".join(f" | {feature}: {key}" for feature, key in node.dispatch)
-                   + (f"  # node {node.name!r}" if node.name else ""))
-    lines += [f"  output {_format_tensor(graph.tensors[n])}" for n in graph.outputs]
-    lines += [f"  layout {name!r}: {t.layout}" for name, t in graph.tensors.items()
-              if t.layout != "row-major" and name not in graph.outputs]
-    if graph.memory is not None:
-        lines.append(f"  arena {graph.memory.arena_bytes} bytes")
-        for name, offset in sorted(graph.memory.offsets.items(), key=lambda kv: kv[1]):
-            lines.append(f"    @{offset} {name!r}")
-    return "\n".join(lines) + "\n"

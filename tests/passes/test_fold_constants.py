@@ -4,27 +4,37 @@ from onnx import helper
 
 from sparsec.compiler import frontend
 from sparsec.compiler.passes import fold_constants
-from sparsec.compiler.verify import verify
 from sparsec.errors import ShapeError, SparsecError
 from tests.graphs import model
-from tests.passes.helpers import context
+from tests.passes.helpers import context, ir, run_passes
 
 
 def test_shape_arithmetic_folds_into_a_constant():
+    after = run_passes("""
+        graph opset=17
+          input  'x': float32[6]
+          const  'c': float32[2x3] const
+          %0 Shape('c') -> 's': int64[2]  # node 'shape'
+          %1 Reshape('x', 's') -> 'y'  # node 'reshape'
+          output 'y': float32[2x3]
+        """, fold_constants)
+    assert after == ir("""
+        graph opset=17
+          input  'x': float32[6]
+          const  's': int64[2] const
+          %0 Reshape('x', 's') -> 'y'  # node 'reshape'
+          output 'y': float32[2x3]
+        """)
+
+
+def test_folding_leaves_the_input_graph_alone():
     nodes = [helper.make_node("Shape", ["c"], ["s"], name="shape"),
              helper.make_node("Reshape", ["x", "s"], ["y"], name="reshape")]
     before = frontend.import_model(model(nodes, [("x", [6])], [("y", [2, 3])],
                                          [("c", np.zeros((2, 3), np.float32))]))
     after = fold_constants.run(before, context())
-    verify(after, "fold")
-    assert after.to_text() == (
-        "graph opset=17\n"
-        "  input  'x': float32[6]\n"
-        "  const  's': int64[2] const\n"
-        "  %0 Reshape('x', 's') -> 'y'  # node 'reshape'\n"
-        "  output 'y': float32[2x3]\n")
     np.testing.assert_array_equal(after.tensors["s"].data, [2, 3])
-    assert [n.op for n in before.nodes] == ["Shape", "Reshape"], "the input graph is unchanged"
+    assert [n.op for n in before.nodes] == ["Shape", "Reshape"]
 
 
 def test_constant_node_and_chain_fold():

@@ -7,8 +7,8 @@ from sparsec.compiler import frontend
 from sparsec.compiler.passes import detect_sparsity, fuse
 from sparsec.compiler.verify import verify
 from tests.conftest import run_onnxruntime
-from tests.graphs import mlp, model
-from tests.passes.helpers import context
+from tests.graphs import model
+from tests.passes.helpers import context, ir, run_passes
 
 
 def fused(m):
@@ -19,12 +19,25 @@ def fused(m):
 
 
 def test_matmul_bias_relu_become_one_dense():
-    graph = fused(mlp(k=4, n=4, density=1.0))
-    assert graph.to_text().splitlines()[4:6] == [
-        "  %0 Dense('x', 'w', 'b') -> 'y'  {activation='Relu', activation_params=[], alpha=1.0, "
-        "beta=1.0, source_op='MatMul', trans_a=0, trans_b=0}  # node 'mm'",
-        "  output 'y': float32[2x4]",
-    ]
+    weight = np.kron(np.eye(2, dtype=np.float32), np.ones((2, 2), np.float32))  # 2x2 blocks
+    after = run_passes("""
+        graph opset=17
+          input  'x': float32[2x4]
+          const  'b': float32[4] const
+          const  'w': float32[4x4] const
+          %0 MatMul('x', 'w') -> 'h': float32[2x4]  # node 'mm'
+          %1 Add('h', 'b') -> 'hb': float32[2x4]
+          %2 Relu('hb') -> 'y'
+          output 'y': float32[2x4]
+        """, detect_sparsity, fuse, constants={"w": weight})
+    assert after == ir("""
+        graph opset=17
+          input  'x': float32[2x4]
+          const  'b': float32[4] const
+          const  'w': float32[4x4] const density=0.500 pattern=4x4 blocks=1
+          %0 Dense('x', 'w', 'b') -> 'y'  {activation='Relu', activation_params=[], alpha=1.0, beta=1.0, source_op='MatMul', trans_a=0, trans_b=0}  # node 'mm'
+          output 'y': float32[2x4]
+        """)
 
 
 def test_graph_output_is_never_fused_away():

@@ -10,7 +10,7 @@ from sparsec.compiler.verify import verify
 from sparsec.errors import VerificationError
 from tests.conftest import run_onnxruntime
 from tests.graphs import model
-from tests.passes.helpers import context
+from tests.passes.helpers import context, ir, run_passes, selecting
 
 
 def chain(widths):
@@ -149,3 +149,24 @@ def test_first_fit_places_as_the_full_scan_does(regions):
     ranges = {("tensor", f"t{i}"): (min(a, b), max(a, b)) for i, (a, b, _) in enumerate(regions)}
     sizes = {("tensor", f"t{i}"): size for i, (_, _, size) in enumerate(regions)}
     assert plan_memory.first_fit(ranges, sizes) == first_fit_by_scan(ranges, sizes)
+
+
+def test_an_intermediate_takes_the_slot_of_one_that_died_as_ir_text():
+    """Written as the IR before and after: 'c' is made once 'a' has been read for the last
+    time, so it takes 'a''s slot; 'b' lives until the Add and keeps its own."""
+    before = """
+        graph opset=17
+          input  'x': float32[256]
+          %0 Relu('x') -> 'a': float32[256]  => sparsec_x_relu_ukernel_1x1__scalar
+          %1 Sigmoid('a') -> 'b': float32[256]  => sparsec_x_sigmoid_ukernel_1x1__scalar
+          %2 Tanh('b') -> 'c': float32[256]  => sparsec_x_tanh_ukernel_1x1__scalar
+          %3 Relu('c') -> 'd': float32[256]  => sparsec_x_relu_ukernel_1x1__scalar
+          %4 Add('b', 'd') -> 'y'  => sparsec_x_add_ukernel_1x1__scalar
+          output 'y': float32[256]
+        """
+    assert run_passes(before, plan_memory, ctx=selecting("generic")) == ir(before) + (
+        "  arena 3072 bytes\n"
+        "    @0 'a'\n"
+        "    @0 'c'\n"
+        "    @1024 'b'\n"
+        "    @2048 'd'\n")

@@ -12,15 +12,7 @@ from sparsec.compiler.ops import DENSE
 from sparsec.compiler.passes import run_pipeline
 from sparsec.errors import KernelNotFoundError
 from tests.graphs import mlp
-from tests.passes.helpers import context
-
-
-def selecting(target: str):
-    resolved = resolve(target)
-    ctx = context(target)
-    return dataclasses.replace(ctx, select_kernel=lambda g, n: selection.choose(g, n, resolved),
-                               scratch_bytes=selection.scratch_bytes,
-                               layouts=selection.layout_support, target=resolved.name)
+from tests.passes.helpers import context, selecting
 
 
 @pytest.mark.parametrize("target", ["generic", "x86-avx2", "x86-avx512", "arm-neon-dotprod"])
