@@ -79,7 +79,7 @@ def bf16_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "",
         parts = BF16_ISAS[isa].tile_parts
         tokens = tokens if amx else token_tile(k, tokens, BF16_ISAS[isa].lanes, parts)
         params.update(isa=BF16_ISAS[isa].template_names(), T=tokens, y_feature_major=False,
-                      amx=amx, KPX=amx_groups(k, PAIR) if amx else -(-k // PAIR))
+                      KPX=amx_groups(k, PAIR) if amx else -(-k // PAIR))
         if amx:
             params.update(amx_params(req, bits, keep_all, pattern.is_bitmask, PAIR))
         elif keep_all:  # column-major pairs, KP lanes per column: the loop needs no index

@@ -103,7 +103,7 @@ def int8_dense_params(req: KernelRequest, tokens: int = 0, isa: str = "",
         # The range pass splits A into slices of at least 4096 floats (at most 8 slices).
         params.update(isa=vectors.template_names(), T=tokens,
                       SLICES=max(1, min(8, m * k // 4096)), y_feature_major=False,
-                      amx=amx, KBX=amx_groups(k) if amx else -(-k // GROUP))
+                      KBX=amx_groups(k) if amx else -(-k // GROUP))
         if amx:
             params.update(amx_params(req, codes.data, keep_all, pattern.is_bitmask))
         elif keep_all:  # column-major codes, KB lanes per column: the loop needs no index

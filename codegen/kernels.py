@@ -225,7 +225,7 @@ KERNELS: list[KernelSpec] = [
     #   bf16's, with twice the bytes to stream, does.
     *[KernelSpec(op=DENSE, dtypes=FLOAT, weight_dtype="int8", isa="amx", pattern=p,
                  mr=pk.AMX_TOKENS, nr=16, family="qs8_dense",
-                 template="i8-dense/x86-vnni-tokens.c.j2", parallel=True,
+                 template="i8-dense/amx-tokens.c.j2", parallel=True,
                  params=functools.partial(qp.int8_dense_params, tokens=pk.AMX_TOKENS,
                                           isa="avx512vnni", amx=True),
                  scratch=qp.int8_amx_scratch, cost_ns={"generic": cost},
@@ -273,7 +273,7 @@ KERNELS: list[KernelSpec] = [
     # at 70 % zeros 0.0038, 13 % faster than dense there).
     *[KernelSpec(op=DENSE, dtypes=FLOAT, weight_dtype="bfloat16", isa="amx", pattern=p,
                  mr=pk.AMX_TOKENS, nr=16, family="bf16_dense",
-                 template="bf16-dense/x86-tokens.c.j2",
+                 template="bf16-dense/amx-tokens.c.j2",
                  parallel=True,
                  params=functools.partial(bp.bf16_dense_params, tokens=pk.AMX_TOKENS,
                                           isa="avx512f", amx=True),
