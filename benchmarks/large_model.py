@@ -7,8 +7,8 @@ The model: `layers` dense `width` x `width` float32 MatMuls, each followed by Re
 weights in one external data file (9 x 8192 x 8192: 2.25 GiB, past protobuf's 2 GiB limit and
 past the reach of the 32-bit references of x86-64's small code model). Dense weights are packed
 into panels whole, so the library's weight blob is as large as the weights. Not a test: it
-writes about 7 GB (model, blob, object, library) and takes minutes; tests/test_weight_memory.py
-checks the same mechanism at 192 MiB.
+writes about 7 GB (model, blob, object, library) and takes minutes;
+tests/codegen/test_weight_memory.py checks the same mechanism at 192 MiB.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
  * SPARSEC_VM_FMADD(a, b, c) = a * b + c. Included by sparsec_model.h (1 lane) and
  * sparsec_vmath.h (each vector width the build has); nothing else includes it. Each instance
  * performs the same IEEE operations in the same order, so with fused multiply-add in both a
- * vector lane returns exactly the scalar result (tests/test_vmath.py).
+ * vector lane returns exactly the scalar result (tests/runtime_c/test_vmath.py).
  *
  * The arithmetic uses GCC/Clang vector extensions (+ - * / on floats, shifts on int32 lanes);
  * comparisons, selects, min and max use each ISA's own instructions through the few
@@ -232,7 +232,7 @@ static inline VF SPARSEC_VM(erf)(VF x)
 
 /* erfc(a) on [0, 4) in 8 pieces of width 1/2: piece i is a degree-6 polynomial in
  * u = a - (i/2 + 1/4), row k holding every piece's u^k coefficient: erfc's Chebyshev
- * interpolants, within 2^-24 of it once rounded to float (tests/test_vmath.py recomputes
+ * interpolants, within 2^-24 of it once rounded to float (tests/runtime_c/test_vmath.py recomputes
  * them). Each piece's coefficients scale with its values, so a small erfc keeps its small
  * absolute error: a single rational or polynomial over [0, 4] cancels terms near 10 down to
  * 1e-4 there. A lookup per coefficient (one permute) costs less than the division and e^x
@@ -261,7 +261,7 @@ static const float sparsec__erfc_pieces[7][8] = {
  * 2 - erfc(z) otherwise, so the negative tail keeps its absolute precision (1 + erf(z) would
  * round it away). Past |z| = 3.875 erfc is taken as 0: it is below 4.3e-8 there, which the
  * graph's own 1 + erf(z) cannot resolve either, and GELU(-200) comes out 0 as it should.
- * Within 8 ulp of GELU, or |x| 2^-24 in the negative tail (tests/test_softmax.py). */
+ * Within 8 ulp of GELU, or |x| 2^-24 in the negative tail (tests/runtime_c/test_softmax.py). */
 static inline VF SPARSEC_VM(gelu)(VF x)
 {
   const VF z = x * 0.707106781186547524f;
@@ -295,7 +295,7 @@ static inline VF SPARSEC_VM(sigmoid)(VF x)
 
 /* tanh(x): Cephes' tanhf. |x| <= 0.625: x + x^3 P(x^2); otherwise sign(x) (1 - 2 / (e^(2|x|)
  * + 1)), with 2|x| clamped to 88 (where the quotient is long below half an ulp of 1, and the
- * exponential is still finite). Within 4 ulp of tanh (tests/test_vmath.py). */
+ * exponential is still finite). Within 4 ulp of tanh (tests/runtime_c/test_vmath.py). */
 static inline VF SPARSEC_VM(tanh)(VF x)
 {
   const VF a = SPARSEC_VM(abs)(x);

@@ -362,7 +362,7 @@ def cmd_verify(args) -> int:
 # The share of an output's largest magnitude that a lowered build may differ from float32
 # onnxruntime by: int8 quantizes every layer's activations to 255 steps and its weights to
 # 254, bf16 rounds both to 8 significant bits; LayerNorm re-centres after each block, so the
-# error stays at a few steps (tiny BERT: int8 0.4 %, bf16 0.07 %; tests/test_tiny_bert.py
+# error stays at a few steps (tiny BERT: int8 0.4 %, bf16 0.07 %; tests/models/test_tiny_bert.py
 # holds the same bounds).
 RANGE_SHARE = {"dynamic": 0.02, "bf16": 0.01}
 

@@ -294,7 +294,7 @@ class Check:
 
 TOLERANCE = 1e-3
 """Of the logits' range, between two float32 evaluations of one export (onnxruntime against
-torch here; sparsec against onnxruntime in tests/test_cnn_models.py). Summation order alone
+torch here; sparsec against onnxruntime in tests/models/test_cnn_models.py). Summation order alone
 changes a K-term dot product by about sqrt(K) * 2**-24 of its size, 1e-6 or less per layer, but
 these random, BatchNorm-renormalised nets amplify a perturbation 1.3-1.5x per layer (measured on
 the tiny MobileNet-v1 pruned 90 %: torch float32 against float64 differs by 2e-7 of the range

@@ -20,9 +20,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from sparsec.codegen import targets
 from tests import test_attention, test_differential, test_layouts, test_quantize, test_reorder
+from tests.codegen.test_transformer_ops import layer_norm_and_erf_gelu_written_out
 from tests.graphs import mlp, model
-from tests.test_quantized_exports import quantized
-from tests.test_transformer_ops import layer_norm_and_erf_gelu_written_out
+from tests.models.test_quantized_exports import quantized
 
 ROOT = Path(__file__).resolve().parents[1]
 MINILMS = ("minilm-1x16-90.onnx", "minilm-4x1-90.onnx")

@@ -101,10 +101,11 @@ class DequantizeLinear(OpRun):
 
 def run_exact(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
     """A quantized ONNX graph (DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul -> Add, as
-    quantize_dynamic writes it or tests/test_quantize.py builds it) evaluated by onnx's reference
-    evaluator with its integer operators computed here: exact integer sums on any CPU, then the
-    same float32 operations, one rounding each, that onnxruntime performs. Other float ops (a
-    whole encoder's LayerNorm, Softmax, Erf) are the evaluator's own numpy code."""
+    quantize_dynamic writes it or tests/models/test_quantized_models.py builds it) evaluated by
+    onnx's reference evaluator with its integer operators computed here: exact integer sums on
+    any CPU, then the same float32 operations, one rounding each, that onnxruntime performs.
+    Other float ops (a whole encoder's LayerNorm, Softmax, Erf) are the evaluator's own numpy
+    code."""
     evaluator = ReferenceEvaluator(model, new_ops=[DynamicQuantizeLinear, MatMulInteger,
                                                    DequantizeLinear])
     return evaluator.run(None, feeds)

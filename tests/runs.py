@@ -9,8 +9,8 @@ target built with its emulation header (x86-amx without AMX: mode "emulated") ru
 in-process, like a native one. On a compile-only target, nothing runs; `mode` says which,
 for the test to report.
 
-With `driver_flags` (sanitizers: tests/test_sanitizers.py), cases queue on the host's targets
-too and run in one driver built with those flags: a sanitized library cannot be loaded into
+With `driver_flags` (sanitizers: tests/runtime_c/test_sanitizers.py), cases queue on the host's
+targets too and run in one driver built with those flags: a sanitized library cannot be loaded into
 this unsanitized Python.
 """
 

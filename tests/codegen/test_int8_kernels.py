@@ -298,7 +298,7 @@ def test_tiny_bert_int8_on_x86_avx2_equals_the_portable_int8_kernels(compiler, m
     AVX2 rows, and again with those rows withheld, on the portable kernels (exact integer sums,
     tested above against the integer reference); every fp32 layer is the same code in both,
     so the outputs must be equal bit for bit. (Against onnxruntime the whole model agrees
-    only to a tolerance: tests/test_tiny_bert.py.) The withheld build also shows the
+    only to a tolerance: tests/models/test_tiny_bert.py.) The withheld build also shows the
     warning a portable matrix product gets."""
     import onnx
 

@@ -21,7 +21,7 @@ from sparsec.errors import BuildError
 from tests.codegen.entries import read_entry
 from tests.conftest import HOST_TARGETS, run_onnxruntime
 from tests.graphs import model
-from tests.test_sanitizers import tiny_bert_module
+from tests.runtime_c.test_sanitizers import tiny_bert_module
 
 WIDTH = 16
 LAYERS = 12

@@ -1,0 +1,429 @@
+"""Conv against onnxruntime on every target: drawn kernel sizes, strides, dilations, pads
+(explicit, asymmetric and auto_pad), groups (dense, grouped, depthwise), channel counts with
+tails, weight densities and the BatchNormalization and activation lower_conv folds in.
+
+Each target runs natively, under qemu (ARM, batched), or compile-only; the test ids say which.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+import sparsec
+from sparsec.codegen import targets
+from sparsec.compiler.ir import FEATURE_MAJOR
+from sparsec.errors import UnsupportedOperatorError
+from tests.conftest import (
+    HOST_TARGETS,
+    ONNXRUNTIME_INT8_ON_VNNI,
+    TARGET_PARAMS,
+    run_onnxruntime,
+)
+from tests.runs import Runs
+
+EPS = float(np.finfo(np.float32).eps)
+
+
+@dataclass(frozen=True)
+class ConvCase:
+    n: int
+    c: int
+    h: int
+    w: int  # h == 0: a 1-D conv over [n, c, w]
+    m: int
+    kernel: tuple[int, int]
+    strides: tuple[int, int]
+    dilations: tuple[int, int]
+    pads: tuple[int, int, int, int] | str  # (top, left, bottom, right) or an auto_pad mode
+    group: int
+    density: float
+    bias: bool
+    batch_norm: bool
+    activation: str  # "", "Relu", "Clip" (0, 6: ReLU6), "Sigmoid"
+    seed: int = 0
+
+
+@st.composite
+def conv_cases(draw) -> ConvCase:
+    one_d = draw(st.booleans()) and draw(st.booleans())  # a quarter of the cases
+    kind = draw(st.sampled_from(["dense", "dense", "grouped", "depthwise"]))
+    group = draw(st.integers(2, 4)) if kind == "grouped" else 1
+    c = group * draw(st.integers(1, 9))
+    m = c if kind == "depthwise" else group * draw(st.integers(1, 9))
+    if kind == "depthwise":
+        group = c if c > 1 else 1
+    kh = 1 if one_d else draw(st.integers(1, 4))
+    kw = draw(st.integers(1, 4))
+    sh = 1 if one_d else draw(st.integers(1, 3))
+    sw = draw(st.integers(1, 3))
+    auto = draw(st.sampled_from(["explicit", "explicit", "SAME_UPPER", "SAME_LOWER", "VALID"]))
+    # onnxruntime refuses dilations with SAME padding; ONNX defines them (lower_conv too).
+    dh = 1 if one_d or auto.startswith("SAME") else draw(st.integers(1, 2))
+    dw = 1 if auto.startswith("SAME") else draw(st.integers(1, 2))
+    if auto == "explicit":
+        pads = tuple(draw(st.integers(0, k - 1)) if k > 1 else 0
+                     for k in (kh, kw, kh, kw))
+        if one_d:
+            pads = (0, pads[1], 0, pads[3])
+    else:
+        pads = auto
+    h = 0 if one_d else draw(st.integers((kh - 1) * dh + 1, (kh - 1) * dh + 12))
+    w = draw(st.integers((kw - 1) * dw + 1, (kw - 1) * dw + 12))
+    return ConvCase(n=draw(st.sampled_from([1, 1, 1, 2])), c=c, h=h, w=w, m=m,
+                    kernel=(kh, kw), strides=(sh, sw), dilations=(dh, dw), pads=pads,
+                    group=group, density=draw(st.sampled_from([1.0, 0.5, 0.1, 0.0])),
+                    bias=draw(st.booleans()), batch_norm=draw(st.booleans()),
+                    activation=draw(st.sampled_from(["", "Relu", "Clip", "Sigmoid"])),
+                    seed=draw(st.integers(0, 2 ** 16)))
+
+
+def build(case: ConvCase, *, magnitudes: bool = False) -> tuple[onnx.ModelProto, dict]:
+    """The case as an ONNX model and its input. magnitudes: |x| and |weights| with
+    BatchNormalization folded by hand in float64 and no activation, whose output bounds the
+    magnitude of every term each output sums (for the error bound)."""
+    rng = np.random.default_rng(case.seed)
+    one_d = case.h == 0
+    spatial = (case.w,) if one_d else (case.h, case.w)
+    kernel = case.kernel[1:] if one_d else case.kernel
+    weight = rng.standard_normal((case.m, case.c // case.group, *kernel)).astype(np.float32)
+    weight *= rng.random(weight.shape) < case.density
+    bias = rng.standard_normal(case.m).astype(np.float32)
+    x = rng.standard_normal((case.n, case.c, *spatial)).astype(np.float32)
+    bn = [rng.random(case.m) + 0.5, rng.standard_normal(case.m), rng.standard_normal(case.m),
+          rng.random(case.m) + 0.5]
+    attrs = {"kernel_shape": list(kernel), "group": case.group,
+             "strides": list(case.strides[1:] if one_d else case.strides),
+             "dilations": list(case.dilations[1:] if one_d else case.dilations)}
+    if isinstance(case.pads, str):
+        attrs["auto_pad"] = case.pads
+    else:
+        top, left, bottom, right = case.pads
+        attrs["pads"] = [left, right] if one_d else [top, left, bottom, right]
+    if magnitudes:
+        factor = (bn[0] / np.sqrt(bn[3] + 1e-5)) if case.batch_norm else np.ones(case.m)
+        shift = (np.abs(bias) if case.bias else 0) * np.abs(factor) + (
+            np.abs(bn[2] * factor) + np.abs(bn[1]) if case.batch_norm else 0)
+        weight = np.abs(weight * factor.reshape(-1, *[1] * (weight.ndim - 1))).astype(
+            np.float32)
+        bias, x = np.asarray(shift, np.float32) * np.ones(case.m, np.float32), np.abs(x)
+    inits = [numpy_helper.from_array(weight, "W")]
+    inputs = ["x", "W"]
+    if case.bias or magnitudes:
+        inits.append(numpy_helper.from_array(bias, "B"))
+        inputs.append("B")
+    nodes = [helper.make_node("Conv", inputs, ["conv"], name="conv", **attrs)]
+    last = "conv"
+    if case.batch_norm and not magnitudes:
+        for name, value in zip(("scale", "shift", "mean", "var"), bn):
+            inits.append(numpy_helper.from_array(value.astype(np.float32), name))
+        nodes.append(helper.make_node("BatchNormalization",
+                                      ["conv", "scale", "shift", "mean", "var"], ["bn"]))
+        last = "bn"
+    if case.activation and not magnitudes:
+        extra = []
+        if case.activation == "Clip":
+            inits += [numpy_helper.from_array(np.float32(0), "low"),
+                      numpy_helper.from_array(np.float32(6), "high")]
+            extra = ["low", "high"]
+        nodes.append(helper.make_node(case.activation, [last, *extra], ["act"]))
+        last = "act"
+    nodes[-1].output[0] = "y"
+    graph = helper.make_graph(nodes, "conv",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    inferred = onnx.shape_inference.infer_shapes(model)
+    model.graph.output[0].CopyFrom(inferred.graph.output[0])
+    return model, {"x": x}
+
+
+def check_against_onnxruntime(case: ConvCase, outputs: dict) -> None:
+    """Both sums of K = C/g*kh*kw products (plus bias and the folded BatchNormalization) lie
+    within (K + 3) eps of the sum of the terms' magnitudes of the exact value: K - 1 roundings
+    of recursive or FMA summation, the bias, and the folded weight's and shift's roundings.
+    So they lie within twice that of each other; the activations are 1-Lipschitz, and Sigmoid
+    rounds on its own too: sparsec's within 4 ulp of exact (tests/runtime_c/test_vmath.py), an
+    ulp at most eps on outputs in [0, 1], and onnxruntime's within 2, so 6 eps between them."""
+    model, feeds = build(case)
+    (expected,) = run_onnxruntime(model, feeds)
+    magnitude_model, magnitude_feeds = build(case, magnitudes=True)
+    (magnitude,) = run_onnxruntime(magnitude_model, magnitude_feeds)
+    k = case.c // case.group * case.kernel[0] * case.kernel[1]
+    allowed = 2 * (k + 3) * EPS * magnitude.astype(np.float64) + 1e-30
+    if case.activation == "Sigmoid":
+        allowed += 6 * EPS
+    actual = outputs["y"]
+    assert actual.shape == expected.shape
+    excess = np.abs(actual.astype(np.float64) - expected) - allowed
+    if not np.all(excess <= 0):
+        worst = np.unravel_index(np.argmax(excess), excess.shape)
+        raise AssertionError(f"y{list(map(int, worst))}: sparsec {float(actual[worst])!r}, "
+                             f"onnxruntime {float(expected[worst])!r}, allowed "
+                             f"{allowed[worst]:.3g} ({int(np.sum(excess > 0))} of "
+                             f"{excess.size} differ)")
+
+
+def edge(**fields) -> ConvCase:
+    defaults = dict(n=1, c=8, h=9, w=10, m=16, kernel=(3, 3), strides=(1, 1),
+                    dilations=(1, 1), pads=(1, 1, 1, 1), group=1, density=1.0, bias=True,
+                    batch_norm=False, activation="")
+    return ConvCase(**{**defaults, **fields})
+
+
+@pytest.mark.parametrize("target", TARGET_PARAMS)
+def test_random_convs_match_onnxruntime(target, compiler):
+    runs = Runs(targets.resolve(target), compiler.cache_dir)
+
+    @settings(max_examples=12, deadline=None)
+    @given(case=conv_cases())
+    @example(case=edge(kernel=(1, 1), pads=(0, 0, 0, 0), c=32, m=48, h=7, w=9, density=0.1,
+                       batch_norm=True, activation="Relu"))  # pointwise, sparse: flips only
+    @example(case=edge(c=12, m=12, group=12, strides=(2, 2), activation="Clip",
+                       batch_norm=True))  # MobileNet's depthwise 3x3 s2 + BN + ReLU6
+    # Depthwise with whole 16-channel blocks (the SIMD transposes): a plane narrower than a
+    # vector; and full plus partial pixel chunks, horizontal stride 2 and dilation.
+    @example(case=edge(c=32, m=32, group=32, h=7, w=7, activation="Clip", batch_norm=True))
+    @example(case=edge(c=48, m=48, group=48, h=5, w=37, strides=(1, 2), dilations=(2, 1),
+                       pads=(2, 1, 2, 1), density=0.5, activation="Relu"))
+    @example(case=edge(c=6, m=9, group=3, kernel=(2, 3), pads=(0, 2, 1, 0),
+                       dilations=(2, 1), density=0.5))
+    @example(case=edge(h=0, w=17, kernel=(1, 5), pads=(0, 2, 0, 1), strides=(1, 2),
+                       activation="Sigmoid"))  # 1-D
+    @example(case=edge(n=2, c=3, m=5, kernel=(7, 7), strides=(2, 2), pads=(3, 3, 3, 3),
+                       h=15, w=16, batch_norm=True, activation="Relu"))  # a ResNet stem
+    @example(case=edge(pads="SAME_LOWER", strides=(2, 3), kernel=(4, 3), h=11, w=13,
+                       bias=False))
+    @example(case=edge(kernel=(3, 3), density=0.0, batch_norm=True))  # all-zero weight
+    @example(case=edge(c=1, m=1, h=5, w=9, kernel=(2, 1), pads="SAME_LOWER",
+                       bias=False))  # wrong patches once GCC vectorised Im2Col (x86)
+    def check(case: ConvCase):
+        model, feeds = build(case)
+        result = compiler.compile(model, target)
+        assert not any(layer["op"] == "Conv" for layer in result.info["layers"])
+        runs.submit(result, feeds, functools.partial(check_against_onnxruntime, case),
+                    label=repr(case))
+
+    check()
+    runs.flush()
+
+
+# Stride-1 convs that keep their width, so a token-tile kernel reads their patches from X with
+# masked shifted rows (absorb_patches): partial tiles, Ho != H, asymmetric pads, dilation,
+# every block pattern the token kernels take, channel counts that make a K chunk one tap or
+# less, a tap entirely in the padding.
+SHIFTED_ROW_CASES = [
+    edge(c=8, m=16, h=9, w=10, density=0.1, activation="Relu"),
+    edge(c=16, m=8, h=12, w=11, kernel=(3, 3), dilations=(2, 2), pads=(2, 2, 2, 2),
+         density=0.3, batch_norm=True),
+    edge(c=4, m=12, h=7, w=13, kernel=(2, 3), pads=(0, 1, 1, 1), density=0.2, bias=False),
+    edge(c=12, m=20, h=10, w=9, kernel=(3, 3), pads=(0, 1, 0, 1), density=0.2,
+         activation="Sigmoid"),  # Ho = H - 2
+    edge(c=3, m=5, h=6, w=70, kernel=(1, 5), pads=(0, 2, 0, 2), density=0.4),  # tile > row
+    edge(c=8, m=8, h=4, w=5, kernel=(5, 3), pads=(4, 1, 0, 1), density=0.5),  # taps in pads
+    edge(c=64, m=24, h=11, w=12, kernel=(3, 3), density=0.05, activation="Clip"),
+]
+
+
+@pytest.mark.parametrize("pattern", ["1x1", "4x1"])
+@pytest.mark.parametrize("target", [p for p in TARGET_PARAMS
+                                    if p.values[0] in ("x86-avx2", "x86-avx512")])
+def test_stride_1_convs_read_their_patches_in_place(target, pattern, compiler):
+    """No Im2Col is left: the Dense reads X itself, and matches onnxruntime (where the host
+    runs the target; elsewhere it compiles). Masked lanes are never read, so a tap reaching
+    before X's first byte or past its last is no fault."""
+    runs = Runs(targets.resolve(target), compiler.cache_dir)
+    for case in SHIFTED_ROW_CASES:
+        if pattern == "4x1" and case.c % 4:
+            continue
+        model, feeds = build(case)
+        result = compiler.compile(model, target, force_pattern=pattern)
+        ops = [node.op for node in result.graph.nodes]
+        assert "Im2Col" not in ops, (case, ops)
+        dense = [node for node in result.graph.nodes if node.op == "Dense"]
+        assert len(dense) == 1 and "patches" in dense[0].attrs, case
+        runs.submit(result, feeds, functools.partial(check_against_onnxruntime, case),
+                    label=repr(case))
+    runs.flush()
+
+
+def residual_block(shortcut: str, activation: str, seed: int = 0) -> tuple[onnx.ModelProto, dict]:
+    """x -> 3x3 conv + Relu -> 3x3 conv + BatchNormalization, added to the shortcut (x itself,
+    or a 1x1 conv of x: a downsampling block, where both Add operands are convs), then the
+    activation (none, Relu, or Clip 0..6); 90 % of each conv weight zero."""
+    rng = np.random.default_rng(seed)
+    c, h, w = 16, 9, 10
+
+    def sparse(*shape):
+        return (rng.standard_normal(shape) * (rng.random(shape) < 0.1)).astype(np.float32)
+
+    inits = [numpy_helper.from_array(sparse(c, c, 3, 3), "w1"),
+             numpy_helper.from_array(sparse(c, c, 3, 3), "w2")]
+    for name, value in zip(("scale", "shift", "mean", "var"),
+                           (rng.random(c) + 0.5, rng.standard_normal(c),
+                            rng.standard_normal(c), rng.random(c) + 0.5)):
+        inits.append(numpy_helper.from_array(value.astype(np.float32), name))
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c2", "scale", "shift", "mean", "var"],
+                              ["b2"])]
+    other = "x"
+    if shortcut == "conv":
+        inits.append(numpy_helper.from_array(sparse(c, c, 1, 1), "ws"))
+        nodes.append(helper.make_node("Conv", ["x", "ws"], ["s"]))
+        other = "s"
+    nodes.append(helper.make_node("Add", ["b2", other], ["sum"]))
+    if activation == "Clip":
+        inits += [numpy_helper.from_array(np.float32(0), "low"),
+                  numpy_helper.from_array(np.float32(6), "high")]
+        nodes.append(helper.make_node("Clip", ["sum", "low", "high"], ["y"]))
+    elif activation:
+        nodes.append(helper.make_node(activation, ["sum"], ["y"]))
+    else:
+        nodes[-1].output[0] = "y"
+    graph = helper.make_graph(
+        nodes, "block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, h, w])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, h, w])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model, {"x": rng.standard_normal((1, c, h, w)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("target", [p for p in TARGET_PARAMS if p.values[0] != "generic"])
+def test_residual_add_and_activation_run_in_the_conv_epilogue(target, compiler):
+    """No Add or activation node is left: the block's last conv adds the shortcut and
+    activates as it stores (every SIMD target's token-tile kernels). Against onnxruntime on
+    sums of at most 16*9 products: 1e-4 on outputs of magnitude up to 51 (measured) is 25 ulp
+    or more, above the two summation orders' difference, and far below any wrong or missing
+    term."""
+    runs = Runs(targets.resolve(target), compiler.cache_dir)
+    for shortcut in ("identity", "conv"):
+        for activation in ("Relu", "Clip", ""):
+            model, feeds = residual_block(shortcut, activation)
+            result = compiler.compile(model, target, force_pattern="1x1")
+            ops = [node.op for node in result.graph.nodes]
+            assert "Add" not in ops and "Relu" not in ops and "Clip" not in ops, ops
+            assert sum(len(node.inputs) == 4 for node in result.graph.nodes
+                       if node.op == "Dense") == 1
+            (expected,) = run_onnxruntime(model, feeds)
+
+            def check(outputs, expected=expected):
+                np.testing.assert_allclose(outputs["y"], expected, rtol=0, atol=1e-4)
+
+            runs.submit(result, feeds, check, label=f"{shortcut} shortcut, {activation!r}")
+    runs.flush()
+
+
+def test_pointwise_convs_at_batch_1_move_no_bytes(compiler):
+    """Two sparse 1x1 convs in a row on x86-avx2: both Dense kernels read and write
+    channels-first (feature-major), and every Transpose lower_conv wrote is a flip that
+    plan_memory places on its input's bytes (compile-only: no run needed)."""
+    rng = np.random.default_rng(3)
+    w1 = (rng.standard_normal((64, 32, 1, 1)) * (rng.random((64, 32, 1, 1)) < 0.1))
+    w2 = (rng.standard_normal((32, 64, 1, 1)) * (rng.random((32, 64, 1, 1)) < 0.1))
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="pw1"),
+             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("Conv", ["r", "w2"], ["y"], name="pw2")]
+    graph = helper.make_graph(
+        nodes, "pointwise",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 14, 14])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 14, 14])],
+        [numpy_helper.from_array(w1.astype(np.float32), "w1"),
+         numpy_helper.from_array(w2.astype(np.float32), "w2")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    result = compiler.compile(model, "x86-avx2")
+    final = result.graph
+    dense = [n for n in final.nodes if n.op == "Dense"]
+    assert len(dense) == 2 and dense[0].attrs["activation"] == "Relu"
+    assert final.tensors[dense[0].inputs[0]].layout == FEATURE_MAJOR
+    assert final.tensors[dense[1].outputs[0]].layout == FEATURE_MAJOR
+    offsets = final.memory.offsets
+    for node in final.nodes:
+        if node.op == "Transpose" and node.outputs[0] in offsets and node.inputs[0] in offsets:
+            assert offsets[node.outputs[0]] == offsets[node.inputs[0]], node
+
+
+def test_unsupported_convs_are_refused_together(compiler):
+    w3 = numpy_helper.from_array(np.ones((4, 2, 2, 2, 2), np.float32), "w3")
+    nodes = [helper.make_node("Conv", ["x3", "w3"], ["y3"], name="volumetric"),
+             helper.make_node("Conv", ["x", "wg"], ["y"], name="grouped_runtime", group=2)]
+    graph = helper.make_graph(
+        nodes, "bad",
+        [helper.make_tensor_value_info("x3", TensorProto.FLOAT, [1, 2, 4, 4, 4]),
+         helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 5, 5]),
+         helper.make_tensor_value_info("wg", TensorProto.FLOAT, [6, 2, 3, 3])],
+        [helper.make_tensor_value_info("y3", TensorProto.FLOAT, [1, 4, 3, 3, 3]),
+         helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 3, 3])], [w3])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(UnsupportedOperatorError) as error:
+        compiler.compile(model, "generic")
+    message = str(error.value)
+    assert "2 Conv node(s)" in message
+    assert "'volumetric': 3-D convolution" in message
+    assert "'grouped_runtime': a grouped Conv's weight must be a constant" in message
+
+
+@pytest.mark.parametrize("target", HOST_TARGETS)
+def test_static_qdq_conv_model_lands_on_the_reference_grid(target, compiler, tmp_path):
+    """onnxruntime's quantize_static in QDQ form: int8 weights behind DequantizeLinear and a
+    QuantizeLinear/DequantizeLinear pair after each conv. sparsec folds the weights' dequantize
+    and runs the convs in float32. Oracles: ONNX's reference evaluator, which computes the QDQ
+    graph as written (float convs between the quantizers), and onnxruntime, which runs the convs
+    in int8, where its int8 is exact (VNNI; without it its u8 x s8 pair sums saturate). Each
+    output is requantized, so all land on the same int8 grid: they may differ only where a
+    value sits within rounding of a midpoint between two codes, by one step of its scale."""
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    first = build(edge(c=3, m=8, h=12, w=12, batch_norm=True, activation="Relu"))[0]
+    rng = np.random.default_rng(5)
+    second = rng.standard_normal((4, 8, 3, 3)).astype(np.float32)
+    first.graph.initializer.append(numpy_helper.from_array(second, "W2"))
+    first.graph.node.append(helper.make_node("Conv", ["y", "W2"], ["z"], pads=[1, 1, 1, 1]))
+    first.graph.output[0].CopyFrom(helper.make_tensor_value_info("z", TensorProto.FLOAT, None))
+    first.opset_import[0].version = 21  # the reference evaluator's quantizers start at opset 19
+    source = tmp_path / "float.onnx"
+    onnx.save(onnx.shape_inference.infer_shapes(first), source)
+
+    class Calibration(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"x": rng.standard_normal((1, 3, 12, 12)).astype(np.float32)}
+                                 for _ in range(4)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantized = tmp_path / "qdq.onnx"
+    quantize_static(str(source), str(quantized), Calibration(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    model = onnx.load(str(quantized))
+    assert sum(node.op_type == "Conv" for node in model.graph.node) == 2
+    feeds = {"x": rng.standard_normal((1, 3, 12, 12)).astype(np.float32)}
+    from onnx.reference import ReferenceEvaluator
+
+    oracles = {"reference": ReferenceEvaluator(model).run(None, feeds)[0]}
+    if ONNXRUNTIME_INT8_ON_VNNI:
+        oracles["onnxruntime"] = run_onnxruntime(model, feeds)[0]
+    last = next(n for n in model.graph.node if n.output[0] == model.graph.output[0].name)
+    assert last.op_type == "DequantizeLinear"
+    scale = next(numpy_helper.to_array(t) for t in model.graph.initializer
+                 if t.name == last.input[1])
+    result = compiler.compile(model, target)
+    actual = sparsec.load(result.library).run(feeds)["z"]
+    for oracle, expected in oracles.items():
+        steps = np.abs(actual.astype(np.float64) - expected) / float(scale)
+        assert steps.max() <= 1 + 1e-6 and np.mean(steps > 0.5) < 0.01, (oracle, steps.max())
