@@ -19,9 +19,12 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from sparsec.codegen import targets
-from tests import test_attention, test_differential, test_layouts, test_quantize, test_reorder
+from tests.codegen import test_attention, test_layouts
 from tests.codegen.test_transformer_ops import layer_norm_and_erf_gelu_written_out
 from tests.graphs import mlp, model
+from tests.models import test_differential
+from tests.models import test_quantized_models as test_quantize
+from tests.models import test_reordered_models as test_reorder
 from tests.models.test_quantized_exports import quantized
 
 ROOT = Path(__file__).resolve().parents[1]
