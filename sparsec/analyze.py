@@ -142,6 +142,7 @@ def unpermuted(graph, node, producers: dict[int, object]) -> np.ndarray | None:
 def matrix_layer(graph, node, layer: dict, cost_models: dict,
                  producers: dict[int, object]) -> tuple[dict, dict[str, np.ndarray]]:
     """One Dense layer's record and its pictures."""
+    from sparsec.codegen import costs, selection
     from sparsec.compiler.passes.detect_sparsity import predicted_costs
     from sparsec.compiler.patterns import DENSE_PATTERN
 
@@ -161,7 +162,11 @@ def matrix_layer(graph, node, layer: dict, cost_models: dict,
               "candidates": {}}
     if info is not None:
         cost = cost_models[_cost_dtype(graph, node)]
-        predicted = predicted_costs(data, info.block_stats, cost)
+        # the fused activation costs every candidate the same: priced once, added to each
+        epilogue = costs.activation_ns(node, selection.chosen(node), rows * n) / rows \
+            if node.kernel and rows else 0.0
+        predicted = {p: ns + epilogue
+                     for p, ns in predicted_costs(data, info.block_stats, cost).items()}
         for pattern, (blocks, fill) in info.block_stats.items():
             candidate = {"nonzero_blocks": blocks, "fill": fill,
                          "predicted_ms": predicted[pattern] * rows / 1e6
