@@ -20,6 +20,16 @@ import numpy as np
 _BLOCK = re.compile(r"([1-9][0-9]{0,3})x([1-9][0-9]{0,3})")
 
 
+def block_nonzeros(mask: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """Nonzeros in each R x C block of a K x N mask, zero padded at the K and N tails: a
+    (K/R) x (N/C) array, the blocks counted as the kernels store them."""
+    k, n = mask.shape
+    kb, nb = -(-k // rows), -(-n // cols)
+    padded = np.zeros((kb * rows, nb * cols), dtype=bool)
+    padded[:k, :n] = mask
+    return padded.reshape(kb, rows, nb, cols).sum(axis=(1, 3), dtype=np.int32)
+
+
 class Pattern(str):
     __slots__ = ()
 
@@ -66,11 +76,7 @@ class Pattern(str):
         if not self.is_block:
             return nonzeros, nonzeros / weight.size if weight.size else 1.0
         rows, cols = self.block
-        k, n = weight.shape
-        kb, nb = -(-k // rows), -(-n // cols)
-        padded = np.zeros((kb * rows, nb * cols), dtype=bool)
-        padded[:k, :n] = weight != 0
-        blocks = int(padded.reshape(kb, rows, nb, cols).any(axis=(1, 3)).sum())
+        blocks = int(np.count_nonzero(block_nonzeros(weight != 0, rows, cols)))
         return blocks, nonzeros / (blocks * rows * cols) if blocks else 1.0
 
     def work_units(self, elements: int, units: int) -> int:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sparsec.compiler.patterns import block_nonzeros
 from sparsec.errors import SparsecError
 
 # A sparsity picture is at most this many cells on a side: BERT-base's 768 x 3072 weights
@@ -51,20 +52,10 @@ class Measure:
 
 # --- weights ----------------------------------------------------------------------------------
 
-def _block_counts_per_block(mask: np.ndarray, rows: int, cols: int) -> np.ndarray:
-    """Nonzeros in each R x C block of a K x N mask (zero padded at the K and N tails), as
-    detect_sparsity blocks it."""
-    k, n = mask.shape
-    kb, nb = -(-k // rows), -(-n // cols)
-    padded = np.zeros((kb * rows, nb * cols), dtype=np.int32)
-    padded[:k, :n] = mask
-    return padded.reshape(kb, rows, nb, cols).sum(axis=(1, 3))
-
-
 def fill_histogram(weight: np.ndarray, rows: int, cols: int) -> list[int]:
     """counts[i]: the R x C blocks holding exactly i + 1 nonzeros (all-zero blocks are not
     stored, so not counted). Their mean fill is detect_sparsity's fill for the pattern."""
-    per_block = _block_counts_per_block(weight != 0, rows, cols)
+    per_block = block_nonzeros(weight != 0, rows, cols)
     return np.bincount(per_block[per_block > 0].ravel(), minlength=rows * cols + 1)[1:].tolist()
 
 
@@ -73,7 +64,7 @@ def density_grid(weight: np.ndarray, cells: int = PICTURE_CELLS) -> np.ndarray:
     larger than that is shown weight by weight."""
     k, n = weight.shape
     rows, cols = max(1, -(-k // cells)), max(1, -(-n // cells))
-    counts = _block_counts_per_block(weight != 0, rows, cols).astype(np.float64)
+    counts = block_nonzeros(weight != 0, rows, cols).astype(np.float64)
     # tail cells cover fewer weights than the others
     heights = np.minimum(rows, k - rows * np.arange(counts.shape[0]))
     widths = np.minimum(cols, n - cols * np.arange(counts.shape[1]))
