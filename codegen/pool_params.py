@@ -121,8 +121,7 @@ def pool_params(req: KernelRequest) -> dict:
     planes = x.shape[0] * x.shape[1]
     req.take(x)
     req.take(y)
-    info = np.finfo(y.dtype) if y.dtype.startswith("float") else np.iinfo(y.dtype)
-    lowest = "(-INFINITY)" if y.dtype.startswith("float") else c_literal(info.min, y.dtype)
+    lowest = max_pool_start(y.dtype)
     per_task = max(1, -(-POOL_ELEMENTS_PER_TASK // (depth.out * rows.out * columns.out)))
     taps = columns.tap_ranges()
     return {"ctype": CTYPES[y.dtype], "average": average, "planes": planes,
@@ -142,6 +141,14 @@ def pool_params(req: KernelRequest) -> dict:
                                if a.kernel > 1 or a is columns)}
 
 
+def max_pool_start(dtype: str) -> str:
+    """What a max starts from: the type's lowest finite value, as onnxruntime's pools start
+    (a window wholly in the padding gives -FLT_MAX there, and so does a window of -inf), not
+    -inf."""
+    info = np.finfo(dtype) if dtype.startswith("float") else np.iinfo(dtype)
+    return c_literal(info.min, dtype)
+
+
 def global_pool_params(req: KernelRequest) -> dict:
     """GlobalMaxPool / GlobalAveragePool: one value per (n, c) plane of every spatial axis."""
     x, y = req.input(0), req.output()
@@ -153,12 +160,7 @@ def global_pool_params(req: KernelRequest) -> dict:
     req.take(x)
     req.take(y)
     average = req.node.op == "GlobalAveragePool"
-    if average:
-        init = c_literal(0, y.dtype)
-    elif y.dtype.startswith("float"):
-        init = "(-INFINITY)"
-    else:
-        init = c_literal(np.iinfo(y.dtype).min, y.dtype)
+    init = c_literal(0, y.dtype) if average else max_pool_start(y.dtype)
     per_task = max(1, -(-POOL_ELEMENTS_PER_TASK * 4 // max(length, 1)))
     return {"ctype": CTYPES[y.dtype], "average": average, "planes": planes, "length": length,
             "init": init, "PLANES_PER_TASK": per_task, "TASKS": -(-planes // per_task)}

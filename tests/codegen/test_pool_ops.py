@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from sparsec.errors import KernelNotFoundError
@@ -64,6 +64,9 @@ def random_input(shape, seed: int = 0, dtype: str = "float32") -> np.ndarray:
 @pytest.mark.parametrize("target", CNN_TARGETS)
 @SETTINGS
 @given(case=windows(dilated=True))
+# a window whose taps all land in the padding: onnxruntime gives -FLT_MAX there, not -inf
+@example(case=([1, 1, 1], {"kernel_shape": [2], "strides": [1], "dilations": [2],
+                           "pads": [1, 1], "ceil_mode": 0}))
 def test_max_pool(target, case, compiler):
     shape, attrs = case
     model = one_node("MaxPool", shape, attrs, opset=12)
@@ -123,6 +126,18 @@ def test_global_pool(target, shape, op, compiler):
     # mean absolute value (about 0.8), 7e-5
     check_against_onnxruntime(compiler, target, model, {"x": random_input(shape, 4)},
                               atol=7e-5 if op == "GlobalAveragePool" else 0.0)
+
+
+@pytest.mark.parametrize("target", CNN_TARGETS)
+@pytest.mark.parametrize("op, attrs", [("MaxPool", {"kernel_shape": [2, 2]}),
+                                       ("GlobalMaxPool", {})])
+def test_a_max_over_minus_infinity_is_the_lowest_finite_value(target, op, attrs, compiler):
+    """onnxruntime's maxima start from -FLT_MAX, so a window of -inf (and NaNs, which no
+    comparison picks) gives -FLT_MAX."""
+    x = np.full((1, 2, 2, 2), -np.inf, np.float32)
+    x[0, 1, 0, 0] = np.nan
+    check_against_onnxruntime(compiler, target, one_node(op, list(x.shape), attrs, opset=12),
+                              {"x": x})
 
 
 def test_last_window_in_the_end_padding_is_refused(compiler):
