@@ -14,6 +14,7 @@ mid-copy, bit rot) is noticed on the next hit and rebuilt instead of loaded.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import hashlib
@@ -21,6 +22,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 import warnings
 from collections.abc import Callable
 from importlib import resources
@@ -346,13 +348,51 @@ def precompiled_prelude(compiler: str, target: Target, extra_flags: tuple[str, .
         h.update(part.encode())
         h.update(b"\0")
     entry = cache_dir / "prelude" / f"{h.hexdigest()}.gch.entry"
-    if not (use_cache and entry.exists()
-            and restore_entry(entry, workdir / (PRELUDE + ".gch"))):
-        _run(argv, workdir)
+    gch = workdir / (PRELUDE + ".gch")
+    if not (use_cache and _place_verified(entry, gch)):
+        if not (use_cache and entry.exists() and restore_entry(entry, gch)):
+            _run(argv, workdir)
+            if use_cache:
+                store_entry(entry, gch)
         if use_cache:
-            store_entry(entry, workdir / (PRELUDE + ".gch"))
+            _keep_verified(entry, gch)
     # -Winvalid-pch: a build with -Werror (the kernel tests) fails where the header goes unused
     return ("-include", PRELUDE, "-Winvalid-pch")
+
+
+# Precompiled headers this process has built or restored (digest checked), by entry: x86's is
+# 26 MB, and reading, hashing and writing it took 25 ms of each compile of a small model. Later
+# compiles in the process link to this private copy instead; gcc only reads the file.
+_VERIFIED_PRELUDES: dict[Path, Path] = {}
+
+
+@functools.cache
+def _verified_folder() -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="sparsec-prelude-"))
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
+
+
+def _keep_verified(entry: Path, gch: Path) -> None:
+    """A new name, then a rename: a copy kept earlier may be open in a concurrent compile."""
+    kept = _verified_folder() / entry.name.removesuffix(".entry")
+    with contextlib.suppress(OSError):
+        fresh = kept.with_name(f"{kept.name}.{os.getpid()}.{threading.get_ident()}")
+        place(gch, fresh)
+        os.replace(fresh, kept)
+        _VERIFIED_PRELUDES[entry] = kept
+
+
+def _place_verified(entry: Path, gch: Path) -> bool:
+    kept = _VERIFIED_PRELUDES.get(entry)
+    if kept is None:
+        return False
+    try:
+        place(kept, gch)
+    except OSError:
+        del _VERIFIED_PRELUDES[entry]
+        return False
+    return True
 
 
 def cache_key(rendered: Rendered, target: Target, compiler: str,
