@@ -48,11 +48,15 @@ def spmm_params(req: KernelRequest) -> dict:
 # (the columns that share each chunk while it is in L1). A column loads and stores its
 # accumulators once per chunk; where the weight is so sparse that a column has fewer than
 # MIN_BLOCKS_PER_CHUNK blocks in a chunk, that overhead rivals the FMAs, so the chunk grows up
-# to MAX_TILE_ROWS (32 KB, still inside a 48 KB L1): MiniLM's 90 % 4x1 layers ran 10-15 %
-# faster (benchmarks/e2e.py).
+# to MAX_TILE_ROWS (32 KB, still inside a 48 KB L1). Measured, same process, alternating
+# builds: at 4 blocks, MiniLM's 90 % 4x1 layers ran 10-15 % faster than at 64 rows; at 16
+# (from 4), 90 % unstructured MiniLM ran 9 % faster on x86-avx2 and 6 % on x86-avx512, and
+# MobileNet-v1 with 90 % pointwise convs 11 % on x86-amx and 4 % on x86-avx2; the 80 % MiniLMs
+# and MobileNet-v2 moved under 2 %, except 4x1-80, 4 % faster. Larger tiles (192, 256 rows)
+# measured no better.
 L1_TILE_ROWS = 64
 MAX_TILE_ROWS = 128
-MIN_BLOCKS_PER_CHUNK = 4
+MIN_BLOCKS_PER_CHUNK = 16
 COLUMNS_PER_TASK = 128
 
 # L1 data caches of the x86 cores we target: 64 sets of 64-byte lines, 8 ways (Zen 2-4, 32 KB)
