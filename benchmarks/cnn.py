@@ -67,7 +67,10 @@ def main() -> None:
                              "--install must have made its environment)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: small nets, one round, table under build/benchmarks")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating rounds per model (this VM's speed comes in bursts)")
     args = parser.parse_args()
+    rounds = 1 if args.quick else args.rounds
     names = (args.targets or ",".join(default_targets())).split(",")
     thread_counts = [int(t) for t in args.threads.split(",")]
     specs = {name: replace(spec, **QUICK) if args.quick else spec
@@ -79,7 +82,7 @@ def main() -> None:
     for name in names:
         target = targets.resolve(name)
         rows, refusals = table(target, specs, paths, thread_counts, not args.no_deepsparse,
-                               rounds=1 if args.quick else 3)
+                               rounds=rounds)
         header = ["model"]
         for threads in thread_counts:
             plural = "thread" if threads == 1 else "threads"
@@ -92,7 +95,7 @@ def main() -> None:
                 "(--quick: a smoke test, not the 224x224 nets)" if args.quick else "224x224")
         notes = (f"Batch 1, {size}, TorchScript exports (opset 17). Medians; ratio = onnxruntime "
                  "time / sparsec time, ratio to DeepSparse = DeepSparse time / sparsec time, same "
-                 f"run, same model file, measured in alternation, {1 if args.quick else 3} "
+                 f"run, same model file, measured in alternation, {rounds} "
                  "round(s) each; a ratio is the median of the rounds' own ratios."
                  + (" DeepSparse 1.8 runs in its own venv in a child process (NM_ARCH=avx2 on "
                     "x86-avx2 tables)." if not args.no_deepsparse else "")
