@@ -31,7 +31,7 @@ from pathlib import Path
 from sparsec.codegen import exports, jobs, targets
 from sparsec.codegen.emit import Rendered
 from sparsec.codegen.targets import BASE_CFLAGS, Target
-from sparsec.errors import BuildError
+from sparsec.errors import BuildError, user_stacklevel
 from sparsec.progress import Progress
 
 RUNTIME_SOURCES = ("runtime.c", "cpu.c", "threads.c")
@@ -168,7 +168,7 @@ def restore_entry(entry: Path, destination: Path, mode: int = 0o644) -> bool:
 
 def _warn_corrupt(entry: Path) -> None:
     warnings.warn(f"sparsec: build cache entry {entry} is corrupt (its digest does not match); "
-                  f"rebuilding it", RuntimeWarning, stacklevel=4)
+                  f"rebuilding it", RuntimeWarning, stacklevel=user_stacklevel())
 
 
 def _run(argv: list[str], cwd: Path) -> None:

@@ -33,7 +33,7 @@ from sparsec.codegen.targets import FEATURE_BITS, Target
 from sparsec.codegen.weight_symbols import WeightSymbols
 from sparsec.compiler.ir import Graph
 from sparsec.compiler.ops import COPY_OPS, DENSE
-from sparsec.errors import PortableKernelWarning, TemplateError
+from sparsec.errors import PortableKernelWarning, TemplateError, user_stacklevel
 from sparsec.version import ABI_VERSION
 
 BLOB_ALIGNMENT = 64
@@ -180,7 +180,7 @@ def _emit_plans(env: jinja2.Environment, blob: WeightBlob, symbols: WeightSymbol
                 graphs: list[Graph], target: Target, version: str, parallel_min_ns: float,
                 emulate: bool, buckets: dict | None, name: str | None) -> Rendered:
     plans = []
-    for number, graph in enumerate(graphs):  # a loop: warnings' stacklevel counts frames
+    for number, graph in enumerate(graphs):
         plans.append(_render_plan(env, graph, target, blob, symbols, number, parallel_min_ns))
     first = 0
     for plan in plans:  # profiled builds: each plan's layers count into its own span
@@ -263,7 +263,7 @@ def _render_plan(env: jinja2.Environment, graph: Graph, target: Target, blob: We
         if slow:  # never silently: a portable product can be 10x the rest of the model
             layers[-1]["portable"] = slow
             warnings.warn(f"layer {node.name!r}: {slow}", PortableKernelWarning,
-                          stacklevel=5)  # compile_model's caller (past its out-of-memory guard)
+                          stacklevel=user_stacklevel())
         if alternatives:
             layers[-1]["dispatch"] = {a["feature"]: a["kernel"] for a in alternatives}
         if spec.parallel:

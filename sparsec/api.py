@@ -18,7 +18,7 @@ from sparsec.compiler import buckets, frontend, limits
 from sparsec.compiler.ir import Graph
 from sparsec.compiler.options import CompileOptions
 from sparsec.compiler.passes import PassContext, run_pipeline
-from sparsec.errors import PortableKernelWarning, SparsecError
+from sparsec.errors import PortableKernelWarning, SparsecError, user_stacklevel
 from sparsec.progress import Progress
 from sparsec.version import __version__
 
@@ -131,7 +131,7 @@ def _cached_result(model, ctx: PassContext, output: Path, header: Path, info: di
         for layer in plan.get("layers", []):
             if "portable" in layer:
                 warnings.warn(f"layer {layer['node']!r}: {layer['portable']}",
-                              PortableKernelWarning, stacklevel=4)
+                              PortableKernelWarning, stacklevel=user_stacklevel())
     quiet = dataclasses.replace(ctx, on_pass=None)
     return CompileResult(output, header, info, None, profile_path, cached=True,
                          replay=lambda: _plans(model, quiet)[0][-1])

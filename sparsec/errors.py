@@ -5,6 +5,18 @@ and exits non-zero. Messages name the culprit (node name and op type, pass, kern
 command) and, where there is one, the fix.
 """
 
+import sys
+
+
+def user_stacklevel() -> int:
+    """The `stacklevel` of a warning raised where this is called that names the first frame
+    outside sparsec, the line of the user's code that called in: counted, not written by hand,
+    so that a helper or a guard added on the way does not move it."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("sparsec."):
+        frame, level = frame.f_back, level + 1
+    return level
+
 
 class SparsecError(Exception):
     """Base of every error sparsec raises on purpose."""

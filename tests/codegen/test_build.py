@@ -218,8 +218,9 @@ def test_a_damaged_runtime_object_or_prelude_is_rebuilt_not_used(compiler_runs, 
     build._VERIFIED_PRELUDES.clear()
     compiler_runs.clear()  # counted from here on
     calls = compiler_runs
-    with pytest.warns(RuntimeWarning, match="corrupt"):
+    with pytest.warns(RuntimeWarning, match="corrupt") as caught:
         library = sparsec.compile(mlp(seed=1), "generic", tmp_path / "b.so", cache_dir=cache)
+    assert {w.filename for w in caught if "corrupt" in str(w.message)} == {__file__}
     rebuilt = [argv for argv in calls if build.PRELUDE in argv and "c-header" in argv]
     if kind == "runtime":
         assert len(_runtime_compiles(calls)) == 1 and not rebuilt, "only the damaged object"
