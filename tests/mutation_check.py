@@ -1,0 +1,111 @@
+"""A mutation check: plant one known bug at a time in the compiler, its templates or its
+runtime, run the tests that own that code, and report whether they caught it.
+
+It shows that a change to the test suite (faster fixtures, batched builds, tests moved) lost no
+coverage: run it before and after, and every mutant must still be killed.
+
+    python tests/mutation_check.py            # every mutant
+    python tests/mutation_check.py pool tile  # those whose names contain these words
+
+Each mutant is applied to the working tree and always restored; the script refuses to start on a
+tree with uncommitted changes to the files it mutates. Not collected by pytest (no test_ prefix):
+it runs pytest itself, once per mutant.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    path: str  # relative to the repository root
+    old: str  # must occur exactly once
+    new: str
+    tests: tuple[str, ...]  # pytest arguments: the tests that own the code
+    bug: str
+
+
+MUTANTS = (
+    Mutant("pool-start-at-minus-infinity", "codegen/pool_params.py",
+           "    return c_literal(info.min, dtype)",
+           '    return "(-INFINITY)" if dtype.startswith("float") else c_literal(info.min, dtype)',
+           ("tests/codegen/test_pool_ops.py",),
+           "max pools start from -inf, not onnxruntime's -FLT_MAX"),
+    Mutant("token-tiles-drop-partial-sums", "templates/f32-spmm/x86-tokens.c.j2",
+           "        even[v] = c ? {{ isa.load }}(yt + n * {{ T }} + v * {{ L }})"
+           " : {{ isa.zero }}();",
+           "        even[v] = {{ isa.zero }}();",
+           ("tests/codegen/test_spmm_kernels.py",),
+           "each K chunk of a token-tile kernel forgets the chunks before it"),
+    Mutant("tile-major-panel-index", "templates/parallel.j2",
+           '{% set panel_arg = ", task % " ~ panels %}',
+           '{% set panel_arg = ", task / " ~ panels %}',
+           ("tests/codegen/test_conv.py", "tests/codegen/test_spmm_kernels.py"),
+           "a tile-major panel GEMM task computes the wrong panel"),
+    Mutant("attention-ignores-mask", "templates/f32-attention/vector.c.j2",
+           "      t += mask[row[r] * {{ mask_sm }} + j * {{ mask_sn }}];",
+           "      (void)mask;",
+           ("tests/codegen/test_attention.py",),
+           "fused attention skips the additive mask"),
+    Mutant("gelu-wrong-piece", "runtime_c/sparsec_vmath_body.h",
+           "  const VI piece = SPARSEC_VM(to_int)(a * 2.0f);",
+           "  const VI piece = SPARSEC_VM(to_int)(a * 1.75f);",
+           ("tests/runtime_c/test_vmath.py", "tests/runtime_c/test_softmax.py"),
+           "GELU's erfc table is indexed off by a fraction of a piece"),
+    Mutant("cache-skips-digest", "codegen/build.py",
+           "                if h.hexdigest().encode() != head[len(CACHE_MAGIC):-1]:",
+           "                if False:",
+           ("tests/codegen/test_build.py",),
+           "a corrupt build cache entry is used instead of rebuilt"),
+    Mutant("layouts-ignore-trans-a", "compiler/passes/choose_layouts.py",
+           '                and not user.attrs.get("trans_a", 0)\n',
+           "",
+           ("tests/compiler/passes/test_choose_layouts.py", "tests/codegen/test_layouts.py"),
+           "a Dense with trans_a is handed a feature-major A"),
+)
+
+
+def run(mutant: Mutant) -> tuple[bool, float]:
+    """(killed, seconds): the owning tests fail with the mutant in place."""
+    path = ROOT / mutant.path
+    original = path.read_text()
+    if original.count(mutant.old) != 1:
+        raise SystemExit(f"{mutant.name}: its text is not found once in {mutant.path}; "
+                         "update the mutant")
+    start = time.monotonic()
+    try:
+        path.write_text(original.replace(mutant.old, mutant.new))
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-n", "2",
+                                 "-p", "no:cacheprovider", *mutant.tests], cwd=ROOT,
+                                capture_output=True, text=True)
+    finally:
+        path.write_text(original)
+    return result.returncode != 0, time.monotonic() - start
+
+
+def main(words: list[str]) -> int:
+    chosen = [m for m in MUTANTS if not words or any(w in m.name for w in words)]
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", *{m.path for m in chosen}],
+                           cwd=ROOT, capture_output=True, text=True).stdout
+    if dirty.strip():
+        raise SystemExit(f"uncommitted changes in files this would mutate:\n{dirty}")
+    survivors = 0
+    print("| mutant | bug | tests | caught | seconds |\n|---|---|---|---|---|")
+    for mutant in chosen:
+        killed, seconds = run(mutant)
+        survivors += not killed
+        print(f"| {mutant.name} | {mutant.bug} | {' '.join(mutant.tests)} | "
+              f"{'yes' if killed else 'NO'} | {seconds:.0f} |", flush=True)
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
