@@ -38,3 +38,21 @@ def test_row_major_kernels_keep_every_activation_row_major():
     before = CHAIN.replace("{first}", scalar).replace("{second}", scalar)
     before = before.replace("{third}", scalar)
     assert run_passes(before, choose_layouts, ctx=selecting("generic")) == ir(before)
+
+
+
+def test_a_reader_that_transposes_its_activations_keeps_them_row_major():
+    """A Dense with trans_a reads A^T itself (its kernel takes A's strides as they are):
+    handed 'h' feature-major it would compute with A untransposed. 'h' stays row-major, though
+    both kernels could hand it over."""
+    spmm = "sparsec_f32_spmm_ukernel_32x1_u__avx2"
+    before = f"""
+        graph opset=17
+          input  'x': float32[128x64]
+          const  'v': float32[128x64] const
+          const  'w': float32[64x64] const
+          %0 Dense('x', 'w', '') -> 'h': float32[128x64]  {{activation='', alpha=1.0, beta=1.0, trans_a=0, trans_b=0}}  => {spmm}
+          %1 Dense('h', 'v', '') -> 'y'  {{activation='', alpha=1.0, beta=1.0, trans_a=1, trans_b=0}}  => {spmm}
+          output 'y': float32[64x64]
+        """
+    assert run_passes(before, choose_layouts, ctx=selecting("x86-avx2")) == ir(before)
