@@ -6,32 +6,34 @@ compiler's identity. The runtime's objects, the same for every model, are cached
 commands, the runtime sources and the compiler's identity, and linked into each library. A
 large model's translation units (model.c, unit-0.c, ...: codegen/units.py) compile in parallel
 on the CPUs this process may use, and each unit's object is cached by its command and text, so
-a rebuild after a change to one layer compiles model.c and that layer's unit only. Every
-file lands by atomic rename, so concurrent builds of one model are safe, and every cache entry
-carries the SHA-256 of its contents, so a truncated or corrupted entry (a full disk, a crash
-mid-copy, bit rot) is noticed on the next hit and rebuilt instead of loaded.
+a rebuild after a change to one layer compiles model.c and that layer's unit only. Files land
+and cache entries are checked by codegen/cache_files.py.
 """
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import functools
 import hashlib
 import os
 import shutil
 import subprocess
 import tempfile
-import threading
-import warnings
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
 from sparsec.codegen import exports, jobs, targets
+from sparsec.codegen.cache_files import (
+    atomic_copy,
+    keep_verified,
+    place,
+    place_verified,
+    restore_entry,
+    store_entry,
+)
 from sparsec.codegen.emit import Rendered
 from sparsec.codegen.targets import BASE_CFLAGS, Target
-from sparsec.errors import BuildError, user_stacklevel
+from sparsec.errors import BuildError
 from sparsec.progress import Progress
 
 RUNTIME_SOURCES = ("runtime.c", "cpu.c", "threads.c")
@@ -72,103 +74,6 @@ def compiler_identity(compiler: str) -> str:
     except OSError as exc:
         raise BuildError(f"cannot run the C compiler {compiler}: {exc}") from None
     return f"{compiler}\n{result.stdout.strip()}"
-
-
-@contextlib.contextmanager
-def _atomic_file(path: Path, mode: int):
-    """A file to write that appears at `path` whole when the block ends, never partly."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise BuildError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Readers see the old file or the whole new one, never a partial write."""
-    with _atomic_file(path, mode) as handle:
-        handle.write(data)
-
-
-def atomic_copy(source: Path, path: Path, mode: int = 0o644) -> None:
-    """`atomic_write` of a file's contents, streamed: a library holds the model's weights."""
-    with _atomic_file(path, mode) as handle, open(source, "rb") as data:
-        shutil.copyfileobj(data, handle, CHUNK)
-
-
-def place(source: Path, path: Path) -> None:
-    """`source`'s contents at the new name `path`: a hard link where the file system allows,
-    else a streamed copy (weights.bin can be gigabytes)."""
-    try:
-        os.link(source, path)
-    except OSError:
-        shutil.copyfile(source, path)
-
-
-CACHE_MAGIC = b"sparsec-cache 1 sha256 "
-CHUNK = 1 << 20
-
-
-def _file_digest(path: Path) -> bytes:
-    h = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest().encode()
-
-
-def store_entry(entry: Path, source: Path) -> None:
-    """One file holding the digest and the file `source` (a library, an object), so no reader
-    can pair one with the other's older twin: concurrent writers each replace the whole
-    entry. Streamed, never read whole into memory."""
-    digest = _file_digest(source)
-    with _atomic_file(entry, 0o644) as handle, open(source, "rb") as data:
-        handle.write(CACHE_MAGIC + digest + b"\n")
-        shutil.copyfileobj(data, handle, CHUNK)
-
-
-class _Corrupt(Exception):
-    pass
-
-
-def restore_entry(entry: Path, destination: Path, mode: int = 0o644) -> bool:
-    """Copy the file stored in `entry` to `destination` (atomically, streamed, its digest
-    checked on the way); False when the entry is missing or fails its digest."""
-    try:
-        handle = open(entry, "rb")
-    except OSError:
-        return False
-    try:
-        with handle:
-            head = handle.readline(len(CACHE_MAGIC) + 65)
-            if not head.startswith(CACHE_MAGIC) or not head.endswith(b"\n"):
-                raise _Corrupt
-            h = hashlib.sha256()
-            with _atomic_file(destination, mode) as out:
-                for chunk in iter(lambda: handle.read(CHUNK), b""):
-                    h.update(chunk)
-                    out.write(chunk)
-                if h.hexdigest().encode() != head[len(CACHE_MAGIC):-1]:
-                    raise _Corrupt
-        with contextlib.suppress(OSError):  # its last use, which the size bound keeps
-            os.utime(entry)
-        return True
-    except _Corrupt:
-        _warn_corrupt(entry)
-        return False
-
-
-def _warn_corrupt(entry: Path) -> None:
-    warnings.warn(f"sparsec: build cache entry {entry} is corrupt (its digest does not match); "
-                  f"rebuilding it", RuntimeWarning, stacklevel=user_stacklevel())
 
 
 def _run(argv: list[str], cwd: Path) -> None:
@@ -349,50 +254,15 @@ def precompiled_prelude(compiler: str, target: Target, extra_flags: tuple[str, .
         h.update(b"\0")
     entry = cache_dir / "prelude" / f"{h.hexdigest()}.gch.entry"
     gch = workdir / (PRELUDE + ".gch")
-    if not (use_cache and _place_verified(entry, gch)):
+    if not (use_cache and place_verified(entry, gch)):
         if not (use_cache and entry.exists() and restore_entry(entry, gch)):
             _run(argv, workdir)
             if use_cache:
                 store_entry(entry, gch)
         if use_cache:
-            _keep_verified(entry, gch)
+            keep_verified(entry, gch)
     # -Winvalid-pch: a build with -Werror (the kernel tests) fails where the header goes unused
     return ("-include", PRELUDE, "-Winvalid-pch")
-
-
-# Precompiled headers this process has built or restored (digest checked), by entry: x86's is
-# 26 MB, and reading, hashing and writing it took 25 ms of each compile of a small model. Later
-# compiles in the process link to this private copy instead; gcc only reads the file.
-_VERIFIED_PRELUDES: dict[Path, Path] = {}
-
-
-@functools.cache
-def _verified_folder() -> Path:
-    folder = Path(tempfile.mkdtemp(prefix="sparsec-prelude-"))
-    atexit.register(shutil.rmtree, folder, True)
-    return folder
-
-
-def _keep_verified(entry: Path, gch: Path) -> None:
-    """A new name, then a rename: a copy kept earlier may be open in a concurrent compile."""
-    kept = _verified_folder() / entry.name.removesuffix(".entry")
-    with contextlib.suppress(OSError):
-        fresh = kept.with_name(f"{kept.name}.{os.getpid()}.{threading.get_ident()}")
-        place(gch, fresh)
-        os.replace(fresh, kept)
-        _VERIFIED_PRELUDES[entry] = kept
-
-
-def _place_verified(entry: Path, gch: Path) -> bool:
-    kept = _VERIFIED_PRELUDES.get(entry)
-    if kept is None:
-        return False
-    try:
-        place(kept, gch)
-    except OSError:
-        del _VERIFIED_PRELUDES[entry]
-        return False
-    return True
 
 
 def cache_key(rendered: Rendered, target: Target, compiler: str,

@@ -13,7 +13,7 @@ import onnx
 
 from sparsec import compile_cache
 from sparsec.codegen import build as builder
-from sparsec.codegen import costs, emit, profiles, selection, targets
+from sparsec.codegen import cache_files, costs, emit, profiles, selection, targets
 from sparsec.compiler import buckets, frontend, limits
 from sparsec.compiler.ir import Graph
 from sparsec.compiler.options import CompileOptions
@@ -106,7 +106,7 @@ def _compile(model, target: str, output, options: CompileOptions | None, keyword
                   use_cache=options.use_cache, extra_flags=flags,
                   keep_source=options.keep_source, progress=progress,
                   static=options.emit == "static")
-    builder.atomic_write(header, rendered.model_h.encode())
+    cache_files.atomic_write(header, rendered.model_h.encode())
     _write_abi_header(output)
     if key is not None:
         library_key = builder.cache_key(rendered, resolved, builder.find_compiler(resolved),
@@ -118,7 +118,7 @@ def _compile(model, target: str, output, options: CompileOptions | None, keyword
 
 
 def _write_abi_header(output: Path) -> None:
-    builder.atomic_write(output.parent / "sparsec.h",
+    cache_files.atomic_write(output.parent / "sparsec.h",
                          (builder.runtime_dir() / "sparsec.h").read_bytes())
 
 

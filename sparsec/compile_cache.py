@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from sparsec.codegen import build as builder
+from sparsec.codegen import cache_files
 from sparsec.compiler import limits
 from sparsec.compiler.options import CompileOptions
 from sparsec.errors import SparsecError
@@ -85,7 +86,7 @@ def _sources_digest() -> str:
 
 def _hash_file(h, path: Path) -> None:
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(builder.CHUNK), b""):
+        for chunk in iter(lambda: handle.read(cache_files.CHUNK), b""):
             h.update(chunk)
 
 
@@ -183,16 +184,16 @@ def restore(cache_dir: Path, key: str, library: Path, header: Path) -> dict | No
         return None
     with tempfile.TemporaryDirectory(prefix="sparsec-cache-") as tmp:
         record = Path(tmp) / "record.json"
-        if not builder.restore_entry(entry, record):
+        if not cache_files.restore_entry(entry, record):
             return None
         try:
             fields = json.loads(record.read_text())
             library_key, header_text, info = fields["library"], fields["header"], fields["info"]
         except (ValueError, KeyError, TypeError):
             return None
-    if not builder.restore_entry(cache_dir / f"{library_key}.entry", library, 0o755):
+    if not cache_files.restore_entry(cache_dir / f"{library_key}.entry", library, 0o755):
         return None
-    builder.atomic_write(header, header_text.encode())
+    cache_files.atomic_write(header, header_text.encode())
     return info
 
 
@@ -203,7 +204,7 @@ def store(cache_dir: Path, key: str, library_key: str, header: Path, info: dict)
         record = Path(tmp) / "record.json"
         record.write_text(json.dumps({"library": library_key, "header": header.read_text(),
                                       "info": info}))
-        builder.store_entry(entry, record)
+        cache_files.store_entry(entry, record)
 
 
 def _all_entries(cache_dir: Path) -> list[tuple[str | None, Path, os.stat_result]]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sparsec.codegen import build, targets
+from sparsec.codegen import build, cache_files, targets
 from sparsec.codegen.targets import Target
 from sparsec.errors import InputError, RuntimeFailure, SparsecError
 
@@ -37,7 +37,7 @@ def driver(target: Target, cache_dir: Path | None = None, flags: tuple[str, ...]
             exe = Path(tmp) / "driver"
             build._run([compiler, "-O2", "-std=c11", "-Wall", *flags, str(source), "-o",
                         str(exe), "-ldl"], Path(tmp))
-            build.atomic_write(path, exe.read_bytes(), 0o755)
+            cache_files.atomic_write(path, exe.read_bytes(), 0o755)
     return path
 
 

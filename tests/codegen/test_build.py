@@ -9,7 +9,7 @@ import pytest
 from onnx import numpy_helper
 
 import sparsec
-from sparsec.codegen import build
+from sparsec.codegen import build, cache_files
 from sparsec.errors import BuildError
 from tests.codegen.entries import read_entry
 from tests.graphs import mlp
@@ -215,7 +215,7 @@ def test_a_damaged_runtime_object_or_prelude_is_rebuilt_not_used(compiler_runs, 
     damaged.write_bytes(bytes(blob))
     # a process keeps the preludes it has checked, and links its compiles to that copy: the
     # damaged entry is the next process's to find
-    build._VERIFIED_PRELUDES.clear()
+    cache_files._VERIFIED.clear()
     compiler_runs.clear()  # counted from here on
     calls = compiler_runs
     with pytest.warns(RuntimeWarning, match="corrupt") as caught:
