@@ -11,7 +11,7 @@ from sparsec.codegen import kernels as table
 from sparsec.codegen.kernels import ISA_ORDER, KernelSpec, by_key
 from sparsec.codegen.targets import TARGETS, Dispatch, Target
 from sparsec.compiler.ir import Graph, Node
-from sparsec.compiler.ops import ATTENTION, DENSE
+from sparsec.compiler.ops import ATTENTION, DENSE, weight_view
 from sparsec.compiler.passes import KernelChoice, LayoutSupport
 from sparsec.errors import KernelNotFoundError
 
@@ -112,8 +112,8 @@ def layout_support(graph: Graph, node: Node) -> LayoutSupport:
 def weight_pattern(graph: Graph, node: Node) -> str:
     if node.op != DENSE:
         return "any"
-    weight = graph.tensors[node.inputs[1]]
-    if not weight.is_constant or weight.sparsity is None:
+    weight = weight_view(graph, node)
+    if weight is None or weight.sparsity is None:
         return "runtime"  # a product of two activations (Gemm with a run-time B)
     return weight.sparsity.pattern
 

@@ -7,6 +7,11 @@ Any other standard operator is accepted only where every input is a compile-time
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sparsec.compiler.ir import Graph, Node, Tensor
+
 ELEMENTWISE_BINARY = ("Add", "Sub", "Mul", "Div", "Pow")
 COMPARISONS = ("Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual")  # -> bool
 LOGICAL_BINARY = ("And", "Or", "Xor")  # bool x bool -> bool
@@ -64,3 +69,17 @@ IM2COL = "Im2Col"
 # inputs X, W [C, 1, kh, kw], bias or ""; attrs as Im2Col's plus activation and
 # activation_params (as Dense's: "", "Relu" or "Clip").
 DEPTHWISE_CONV = "DepthwiseConv"
+
+# Ops that multiply their activations by a constant weight matrix. Dense is the one the passes
+# make: lower_conv rewrites a Conv's kernel as Dense's (kh*kw*C) x M weight, taps first.
+WEIGHTED_OPS = frozenset((DENSE,))
+
+
+def weight_view(graph: Graph, node: Node) -> Tensor | None:
+    """The constant K x N matrix `node` multiplies its activations by (K features into N
+    outputs), which sparsity detection, reordering, quantization and analyze read: None for
+    an op without a weight, and for a Dense whose B is a run-time tensor."""
+    if node.op not in WEIGHTED_OPS or len(node.inputs) < 2 or not node.inputs[1]:
+        return None
+    weight = graph.tensors[node.inputs[1]]
+    return weight if weight.is_constant and len(weight.shape) == 2 else None

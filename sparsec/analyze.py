@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sparsec.compiler.ops import weight_view
 from sparsec.compiler.patterns import block_nonzeros
 from sparsec.errors import SparsecError
 
@@ -231,8 +232,7 @@ def analyze(model, target: str = "native", *, workdir: Path, measure: Measure | 
     analysis = Analysis({})
     matrix, layer_of = [], {}
     for index, (node, layer) in enumerate(zip(nodes, info["layers"])):
-        weight = graph.tensors[node.inputs[1]] if node.op == "Dense" else None
-        if weight is None or not weight.is_constant or len(weight.shape) != 2:
+        if weight_view(graph, node) is None:
             continue
         record, pictures = matrix_layer(graph, node, layer, cost_models, producers)
         record["layer"] = index
@@ -265,7 +265,8 @@ def analyze(model, target: str = "native", *, workdir: Path, measure: Measure | 
 
 def summarize(matrix: list[dict], graph, nodes: list, library: Path,
               timing: dict | None) -> dict:
-    weight_names = {node.inputs[1] for node in nodes if node.op == "Dense"}
+    weight_names = {weight.name for node in nodes
+                    if (weight := weight_view(graph, node)) is not None}
     read = {name for node in nodes for name in node.inputs if name}
     other = sum(graph.tensors[name].size for name in read - weight_names
                 if graph.tensors[name].is_constant

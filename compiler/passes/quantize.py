@@ -33,7 +33,7 @@ import dataclasses
 import numpy as np
 
 from sparsec.compiler.ir import Graph, SparsityInfo, Tensor
-from sparsec.compiler.ops import DENSE
+from sparsec.compiler.ops import weight_view
 from sparsec.compiler.passes.detect_sparsity import analyse, predicted_costs
 from sparsec.errors import SparsecError
 
@@ -96,10 +96,8 @@ def run(graph: Graph, ctx) -> Graph:
 def _float_weights(graph: Graph):
     """Each Dense node whose weight is a constant K x N float32 tensor, with that tensor."""
     for node in graph.nodes:
-        if node.op != DENSE:
-            continue
-        weight = graph.tensors[node.inputs[1]]
-        if weight.is_constant and weight.dtype == "float32" and len(weight.shape) == 2:
+        weight = weight_view(graph, node)
+        if weight is not None and weight.dtype == "float32":
             yield node, weight
 
 
@@ -148,9 +146,9 @@ def _keeps_float32(weight: Tensor, lowered: np.ndarray, info: SparsityInfo, cost
 def _analyse_exported_int8(graph: Graph, ctx) -> Graph:
     """Dense nodes that fuse made from a quantized export already read int8 codes: they get
     their SparsityInfo from the int8 kernels' costs here, as weights quantized here do."""
-    pending = [node for node in graph.nodes if node.op == DENSE
-               and graph.tensors[node.inputs[1]].dtype == "int8"
-               and graph.tensors[node.inputs[1]].sparsity is None]
+    pending = [node for node in graph.nodes
+               if (codes := weight_view(graph, node)) is not None
+               and codes.dtype == "int8" and codes.sparsity is None]
     if not pending:
         return graph
     graph = graph.copy()

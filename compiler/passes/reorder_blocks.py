@@ -37,7 +37,7 @@ import numpy as np
 
 from sparsec.compiler.channel_groups import search
 from sparsec.compiler.ir import Graph, Node
-from sparsec.compiler.ops import DENSE, ELEMENTWISE_UNARY
+from sparsec.compiler.ops import DENSE, ELEMENTWISE_UNARY, weight_view
 from sparsec.compiler.passes.detect_sparsity import analyse, float_force, predicted_costs
 
 NAME = "reorder-blocks"
@@ -108,10 +108,10 @@ def _reorderable_dense(graph: Graph, node: Node, readers: dict[str, list[Node]])
     """A Dense over a constant float32 K x N weight read once, with a per-column bias.
     `readers`: graph.consumers(), computed once (a count over every node, per Dense, made
     finding chains quadratic)."""
-    if node.op != DENSE or node.attrs.get("trans_a", 0) or node.attrs.get("quantize"):
+    weight = weight_view(graph, node)
+    if weight is None or node.attrs.get("trans_a", 0) or node.attrs.get("quantize"):
         return False
-    weight = graph.tensors[node.inputs[1]]
-    if not weight.is_constant or weight.dtype != "float32" or weight.sparsity is None:
+    if weight.dtype != "float32" or weight.sparsity is None:
         return False
     if len(readers.get(weight.name, [])) != 1 \
             or weight.name in graph.outputs:
