@@ -109,20 +109,20 @@ def edge_values() -> np.ndarray:
     return np.concatenate([np.array(special), *ramps]).astype(np.float32)
 
 
-def test_every_lane_returns_the_scalar_result_at_the_edges(harness):
-    x = edge_values()
+def assert_lanes_match_the_scalar(harness, x: np.ndarray) -> None:
     for name, (vector, scalar) in harness.run(x).items():
         same = same_bits(vector[:len(x)], scalar[:len(x)])
         assert same.all(), f"{name}: lane differs at x = {x[~same][:5]!r}"
+
+
+def test_every_lane_returns_the_scalar_result_at_the_edges(harness):
+    assert_lanes_match_the_scalar(harness, edge_values())
 
 
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=256))
 def test_every_lane_returns_the_scalar_result_for_any_bits(harness, bits):
-    x = np.array(bits, dtype=np.uint32).view(np.float32)
-    for name, (vector, scalar) in harness.run(x).items():
-        same = same_bits(vector[:len(x)], scalar[:len(x)])
-        assert same.all(), f"{name}: lane differs at x = {x[~same][:5]!r}"
+    assert_lanes_match_the_scalar(harness, np.array(bits, dtype=np.uint32).view(np.float32))
 
 
 @settings(max_examples=30, deadline=None)
