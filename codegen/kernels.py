@@ -286,8 +286,8 @@ KERNELS: list[KernelSpec] = [
                  template="f32-attention/vector.c.j2", parallel=True,
                  params=functools.partial(atp.attention_params, vector=vector,
                                           registers=registers))
-      for isa, vector, registers in (("scalar", 4, 12), ("avx2", 8, 12),
-                                     ("avx512f", 16, 24))],
+      for isa, vector, registers in (("scalar", 4, 16), ("avx2", 8, 16),
+                                     ("avx512f", 16, 32))],
     KernelSpec(op="MatMulInteger", dtypes=("uint8", "int8"), isa="scalar",
                family="x_matmulinteger", template="x-matmul-integer/scalar.c.j2",
                params=qp.matmul_integer_params),
