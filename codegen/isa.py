@@ -44,13 +44,16 @@ class FloatVectors:
     # {mask} and {ptr}, zero in masked-off lanes. NEON has none.
     mask_bits: str = ""
     maskz_loadu: str = ""
-    # Four consecutive floats broadcast from one load: `quad_load` formats {} (a pointer) into
-    # a vector holding them in every 128-bit lane, `quad_splat` formats {vec} and {i} (0-3)
-    # into a vector of element i (an in-lane permute). A 4x1 block's weights then take one
-    # load instead of four: on a Zen 3 (two 256-bit loads a cycle, a block's 16 A loads and
-    # 4 broadcasts for 16 FMAs) 4x1 layers ran 5-6 % faster. Empty: not measured on the ISA.
+    # Four (two) consecutive floats broadcast from one load: `quad_load` (`pair_load`)
+    # formats {} (a pointer) into a vector holding them in every 128-bit lane (every pair of
+    # lanes), `quad_splat` formats {vec} and {i} into a vector of element i (an in-lane
+    # permute). A 4x1 block's weights then take one load instead of four, and a pair of single
+    # weights one instead of two: on a Zen 3 (two 256-bit loads a cycle; a 4x1 block's 16 A
+    # loads and 4 broadcasts for 16 FMAs) 4x1 layers ran 7 % faster and unstructured ones 6 %.
+    # Empty: not measured on the ISA.
     quad_load: str = ""
     quad_splat: str = ""
+    pair_load: str = ""
 
 
 @dataclass(frozen=True)
@@ -140,7 +143,8 @@ AVX2_FLOATS = FloatVectors(
     loadu="_mm256_loadu_ps", storeu="_mm256_storeu_ps", registers=16,
     mask_bits="sparsec_mask8_from_bits({bits})", maskz_loadu="_mm256_maskload_ps({ptr}, {mask})",
     quad_load="_mm256_broadcast_ps((const __m128 *)({}))",
-    quad_splat="_mm256_permute_ps({vec}, {i} * 0x55)")
+    quad_splat="_mm256_permute_ps({vec}, {i} * 0x55)",
+    pair_load="sparsec_avx2_pair({})")
 AVX512_FLOATS = FloatVectors(
     lanes=16, vmath="sparsec_v16_", vec="__m512", zero="_mm512_setzero_ps",
     broadcast="_mm512_set1_ps(*({}))", load="_mm512_load_ps", store="_mm512_store_ps",

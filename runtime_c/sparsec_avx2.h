@@ -5,6 +5,7 @@
 
 #include <immintrin.h>
 #include <stddef.h>
+#include <string.h>
 
 /* Lane i all ones where bit i of `bits` is set: VMASKMOVPS's mask, from the 8-bit lane
  * masks the shifted-row conv kernels keep per tap (AVX-512 uses the bits as they are). */
@@ -16,6 +17,14 @@ static inline __m256i sparsec_mask8_from_bits(unsigned bits)
 
 /* dst[j][i] = src[i][j] for an 8 x 8 float block; strides in elements. Three shuffle stages
  * (32-bit, 64-bit and 128-bit lanes). */
+/* p[0], p[1] in every pair of lanes, from one 8-byte load (p needs only float alignment) */
+static inline __m256 sparsec_avx2_pair(const float *p)
+{
+  double pair;
+  memcpy(&pair, p, sizeof pair);
+  return _mm256_castpd_ps(_mm256_set1_pd(pair));
+}
+
 static inline void sparsec_transpose8x8(const float *src, size_t src_stride, float *dst,
                                         size_t dst_stride)
 {
