@@ -15,8 +15,6 @@ static inline __m256i sparsec_mask8_from_bits(unsigned bits)
   return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)bits), lane_bits), lane_bits);
 }
 
-/* dst[j][i] = src[i][j] for an 8 x 8 float block; strides in elements. Three shuffle stages
- * (32-bit, 64-bit and 128-bit lanes). */
 /* p[0], p[1] in every pair of lanes, from one 8-byte load (p needs only float alignment) */
 static inline __m256 sparsec_avx2_pair(const float *p)
 {
@@ -25,6 +23,8 @@ static inline __m256 sparsec_avx2_pair(const float *p)
   return _mm256_castpd_ps(_mm256_set1_pd(pair));
 }
 
+/* dst[j][i] = src[i][j] for an 8 x 8 float block; strides in elements. Three shuffle stages
+ * (32-bit, 64-bit and 128-bit lanes). */
 static inline void sparsec_transpose8x8(const float *src, size_t src_stride, float *dst,
                                         size_t dst_stride)
 {
