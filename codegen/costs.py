@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 # The table through its module, so that tests can withhold rows (monkeypatch table.KERNELS).
 from sparsec.codegen import kernels as table
+from sparsec.codegen.isa import BF16_ISAS
 from sparsec.codegen.kernels import ISA_ORDER, KernelSpec
 from sparsec.codegen.targets import Target
 from sparsec.compiler.ir import SPARSE_PATTERNS, Graph, Node
@@ -87,6 +88,20 @@ def _best_rows(target: Target, weights: str) -> dict[str, KernelSpec]:
 
 VALUE_BYTES = {"float32": 4, "int8": 1, "bfloat16": 2}
 
+WIDENED_BF16_PACK_NS = 1.0
+"""ns per activation element that a bf16 kernel on an ISA without bf16 arithmetic (AVX2,
+isa.BF16_ISAS parts == 2) spends packing: rounding each token tile to bf16 and widening the
+pairs back to floats. Read off MiniLM 4x1-90 on an AVX2-only Zen 3: its bf16 layers ran
+0.06-0.19 ms above their per-pair cost (calibrated there), 1.0-1.2 ns per activation element,
+and the model 12.4 ms against 10.9 in float32 while the cost model chose bf16 for every layer."""
+
+
+def _packing_ns(row: KernelSpec | None, weights: str) -> float:
+    if weights != "bfloat16" or row is None:
+        return 0.0
+    isa = BF16_ISAS.get(row.isa)
+    return WIDENED_BF16_PACK_NS if isa is not None and isa.tile_parts == 2 else 0.0
+
 
 def cost_model(target: Target, weights: str = "float32",
                measured: Mapping[tuple[str, str], float] | None = None) -> SparseKernelCost:
@@ -106,7 +121,8 @@ def cost_model(target: Target, weights: str = "float32",
         per_block={p: cost(p, k) for p, k in best.items() if p.is_block},
         per_element={p: cost(p, k) for p, k in best.items() if p.is_bitmask},
         streamed={p: StreamedWeights(k.mr, k.stream) for p, k in best.items() if k.stream},
-        value_bytes=VALUE_BYTES[weights])
+        value_bytes=VALUE_BYTES[weights],
+        per_activation=_packing_ns(best.get(DENSE_PATTERN), weights))
 
 
 def sparse_costs(target: Target, weights: str = "float32") -> dict[str, float]:

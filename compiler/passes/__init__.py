@@ -44,6 +44,11 @@ class SparseKernelCost:
     # larger of its compute and its share of streaming the stored weights (see WeightStream).
     streamed: dict[str, StreamedWeights] = field(default_factory=dict)
     value_bytes: int = 4  # bytes per stored weight value (int8 1, bf16 2, float32 4)
+    # Time per activation element (row x K) spent outside the products whatever the
+    # weights' density: the bf16 tiles widened to floats as they are packed, on ISAs without
+    # bf16 arithmetic. A per-block cost cannot carry it: at 90 % sparsity it is most of
+    # the difference between the lowered kernel and the float32 one.
+    per_activation: float = 0.0
 
 
 @dataclass(frozen=True)

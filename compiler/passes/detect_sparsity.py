@@ -96,11 +96,12 @@ def predicted_costs(weight: np.ndarray, stats: dict[Pattern, tuple[int, float]],
             compute[pattern] = pattern.work_units(elements, units) * per_unit
             stored[pattern] = pattern.streamed_bytes(elements, units, cost.value_bytes)
     costs = {}
+    packing = weight.shape[0] * cost.per_activation  # K activation elements a row
     for pattern, ns in compute.items():
         streamed = cost.streamed.get(pattern)
         if streamed is not None:
             ns = max(ns, streamed.stream.ns_per_walk(stored[pattern]) / streamed.rows_per_pass)
-        costs[pattern] = ns
+        costs[pattern] = ns + packing
     return costs
 
 

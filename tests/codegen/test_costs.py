@@ -31,3 +31,13 @@ def test_a_fused_activation_adds_its_price_per_output(target, lanes, activation)
     expected = 8 * 48 * costs.ACTIVATION_NS[activation][lanes] \
         if activation in costs.ACTIVATION_NS else 0.0  # Relu: a max in the store
     assert added == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("target, packing", [("x86-avx2", costs.WIDENED_BF16_PACK_NS),
+                                             ("x86-avx512", 0.0), ("x86-amx", 0.0),
+                                             ("generic", 0.0)])
+def test_bf16_widened_to_floats_pays_its_packing_per_activation(target, packing):
+    """Only where bf16 has no arithmetic of its own (AVX2: the tile's pairs widened to floats
+    as it is packed) does a bf16 layer pay per activation element; float32 never does."""
+    assert costs.cost_model(resolve(target), "bfloat16").per_activation == packing
+    assert costs.cost_model(resolve(target), "float32").per_activation == 0.0

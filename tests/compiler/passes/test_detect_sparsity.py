@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 from onnx import helper
@@ -80,6 +82,18 @@ def test_forced_pattern_overrides_the_choice():
     assert info.pattern == "4x1" and info.reason.startswith("4x1: requested")
     with pytest.raises(SparsecError, match="no kernel for it"):
         detect_sparsity.analyse(np.ones((8, 8), np.float32), COST, force="4x4")
+
+
+def test_a_per_activation_cost_adds_k_elements_a_row_to_every_form():
+    w = np.zeros((32, 8), np.float32)
+    w[::4] = 1.0  # every fourth row of K: 4x1 blocks of one nonzero
+    info = detect_sparsity.analyse(w, COST)
+    plain = detect_sparsity.predicted_costs(w, info.block_stats, COST)
+    packed = detect_sparsity.predicted_costs(
+        w, info.block_stats, dataclasses.replace(COST, per_activation=0.5))
+    assert plain.keys() == packed.keys()
+    for pattern, ns in plain.items():
+        assert packed[pattern] == pytest.approx(ns + 32 * 0.5)
 
 
 def test_no_sparse_kernels_means_dense():
