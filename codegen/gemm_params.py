@@ -19,7 +19,10 @@ from sparsec.codegen.matrix_common import (
     vector_epilogue_params,
 )
 from sparsec.codegen.request import KernelRequest
-from sparsec.compiler.ir import Tensor
+from sparsec.codegen.spmm_params import shifted_rows
+from sparsec.compiler.ir import FEATURE_MAJOR, Graph, Node, Tensor
+from sparsec.compiler.passes.absorb_patches import dense_rows
+from sparsec.errors import KernelNotFoundError
 
 
 def _gemm_tile(req: KernelRequest) -> dict:
@@ -53,10 +56,17 @@ onnxruntime to 0.62x and 0.82x. The AVX2 GEMM showed no change from it (x86-avx2
 same host), so it has none."""
 
 
-def gemm_panels_params(req: KernelRequest, mr: int, panel: int, isa: str = "") -> dict:
+def gemm_panels_params(req: KernelRequest, mr: int, panel: int, isa: str = "",
+                       channels: int = 0) -> dict:
     """Dense node with a constant dense weight for SIMD kernels: B re-laid at compile time as
     [N / panel][K][panel] so each k step loads one contiguous panel row. `isa`: the x86
-    template's vector ISA (NEON's template names its own)."""
+    template's vector ISA (NEON's template names its own). `channels`: the row also writes a
+    feature-major output, through gemm_tokens_params with blocks of that many channels."""
+    if channels and req.output().layout == FEATURE_MAJOR:
+        return {"tokens": True, **gemm_tokens_params(req, channels, isa)}
+    if req.node.attrs.get("patches"):
+        raise KernelNotFoundError(f"node {req.node.name!r}: the panel GEMM reads no conv patches "
+                                  "in place, and absorb_patches gave it some")
     node, a, weight = req.node, req.input(0), req.input(1)
     m, k, a_sm, a_sk = activation_rows(a, node.attrs.get("trans_a", 0))
     n = weight.shape[1]
@@ -79,8 +89,67 @@ def gemm_panels_params(req: KernelRequest, mr: int, panel: int, isa: str = "") -
     }
     if isa:
         params["isa"] = TOKEN_TILE_ISAS[isa].template_names()
+    params.update(tokens=False, takes_scratch=bool(channels))
     req.take(req.output())
     return params
+
+
+TOKEN_VECTORS = 2
+"""Token vectors per tile of the feature-major GEMM (f32-gemm/x86-tokens.c.j2): with 6
+channels on AVX2, 12 accumulators, 2 token vectors and a weight in 15 of 16 registers."""
+
+MAX_SLOTS = 32
+"""Parallel tasks of the feature-major GEMM at most, each packing its tiles in its own scratch
+(a slot of K x tokens floats, reused tile after tile while it is in cache): enough to balance
+the pool's threads, few enough that the scratch stays a few slots' worth."""
+
+
+def gemm_tokens_tiles(graph: Graph, node: Node, isa: str) -> tuple[int, int, int]:
+    """(tokens per tile, tiles, slots) of the feature-major GEMM for `node`."""
+    tokens = TOKEN_VECTORS * TOKEN_TILE_ISAS[isa].lanes
+    tiles = max(1, -(-dense_rows(graph, node) // tokens))
+    return tokens, tiles, min(tiles, MAX_SLOTS)
+
+
+def gemm_tokens_params(req: KernelRequest, channels: int, isa: str) -> dict:
+    """Dense node with a constant dense weight whose output is feature-major: W re-laid as
+    [N / channels][K][channels], each k step's weights of a channel block contiguous."""
+    node, a, weight = req.node, req.input(0), req.input(1)
+    patches = node.attrs.get("patches")
+    k, n = weight.shape
+    if patches:  # absorb_patches: A's rows are X's channel planes, shifted per tap
+        m, a_sm, a_sk = dense_rows(req.graph, node), 1, a.shape[2] * a.shape[3]
+    else:
+        m, k, a_sm, a_sk = activation_rows(a, node.attrs.get("trans_a", 0))
+    tokens, _tiles, slots = gemm_tokens_tiles(req.graph, node, isa)
+    blocks = -(-n // channels)
+    padded = np.zeros((k, blocks * channels), np.float32)
+    padded[:, :n] = weight.data
+    names = TOKEN_TILE_ISAS[isa].template_names()
+    patch_params = {}
+    if patches:
+        patch_params = shifted_rows(req, a.shape, patches, m, tokens, names["lanes"], 1, 1)
+    req.take(a)
+    params = {
+        "isa": names, "M": m, "K": k, "N": n, "NR": channels, "V": TOKEN_VECTORS,
+        "a_sm": a_sm, "a_sk": a_sk, "SLOTS": slots,
+        "packed": req.blob.add(padded.reshape(k, blocks, channels).transpose(1, 0, 2)),
+        **bias_params(req, m, n),
+        "residual": req.take(req.input(3)),  # absorb_residual: after the bias, in this order
+        **epilogue_params(req, node.attrs, "float32"), **vector_epilogue_params(node.attrs),
+        "patches": bool(patches), **patch_params,
+    }
+    req.take(req.output())
+    return params
+
+
+def gemm_tokens_scratch(graph: Graph, node: Node, isa: str) -> int:
+    """Bytes of the feature-major GEMM's packed tiles, a slot per parallel task; none where
+    the row's output is row-major (the panel kernel runs)."""
+    if graph.tensors[node.outputs[0]].layout != FEATURE_MAJOR:
+        return 0
+    tokens, _tiles, slots = gemm_tokens_tiles(graph, node, isa)
+    return slots * tokens * 4 * graph.tensors[node.inputs[1]].shape[0]
 
 
 def matmul_batches(a: Tensor, b: Tensor) -> tuple[int, int, int, list]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from sparsec.codegen import kernels as table
 from sparsec.codegen.kernels import ISA_ORDER, KernelSpec, by_key
 from sparsec.codegen.targets import TARGETS, Dispatch, Target
-from sparsec.compiler.ir import Graph, Node
+from sparsec.compiler.ir import FEATURE_MAJOR, Graph, Node
 from sparsec.compiler.ops import ATTENTION, DENSE, weight_view
 from sparsec.compiler.passes import KernelChoice, LayoutSupport
 from sparsec.errors import KernelNotFoundError
@@ -105,7 +105,10 @@ def layout_support(graph: Graph, node: Node) -> LayoutSupport:
     """What choose_layouts may ask of the node's chosen kernel."""
     spec = chosen(node)
     specs = [spec, *(by_key(key) for _, key in node.dispatch)]
-    return LayoutSupport(spec.feature_major or spec.reads_feature_major, spec.feature_major,
+    writes = spec.feature_major and (
+        not any(k.feature_major_from_feature_major for k in specs)
+        or graph.tensors[node.inputs[0]].layout == FEATURE_MAJOR)
+    return LayoutSupport(spec.feature_major or spec.reads_feature_major, writes,
                          all(k.reads_patches for k in specs), all(k.adds_residual for k in specs))
 
 

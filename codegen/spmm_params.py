@@ -110,7 +110,7 @@ def spmm_tokens_params(req: KernelRequest, tokens: int, isa: str) -> dict:
     patch_params = {}
     if patches:
         chunk = _divisor_at_most(a.shape[1] // packed.rows, chunk)
-        patch_params = _shifted_rows(req, a.shape, patches, m, tokens, lanes, chunk,
+        patch_params = shifted_rows(req, a.shape, patches, m, tokens, lanes, chunk,
                                      packed.rows)
     chunks = max(1, -(-block_rows // chunk))
     per_task = -(-COLUMNS_PER_TASK // lanes) * lanes
@@ -165,7 +165,7 @@ def _divisor_at_most(count: int, limit: int) -> int:
     return max(d for d in range(1, min(count, max(limit, 1)) + 1) if count % d == 0)
 
 
-def _shifted_rows(req: KernelRequest, x_shape, patches: dict, m: int, tokens: int,
+def shifted_rows(req: KernelRequest, x_shape, patches: dict, m: int, tokens: int,
                   lanes: int, chunk: int, block_rows: int) -> dict:
     """What a token-tile kernel needs to read patches from X [1, C, H, W] (absorb_patches):
     per tap, the element shift of its row from the K row's channel plane, and per token tile

@@ -77,9 +77,12 @@ def _patch_chain(graph: Graph, dense: Node, uses: Uses) -> tuple[Node, Node] | N
     x = graph.tensors[im2col.inputs[0]]
     if len(x.shape) != 4 or x.shape[0] != 1 or x.size >= MAX_ELEMENTS:
         return None
-    # A block of R weight rows must lie in one tap: R consecutive channels of it.
+    # A block of R weight rows must lie in one tap: R consecutive channels of it (a dense
+    # weight's rows are single ones).
     sparsity = graph.tensors[dense.inputs[1]].sparsity
-    if sparsity is None or sparsity.packed is None or x.shape[1] % sparsity.packed.rows:
+    if sparsity is None:
+        return None
+    if sparsity.packed is not None and x.shape[1] % sparsity.packed.rows:
         return None
     attrs = im2col.attrs
     (_kh, kw), (_dh, dw) = attrs["kernel"], attrs["dilations"]

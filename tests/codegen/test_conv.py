@@ -256,15 +256,66 @@ def test_stride_1_convs_read_their_patches_in_place(target, pattern, compiler):
     runs.flush()
 
 
-def residual_block(shortcut: str, activation: str, seed: int = 0) -> tuple[onnx.ModelProto, dict]:
+# Dense convs on x86-avx2 run channels-first (f32-gemm/x86-tokens.c.j2: 16-token tiles, blocks
+# of 6 output channels). Every tail the kernel has: tokens M % 16 of 1, 3, 14 and 15 (a
+# partial second vector; 7 lanes past a whole one), a tile of one token, M < 16, channels
+# N % 6 of 1 to 5; patches read in place (stride 1, dilation, a row shorter than a tile, taps
+# in the padding) and from Im2Col (stride 2, the stem's 7x7); every epilogue.
+DENSE_CHANNELS_FIRST_CASES = [
+    edge(c=5, m=13, h=5, w=7, activation="Relu"),  # M 35, N % 6 = 1
+    edge(c=8, m=12, h=9, w=7, kernel=(3, 3), dilations=(2, 2), pads=(2, 2, 2, 2),
+         batch_norm=True, activation="Clip"),  # M 63: 15 tokens in the last tile
+    edge(c=16, m=17, h=3, w=5, kernel=(1, 1), pads=(0, 0, 0, 0),
+         activation="Sigmoid"),  # M 15: one partial tile
+    edge(c=6, m=10, h=9, w=11, strides=(2, 2), bias=False),  # Im2Col, M 30
+    edge(c=3, m=8, h=16, w=16, kernel=(7, 7), strides=(2, 2), pads=(3, 3, 3, 3),
+         batch_norm=True, activation="Relu"),  # a stem: M 64, no tail
+    edge(c=4, m=9, h=1, w=1, kernel=(1, 1), pads=(0, 0, 0, 0)),  # one token
+    edge(c=7, m=16, h=2, w=40, kernel=(3, 5), pads=(1, 2, 1, 2)),  # tiles across rows
+    edge(c=8, m=8, h=4, w=5, kernel=(5, 3), pads=(4, 1, 0, 1)),  # taps in the padding
+    edge(c=2, m=11, h=17, w=3, activation="Relu"),  # M 51, N % 6 = 5
+]
+
+
+@pytest.mark.parametrize("target", [p for p in TARGET_PARAMS if p.values[0] == "x86-avx2"])
+def test_dense_convs_run_channels_first(target, compiler):
+    """A dense conv's Dense writes its output feature-major, and reads a stride-1 conv's
+    patches from X itself: no Im2Col there, and every Transpose left is a flip on its input's
+    bytes. Against onnxruntime with check_against_onnxruntime's bound."""
+    runs = Runs(targets.resolve(target), compiler.cache_dir)
+    for case in DENSE_CHANNELS_FIRST_CASES:
+        model, feeds = build(case)
+        result = compiler.compile(model, target, force_pattern="dense")
+        graph = result.graph
+        (dense,) = [node for node in graph.nodes if node.op == "Dense"]
+        assert graph.tensors[dense.outputs[0]].layout == FEATURE_MAJOR, case
+        # A 1x1 conv's activations are X itself: neither patches nor Im2Col.
+        in_place = case.strides == (1, 1) and case.kernel != (1, 1)
+        assert ("patches" in dense.attrs) == in_place, case
+        ops = [node.op for node in graph.nodes]
+        assert "Transpose" not in ops or all(
+            graph.memory.offsets.get(node.outputs[0]) == graph.memory.offsets.get(node.inputs[0])
+            for node in graph.nodes if node.op == "Transpose"), ops
+        layer = next(layer for layer in result.info["layers"] if layer["op"] == "Dense")
+        assert layer["layouts"]["output"] == "feature-major", layer
+        runs.submit(result, feeds, functools.partial(check_against_onnxruntime, case),
+                    label=repr(case))
+    runs.flush()
+
+
+def residual_block(shortcut: str, activation: str, seed: int = 0, density: float = 0.1,
+                   size: tuple[int, int, int] = (16, 9, 10),
+                   scale: float = 1.0) -> tuple[onnx.ModelProto, dict]:
     """x -> 3x3 conv + Relu -> 3x3 conv + BatchNormalization, added to the shortcut (x itself,
     or a 1x1 conv of x: a downsampling block, where both Add operands are convs), then the
-    activation (none, Relu, or Clip 0..6); 90 % of each conv weight zero."""
+    activation (none, Relu, or Clip 0..6); `density` of each conv weight nonzero, `scale`
+    times a standard normal; `size`: channels, height, width."""
     rng = np.random.default_rng(seed)
-    c, h, w = 16, 9, 10
+    c, h, w = size
 
     def sparse(*shape):
-        return (rng.standard_normal(shape) * (rng.random(shape) < 0.1)).astype(np.float32)
+        return (scale * rng.standard_normal(shape)
+                * (rng.random(shape) < density)).astype(np.float32)
 
     inits = [numpy_helper.from_array(sparse(c, c, 3, 3), "w1"),
              numpy_helper.from_array(sparse(c, c, 3, 3), "w2")]
@@ -311,6 +362,31 @@ def test_residual_add_and_activation_run_in_the_conv_epilogue(target, compiler):
         for activation in ("Relu", "Clip", ""):
             model, feeds = residual_block(shortcut, activation)
             result = compiler.compile(model, target, force_pattern="1x1")
+            ops = [node.op for node in result.graph.nodes]
+            assert "Add" not in ops and "Relu" not in ops and "Clip" not in ops, ops
+            assert sum(len(node.inputs) == 4 for node in result.graph.nodes
+                       if node.op == "Dense") == 1
+            (expected,) = run_onnxruntime(model, feeds)
+
+            def check(outputs, expected=expected):
+                np.testing.assert_allclose(outputs["y"], expected, rtol=0, atol=1e-4)
+
+            runs.submit(result, feeds, check, label=f"{shortcut} shortcut, {activation!r}")
+    runs.flush()
+
+
+@pytest.mark.parametrize("target", [p for p in TARGET_PARAMS if p.values[0] == "x86-avx2"])
+def test_dense_convs_add_their_residual_as_they_store(target, compiler):
+    """The same blocks with dense weights on x86-avx2: the channels-first GEMM adds the
+    shortcut, whole vectors and the last tile's 5 tokens (7 x 11 = 77 pixels) alike, with
+    13 channels (two blocks of 6 and one). Weights scaled by 1/sqrt(13*9), so the outputs
+    stay of the sparse blocks' magnitude and the tolerance above holds for the same reasons."""
+    runs = Runs(targets.resolve(target), compiler.cache_dir)
+    for shortcut in ("identity", "conv"):
+        for activation in ("Relu", "Clip", ""):
+            model, feeds = residual_block(shortcut, activation, density=1.0, size=(13, 7, 11),
+                                          scale=(13 * 9) ** -0.5)
+            result = compiler.compile(model, target, force_pattern="dense")
             ops = [node.op for node in result.graph.nodes]
             assert "Add" not in ops and "Relu" not in ops and "Clip" not in ops, ops
             assert sum(len(node.inputs) == 4 for node in result.graph.nodes
