@@ -96,7 +96,8 @@ def gemm_panels_params(req: KernelRequest, mr: int, panel: int, isa: str = "",
 
 TOKEN_VECTORS = 2
 """Token vectors per tile of the feature-major GEMM (f32-gemm/x86-tokens.c.j2): with 6
-channels on AVX2, 12 accumulators, 2 token vectors and a weight in 15 of 16 registers."""
+channels on AVX2, 12 accumulators, 2 token vectors and a weight in 15 of 16 registers (12
+channels on AVX-512: 27 of 32)."""
 
 MAX_SLOTS = 32
 """Parallel tasks of the feature-major GEMM at most, each packing its tiles in its own scratch

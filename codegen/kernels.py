@@ -165,11 +165,15 @@ KERNELS: list[KernelSpec] = [
                reads_feature_major=True, feature_major=True, reads_patches=True,
                adds_residual=True, feature_major_from_feature_major=True,
                cost_ns={"generic": 0.0183}),
+    # AVX-512: the same two forms, 12 channels by 32 tokens channels-first (24 of 32
+    # registers accumulate, as the panel kernel's 12 x 32).
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx512f", pattern="dense", mr=12, nr=32,
                family="f32_gemm", template="f32-gemm/x86-panels.c.j2", parallel=True,
                params=functools.partial(gp.gemm_panels_params, mr=12, panel=32,
-                                        isa="avx512f"),
-               reads_feature_major=True,
+                                        isa="avx512f", channels=12),
+               scratch=functools.partial(gp.gemm_tokens_scratch, isa="avx512f"),
+               reads_feature_major=True, feature_major=True, reads_patches=True,
+               adds_residual=True, feature_major_from_feature_major=True,
                cost_ns={"generic": 0.0177}),
     # Token-tile rows. NEON: 16 tokens (4 vectors, 8 accumulators); no ARM machine here to
     # calibrate on, so its costs are the AVX2 row's measured ones scaled by 8 lanes over 4.

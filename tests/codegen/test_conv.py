@@ -256,11 +256,12 @@ def test_stride_1_convs_read_their_patches_in_place(target, pattern, compiler):
     runs.flush()
 
 
-# Dense convs on x86-avx2 run channels-first (f32-gemm/x86-tokens.c.j2: 16-token tiles, blocks
-# of 6 output channels). Every tail the kernel has: tokens M % 16 of 1, 3, 14 and 15 (a
-# partial second vector; 7 lanes past a whole one), a tile of one token, M < 16, channels
-# N % 6 of 1 to 5; patches read in place (stride 1, dilation, a row shorter than a tile, taps
-# in the padding) and from Im2Col (stride 2, the stem's 7x7); every epilogue.
+# Dense convs on x86 run channels-first (f32-gemm/x86-tokens.c.j2: AVX2 tiles of 16 tokens and
+# blocks of 6 output channels, AVX-512 32 and 12). The kernels' tails: tokens M % 16 of 1, 3,
+# 4, 14 and 15 (a partial second vector; 7 lanes past a whole one), a tile of one token,
+# M < 16, channels N % 6 of 1 to 5 (AVX-512: M % 32 of 1, 3, 15, 16, 19, 20, 30 and 31,
+# N % 12 of 1, 4, 5 and 8 to 11); patches read in place (stride 1, dilation, a row shorter
+# than a tile, taps in the padding) and from Im2Col (stride 2, the stem's 7x7); every epilogue.
 DENSE_CHANNELS_FIRST_CASES = [
     edge(c=5, m=13, h=5, w=7, activation="Relu"),  # M 35, N % 6 = 1
     edge(c=8, m=12, h=9, w=7, kernel=(3, 3), dilations=(2, 2), pads=(2, 2, 2, 2),
@@ -277,7 +278,8 @@ DENSE_CHANNELS_FIRST_CASES = [
 ]
 
 
-@pytest.mark.parametrize("target", [p for p in TARGET_PARAMS if p.values[0] == "x86-avx2"])
+@pytest.mark.parametrize("target", [p for p in TARGET_PARAMS
+                                    if p.values[0] in ("x86-avx2", "x86-avx512")])
 def test_dense_convs_run_channels_first(target, compiler):
     """A dense conv's Dense writes its output feature-major, and reads a stride-1 conv's
     patches from X itself: no Im2Col there, and every Transpose left is a flip on its input's
@@ -375,12 +377,14 @@ def test_residual_add_and_activation_run_in_the_conv_epilogue(target, compiler):
     runs.flush()
 
 
-@pytest.mark.parametrize("target", [p for p in TARGET_PARAMS if p.values[0] == "x86-avx2"])
+@pytest.mark.parametrize("target", [p for p in TARGET_PARAMS
+                                    if p.values[0] in ("x86-avx2", "x86-avx512")])
 def test_dense_convs_add_their_residual_as_they_store(target, compiler):
-    """The same blocks with dense weights on x86-avx2: the channels-first GEMM adds the
-    shortcut, whole vectors and the last tile's 5 tokens (7 x 11 = 77 pixels) alike, with
-    13 channels (two blocks of 6 and one). Weights scaled by 1/sqrt(13*9), so the outputs
-    stay of the sparse blocks' magnitude and the tolerance above holds for the same reasons."""
+    """The same blocks with dense weights on x86: the channels-first GEMM adds the shortcut,
+    whole vectors and the last tile's 13 tokens (7 x 11 = 77 pixels) alike, with 13 channels
+    (AVX2: two blocks of 6 and one; AVX-512: one of 12 and one). Weights scaled by
+    1/sqrt(13*9), so the outputs stay of the sparse blocks' magnitude and the tolerance above
+    holds for the same reasons."""
     runs = Runs(targets.resolve(target), compiler.cache_dir)
     for shortcut in ("identity", "conv"):
         for activation in ("Relu", "Clip", ""):
