@@ -100,16 +100,18 @@ channels on AVX2, 12 accumulators, 2 token vectors and a weight in 15 of 16 regi
 channels on AVX-512: 27 of 32)."""
 
 MAX_SLOTS = 32
-"""Parallel tasks of the feature-major GEMM at most, each packing its tiles in its own scratch
-(a slot of K x tokens floats, reused tile after tile while it is in cache): enough to balance
-the pool's threads, few enough that the scratch stays a few slots' worth."""
+"""Parallel tasks of the feature-major GEMM at most (its kernel takes about 4 a thread), each
+packing tiles into its own scratch (a slot of K x tokens floats, reused tile after tile while
+it is in cache); a layer with fewer tiles gets a slot per tile and share of its channels."""
 
 
-def gemm_tokens_tiles(graph: Graph, node: Node, isa: str) -> tuple[int, int, int]:
-    """(tokens per tile, tiles, slots) of the feature-major GEMM for `node`."""
+def gemm_tokens_tiles(graph: Graph, node: Node, isa: str, channels: int) -> tuple[int, int]:
+    """(tokens per tile, slots) of the feature-major GEMM for `node`: at most a slot per
+    tile and block of `channels`."""
     tokens = TOKEN_VECTORS * TOKEN_TILE_ISAS[isa].lanes
     tiles = max(1, -(-dense_rows(graph, node) // tokens))
-    return tokens, tiles, min(tiles, MAX_SLOTS)
+    blocks = -(-graph.tensors[node.inputs[1]].shape[1] // channels)
+    return tokens, max(1, min(MAX_SLOTS, tiles * blocks))
 
 
 def gemm_tokens_params(req: KernelRequest, channels: int, isa: str) -> dict:
@@ -122,7 +124,7 @@ def gemm_tokens_params(req: KernelRequest, channels: int, isa: str) -> dict:
         m, a_sm, a_sk = dense_rows(req.graph, node), 1, a.shape[2] * a.shape[3]
     else:
         m, k, a_sm, a_sk = activation_rows(a, node.attrs.get("trans_a", 0))
-    tokens, _tiles, slots = gemm_tokens_tiles(req.graph, node, isa)
+    tokens, slots = gemm_tokens_tiles(req.graph, node, isa, channels)
     blocks = -(-n // channels)
     padded = np.zeros((k, blocks * channels), np.float32)
     padded[:, :n] = weight.data
@@ -144,12 +146,12 @@ def gemm_tokens_params(req: KernelRequest, channels: int, isa: str) -> dict:
     return params
 
 
-def gemm_tokens_scratch(graph: Graph, node: Node, isa: str) -> int:
+def gemm_tokens_scratch(graph: Graph, node: Node, isa: str, channels: int) -> int:
     """Bytes of the feature-major GEMM's packed tiles, a slot per parallel task; none where
     the row's output is row-major (the panel kernel runs)."""
     if graph.tensors[node.outputs[0]].layout != FEATURE_MAJOR:
         return 0
-    tokens, _tiles, slots = gemm_tokens_tiles(graph, node, isa)
+    tokens, slots = gemm_tokens_tiles(graph, node, isa, channels)
     return slots * tokens * 4 * graph.tensors[node.inputs[1]].shape[0]
 
 

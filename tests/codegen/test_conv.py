@@ -278,13 +278,15 @@ DENSE_CHANNELS_FIRST_CASES = [
 ]
 
 
+@pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("target", [p for p in TARGET_PARAMS
                                     if p.values[0] in ("x86-avx2", "x86-avx512")])
-def test_dense_convs_run_channels_first(target, compiler):
+def test_dense_convs_run_channels_first(target, threads, compiler):
     """A dense conv's Dense writes its output feature-major, and reads a stride-1 conv's
     patches from X itself: no Im2Col there, and every Transpose left is a flip on its input's
-    bytes. Against onnxruntime with check_against_onnxruntime's bound."""
-    runs = Runs(targets.resolve(target), compiler.cache_dir)
+    bytes. Against onnxruntime with check_against_onnxruntime's bound. On 3 threads the layers
+    of fewer tiles than tasks split each tile's channel blocks between tasks."""
+    runs = Runs(targets.resolve(target), compiler.cache_dir, threads=threads)
     for case in DENSE_CHANNELS_FIRST_CASES:
         model, feeds = build(case)
         result = compiler.compile(model, target, force_pattern="dense")
