@@ -86,9 +86,8 @@ class KernelSpec:
     feature_major: bool = False
     # Reads its activations feature-major too, through A's strides, but writes row-major.
     reads_feature_major: bool = False
-    # Writes feature-major only where its activations are feature-major (a conv's channels
-    # first data): from row-major ones, its row-major form is the faster.
-    feature_major_from_feature_major: bool = False
+    # Writes feature-major only where this says so for a node (None: wherever asked).
+    feature_major_if: Callable[[Graph, Node], bool] | None = None
     # Reads a stride-1 conv's patches from the conv's input (masked shifted rows).
     reads_patches: bool = False
     # Adds a residual tensor (input 3) to its feature-major output before the activation.
@@ -154,16 +153,16 @@ KERNELS: list[KernelSpec] = [
                cost_ns={"generic": 0.0366}),
     # AVX2 also writes a feature-major output (f32-gemm/x86-tokens.c.j2, 6 channels by 16
     # tokens): a CNN's dense convs then read their patches in place, add their residual and
-    # hand channels-first data on with no Im2Col, transpose or Add between them. Only from
-    # feature-major activations: dense MiniLM's FFN pair went 35.5 -> 42.4 ms (x86-avx2, Zen 3)
-    # when the first wrote feature-major for the second, transposing its row-major input.
+    # hand channels-first data on with no Im2Col, transpose or Add between them. Only where
+    # gemm_params.tokens_pay_off.
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx2", pattern="dense", mr=6, nr=16,
                family="f32_gemm", template="f32-gemm/x86-panels.c.j2", parallel=True,
                params=functools.partial(gp.gemm_panels_params, mr=6, panel=16, isa="avx2",
                                         channels=6),
                scratch=functools.partial(gp.gemm_tokens_scratch, isa="avx2", channels=6),
                reads_feature_major=True, feature_major=True, reads_patches=True,
-               adds_residual=True, feature_major_from_feature_major=True,
+               adds_residual=True,
+               feature_major_if=functools.partial(gp.tokens_pay_off, isa="avx2"),
                cost_ns={"generic": 0.0183}),
     # AVX-512: the same two forms, 12 channels by 32 tokens channels-first (24 of 32
     # registers accumulate, as the panel kernel's 12 x 32).
@@ -173,7 +172,8 @@ KERNELS: list[KernelSpec] = [
                                         isa="avx512f", channels=12),
                scratch=functools.partial(gp.gemm_tokens_scratch, isa="avx512f", channels=12),
                reads_feature_major=True, feature_major=True, reads_patches=True,
-               adds_residual=True, feature_major_from_feature_major=True,
+               adds_residual=True,
+               feature_major_if=functools.partial(gp.tokens_pay_off, isa="avx512f"),
                cost_ns={"generic": 0.0177}),
     # Token-tile rows. NEON: 16 tokens (4 vectors, 8 accumulators); no ARM machine here to
     # calibrate on, so its costs are the AVX2 row's measured ones scaled by 8 lanes over 4.

@@ -105,11 +105,14 @@ def layout_support(graph: Graph, node: Node) -> LayoutSupport:
     """What choose_layouts may ask of the node's chosen kernel."""
     spec = chosen(node)
     specs = [spec, *(by_key(key) for _, key in node.dispatch)]
-    writes = spec.feature_major and (
-        not any(k.feature_major_from_feature_major for k in specs)
-        or graph.tensors[node.inputs[0]].layout == FEATURE_MAJOR)
-    return LayoutSupport(spec.feature_major or spec.reads_feature_major, writes,
-                         all(k.reads_patches for k in specs), all(k.adds_residual for k in specs))
+    writes = spec.feature_major and all(k.feature_major_if is None
+                                        or k.feature_major_if(graph, node) for k in specs)
+    # A row whose feature-major form is conditional (the dense GEMMs) reads patches in that
+    # form alone: where choose_layouts left the output row-major, its panel form runs.
+    written = graph.tensors[node.outputs[0]].layout == FEATURE_MAJOR
+    patches = all(k.reads_patches and (k.feature_major_if is None or written) for k in specs)
+    return LayoutSupport(spec.feature_major or spec.reads_feature_major, writes, patches,
+                         all(k.adds_residual for k in specs))
 
 
 def weight_pattern(graph: Graph, node: Node) -> str:

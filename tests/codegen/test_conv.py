@@ -271,37 +271,55 @@ DENSE_CHANNELS_FIRST_CASES = [
     edge(c=6, m=10, h=9, w=11, strides=(2, 2), bias=False),  # Im2Col, M 30
     edge(c=3, m=8, h=16, w=16, kernel=(7, 7), strides=(2, 2), pads=(3, 3, 3, 3),
          batch_norm=True, activation="Relu"),  # a stem: M 64, no tail
-    edge(c=4, m=9, h=1, w=1, kernel=(1, 1), pads=(0, 0, 0, 0)),  # one token
+    edge(c=4, m=9, h=1, w=1, kernel=(1, 1), pads=(0, 0, 0, 0)),  # one pixel: panel form
     edge(c=7, m=16, h=2, w=40, kernel=(3, 5), pads=(1, 2, 1, 2)),  # tiles across rows
     edge(c=8, m=8, h=4, w=5, kernel=(5, 3), pads=(4, 1, 0, 1)),  # taps in the padding
     edge(c=2, m=11, h=17, w=3, activation="Relu"),  # M 51, N % 6 = 5
 ]
 
 
+TILE_TOKENS = {"x86-avx2": 16, "x86-avx512": 32}
+
+
+def layer_pixels(case: ConvCase) -> int:
+    """Output pixels of the case's conv (one image)."""
+    model, _ = build(case)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    name = inferred.graph.node[0].output[0]
+    conv = next(v for v in [*inferred.graph.value_info, *inferred.graph.output]
+                if v.name == name)
+    dims = [d.dim_value for d in conv.type.tensor_type.shape.dim]
+    return int(np.prod(dims[2:]))
+
+
 @pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("target", [p for p in TARGET_PARAMS
                                     if p.values[0] in ("x86-avx2", "x86-avx512")])
 def test_dense_convs_run_channels_first(target, threads, compiler):
-    """A dense conv's Dense writes its output feature-major, and reads a stride-1 conv's
-    patches from X itself: no Im2Col there, and every Transpose left is a flip on its input's
-    bytes. Against onnxruntime with check_against_onnxruntime's bound. On 3 threads the layers
-    of fewer tiles than tasks split each tile's channel blocks between tasks."""
+    """A dense conv's Dense writes its output feature-major where it has a tile of pixels,
+    and reads a stride-1 conv's patches from X itself: no Im2Col there, and every Transpose
+    left is a flip on its input's bytes. Against onnxruntime with check_against_onnxruntime's
+    bound. On 3 threads the layers of fewer tiles than tasks split each tile's channel blocks
+    between tasks."""
     runs = Runs(targets.resolve(target), compiler.cache_dir, threads=threads)
     for case in DENSE_CHANNELS_FIRST_CASES:
         model, feeds = build(case)
         result = compiler.compile(model, target, force_pattern="dense")
         graph = result.graph
         (dense,) = [node for node in graph.nodes if node.op == "Dense"]
-        assert graph.tensors[dense.outputs[0]].layout == FEATURE_MAJOR, case
-        # A 1x1 conv's activations are X itself: neither patches nor Im2Col.
-        in_place = case.strides == (1, 1) and case.kernel != (1, 1)
+        # Fewer pixels than a tile (16 AVX2 tokens, 32 AVX-512) keep the panel form, output
+        # channels on the lanes.
+        channels_first = graph.tensors[dense.outputs[0]].layout == FEATURE_MAJOR
+        assert channels_first == (layer_pixels(case) >= TILE_TOKENS[target]), case
+        # A 1x1 conv's activations are X itself: neither patches nor Im2Col; patches are
+        # read in place where the channels-first form runs.
+        in_place = channels_first and case.strides == (1, 1) and case.kernel != (1, 1)
         assert ("patches" in dense.attrs) == in_place, case
-        ops = [node.op for node in graph.nodes]
-        assert "Transpose" not in ops or all(
+        assert not channels_first or all(
             graph.memory.offsets.get(node.outputs[0]) == graph.memory.offsets.get(node.inputs[0])
-            for node in graph.nodes if node.op == "Transpose"), ops
+            for node in graph.nodes if node.op == "Transpose"), case
         layer = next(layer for layer in result.info["layers"] if layer["op"] == "Dense")
-        assert layer["layouts"]["output"] == "feature-major", layer
+        assert (layer["layouts"]["output"] == "feature-major") == channels_first, layer
         runs.submit(result, feeds, functools.partial(check_against_onnxruntime, case),
                     label=repr(case))
     runs.flush()
