@@ -372,18 +372,15 @@ def residual_block(shortcut: str, activation: str, seed: int = 0, density: float
     return model, {"x": rng.standard_normal((1, c, h, w)).astype(np.float32)}
 
 
-@pytest.mark.parametrize("target", [p for p in TARGET_PARAMS if p.values[0] != "generic"])
-def test_residual_add_and_activation_run_in_the_conv_epilogue(target, compiler):
-    """No Add or activation node is left: the block's last conv adds the shortcut and
-    activates as it stores (every SIMD target's token-tile kernels). Against onnxruntime on
-    sums of at most 16*9 products: 1e-4 on outputs of magnitude up to 51 (measured) is 25 ulp
-    or more, above the two summation orders' difference, and far below any wrong or missing
-    term."""
+def check_fused_residual_blocks(target: str, compiler, pattern: str, **block) -> None:
+    """Every residual_block(**block) form (both shortcuts, each activation) compiled with
+    `pattern` leaves no Add or activation node, its last conv taking the residual, and
+    matches onnxruntime to 1e-4 (the tests below say why that bound holds)."""
     runs = Runs(targets.resolve(target), compiler.cache_dir)
     for shortcut in ("identity", "conv"):
         for activation in ("Relu", "Clip", ""):
-            model, feeds = residual_block(shortcut, activation)
-            result = compiler.compile(model, target, force_pattern="1x1")
+            model, feeds = residual_block(shortcut, activation, **block)
+            result = compiler.compile(model, target, force_pattern=pattern)
             ops = [node.op for node in result.graph.nodes]
             assert "Add" not in ops and "Relu" not in ops and "Clip" not in ops, ops
             assert sum(len(node.inputs) == 4 for node in result.graph.nodes
@@ -395,6 +392,16 @@ def test_residual_add_and_activation_run_in_the_conv_epilogue(target, compiler):
 
             runs.submit(result, feeds, check, label=f"{shortcut} shortcut, {activation!r}")
     runs.flush()
+
+
+@pytest.mark.parametrize("target", [p for p in TARGET_PARAMS if p.values[0] != "generic"])
+def test_residual_add_and_activation_run_in_the_conv_epilogue(target, compiler):
+    """No Add or activation node is left: the block's last conv adds the shortcut and
+    activates as it stores (every SIMD target's token-tile kernels). Against onnxruntime on
+    sums of at most 16*9 products: 1e-4 on outputs of magnitude up to 51 (measured) is 25 ulp
+    or more, above the two summation orders' difference, and far below any wrong or missing
+    term."""
+    check_fused_residual_blocks(target, compiler, "1x1")
 
 
 @pytest.mark.parametrize("target", [p for p in TARGET_PARAMS
@@ -405,23 +412,8 @@ def test_dense_convs_add_their_residual_as_they_store(target, compiler):
     (AVX2: two blocks of 6 and one; AVX-512: one of 12 and one). Weights scaled by
     1/sqrt(13*9), so the outputs stay of the sparse blocks' magnitude and the tolerance above
     holds for the same reasons."""
-    runs = Runs(targets.resolve(target), compiler.cache_dir)
-    for shortcut in ("identity", "conv"):
-        for activation in ("Relu", "Clip", ""):
-            model, feeds = residual_block(shortcut, activation, density=1.0, size=(13, 7, 11),
-                                          scale=(13 * 9) ** -0.5)
-            result = compiler.compile(model, target, force_pattern="dense")
-            ops = [node.op for node in result.graph.nodes]
-            assert "Add" not in ops and "Relu" not in ops and "Clip" not in ops, ops
-            assert sum(len(node.inputs) == 4 for node in result.graph.nodes
-                       if node.op == "Dense") == 1
-            (expected,) = run_onnxruntime(model, feeds)
-
-            def check(outputs, expected=expected):
-                np.testing.assert_allclose(outputs["y"], expected, rtol=0, atol=1e-4)
-
-            runs.submit(result, feeds, check, label=f"{shortcut} shortcut, {activation!r}")
-    runs.flush()
+    check_fused_residual_blocks(target, compiler, "dense", density=1.0, size=(13, 7, 11),
+                                scale=(13 * 9) ** -0.5)
 
 
 def test_pointwise_convs_at_batch_1_move_no_bytes(compiler):
