@@ -57,13 +57,14 @@ same host), so it has none."""
 
 
 def gemm_panels_params(req: KernelRequest, mr: int, panel: int, isa: str = "",
-                       channels: int = 0) -> dict:
+                       channels: int = 0, tokens_isa: str = "") -> dict:
     """Dense node with a constant dense weight for SIMD kernels: B re-laid at compile time as
     [N / panel][K][panel] so each k step loads one contiguous panel row. `isa`: the x86
     template's vector ISA (NEON's template names its own). `channels`: the row also writes a
-    feature-major output, through gemm_tokens_params with blocks of that many channels."""
+    feature-major output, through gemm_tokens_params with blocks of that many channels, on
+    `tokens_isa` (default `isa`)."""
     if channels and req.output().layout == FEATURE_MAJOR:
-        return {"tokens": True, **gemm_tokens_params(req, channels, isa)}
+        return {"tokens": True, **gemm_tokens_params(req, channels, tokens_isa or isa)}
     if req.node.attrs.get("patches"):
         raise KernelNotFoundError(f"node {req.node.name!r}: the panel GEMM reads no conv patches "
                                   "in place, and absorb_patches gave it some")
@@ -97,7 +98,7 @@ def gemm_panels_params(req: KernelRequest, mr: int, panel: int, isa: str = "",
 TOKEN_VECTORS = 2
 """Token vectors per tile of the feature-major GEMM (f32-gemm/x86-tokens.c.j2): with 6
 channels on AVX2, 12 accumulators, 2 token vectors and a weight in 15 of 16 registers (12
-channels on AVX-512: 27 of 32)."""
+channels on AVX-512 and NEON: 27 of 32)."""
 
 MAX_SLOTS = 32
 """Parallel tasks of the feature-major GEMM at most (its kernel takes about 4 a thread), each

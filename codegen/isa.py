@@ -54,6 +54,8 @@ class FloatVectors:
     quad_load: str = ""
     quad_splat: str = ""
     pair_load: str = ""
+    # The inline-assembly constraint of a vector register (keeping a value in one).
+    register: str = "x"
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,7 @@ NEON_FLOATS = FloatVectors(
     fmadd="sparsec_neon_fmadd", add="vaddq_f32", transpose="sparsec_transpose4x4",
     epilogue="neon-epilogue.j2", mask_type="int", full_mask="1", set1="vdupq_n_f32",
     mul="vmulq_f32", max="vmaxq_f32", min="vminq_f32", loadu="vld1q_f32", storeu="vst1q_f32",
-    registers=32)
+    registers=32, register="w")
 AVX2_FLOATS = FloatVectors(
     lanes=8, vmath="sparsec_v8_", vec="__m256", zero="_mm256_setzero_ps",
     broadcast="_mm256_broadcast_ss({})", load="_mm256_load_ps", store="_mm256_store_ps",

@@ -146,10 +146,14 @@ KERNELS: list[KernelSpec] = [
                family="f32_gemm", template="f32-gemm/scalar.c.j2", params=gp.dense_params),
     # NEON: 4 rows x 16 columns by lane; no ARM machine here to calibrate on, so its cost is
     # the AVX2 row's scaled by 8 lanes over 4.
+    # Its feature-major form: 12 channels by 8 tokens, no patches (NEON has no masked loads).
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="neon", pattern="dense", mr=4, nr=16,
                family="f32_gemm", template="f32-gemm/neon.c.j2", parallel=True,
-               params=functools.partial(gp.gemm_panels_params, mr=4, panel=16),
-               reads_feature_major=True,
+               params=functools.partial(gp.gemm_panels_params, mr=4, panel=16, channels=12,
+                                        tokens_isa="neon"),
+               scratch=functools.partial(gp.gemm_tokens_scratch, isa="neon", channels=12),
+               reads_feature_major=True, feature_major=True, adds_residual=True,
+               feature_major_if=functools.partial(gp.tokens_pay_off, isa="neon"),
                cost_ns={"generic": 0.0366}),
     # AVX2 also writes a feature-major output (f32-gemm/x86-tokens.c.j2, 6 channels by 16
     # tokens): a CNN's dense convs then read their patches in place, add their residual and

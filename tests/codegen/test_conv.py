@@ -256,12 +256,13 @@ def test_stride_1_convs_read_their_patches_in_place(target, pattern, compiler):
     runs.flush()
 
 
-# Dense convs on x86 run channels-first (f32-gemm/x86-tokens.c.j2: AVX2 tiles of 16 tokens and
-# blocks of 6 output channels, AVX-512 32 and 12). The kernels' tails: tokens M % 16 of 1, 3,
-# 4, 14 and 15 (a partial second vector; 7 lanes past a whole one), a tile of one token,
-# M < 16, channels N % 6 of 1 to 5 (AVX-512: M % 32 of 1, 3, 15, 16, 19, 20, 30 and 31,
-# N % 12 of 1, 4, 5 and 8 to 11); patches read in place (stride 1, dilation, a row shorter
-# than a tile, taps in the padding) and from Im2Col (stride 2, the stem's 7x7); every epilogue.
+# Dense convs run channels-first (f32-gemm/x86-tokens.c.j2: AVX2 tiles of 16 tokens and blocks
+# of 6 output channels, AVX-512 32 and 12, NEON 8 and 12 without patches). The kernels' tails:
+# tokens M % 16 of 1, 3, 4, 14 and 15 (a partial second vector; 7 lanes past a whole one), a
+# tile of one token, M < 16, channels N % 6 of 1 to 5 (AVX-512: M % 32 of 1, 3, 15, 16, 19,
+# 20, 30 and 31, N % 12 of 1, 4, 5 and 8 to 11); patches read in place (stride 1, dilation, a
+# row shorter than a tile, taps in the padding) and from Im2Col (stride 2, the stem's 7x7);
+# every epilogue.
 DENSE_CHANNELS_FIRST_CASES = [
     edge(c=5, m=13, h=5, w=7, activation="Relu"),  # M 35, N % 6 = 1
     edge(c=8, m=12, h=9, w=7, kernel=(3, 3), dilations=(2, 2), pads=(2, 2, 2, 2),
@@ -278,7 +279,8 @@ DENSE_CHANNELS_FIRST_CASES = [
 ]
 
 
-TILE_TOKENS = {"x86-avx2": 16, "x86-avx512": 32}
+TILE_TOKENS = {"x86-avx2": 16, "x86-avx512": 32, "arm-neon": 8}
+READS_PATCHES = {"x86-avx2": True, "x86-avx512": True, "arm-neon": False}  # NEON: Im2Col
 
 
 def layer_pixels(case: ConvCase) -> int:
@@ -293,8 +295,7 @@ def layer_pixels(case: ConvCase) -> int:
 
 
 @pytest.mark.parametrize("threads", [1, 3])
-@pytest.mark.parametrize("target", [p for p in TARGET_PARAMS
-                                    if p.values[0] in ("x86-avx2", "x86-avx512")])
+@pytest.mark.parametrize("target", [p for p in TARGET_PARAMS if p.values[0] in TILE_TOKENS])
 def test_dense_convs_run_channels_first(target, threads, compiler):
     """A dense conv's Dense writes its output feature-major where it has a tile of pixels,
     and reads a stride-1 conv's patches from X itself: no Im2Col there, and every Transpose
@@ -313,7 +314,8 @@ def test_dense_convs_run_channels_first(target, threads, compiler):
         assert channels_first == (layer_pixels(case) >= TILE_TOKENS[target]), case
         # A 1x1 conv's activations are X itself: neither patches nor Im2Col; patches are
         # read in place where the channels-first form runs.
-        in_place = channels_first and case.strides == (1, 1) and case.kernel != (1, 1)
+        in_place = (READS_PATCHES[target] and channels_first and case.strides == (1, 1)
+                    and case.kernel != (1, 1))
         assert ("patches" in dense.attrs) == in_place, case
         assert not channels_first or all(
             graph.memory.offsets.get(node.outputs[0]) == graph.memory.offsets.get(node.inputs[0])
@@ -404,12 +406,11 @@ def test_residual_add_and_activation_run_in_the_conv_epilogue(target, compiler):
     check_fused_residual_blocks(target, compiler, "1x1")
 
 
-@pytest.mark.parametrize("target", [p for p in TARGET_PARAMS
-                                    if p.values[0] in ("x86-avx2", "x86-avx512")])
+@pytest.mark.parametrize("target", [p for p in TARGET_PARAMS if p.values[0] in TILE_TOKENS])
 def test_dense_convs_add_their_residual_as_they_store(target, compiler):
-    """The same blocks with dense weights on x86: the channels-first GEMM adds the shortcut,
-    whole vectors and the last tile's 13 tokens (7 x 11 = 77 pixels) alike, with 13 channels
-    (AVX2: two blocks of 6 and one; AVX-512: one of 12 and one). Weights scaled by
+    """The same blocks with dense weights: the channels-first GEMM adds the shortcut, whole
+    vectors and the last tile's 13 tokens (7 x 11 = 77 pixels; NEON 5 of 8) alike, with 13
+    channels (AVX2: two blocks of 6 and one; AVX-512 and NEON: one of 12 and one). Weights scaled by
     1/sqrt(13*9), so the outputs stay of the sparse blocks' magnitude and the tolerance above
     holds for the same reasons."""
     check_fused_residual_blocks(target, compiler, "dense", density=1.0, size=(13, 7, 11),
