@@ -66,8 +66,11 @@ def gemm_panels_params(req: KernelRequest, mr: int, panel: int, isa: str = "",
     if channels and req.output().layout == FEATURE_MAJOR:
         return {"tokens": True, **gemm_tokens_params(req, channels, tokens_isa or isa)}
     if req.node.attrs.get("patches"):
-        raise KernelNotFoundError(f"node {req.node.name!r}: the panel GEMM reads no conv patches "
-                                  "in place, and absorb_patches gave it some")
+        raise KernelNotFoundError(
+            f"node {req.node.name!r}: absorb_patches gave conv patches to a dense layer whose "
+            "output stayed row-major, where its panel GEMM cannot read them; this is a sparsec "
+            "bug (please report it with the model); sparsec.compile(..., layouts=False) "
+            "avoids it")
     node, a, weight = req.node, req.input(0), req.input(1)
     m, k, a_sm, a_sk = activation_rows(a, node.attrs.get("trans_a", 0))
     n = weight.shape[1]

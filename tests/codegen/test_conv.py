@@ -257,18 +257,18 @@ def test_stride_1_convs_read_their_patches_in_place(target, pattern, compiler):
 
 
 # Dense convs run channels-first (f32-gemm/x86-tokens.c.j2: AVX2 tiles of 16 tokens and blocks
-# of 6 output channels, AVX-512 32 and 12, NEON 8 and 12 without patches). The kernels' tails:
-# tokens M % 16 of 1, 3, 4, 14 and 15 (a partial second vector; 7 lanes past a whole one), a
-# tile of one token, M < 16, channels N % 6 of 1 to 5 (AVX-512: M % 32 of 1, 3, 15, 16, 19,
-# 20, 30 and 31, N % 12 of 1, 4, 5 and 8 to 11); patches read in place (stride 1, dilation, a
-# row shorter than a tile, taps in the padding) and from Im2Col (stride 2, the stem's 7x7);
-# every epilogue.
+# of 6 output channels, AVX-512 32 and 12, NEON 8 and 12 without patches) where a layer has a
+# tile of pixels; fewer keep the panel form. The channels-first tails: tokens M % 16 of 3, 4,
+# 14 and 15 (a partial second vector; 7 lanes past a whole one), channels N % 6 of 1 to 5
+# (AVX-512: M % 32 of 3, 16, 19 and 31, N % 12 of 1, 4, 5 and 8 to 11); patches read in place
+# (stride 1, dilation, tiles across rows, taps in the padding) and from Im2Col (stride 2, the
+# stem's 7x7); every epilogue. M = 15 and a single pixel check the panel form's choice.
 DENSE_CHANNELS_FIRST_CASES = [
     edge(c=5, m=13, h=5, w=7, activation="Relu"),  # M 35, N % 6 = 1
     edge(c=8, m=12, h=9, w=7, kernel=(3, 3), dilations=(2, 2), pads=(2, 2, 2, 2),
          batch_norm=True, activation="Clip"),  # M 63: 15 tokens in the last tile
     edge(c=16, m=17, h=3, w=5, kernel=(1, 1), pads=(0, 0, 0, 0),
-         activation="Sigmoid"),  # M 15: one partial tile
+         activation="Sigmoid"),  # M 15: under a tile (AVX2, AVX-512), NEON's tail
     edge(c=6, m=10, h=9, w=11, strides=(2, 2), bias=False),  # Im2Col, M 30
     edge(c=3, m=8, h=16, w=16, kernel=(7, 7), strides=(2, 2), pads=(3, 3, 3, 3),
          batch_norm=True, activation="Relu"),  # a stem: M 64, no tail
@@ -308,8 +308,8 @@ def test_dense_convs_run_channels_first(target, threads, compiler):
         result = compiler.compile(model, target, force_pattern="dense")
         graph = result.graph
         (dense,) = [node for node in graph.nodes if node.op == "Dense"]
-        # Fewer pixels than a tile (16 AVX2 tokens, 32 AVX-512) keep the panel form, output
-        # channels on the lanes.
+        # Fewer pixels than a tile (16 AVX2 tokens, 32 AVX-512, 8 NEON) keep the panel form,
+        # output channels on the lanes.
         channels_first = graph.tensors[dense.outputs[0]].layout == FEATURE_MAJOR
         assert channels_first == (layer_pixels(case) >= TILE_TOKENS[target]), case
         # A 1x1 conv's activations are X itself: neither patches nor Im2Col; patches are
