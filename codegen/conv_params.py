@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from sparsec.codegen.activations import activation_statements
 from sparsec.codegen.c_literals import c_float
 from sparsec.codegen.isa import TOKEN_TILE_ISAS
 from sparsec.codegen.request import KernelRequest
@@ -43,68 +42,75 @@ def im2col_params(req: KernelRequest) -> dict:
                 ROWS_PER_TASK=_per_task(plane))
 
 
-# Channels per DepthwiseConv task: a whole AVX-512 vector, two AVX2 or four NEON ones.
-DEPTHWISE_BLOCK = 16
+# Floats per vector along a DepthwiseConv row where the target has no SIMD ISA: GCC lowers a
+# 4-float vector to whatever the compile flags allow (SSE on x86-64, scalar code elsewhere).
+PORTABLE_DEPTHWISE_LANES = 4
 
 
-def _padded_plane(geometry: dict) -> tuple[int, int]:
-    """Rows and columns of the zero-padded input plane every output pixel's taps fall in."""
-    hp = max(geometry["h"] + geometry["top"],
-             (geometry["ho"] - 1) * geometry["sh"] + (geometry["kh"] - 1) * geometry["dh"] + 1)
-    wp = max(geometry["w"] + geometry["left"],
-             (geometry["wo"] - 1) * geometry["sw"] + (geometry["kw"] - 1) * geometry["dw"] + 1)
-    return hp, wp
+# Floats of input a DepthwiseConv band copies at most (two alternate): small enough that both
+# stay in L1 beside what the taps stream, while bands of small planes take the whole plane.
+DEPTHWISE_BAND_FLOATS = 2048
 
 
-# The SIMD depthwise rows move channel blocks in chunks of up to 16 pixels (AVX-512's square
-# transpose; AVX2 and NEON take 8 and 4): ring slots and the output row hold whole chunks.
-DEPTHWISE_CHUNK = 16
-
-
-def _depthwise_rows(geometry: dict) -> tuple[int, int, int]:
-    """Input rows a window spans (the ring's slots), a slot's width in pixels and the
-    output row's, each rounded up to whole chunks."""
-    _hp, wp = _padded_plane(geometry)
+def _depthwise_layout(geometry: dict, lanes: int) -> dict:
+    """How DepthwiseConv's rows are vectorised: V floats per vector, OV output columns (wo in
+    whole vectors), PW columns per phase of a padded row (every padded column a vector's
+    taps read), BR output rows per band, and G channel planes per task."""
+    sw, sh = geometry["sw"], geometry["sh"]
+    ov = -(-geometry["wo"] // lanes) * lanes
+    reach = ((geometry["kw"] - 1) * geometry["dw"]) // sw
+    pw = max(ov + reach, -(-(geometry["left"] + geometry["w"]) // sw))
     span = (geometry["kh"] - 1) * geometry["dh"] + 1
-    slot = max(wp, geometry["left"] + -(-geometry["w"] // DEPTHWISE_CHUNK) * DEPTHWISE_CHUNK)
-    return span, slot, -(-geometry["wo"] // DEPTHWISE_CHUNK) * DEPTHWISE_CHUNK
+    rows = max(span, DEPTHWISE_BAND_FLOATS // (sw * pw))
+    band_rows = max(1, min(geometry["ho"], (rows - span) // sh + 1))
+    return dict(V=lanes, OV=ov, PW=pw, BR=band_rows,
+                G=_per_task(geometry["ho"] * geometry["wo"]))
 
 
 def depthwise_params(req: KernelRequest, isa: str | None = None) -> dict:
-    """isa: the SIMD ISA whose transposes move full channel blocks (None: scalar copies)."""
+    """isa: the SIMD ISA whose vectors run along the rows (None: portable C)."""
     node = req.node
     x, w, bias, y = req.input(0), req.input(1), req.input(2), req.output()
     n, c = x.shape[0], x.shape[1]
     geometry = _geometry(req.graph, req.node)
-    hp, wp = _padded_plane(geometry)
-    blocks = -(-c // DEPTHWISE_BLOCK)
+    layout = _depthwise_layout(geometry, _depthwise_lanes(isa))
     taps = geometry["kh"] * geometry["kw"]
-    packed = np.zeros((blocks * DEPTHWISE_BLOCK, taps), np.float32)
-    packed[:c] = w.data.reshape(c, taps)
-    packed = packed.reshape(blocks, DEPTHWISE_BLOCK, taps).transpose(0, 2, 1)
-    span, slot, out_row = _depthwise_rows(geometry)
-    params = dict(geometry, n=n, c=c, hp=hp, wp=wp, CB=DEPTHWISE_BLOCK, blocks=blocks,
-                  SPAN=span, WS=slot, WO=out_row,
-                  packed=req.blob.add(np.ascontiguousarray(packed)), has_bias=bias is not None)
+    params = dict(geometry, **layout, n=n, c=c, groups=-(-c // layout["G"]),
+                  packed=req.blob.add(np.ascontiguousarray(
+                      w.data.reshape(c, taps), dtype=np.float32)),
+                  has_bias=bias is not None)
     if bias is not None:
-        padded = np.zeros(blocks * DEPTHWISE_BLOCK, np.float32)
-        padded[:c] = bias.data
-        params["bias_packed"] = req.blob.add(padded)
-    activation = node.attrs.get("activation", "")
-    bounds = tuple(c_float(b) for b in node.attrs["activation_params"]) \
-        if activation == "Clip" else ()
-    params["activate"] = activation_statements(activation, bounds, "float32", "v")
-    if isa is not None:
-        params["isa"] = TOKEN_TILE_ISAS[isa].template_names()
+        params["bias_packed"] = req.blob.add(np.ascontiguousarray(bias.data, np.float32))
+    params.update(_clamp_bounds(node.attrs.get("activation", ""),
+                                node.attrs.get("activation_params", ())))
     req.take(x)
     req.take(y)
     return params
 
 
-def depthwise_scratch(graph: Graph, node: Node) -> int:
-    """Per task (image and block of channels): the ring of padded input rows a window
-    spans, a zero row, and one output row."""
+def _clamp_bounds(activation: str, bounds: tuple) -> dict:
+    """Relu and Clip (lower_conv fuses no other activation into DepthwiseConv) as the bounds
+    the template clamps each vector to: low and high, C literals or None."""
+    if activation == "Relu":
+        return dict(low=c_float(0.0), high=None)
+    if activation == "Clip":
+        return dict(low=c_float(bounds[0]), high=c_float(bounds[1]))
+    if activation:
+        raise ValueError(f"DepthwiseConv cannot apply {activation!r}: lower_conv fuses only "
+                         "Relu and Clip into it")
+    return dict(low=None, high=None)
+
+
+def _depthwise_lanes(isa: str | None) -> int:
+    return PORTABLE_DEPTHWISE_LANES if isa is None else TOKEN_TILE_ISAS[isa].lanes
+
+
+def depthwise_scratch(graph: Graph, node: Node, isa: str | None = None) -> int:
+    """Per task (image and group of channels): two bands of padded input rows, each row split
+    into its stride's phases."""
     x = graph.tensors[node.inputs[0]]
-    span, slot, out_row = _depthwise_rows(_geometry(graph, node))
-    blocks = -(-x.shape[1] // DEPTHWISE_BLOCK)
-    return 4 * x.shape[0] * blocks * ((span + 1) * slot + out_row) * DEPTHWISE_BLOCK
+    geometry = _geometry(graph, node)
+    layout = _depthwise_layout(geometry, _depthwise_lanes(isa))
+    groups = -(-x.shape[1] // layout["G"])
+    rows = (layout["BR"] - 1) * geometry["sh"] + (geometry["kh"] - 1) * geometry["dh"] + 1
+    return 4 * x.shape[0] * groups * 2 * rows * geometry["sw"] * layout["PW"]

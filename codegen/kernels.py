@@ -376,16 +376,17 @@ KERNELS: list[KernelSpec] = [
     KernelSpec(op="Softmax", dtypes=FLOAT, isa="scalar", family="f32_softmax",
                template="f32-softmax/scalar.c.j2", params=nrp.softmax_params),
     # Convolutions (lower_conv): portable C that the target's flags vectorise: Im2Col's row
-    # copies, and DepthwiseConv's GCC vectors of 16 channels (one AVX-512 register, two AVX2,
-    # four NEON).
+    # copies.
     KernelSpec(op=IM2COL, dtypes=FLOAT, isa="scalar", family="x_im2col",
                template="x-im2col/scalar.c.j2", params=cp.im2col_params, parallel=True),
-    # DepthwiseConv: one template; the SIMD rows move channel blocks with the ISA's transposes.
+    # DepthwiseConv: one template of GCC vectors as wide as the ISA's along the rows.
     *[KernelSpec(op=DEPTHWISE_CONV, dtypes=FLOAT, isa=isa, family="f32_depthwise",
                  template="f32-depthwise/scalar.c.j2",
                  params=functools.partial(cp.depthwise_params,
                                           isa=None if isa == "scalar" else isa),
-                 scratch=cp.depthwise_scratch, parallel=True)
+                 scratch=functools.partial(cp.depthwise_scratch,
+                                           isa=None if isa == "scalar" else isa),
+                 parallel=True)
       for isa in ("scalar", "neon", "avx2", "avx512f")],
     # CNN operators. Portable C only: the pools run contiguous over W, so GCC vectorises
     # them for each target's flags (-mavx2, -mavx512f, NEON) without intrinsics.

@@ -88,13 +88,18 @@ def fixed_cases() -> list[tuple[str, onnx.ModelProto, dict, float]]:
         ("batchnorm", one_node("BatchNormalization", [2, 5, 3, 7], {"epsilon": 1e-3},
                                initializers=stats, opset=15), x(2, 5, 3, 7), 1e-6),
         ("hardswish", one_node("HardSwish", [3, 37], {}, opset=14), x(3, 37), 1e-6),
-        # Conv (lower_conv): the depthwise kernel's channel-block tail (19 = 16 + 3), strides,
-        # asymmetric pads; Im2Col's dilated taps reading past both edges; a sparse 1x1 conv
+        # Conv (lower_conv): depthwise rows narrower than a vector (11: one AVX2 vector and a
+        # tail that spills into the row below), two images, strides, asymmetric pads; Im2Col's dilated taps reading past both edges; a sparse 1x1 conv
         # at batch 2. Sums of at most 12 * 9 products of normal values: 1e-4 is far above
         # their float32 rounding and far below any wrong tap.
         ("depthwise", one_node("Conv", [2, 19, 9, 11], {
             "kernel_shape": [3, 3], "strides": [2, 1], "pads": [1, 0, 2, 1], "group": 19},
             initializers=conv(19, 19, (3, 3), group=19)), x(2, 19, 9, 11), 1e-4),
+        # A depthwise plane in two bands (they share the rows between them), stride 2 along
+        # the rows (each padded row split into its two phases).
+        ("depthwise-bands", one_node("Conv", [1, 3, 30, 75], {
+            "kernel_shape": [3, 3], "strides": [1, 2], "pads": [1, 1, 1, 1], "group": 3},
+            initializers=conv(3, 3, (3, 3), group=3)), x(1, 3, 30, 75), 1e-4),
         ("conv-dilated", one_node("Conv", [1, 12, 7, 10], {
             "kernel_shape": [3, 2], "dilations": [2, 3], "pads": [2, 3, 1, 2], "group": 3},
             initializers=conv(12, 9, (3, 2), group=3)), x(1, 12, 7, 10), 1e-4),

@@ -190,11 +190,17 @@ def test_random_convs_match_onnxruntime(target, compiler):
                        batch_norm=True, activation="Relu"))  # pointwise, sparse: flips only
     @example(case=edge(c=12, m=12, group=12, strides=(2, 2), activation="Clip",
                        batch_norm=True))  # MobileNet's depthwise 3x3 s2 + BN + ReLU6
-    # Depthwise with whole 16-channel blocks (the SIMD transposes): a plane narrower than a
-    # vector; and full plus partial pixel chunks, horizontal stride 2 and dilation.
+    # Depthwise, vectors along the rows: rows narrower than a vector (a tail that spills into
+    # the rows below, up to the plane's end), whole and partial vectors with horizontal
+    # stride 2 and dilation, planes in several bands (stride 1 and 2: bands share rows), and
+    # stride 3 with dilation 2 and an odd left pad (taps in every phase of a row).
     @example(case=edge(c=32, m=32, group=32, h=7, w=7, activation="Clip", batch_norm=True))
     @example(case=edge(c=48, m=48, group=48, h=5, w=37, strides=(1, 2), dilations=(2, 1),
                        pads=(2, 1, 2, 1), density=0.5, activation="Relu"))
+    @example(case=edge(c=3, m=3, group=3, h=40, w=100, activation="Relu"))
+    @example(case=edge(c=5, m=5, group=5, h=45, w=90, strides=(2, 2), activation="Clip"))
+    @example(case=edge(c=4, m=4, group=4, h=9, w=23, kernel=(3, 5), strides=(3, 3),
+                       dilations=(2, 2), pads=(2, 3, 1, 0)))
     @example(case=edge(c=6, m=9, group=3, kernel=(2, 3), pads=(0, 2, 1, 0),
                        dilations=(2, 1), density=0.5))
     @example(case=edge(h=0, w=17, kernel=(1, 5), pads=(0, 2, 0, 1), strides=(1, 2),
