@@ -106,6 +106,11 @@ def pool_axes(req: KernelRequest) -> list[PoolAxis]:
     return [unit] * (3 - spatial) + axes
 
 
+# MaxPool keeps a row of column maxima on the stack up to this size; wider rows take every
+# tap from the input instead.
+SEPARABLE_ROW_BYTES = 16384
+
+
 def pool_params(req: KernelRequest) -> dict:
     """MaxPool / AveragePool over planes of D x H x W; Indices (MaxPool's second output) and
     storage_order are refused: nothing in an inference graph reads them but MaxUnpool."""
@@ -136,6 +141,8 @@ def pool_params(req: KernelRequest) -> dict:
             "row_counts": rows.counts(include_pad) if average else [],
             "column_counts": columns.counts(include_pad) if average else [],
             "init": c_literal(0, y.dtype) if average else lowest,
+            "separable": not average and columns.size * np.dtype(y.dtype).itemsize
+            <= SEPARABLE_ROW_BYTES,
             "PLANES_PER_TASK": per_task, "TASKS": -(-planes // per_task),
             "window": "x".join(str(a.kernel) for a in (depth, rows, columns)
                                if a.kernel > 1 or a is columns)}

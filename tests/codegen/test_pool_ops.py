@@ -9,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
+from sparsec.codegen.pool_params import SEPARABLE_ROW_BYTES
 from sparsec.errors import KernelNotFoundError
 from tests.cnn_ops_helpers import CNN_TARGETS, check_against_onnxruntime, one_node
 
@@ -94,6 +95,20 @@ def test_resnet_stem_pool(target, op, compiler):
                                  "pads": [1, 1, 1, 1]}, opset=12)
     check_against_onnxruntime(compiler, target, model, {"x": random_input(shape, 1)},
                               atol=AVERAGE_ATOL)
+
+
+@pytest.mark.parametrize("target", CNN_TARGETS)
+@pytest.mark.parametrize("width", [SEPARABLE_ROW_BYTES // 4, SEPARABLE_ROW_BYTES // 4 + 1])
+def test_max_pool_over_rows_too_wide_for_the_stack(target, width, compiler):
+    """MaxPool keeps a row of column maxima on the stack up to SEPARABLE_ROW_BYTES; a wider
+    row takes every tap from the input: float32 rows on both sides of the limit, with NaN
+    taps."""
+    shape = [1, 2, 3, width]
+    x = random_input(shape, 4)
+    x[0, 1, 1, ::7] = np.nan
+    model = one_node("MaxPool", shape, {"kernel_shape": [2, 3], "strides": [1, 2],
+                                        "pads": [1, 1, 0, 1]}, opset=12)
+    check_against_onnxruntime(compiler, target, model, {"x": x})
 
 
 @pytest.mark.parametrize("target", CNN_TARGETS)
