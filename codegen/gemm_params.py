@@ -109,6 +109,12 @@ packing tiles into its own scratch (a slot of K x tokens floats, reused tile aft
 it is in cache); a layer with fewer tiles gets a slot per tile and share of its channels."""
 
 
+CHANNEL_TAIL_TOKENS = 2
+"""A last tile of at most this many tokens runs with its channels on the lanes (x86). With
+one token (7x7 maps: 49 = 3 * 16 + 1) the token vector wasted 7 of 8 lanes; at 3 or more
+tokens the 4-way sums' loads and broadcasts cost about what they save."""
+
+
 def gemm_tokens_tiles(graph: Graph, node: Node, isa: str, channels: int) -> tuple[int, int]:
     """(tokens per tile, slots) of the feature-major GEMM for `node`: at most a slot per
     tile and block of `channels`."""
@@ -153,7 +159,11 @@ def gemm_tokens_params(req: KernelRequest, channels: int, isa: str) -> dict:
     params = {
         "isa": names, "M": m, "K": k, "N": n, "NR": channels, "V": TOKEN_VECTORS,
         "a_sm": a_sm, "a_sk": a_sk, "SLOTS": slots,
-        "packed": req.blob.add(padded.reshape(k, blocks, channels).transpose(1, 0, 2)),
+        # L floats past the end: the channel-lane tail loads a whole vector at the last k.
+        "packed": req.blob.add(np.concatenate([
+            padded.reshape(k, blocks, channels).transpose(1, 0, 2).ravel(),
+            np.zeros(names["lanes"], np.float32)])),
+        "CHANNEL_TAIL_TOKENS": CHANNEL_TAIL_TOKENS,
         **bias_params(req, m, n),
         "residual": req.take(req.input(3)),  # absorb_residual: after the bias, in this order
         **epilogue_params(req, node.attrs, "float32"), **vector_epilogue_params(node.attrs),

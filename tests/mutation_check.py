@@ -80,6 +80,20 @@ MUTANTS = (
            "    b1 = (group + 1) * {{ NB }} / args->groups - (group == 0);",
            ("tests/codegen/test_conv.py",),
            "a task of a tile split between threads skips its first channel block"),
+    Mutant("channels-first-gemm-tail-drops-k-remainder", "templates/f32-gemm/x86-tokens.c.j2",
+           "      acc[t][0] = {{ isa.fmadd }}(wk, {{ isa.broadcast.format(\"xt + k * \" ~ T ~ "
+           "\" + t\") }}, acc[t][0]);",
+           "      acc[t][0] = acc[t][0];",
+           ("tests/codegen/test_conv.py",),
+           "the channel-lane tail of a last tile's 1-2 tokens skips the K % 4 steps past its "
+           "4-way sums"),
+    Mutant("channels-first-gemm-tail-skips-residual", "templates/f32-gemm/x86-tokens.c.j2",
+           "      float v = lanes[r];\n{{ scalar_epilogue.finish(\"y[n * \" ~ M ~ \" + m]\", "
+           "\"residual[n * \" ~ M ~ \" + m]\" if residual else \"\") }}\n    }\n  }\n}",
+           "      float v = lanes[r];\n{{ scalar_epilogue.finish(\"y[n * \" ~ M ~ \" + m]\", "
+           "\"\") }}\n    }\n  }\n}",
+           ("tests/codegen/test_conv.py",),
+           "the channel-lane tail stores without adding the residual"),
     Mutant("layouts-ignore-trans-a", "compiler/passes/choose_layouts.py",
            '                and not user.attrs.get("trans_a", 0)\n',
            "",

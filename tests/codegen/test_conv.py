@@ -265,8 +265,9 @@ def test_stride_1_convs_read_their_patches_in_place(target, pattern, compiler):
 # Dense convs run channels-first (f32-gemm/x86-tokens.c.j2: AVX2 tiles of 16 tokens and blocks
 # of 6 output channels, AVX-512 32 and 12, NEON 8 and 12 without patches) where a layer has a
 # tile of pixels; fewer keep the panel form. The channels-first tails: tokens M % 16 of 3, 4,
-# 14 and 15 (a partial second vector; 7 lanes past a whole one), channels N % 6 of 1 to 5
-# (AVX-512: M % 32 of 3, 16, 19 and 31, N % 12 of 1, 4, 5 and 8 to 11); patches read in place
+# 14 and 15 (a partial second vector; 7 lanes past a whole one), of 1 and 2 (channels on the
+# lanes), channels N % 6 of 1 to 5 (AVX-512: M % 32 of 1, 2, 3, 16, 19 and 31, N % 12 of 0,
+# 1, 2, 4, 5 and 8 to 11); patches read in place
 # (stride 1, dilation, tiles across rows, taps in the padding) and from Im2Col (stride 2, the
 # stem's 7x7); every epilogue. M = 15 and a single pixel check the panel form's choice.
 DENSE_CHANNELS_FIRST_CASES = [
@@ -282,6 +283,10 @@ DENSE_CHANNELS_FIRST_CASES = [
     edge(c=7, m=16, h=2, w=40, kernel=(3, 5), pads=(1, 2, 1, 2)),  # tiles across rows
     edge(c=8, m=8, h=4, w=5, kernel=(5, 3), pads=(4, 1, 0, 1)),  # taps in the padding
     edge(c=2, m=11, h=17, w=3, activation="Relu"),  # M 51, N % 6 = 5
+    # Last tiles of 1 and 2 tokens (AVX2 and AVX-512), which put the channels on the lanes.
+    edge(c=9, m=14, h=5, w=13, activation="Clip"),  # M 65, N % 6 = 2, K % 4 = 1
+    edge(c=6, m=12, h=6, w=11, kernel=(1, 1), pads=(0, 0, 0, 0), batch_norm=True,
+         activation="Sigmoid"),  # M 66, N % 6 = 0, K % 4 = 2
 ]
 
 
@@ -420,6 +425,16 @@ def test_dense_convs_add_their_residual_as_they_store(target, compiler):
     1/sqrt(13*9), so the outputs stay of the sparse blocks' magnitude and the tolerance above
     holds for the same reasons."""
     check_fused_residual_blocks(target, compiler, "dense", density=1.0, size=(13, 7, 11),
+                                scale=(13 * 9) ** -0.5)
+
+
+@pytest.mark.parametrize("target", [p for p in TARGET_PARAMS
+                                    if p.values[0] in ("x86-avx2", "x86-avx512")])
+def test_dense_convs_on_7x7_maps_add_their_residual(target, compiler):
+    """A 7x7 map's 49 pixels leave one token in AVX2's last tile, which runs with the
+    channels on the lanes: it too adds the shortcut before the activation (AVX-512's
+    32-token tiles leave 17, the token-vector tail). 13 channels, weights scaled as above."""
+    check_fused_residual_blocks(target, compiler, "dense", density=1.0, size=(13, 7, 7),
                                 scale=(13 * 9) ** -0.5)
 
 
