@@ -88,10 +88,11 @@ def fixed_cases() -> list[tuple[str, onnx.ModelProto, dict, float]]:
         ("batchnorm", one_node("BatchNormalization", [2, 5, 3, 7], {"epsilon": 1e-3},
                                initializers=stats, opset=15), x(2, 5, 3, 7), 1e-6),
         ("hardswish", one_node("HardSwish", [3, 37], {}, opset=14), x(3, 37), 1e-6),
-        # Conv (lower_conv): depthwise rows narrower than a vector (11: one AVX2 vector and a
-        # tail that spills into the row below), two images, strides, asymmetric pads; Im2Col's dilated taps reading past both edges; a sparse 1x1 conv
-        # at batch 2. Sums of at most 12 * 9 products of normal values: 1e-4 is far above
-        # their float32 rounding and far below any wrong tap.
+        # Conv (lower_conv): depthwise output rows of 10 (AVX2: a vector and a tail that
+        # spills into the row below), two images, strides, asymmetric pads; Im2Col's dilated
+        # taps reading past both edges; a sparse 1x1 conv at batch 2. Sums of at most 12 * 9
+        # products of normal values: 1e-4 is far above their float32 rounding and far below
+        # any wrong tap.
         ("depthwise", one_node("Conv", [2, 19, 9, 11], {
             "kernel_shape": [3, 3], "strides": [2, 1], "pads": [1, 0, 2, 1], "group": 19},
             initializers=conv(19, 19, (3, 3), group=19)), x(2, 19, 9, 11), 1e-4),
