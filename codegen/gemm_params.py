@@ -144,7 +144,7 @@ def gemm_tokens_params(req: KernelRequest, channels: int, isa: str) -> dict:
     patches = node.attrs.get("patches")
     k, n = weight.shape
     if patches:  # absorb_patches: A's rows are X's channel planes, shifted per tap
-        m, a_sm, a_sk = dense_rows(req.graph, node), 1, a.shape[2] * a.shape[3]
+        m, a_sm, a_sk = dense_rows(req.graph, node), 1, patches["plane"][0] * patches["plane"][1]
     else:
         m, k, a_sm, a_sk = activation_rows(a, node.attrs.get("trans_a", 0))
     tokens, slots = gemm_tokens_tiles(req.graph, node, isa, channels)
@@ -154,7 +154,7 @@ def gemm_tokens_params(req: KernelRequest, channels: int, isa: str) -> dict:
     names = TOKEN_TILE_ISAS[isa].template_names()
     patch_params = {}
     if patches:
-        patch_params = shifted_rows(req, a.shape, patches, m, tokens, names["lanes"], 1, 1)
+        patch_params = shifted_rows(req, patches, m, tokens, names["lanes"], 1, 1)
     req.take(a)
     params = {
         "isa": names, "M": m, "K": k, "N": n, "NR": channels, "V": TOKEN_VECTORS,

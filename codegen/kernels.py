@@ -88,7 +88,7 @@ class KernelSpec:
     reads_feature_major: bool = False
     # Writes feature-major only where this says so for a node (None: wherever asked).
     feature_major_if: Callable[[Graph, Node], bool] | None = None
-    # Reads a stride-1 conv's patches from the conv's input (masked shifted rows).
+    # Reads a conv's patches from its input or its stride's phases (masked shifted rows).
     reads_patches: bool = False
     # Adds a residual tensor (input 3) to its feature-major output before the activation.
     adds_residual: bool = False

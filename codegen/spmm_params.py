@@ -105,7 +105,7 @@ def spmm_tokens_params(req: KernelRequest, tokens: int, isa: str) -> dict:
     patches = node.attrs.get("patches")
     if patches:  # absorb_patches: A's rows are X's channel planes, shifted per tap
         m, k = dense_rows(req.graph, node), weight.shape[0]
-        a_sm, a_sk = 1, a.shape[2] * a.shape[3]
+        a_sm, a_sk = 1, patches["plane"][0] * patches["plane"][1]
     else:
         m, k, a_sm, a_sk = activation_rows(a, node.attrs.get("trans_a", 0))
     if a.layout == FEATURE_MAJOR:  # choose_layouts: the producer wrote A^T (K x M)
@@ -117,9 +117,8 @@ def spmm_tokens_params(req: KernelRequest, tokens: int, isa: str) -> dict:
     chunk = chunk_block_rows(packed, n, tokens)
     patch_params = {}
     if patches:
-        chunk = _divisor_at_most(a.shape[1] // packed.rows, chunk)
-        patch_params = shifted_rows(req, a.shape, patches, m, tokens, lanes, chunk,
-                                     packed.rows)
+        chunk = _divisor_at_most(patches["channels"] // packed.rows, chunk)
+        patch_params = shifted_rows(req, patches, m, tokens, lanes, chunk, packed.rows)
     chunks = max(1, -(-block_rows // chunk))
     per_task = -(-COLUMNS_PER_TASK // lanes) * lanes
     tasks = -(-n // per_task)
@@ -173,20 +172,24 @@ def _divisor_at_most(count: int, limit: int) -> int:
     return max(d for d in range(1, min(count, max(limit, 1)) + 1) if count % d == 0)
 
 
-def shifted_rows(req: KernelRequest, x_shape, patches: dict, m: int, tokens: int,
-                  lanes: int, chunk: int, block_rows: int) -> dict:
-    """What a token-tile kernel needs to read patches from X [1, C, H, W] (absorb_patches):
-    per tap, the element shift of its row from the K row's channel plane, and per token tile
-    and tap, one bit per token lane (uint16 per vector) set where the tap reads inside X."""
-    _n, c, h, w = x_shape
-    (kh, kw), (dh, dw) = patches["kernel"], patches["dilations"]
+def shifted_rows(req: KernelRequest, patches: dict, m: int, tokens: int, lanes: int,
+                 chunk: int, block_rows: int) -> dict:
+    """What a token-tile kernel needs to read patches from X [1, C, H, W] (absorb_patches),
+    or from its stride's phases, [sh * sw][C] planes of h x w = (H / sh) x (W / sw): per tap,
+    the element shift of its row from the K row's channel plane, and per token tile and tap,
+    one bit per token lane (uint16 per vector) set where the tap reads inside X."""
+    c, (h, w) = patches["channels"], patches["plane"]
+    (kh, kw), (dh, dw), (sh, sw) = patches["kernel"], patches["dilations"], patches["strides"]
     top, left = patches["pads"][0], patches["pads"][1]
     _out_h, out_w = patches["out"]
     taps = kh * kw
-    dy = np.repeat(np.arange(kh) * dh - top, kw)
-    dx = np.tile(np.arange(kw) * dw - left, kh)
-    # K row tap * C + channel lies at channel * H * W + shift[tap] from the tile's token 0.
-    shift = dy * w + dx - np.arange(taps) * c * h * w
+    # Tap (i, j) reads X's row s*y + i*dh - top: phase (i*dh - top) mod s, row y + dy.
+    reach_y = np.repeat(np.arange(kh) * dh - top, kw)
+    reach_x = np.tile(np.arange(kw) * dw - left, kh)
+    dy, dx = reach_y // sh, reach_x // sw
+    phase = reach_y % sh * sw + reach_x % sw
+    # K row tap * C + channel lies at channel * h * w + shift[tap] from the tile's token 0.
+    shift = (phase - np.arange(taps)) * c * h * w + dy * w + dx
     tiles = -(-m // tokens)
     pixel = np.arange(tiles * tokens)
     row, column = pixel // out_w, pixel % out_w

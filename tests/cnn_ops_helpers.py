@@ -104,6 +104,14 @@ def fixed_cases() -> list[tuple[str, onnx.ModelProto, dict, float]]:
         ("conv-dilated", one_node("Conv", [1, 12, 7, 10], {
             "kernel_shape": [3, 2], "dilations": [2, 3], "pads": [2, 3, 1, 2], "group": 3},
             initializers=conv(12, 9, (3, 2), group=3)), x(1, 12, 7, 10), 1e-4),
+        # Stride-2 convs read in phases (absorb_patches): a stem's 7x7 on 3 channels with
+        # taps before and past each phase plane, and a sparse 3x3 whose last tile is partial.
+        ("conv-phases-stem", one_node("Conv", [1, 3, 20, 18], {
+            "kernel_shape": [7, 7], "strides": [2, 2], "pads": [3, 3, 3, 3]},
+            initializers=conv(3, 16, (7, 7))), x(1, 3, 20, 18), 1e-4),
+        ("conv-phases-sparse", one_node("Conv", [1, 8, 14, 10], {
+            "kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]},
+            initializers=conv(8, 12, (3, 3), density=0.2)), x(1, 8, 14, 10), 1e-4),
         ("conv-pointwise", one_node("Conv", [2, 33, 5, 3], {"kernel_shape": [1, 1]},
                                     initializers=conv(33, 17, (1, 1), density=0.2)),
          x(2, 33, 5, 3), 1e-4),

@@ -78,7 +78,7 @@ class LayoutSupport:
 
     reads_feature_major: bool = False  # its activations (input 0) stored K x rows
     writes_feature_major: bool = False  # its output stored N x rows
-    # Reads a stride-1 conv's patches from the conv's input itself (absorb_patches).
+    # Reads a conv's patches from its input itself, or its stride's phases (absorb_patches).
     reads_patches: bool = False
     # Adds a residual (input 3) to its feature-major output (absorb_residual).
     adds_residual: bool = False
@@ -132,7 +132,7 @@ PIPELINE: list[tuple[str, Callable[[Graph, PassContext], Graph], str]] = [
     (choose_layouts.NAME, choose_layouts.run,
      "hand activations between token-tile kernels over transposed, skipping two transposes"),
     (absorb_patches.NAME, absorb_patches.run,
-     "let token-tile kernels read a stride-1 conv's patches from its input, with no Im2Col"),
+     "let token-tile kernels read a conv's patches from its input (or its stride's phases)"),
     (absorb_residual.NAME, absorb_residual.run,
      "add a conv's residual connection and the activation after it in its Dense's epilogue"),
     (plan_memory.NAME, plan_memory.run,

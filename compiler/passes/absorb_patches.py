@@ -1,21 +1,31 @@
-"""Let a stride-1 conv's Dense read its patches straight from the input, with no Im2Col.
+"""Let a conv's Dense read its patches straight from the input, with no patch matrix.
 
 Requires: kernels are chosen (select_kernels) and layouts too (choose_layouts); `ctx.layouts`
 says which Dense kernels can read patches in place.
 Establishes: a Dense whose activations are Im2Col(X) patches handed over by a layout flip,
 where that Dense alone reads them and its kernel `reads_patches`, reads X [1, C, H, W] itself.
-It carries the Im2Col's geometry as its `patches` attribute, and the Im2Col and the flip are
-gone. The conv must have stride 1 and keep the width (Wo == W, which "same" padding does), so
-that tap (i, j) of the output pixels p .. p+T is X's plane read from p + (i*dh - top)*W +
-(j*dw - left) on: one shifted row, with the lanes that fall in the padding masked. A 3x3 conv
-at 56x56 with 64 channels wrote and read back a 7 MB patch matrix, more than an L2, where X
-itself is 0.8 MB.
+It carries the Im2Col's geometry as its `patches` attribute, and the flip is gone. A stride-1
+conv must keep the width (Wo == W, which "same" padding does), so that tap (i, j) of the
+output pixels p .. p+T is X's plane read from p + (i*dh - top)*W + (j*dw - left) on: one
+shifted row, with the lanes that fall in the padding masked; its Im2Col is gone too. A 3x3
+conv at 56x56 with 64 channels wrote and read back a 7 MB patch matrix, more than an L2, where
+X itself is 0.8 MB.
+
+A conv of stride (sh, sw) > 1 whose taps read every phase of it, with H and W multiples of the
+stride and Wo == W / sw (ResNet's and MobileNet's stride-2 convs, the 7x7 stem), keeps its
+Im2Col with the kernel set to the stride: that splits X into its sh*sw phases, [sh][sw][C]
+planes of (H/sh) x (W/sw), once (the stem's 147-row patch matrix was 7.4 MB, its phases are
+0.6 MB). Tap (i, j) then reads phase ((i*dh - top) mod sh, (j*dw - left) mod sw), shifted by
+the floors of those over the stride: a shifted row again, since the phase planes are Wo wide.
+The attribute says what the Dense reads: `channels` C and `plane` (its rows and columns).
 
 The Dense's weight rows are Im2Col's (tap-major), so its logical A is unchanged: only where
 the kernel finds each row differs. `dense_rows` gives the rows (output pixels) either way.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from sparsec.compiler.ir import FEATURE_MAJOR, Graph, Node
 from sparsec.compiler.ops import DENSE, IM2COL
@@ -49,13 +59,26 @@ def run(graph: Graph, ctx) -> Graph:
         original = graph.nodes[index]
         geometry = {key: im2col.attrs[key] for key in
                     ("kernel", "strides", "dilations", "pads", "out")}
-        graph.nodes[index] = Node(original.op, [im2col.inputs[0], *original.inputs[1:]],
+        _n, channels, height, width = graph.tensors[im2col.inputs[0]].shape
+        sh, sw = geometry["strides"]
+        geometry.update(channels=channels, plane=[height // sh, width // sw])
+        source = im2col.inputs[0]
+        gone.add(position[id(flip)])
+        if [sh, sw] == [1, 1]:
+            gone.add(position[id(im2col)])
+        else:  # the Im2Col stays, to split X into its phases
+            source = im2col.outputs[0]
+            split = graph.nodes[position[id(im2col)]]
+            split.attrs = dict(split.attrs, kernel=[sh, sw], dilations=[1, 1],
+                               pads=[0, 0, 0, 0], out=geometry["plane"])
+            phases = graph.tensors[source]
+            graph.tensors[source] = dataclasses.replace(
+                phases, shape=(sh * sw * channels, height // sh * (width // sw)))
+        graph.nodes[index] = Node(original.op, [source, *original.inputs[1:]],
                                   list(original.outputs),
                                   dict(original.attrs, patches=geometry), original.name,
                                   kernel=original.kernel, dispatch=original.dispatch)
-        gone.update((position[id(flip)], position[id(im2col)]))
-        ctx.log.append(f"{NAME}: {dense.name or '?'} reads its patches from "
-                       f"{im2col.inputs[0]!r}")
+        ctx.log.append(f"{NAME}: {dense.name or '?'} reads its patches from {source!r}")
     graph.nodes = [node for index, node in enumerate(graph.nodes) if index not in gone]
     graph.remove_unused()
     return graph
@@ -85,11 +108,18 @@ def _patch_chain(graph: Graph, dense: Node, uses: Uses) -> tuple[Node, Node] | N
     if sparsity.packed is not None and x.shape[1] % sparsity.packed.rows:
         return None
     attrs = im2col.attrs
-    (_kh, kw), (_dh, dw) = attrs["kernel"], attrs["dilations"]
-    _top, left, _bottom, right = attrs["pads"]
-    width = x.shape[3]
-    keeps_width = attrs["out"][1] == width and left + right == (kw - 1) * dw
-    if list(attrs["strides"]) != [1, 1] or not keeps_width:
+    (kh, kw), (dh, dw), (sh, sw) = attrs["kernel"], attrs["dilations"], attrs["strides"]
+    top, left = attrs["pads"][0], attrs["pads"][1]
+    height, width = x.shape[2], x.shape[3]
+    # The output's rows must be the (phase) plane's rows, Wo == W / sw, for token p + 1 to be
+    # the next float of a shifted row; rows past the plane's end are masked, as padding.
+    if height % sh or width % sw or attrs["out"][1] != width // sw:
+        return None
+    # A phase no tap reads (a 1x1 stride-2 conv reads one of four) would be split for nothing:
+    # Im2Col's subsample writes less.
+    rows_read = {(i * dh - top) % sh for i in range(kh)}
+    columns_read = {(j * dw - left) % sw for j in range(kw)}
+    if len(rows_read) != sh or len(columns_read) != sw:
         return None
     return flip, im2col
 

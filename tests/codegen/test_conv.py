@@ -239,6 +239,44 @@ SHIFTED_ROW_CASES = [
     edge(c=64, m=24, h=11, w=12, kernel=(3, 3), density=0.05, activation="Clip"),
 ]
 
+# Strided convs whose taps read every phase of the stride, with H and W multiples of it and
+# Wo == W / sw: the Dense reads X split into phases by an Im2Col whose kernel is the stride.
+# A ResNet stride-2 3x3, a stem's 7x7 on 3 channels (K chunks of one tap's 3 rows), strides
+# of 3 and of (2, 1), a 4x4 kernel whose last output row reads past the phase planes (Ho <
+# H / sh), asymmetric pads with taps left of the plane, and partial tiles.
+PHASE_CASES = [
+    edge(c=8, m=16, h=12, w=10, strides=(2, 2), density=0.2, activation="Relu"),
+    edge(c=3, m=8, h=16, w=16, kernel=(7, 7), strides=(2, 2), pads=(3, 3, 3, 3),
+         density=0.3, batch_norm=True),
+    edge(c=4, m=12, h=9, w=12, strides=(3, 3), density=0.3, bias=False),
+    edge(c=12, m=20, h=8, w=11, kernel=(3, 3), strides=(2, 1), density=0.2,
+         activation="Clip"),
+    edge(c=8, m=8, h=10, w=10, kernel=(4, 4), strides=(2, 2), pads=(0, 1, 0, 1),
+         density=0.4),
+    edge(c=16, m=12, h=14, w=6, kernel=(3, 5), strides=(2, 2), pads=(2, 3, 0, 1),
+         density=0.1, activation="Sigmoid"),
+]
+
+
+def reads_phases(case: ConvCase) -> bool:
+    """Whether absorb_patches has the case's Dense read X's stride phases."""
+    (kh, kw), (sh, sw), (dh, dw) = case.kernel, case.strides, case.dilations
+    top, left, _bottom, right = case.pads
+    if (sh, sw) == (1, 1) or case.h % sh or case.w % sw:
+        return False
+    out_w = (case.w + left + right - (kw - 1) * dw - 1) // sw + 1
+    return (out_w == case.w // sw and len({(i * dh - top) % sh for i in range(kh)}) == sh
+            and len({(j * dw - left) % sw for j in range(kw)}) == sw)
+
+
+def assert_reads_phases(graph, case: ConvCase) -> None:
+    """The Dense reads an Im2Col's output, and that Im2Col only splits X by the stride."""
+    (dense,) = [node for node in graph.nodes if node.op == "Dense"]
+    (split,) = [node for node in graph.nodes if node.op == "Im2Col"]
+    assert "patches" in dense.attrs and dense.inputs[0] == split.outputs[0], case
+    assert split.attrs["kernel"] == list(case.strides) == split.attrs["strides"], split.attrs
+    assert split.attrs["pads"] == [0, 0, 0, 0], split.attrs
+
 
 @pytest.mark.parametrize("pattern", ["1x1", "4x1"])
 @pytest.mark.parametrize("target", [p for p in TARGET_PARAMS
@@ -248,15 +286,19 @@ def test_stride_1_convs_read_their_patches_in_place(target, pattern, compiler):
     runs the target; elsewhere it compiles). Masked lanes are never read, so a tap reaching
     before X's first byte or past its last is no fault."""
     runs = Runs(targets.resolve(target), compiler.cache_dir)
-    for case in SHIFTED_ROW_CASES:
+    for case in SHIFTED_ROW_CASES + PHASE_CASES:
         if pattern == "4x1" and case.c % 4:
             continue
         model, feeds = build(case)
         result = compiler.compile(model, target, force_pattern=pattern)
-        ops = [node.op for node in result.graph.nodes]
-        assert "Im2Col" not in ops, (case, ops)
-        dense = [node for node in result.graph.nodes if node.op == "Dense"]
-        assert len(dense) == 1 and "patches" in dense[0].attrs, case
+        if case in PHASE_CASES:
+            assert reads_phases(case), case
+            assert_reads_phases(result.graph, case)
+        else:
+            ops = [node.op for node in result.graph.nodes]
+            assert "Im2Col" not in ops, (case, ops)
+            dense = [node for node in result.graph.nodes if node.op == "Dense"]
+            assert len(dense) == 1 and "patches" in dense[0].attrs, case
         runs.submit(result, feeds, functools.partial(check_against_onnxruntime, case),
                     label=repr(case))
     runs.flush()
@@ -267,9 +309,10 @@ def test_stride_1_convs_read_their_patches_in_place(target, pattern, compiler):
 # tile of pixels; fewer keep the panel form. The channels-first tails: tokens M % 16 of 3, 4,
 # 14 and 15 (a partial second vector; 7 lanes past a whole one), of 1 and 2 (channels on the
 # lanes), channels N % 6 of 1 to 5 (AVX-512: M % 32 of 1, 2, 3, 16, 19 and 31, N % 12 of 0,
-# 1, 2, 4, 5 and 8 to 11); patches read in place
-# (stride 1, dilation, tiles across rows, taps in the padding) and from Im2Col (stride 2, the
-# stem's 7x7); every epilogue. M = 15 and a single pixel check the panel form's choice.
+# 1, 2, 4, 5 and 8 to 11); patches read in place (stride 1, dilation, tiles across rows, taps
+# in the padding), from X's stride phases (the stem's 7x7, a 3x3 stride 2) and from Im2Col
+# (stride 2 on an odd plane); every epilogue. M = 15 and a single pixel check the panel
+# form's choice.
 DENSE_CHANNELS_FIRST_CASES = [
     edge(c=5, m=13, h=5, w=7, activation="Relu"),  # M 35, N % 6 = 1
     edge(c=8, m=12, h=9, w=7, kernel=(3, 3), dilations=(2, 2), pads=(2, 2, 2, 2),
@@ -278,7 +321,8 @@ DENSE_CHANNELS_FIRST_CASES = [
          activation="Sigmoid"),  # M 15: under a tile (AVX2, AVX-512), NEON's tail
     edge(c=6, m=10, h=9, w=11, strides=(2, 2), bias=False),  # Im2Col, M 30
     edge(c=3, m=8, h=16, w=16, kernel=(7, 7), strides=(2, 2), pads=(3, 3, 3, 3),
-         batch_norm=True, activation="Relu"),  # a stem: M 64, no tail
+         batch_norm=True, activation="Relu"),  # a stem, read in phases: M 64, no tail
+    edge(c=5, m=7, h=10, w=14, strides=(2, 2), activation="Clip"),  # phases, M 35
     edge(c=4, m=9, h=1, w=1, kernel=(1, 1), pads=(0, 0, 0, 0)),  # one pixel: panel form
     edge(c=7, m=16, h=2, w=40, kernel=(3, 5), pads=(1, 2, 1, 2)),  # tiles across rows
     edge(c=8, m=8, h=4, w=5, kernel=(5, 3), pads=(4, 1, 0, 1)),  # taps in the padding
@@ -325,9 +369,11 @@ def test_dense_convs_run_channels_first(target, threads, compiler):
         assert channels_first == (layer_pixels(case) >= TILE_TOKENS[target]), case
         # A 1x1 conv's activations are X itself: neither patches nor Im2Col; patches are
         # read in place where the channels-first form runs.
-        in_place = (READS_PATCHES[target] and channels_first and case.strides == (1, 1)
-                    and case.kernel != (1, 1))
+        in_place = (READS_PATCHES[target] and channels_first and case.kernel != (1, 1)
+                    and (case.strides == (1, 1) or reads_phases(case)))
         assert ("patches" in dense.attrs) == in_place, case
+        if in_place and case.strides != (1, 1):
+            assert_reads_phases(graph, case)
         assert not channels_first or all(
             graph.memory.offsets.get(node.outputs[0]) == graph.memory.offsets.get(node.inputs[0])
             for node in graph.nodes if node.op == "Transpose"), case
