@@ -122,7 +122,9 @@ def cost_model(target: Target, weights: str = "float32",
         per_element={p: cost(p, k) for p, k in best.items() if p.is_bitmask},
         streamed={p: StreamedWeights(k.mr, k.stream) for p, k in best.items() if k.stream},
         value_bytes=VALUE_BYTES[weights],
-        per_activation=_packing_ns(best.get(DENSE_PATTERN), weights))
+        per_activation=_packing_ns(best.get(DENSE_PATTERN), weights),
+        tile_rows=best[DENSE_PATTERN].mr,
+        writes_feature_major=best[DENSE_PATTERN].feature_major)
 
 
 def sparse_costs(target: Target, weights: str = "float32") -> dict[str, float]:

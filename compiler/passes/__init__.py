@@ -49,6 +49,12 @@ class SparseKernelCost:
     # bf16 arithmetic. A per-block cost cannot carry it: at 90 % sparsity it is most of
     # the difference between the lowered kernel and the float32 one.
     per_activation: float = 0.0
+    # Activation rows the dense row computes at once (a token tile; 1 for row kernels): a
+    # layer of fewer rows pays for the whole tile.
+    tile_rows: int = 1
+    # Whether the dense row can write a feature-major output, and so hand a conv's
+    # channels-first data on with no transpose.
+    writes_feature_major: bool = True
 
 
 @dataclass(frozen=True)

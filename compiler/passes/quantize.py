@@ -32,12 +32,15 @@ import dataclasses
 
 import numpy as np
 
-from sparsec.compiler.ir import Graph, SparsityInfo, Tensor
+from sparsec.compiler.ir import Graph, Node, SparsityInfo, Tensor
 from sparsec.compiler.ops import weight_view
+from sparsec.compiler.passes.absorb_patches import dense_rows
 from sparsec.compiler.passes.detect_sparsity import analyse, predicted_costs
 from sparsec.errors import SparsecError
 
 NAME = "quantize"
+
+TRANSPOSE_NS_PER_ELEMENT = 1.0  # see _int8_layout_ns
 MODES = ("dynamic", "bf16")
 MAX_DEPTH = 16_000  # K beyond which a u8 x s8 int32 accumulator could overflow
 
@@ -78,7 +81,8 @@ def run(graph: Graph, ctx) -> Graph:
         if weight.name not in done:
             codes, scales = quantize_weight(weight.data)
             info = analyse(codes, ctx.int8_cost, ctx.options.force_pattern)
-            kept = _keeps_float32(weight, codes, info, ctx.int8_cost, "int8", ctx)
+            kept = _keeps_float32(weight, codes, info, ctx.int8_cost, "int8", ctx,
+                                  _int8_layout_ns(graph, node, ctx.int8_cost))
             done[weight.name] = None if kept else _add_quantized(graph, weight, codes, scales, info)
         if done[weight.name] is None:
             ctx.log.append(f"{NAME}: {node.name or node.outputs[0]}: {weight.sparsity.reason}")
@@ -124,17 +128,41 @@ def _mark_bf16(graph: Graph, ctx) -> Graph:
     return graph
 
 
+def _int8_layout_ns(graph: Graph, node: Node, cost) -> tuple[float, float]:
+    """What the int8 kernels cost a layer beyond their products, per activation row: (the
+    factor of rows they compute, whole token tiles, over the layer's rows; ns per row of
+    transposing the output). A conv's Dense reads channels-first data through a flip that
+    moves no byte, and its float32 kernels write channels-first too; no int8 row does, so
+    its output is transposed back for the next layer. MobileNet-v1 on x86-avx2 (Zen 3),
+    per layer: those transposes took 0.65-1.4 ns per output element, and the int8 stem
+    (K = 27) 4.1 ms against 0.5 in float32; its classifier, one row in a 32-token tile,
+    0.93 ms against 0.30."""
+    rows = dense_rows(graph, node)
+    if rows <= 0:
+        return 1.0, 0.0
+    tiles = -(-rows // max(1, cost.tile_rows)) * max(1, cost.tile_rows)
+    transposes = 0.0
+    flip = graph.producers().get(node.inputs[0])
+    if (not cost.writes_feature_major and flip is not None and flip.op == "Transpose"
+            and flip.name == node.name and len(graph.tensors[flip.inputs[0]].shape) == 2):
+        transposes = graph.tensors[node.inputs[1]].shape[1] * TRANSPOSE_NS_PER_ELEMENT
+    return tiles / rows, transposes
+
+
 def _keeps_float32(weight: Tensor, lowered: np.ndarray, info: SparsityInfo, cost,
-                   precision: str, ctx) -> bool:
+                   precision: str, ctx, layout: tuple[float, float] = (1.0, 0.0)) -> bool:
     """Whether the layer stays float32 because its kernel in `precision` (weights `lowered`,
     stored as `info` says) is predicted slower than the float32 one detect_sparsity chose; if
-    so, the float32 weight's reason says why."""
+    so, the float32 weight's reason says why. `layout`: _int8_layout_ns's (row factor, ns per
+    row) on the lowered kernel's side."""
     if (not ctx.options.mixed_precision or ctx.options.force_pattern is not None
             or weight.sparsity is None):
         return False
     current = weight.sparsity
     float32_ns = predicted_costs(weight.data, current.block_stats, ctx.cost)[current.pattern]
-    lowered_ns = predicted_costs(lowered, info.block_stats, cost)[info.pattern]
+    row_factor, transposes_ns = layout
+    lowered_ns = (predicted_costs(lowered, info.block_stats, cost)[info.pattern] * row_factor
+                  + transposes_ns)
     if lowered_ns <= float32_ns:
         return False
     weight.sparsity = dataclasses.replace(current, reason=(

@@ -8,7 +8,7 @@ from hypothesis.extra import numpy as hnp
 from onnx import helper
 
 from sparsec.compiler import frontend
-from sparsec.compiler.passes import detect_sparsity, fuse, quantize
+from sparsec.compiler.passes import detect_sparsity, fuse, lower_conv, quantize
 from sparsec.compiler.verify import verify
 from sparsec.errors import SparsecError
 from tests.compiler.passes.helpers import context
@@ -140,3 +140,39 @@ def test_forced_pattern_lowers_every_layer():
     assert node.attrs["quantize"] == "dynamic"
     _, unforced = quantized(m, "dynamic", "x86-avx2", mixed_precision=True)
     assert "quantize" not in unforced.nodes[0].attrs  # unstructured: float32's 1x1 is faster
+
+
+def test_convs_and_single_rows_keep_float32_where_int8_pays_for_layout():
+    """x86-avx2, mixed precision: no int8 row writes channels-first, so an int8 conv's
+    output would be transposed back for the next layer, and an int8 row computes whole
+    32-row token tiles. A 3x3 stem on 3 channels (K = 27) and a classifier on one row stay
+    float32, their reasons saying so; a 128-row 4x1-pruned MatMul, with neither cost, is
+    still lowered. mixed_precision=False lowers all three."""
+    rng = np.random.default_rng(2)
+    blocks = np.kron(rng.random((96, 64)) < 0.1, np.ones((4, 1))) * rng.standard_normal((384, 64))
+    nodes = [helper.make_node("Conv", ["x", "stem"], ["c"], name="stem", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("Gemm", ["f", "head"], ["y"], name="head"),
+             helper.make_node("MatMul", ["t", "w"], ["z"], name="rows")]
+    m = model(nodes, [("x", [1, 3, 32, 32]), ("t", [128, 384])], [("y", [1, 10]), ("z", [128, 64])],
+              [("stem", rng.standard_normal((32, 3, 3, 3)).astype(np.float32)),
+               ("head", rng.standard_normal((32, 10)).astype(np.float32)),
+               ("w", blocks.astype(np.float32))])
+
+    def lowered(mixed_precision):
+        ctx = context("x86-avx2", quantize="dynamic", mixed_precision=mixed_precision)
+        graph = lower_conv.run(frontend.import_model(m), ctx)
+        graph = quantize.run(fuse.run(detect_sparsity.run(graph, ctx), ctx), ctx)
+        dense = {node.name: node for node in graph.nodes if node.op == "Dense"}
+        return graph, {name: node.attrs.get("quantize") == "dynamic"
+                       for name, node in dense.items()}, dense
+
+    graph, chosen, dense = lowered(True)
+    assert chosen == {"stem": False, "head": False, "rows": True}, chosen
+    for name in ("stem", "head"):
+        reason = graph.tensors[dense[name].inputs[1]].sparsity.reason
+        assert "kept float32: int8 dense is predicted" in reason, reason
+    _, every, _ = lowered(False)
+    assert every == {"stem": True, "head": True, "rows": True}, every
