@@ -514,13 +514,13 @@ def test_pointwise_convs_at_batch_1_move_no_bytes(compiler):
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("target", [p for p in TARGET_PARAMS
-                                    if p.values[0] in ("x86-avx2", "x86-avx512")])
+@pytest.mark.parametrize("target", [p for p in TARGET_PARAMS if p.values[0] in TILE_TOKENS])
 def test_pointwise_convs_walk_groups_of_tiles(target, threads, compiler):
     """Sparse 1x1 convs channels-first in and out walk groups of full token tiles per column
     (spmm_params.TILE_GROUP): 19 x 23 = 437 pixels are 13 full AVX2 tiles and 21 tokens (6
-    and 53 on AVX-512), so one thread runs groups of 8 and 5 and the partial tile, and 2 or 3
-    threads split them into runs of 7 or 5 tiles with the partial tile in the last. The
+    and 53 on AVX-512, 27 and 5 on NEON), so one thread runs groups of 8 and 5 and the
+    partial tile, and 2 or 3 threads split them into runs of 7 or 5 tiles with the partial
+    tile in the last. The
     second conv adds the input as its residual. Against onnxruntime: sums of at most 24
     products of normal values, 1e-4 above their rounding and below any wrong or missing
     term."""
