@@ -124,6 +124,7 @@ def cost_model(target: Target, weights: str = "float32",
         value_bytes=VALUE_BYTES[weights],
         per_activation=_packing_ns(best.get(DENSE_PATTERN), weights),
         tile_rows=best[DENSE_PATTERN].mr,
+        reads_feature_major=best[DENSE_PATTERN].reads_feature_major,
         writes_feature_major=best[DENSE_PATTERN].feature_major)
 
 

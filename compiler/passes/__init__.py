@@ -52,8 +52,9 @@ class SparseKernelCost:
     # Activation rows the dense row computes at once (a token tile; 1 for row kernels): a
     # layer of fewer rows pays for the whole tile.
     tile_rows: int = 1
-    # Whether the dense row can write a feature-major output, and so hand a conv's
-    # channels-first data on with no transpose.
+    # Whether the dense row can read and write feature-major activations, and so take and
+    # hand on a conv's channels-first data with no transpose.
+    reads_feature_major: bool = True
     writes_feature_major: bool = True
 
 

@@ -131,21 +131,25 @@ def _mark_bf16(graph: Graph, ctx) -> Graph:
 def _int8_layout_ns(graph: Graph, node: Node, cost) -> tuple[float, float]:
     """What the int8 kernels cost a layer beyond their products, per activation row: (the
     factor of rows they compute, whole token tiles, over the layer's rows; ns per row of
-    transposing the output). A conv's Dense reads channels-first data through a flip that
-    moves no byte, and its float32 kernels write channels-first too; no int8 row does, so
-    its output is transposed back for the next layer. MobileNet-v1 on x86-avx2 (Zen 3),
-    per layer: those transposes took 0.65-1.4 ns per output element, and the int8 stem
-    (K = 27) 4.1 ms against 0.5 in float32; its classifier, one row in a 32-token tile,
-    0.93 ms against 0.30."""
+    transposes). A conv's Dense reads channels-first data through a flip that moves no byte,
+    and its float32 kernels write channels-first too; the int8 rows read and write row-major
+    activations, so their input is transposed to rows (K a row) and their output back (N a
+    row). MobileNet-v1 on x86-avx2 (Zen 3), per layer: those transposes took 0.65-1.4 ns per
+    element, and the int8 stem (K = 27) 4.1 ms against 0.5 in float32; its classifier, one
+    row in a 32-token tile, 0.93 ms against 0.30. (Letting the int8 token rows write
+    channels-first made them read it too, through their scalar packing loop: MobileNet-v1's
+    int8 layers went from 14.8 to 23.2 ms.)"""
     rows = dense_rows(graph, node)
     if rows <= 0:
         return 1.0, 0.0
     tiles = -(-rows // max(1, cost.tile_rows)) * max(1, cost.tile_rows)
     transposes = 0.0
     flip = graph.producers().get(node.inputs[0])
-    if (not cost.writes_feature_major and flip is not None and flip.op == "Transpose"
-            and flip.name == node.name and len(graph.tensors[flip.inputs[0]].shape) == 2):
-        transposes = graph.tensors[node.inputs[1]].shape[1] * TRANSPOSE_NS_PER_ELEMENT
+    if (flip is not None and flip.op == "Transpose" and flip.name == node.name
+            and len(graph.tensors[flip.inputs[0]].shape) == 2):
+        k, n = graph.tensors[node.inputs[1]].shape
+        moved = (0 if cost.reads_feature_major else k) + (0 if cost.writes_feature_major else n)
+        transposes = moved * TRANSPOSE_NS_PER_ELEMENT
     return tiles / rows, transposes
 
 

@@ -31,6 +31,7 @@ from onnx import helper
 import sparsec
 from sparsec.codegen import targets
 from sparsec.codegen.kernels import KERNELS, KernelSpec
+from sparsec.compiler.ir import FEATURE_MAJOR
 from sparsec.compiler.ops import DENSE
 from sparsec.errors import PortableKernelWarning
 from tests.graphs import model
@@ -204,6 +205,57 @@ def compare(case: Case, x, weight, bias, outputs: dict) -> None:
     assert not differ.any(), (
         f"{case.name}: {int(differ.sum())} of {differ.size} outputs differ, first at "
         f"{np.argwhere(differ)[0].tolist()}: {actual[differ][0]!r} != {expected[differ][0]!r}")
+
+
+def patch_rows(x: np.ndarray, kernel: int) -> np.ndarray:
+    """[H*W, kernel*kernel*C] of x [1, C, H, W] zero-padded to keep its size: the patches
+    of a stride-1 conv, tap-major as lower_conv's weight rows."""
+    _n, c, h, w = x.shape
+    pad = kernel // 2
+    padded = np.pad(x[0], ((0, 0), (pad, pad), (pad, pad)))
+    taps = [padded[:, i:i + h, j:j + w] for i in range(kernel) for j in range(kernel)]
+    return np.stack(taps).reshape(kernel * kernel * c, h * w).T
+
+
+@pytest.mark.parametrize("row", PARAMS)
+def test_int8_convs_match_the_integer_reference(row: KernelSpec, compiler):
+    """A 3x3 conv with a Relu, then a 1x1 conv, lowered to int8 Dense layers on the row: 9 x
+    13 = 117 pixels (whole token tiles and a partial one), read from the patch matrix
+    transposed to rows and written row-major (no int8 row reads or writes channels-first).
+    Bit-exact against the integer reference, chained: the second conv quantizes the first's
+    float output, which the reference computes with the same IEEE operations in the same
+    order."""
+    rng = np.random.default_rng(7)
+    c, m1, m2, h, w = 5, 11, 6, 9, 13
+    w1 = (rng.standard_normal((m1, c, 3, 3)) * (rng.random((m1, c, 3, 3)) < 0.6))
+    w2 = rng.standard_normal((m2, m1, 1, 1))
+    b1, b2 = rng.standard_normal(m1), rng.standard_normal(m2)
+    x = rng.standard_normal((1, c, h, w)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r"]),
+             helper.make_node("Conv", ["r", "w2", "b2"], ["y"])]
+    inits = [(name, value.astype(np.float32))
+             for name, value in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2))]
+    result = compile_row(compiler, row, model(nodes, [("x", [1, c, h, w])],
+                                              [("y", [1, m2, h, w])], inits))
+    assert [layer["kernel"] for layer in result.info["layers"]
+            if layer["op"] == DENSE] == [row.symbol] * 2
+    dense = [node for node in result.graph.nodes if node.op == DENSE]
+    assert all(result.graph.tensors[name].layout != FEATURE_MAJOR
+               for node in dense for name in (node.inputs[0], node.outputs[0])), row
+
+    first = dense_int8(patch_rows(x, 3), inits[0][1].transpose(2, 3, 1, 0).reshape(-1, m1),
+                       inits[1][1])
+    second = dense_int8(np.maximum(first, np.float32(0)), inits[2][1][:, :, 0, 0].T,
+                        inits[3][1])
+    expected = np.ascontiguousarray(second.T).reshape(1, m2, h, w)
+
+    def equal(outputs):
+        np.testing.assert_array_equal(outputs["y"], expected)
+
+    runs = runs_for(row, compiler, threads=2)
+    runs.submit(result, {"x": x}, equal, label=row.symbol)
+    runs.flush()
 
 
 @pytest.mark.parametrize("row", [p for p in PARAMS if "compile-only" not in p.id])
