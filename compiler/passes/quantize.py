@@ -39,10 +39,9 @@ from sparsec.compiler.passes.detect_sparsity import analyse, predicted_costs
 from sparsec.errors import SparsecError
 
 NAME = "quantize"
-
-TRANSPOSE_NS_PER_ELEMENT = 1.0  # see _int8_layout_ns
 MODES = ("dynamic", "bf16")
 MAX_DEPTH = 16_000  # K beyond which a u8 x s8 int32 accumulator could overflow
+TRANSPOSE_NS_PER_ELEMENT = 1.0  # see _int8_layout_ns
 
 
 def quantize_weight(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -70,6 +69,7 @@ def run(graph: Graph, ctx) -> Graph:
     if ctx.options.quantize == "bf16":
         return _mark_bf16(graph, ctx)
     done: dict[str, tuple[str, str] | None] = {}  # float weight -> codes and scales, or None
+    producers = graph.producers()
     for node, weight in _float_weights(graph):
         if not np.all(np.isfinite(weight.data)):
             raise SparsecError(f"node {node.name!r}: weight {weight.name!r} holds inf or NaN, "
@@ -82,7 +82,7 @@ def run(graph: Graph, ctx) -> Graph:
             codes, scales = quantize_weight(weight.data)
             info = analyse(codes, ctx.int8_cost, ctx.options.force_pattern)
             kept = _keeps_float32(weight, codes, info, ctx.int8_cost, "int8", ctx,
-                                  _int8_layout_ns(graph, node, ctx.int8_cost))
+                                  _int8_layout_ns(graph, node, producers, ctx.int8_cost))
             done[weight.name] = None if kept else _add_quantized(graph, weight, codes, scales, info)
         if done[weight.name] is None:
             ctx.log.append(f"{NAME}: {node.name or node.outputs[0]}: {weight.sparsity.reason}")
@@ -128,7 +128,8 @@ def _mark_bf16(graph: Graph, ctx) -> Graph:
     return graph
 
 
-def _int8_layout_ns(graph: Graph, node: Node, cost) -> tuple[float, float]:
+def _int8_layout_ns(graph: Graph, node: Node, producers: dict[str, Node],
+                    cost) -> tuple[float, float]:
     """What the int8 kernels cost a layer beyond their products, per activation row: (the
     factor of rows they compute, whole token tiles, over the layer's rows; ns per row of
     transposes). A conv's Dense reads channels-first data through a flip that moves no byte,
@@ -144,7 +145,7 @@ def _int8_layout_ns(graph: Graph, node: Node, cost) -> tuple[float, float]:
         return 1.0, 0.0
     tiles = -(-rows // max(1, cost.tile_rows)) * max(1, cost.tile_rows)
     transposes = 0.0
-    flip = graph.producers().get(node.inputs[0])
+    flip = producers.get(node.inputs[0])
     if (flip is not None and flip.op == "Transpose" and flip.name == node.name
             and len(graph.tensors[flip.inputs[0]].shape) == 2):
         k, n = graph.tensors[node.inputs[1]].shape
