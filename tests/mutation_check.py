@@ -46,7 +46,7 @@ MUTANTS = (
            ("tests/codegen/test_spmm_kernels.py",),
            "each K chunk of a token-tile kernel forgets the chunks before it"),
     Mutant("direct-store-first-tile", "templates/f32-spmm/x86-tokens.c.j2",
-           "        const size_t m0 = args->m0;\n",
+           "        const size_t m0 = args->m0{% if grouped %} + g * {{ T }}{% endif %};\n",
            "        const size_t m0 = 0;\n",
            ("tests/codegen/test_layouts.py", "tests/codegen/test_conv.py"),
            "a one-chunk token-tile kernel stores every tile's columns over the first tile's"),
