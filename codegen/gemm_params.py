@@ -7,6 +7,8 @@ time as panels of 16 or 32 columns.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from sparsec.codegen.c_literals import CTYPES
@@ -105,8 +107,8 @@ channels on AVX-512 and NEON: 27 of 32)."""
 
 MAX_SLOTS = 32
 """Parallel tasks of the feature-major GEMM at most (its kernel takes about 4 a thread), each
-packing tiles into its own scratch (a slot of K x tokens floats, reused tile after tile while
-it is in cache); a layer with fewer tiles gets a slot per tile and share of its channels."""
+packing tiles into its own scratch; a layer with fewer tile groups than that gets a slot per
+group and share of its channels."""
 
 
 CHANNEL_TAIL_TOKENS = 2
@@ -114,14 +116,54 @@ CHANNEL_TAIL_TOKENS = 2
 one token (7x7 maps: 49 = 3 * 16 + 1) the token vector wasted 7 of 8 lanes; at 3 or more
 tokens the 4-way sums' loads and broadcasts cost about what they save."""
 
+CACHED_WEIGHT_BYTES = 256 << 10
+"""Weights up to this size stay in L2 from one token tile to the next."""
 
-def gemm_tokens_tiles(graph: Graph, node: Node, isa: str, channels: int) -> tuple[int, int]:
-    """(tokens per tile, slots) of the feature-major GEMM for `node`: at most a slot per
-    tile and block of `channels`."""
+WALK_CHANNELS_TILES = 4
+"""Larger weights on a map of at most this many token tiles (7x7: 3 tiles and a token on
+AVX2) are walked by channel block: every tile packed first, then each block's weights read
+once over all tiles, K in chunks. Walked tile by tile, ResNet-50's 7x7 3x3 convs (9.4 MB of
+weights) read them from L3 or memory once a tile, the last tile's one token included: 0.85x
+onnxruntime's time there, 0.99x by channel block (x86-avx2, one-layer models with caches
+flushed between runs). At 14x14 (13 tiles) by block ran 3-10 % slower than by tile: the
+tiles' chunks then stream from L2 at 64 bytes a k where a tile's weights streamed from L3
+at 24."""
+
+CHUNK_TILES_BYTES = 256 << 10
+"""A K chunk of every tile at most (bytes), within L2 beside the weights it meets."""
+
+CHUNK_ROWS = 512
+"""K rows a chunk at most: a channel block's chunk of weights (AVX2: 512 x 6 floats, 12 KB)
+stays in L1 while the tiles pass it. One chunk of all K (the tiles then in L3) ran 4-8 %
+slower on ResNet-50's 7x7 convs."""
+
+
+@dataclass(frozen=True)
+class TokensShape:
+    """How the feature-major GEMM walks a node: `tokens` a tile; by tile (each task packing
+    its tiles into its own of `slots` slots) or, with `walk_channels`, by channel block over
+    every tile packed first, K in `chunks` chunks of `chunk` rows."""
+
+    tokens: int
+    tiles: int
+    walk_channels: bool
+    chunk: int
+    chunks: int
+    slots: int
+
+
+def gemm_tokens_shape(graph: Graph, node: Node, isa: str, channels: int) -> TokensShape:
+    """The walk of the feature-major GEMM for `node` with blocks of `channels` channels (see
+    WALK_CHANNELS_TILES)."""
     tokens = TOKEN_VECTORS * TOKEN_TILE_ISAS[isa].lanes
     tiles = max(1, -(-dense_rows(graph, node) // tokens))
-    blocks = -(-graph.tensors[node.inputs[1]].shape[1] // channels)
-    return tokens, max(1, min(MAX_SLOTS, tiles * blocks))
+    k, n = graph.tensors[node.inputs[1]].shape
+    blocks = -(-n // channels)
+    packed = tiles * k * tokens * 4
+    if 1 < tiles <= WALK_CHANNELS_TILES and k * n * 4 > CACHED_WEIGHT_BYTES:
+        chunks = max(-(-packed // CHUNK_TILES_BYTES), -(-k // CHUNK_ROWS))
+        return TokensShape(tokens, tiles, True, -(-k // chunks), chunks, 1)
+    return TokensShape(tokens, tiles, False, k, 1, max(1, min(MAX_SLOTS, tiles * blocks)))
 
 
 def tokens_pay_off(graph: Graph, node: Node, isa: str) -> bool:
@@ -147,7 +189,8 @@ def gemm_tokens_params(req: KernelRequest, channels: int, isa: str) -> dict:
         m, a_sm, a_sk = dense_rows(req.graph, node), 1, patches["plane"][0] * patches["plane"][1]
     else:
         m, k, a_sm, a_sk = activation_rows(a, node.attrs.get("trans_a", 0))
-    tokens, slots = gemm_tokens_tiles(req.graph, node, isa, channels)
+    shape = gemm_tokens_shape(req.graph, node, isa, channels)
+    tokens = shape.tokens
     blocks = -(-n // channels)
     padded = np.zeros((k, blocks * channels), np.float32)
     padded[:, :n] = weight.data
@@ -158,11 +201,12 @@ def gemm_tokens_params(req: KernelRequest, channels: int, isa: str) -> dict:
     req.take(a)
     params = {
         "isa": names, "M": m, "K": k, "N": n, "NR": channels, "V": TOKEN_VECTORS,
-        "a_sm": a_sm, "a_sk": a_sk, "SLOTS": slots,
+        "a_sm": a_sm, "a_sk": a_sk, "SLOTS": shape.slots,
+        "KC": shape.chunk, "walk_channels": shape.walk_channels,
         # L floats past the end: the channel-lane tail loads a whole vector at the last k.
         "packed": req.blob.add(np.concatenate([
-            padded.reshape(k, blocks, channels).transpose(1, 0, 2).ravel(),
-            np.zeros(names["lanes"], np.float32)])),
+            padded[k0:k0 + shape.chunk].reshape(-1, blocks, channels).transpose(1, 0, 2).ravel()
+            for k0 in range(0, k, shape.chunk)] + [np.zeros(names["lanes"], np.float32)])),
         "CHANNEL_TAIL_TOKENS": CHANNEL_TAIL_TOKENS,
         **bias_params(req, m, n),
         "residual": req.take(req.input(3)),  # absorb_residual: after the bias, in this order
@@ -178,8 +222,13 @@ def gemm_tokens_scratch(graph: Graph, node: Node, isa: str, channels: int) -> in
     the row's output is row-major (the panel kernel runs)."""
     if graph.tensors[node.outputs[0]].layout != FEATURE_MAJOR:
         return 0
-    tokens, slots = gemm_tokens_tiles(graph, node, isa, channels)
-    return slots * tokens * 4 * graph.tensors[node.inputs[1]].shape[0]
+    shape = gemm_tokens_shape(graph, node, isa, channels)
+    k, n = graph.tensors[node.inputs[1]].shape
+    if not shape.walk_channels:
+        return shape.slots * shape.tokens * 4 * k
+    partial_tile = shape.chunks > 1 and dense_rows(graph, node) % shape.tokens
+    sums = -(-n // channels) * channels * shape.tokens if partial_tile else 0
+    return 4 * (shape.tiles * k * shape.tokens + sums)
 
 
 def matmul_batches(a: Tensor, b: Tensor) -> tuple[int, int, int, list]:

@@ -94,6 +94,12 @@ MUTANTS = (
            "\"\") }}\n    }\n  }\n}",
            ("tests/codegen/test_conv.py",),
            "the channel-lane tail stores without adding the residual"),
+    Mutant("channel-walk-drops-earlier-chunks", "templates/f32-gemm/x86-tokens.c.j2",
+           "  if (!first)\n#pragma GCC unroll {{ NR }}",
+           "  if (0)\n#pragma GCC unroll {{ NR }}",
+           ("tests/codegen/test_conv.py::test_dense_convs_on_small_maps_walk_channel_blocks",),
+           "a channel block walked in K chunks starts each chunk's sums at 0, dropping the "
+           "chunks before"),
     Mutant("tile-group-stores-first-tile", "templates/f32-spmm/x86-tokens.c.j2",
            "        const size_t m0 = args->m0{% if grouped %} + g * {{ T }}{% endif %};",
            "        const size_t m0 = args->m0;",

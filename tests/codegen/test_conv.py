@@ -384,6 +384,58 @@ def test_dense_convs_run_channels_first(target, threads, compiler):
     runs.flush()
 
 
+# The feature-major GEMM's row per target: (ISA record, channels a block), as codegen/kernels.py
+# builds them.
+GEMM_TOKENS_ROWS = {"x86-avx2": ("avx2", 6), "x86-avx512": ("avx512f", 12),
+                    "arm-neon": ("neon", 12)}
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("target", [p for p in TARGET_PARAMS if p.values[0] in TILE_TOKENS])
+def test_dense_convs_on_small_maps_walk_channel_blocks(target, threads, compiler, monkeypatch):
+    """Large weights on a map of a few tiles (ResNet-50's 7x7 convs) are walked by channel
+    block over every tile packed first, K in chunks whose sums wait in Y (in scratch for a
+    last tile short of a tile). The thresholds are lowered so that the small cases above
+    take that form with chunks of 7 rows, which cut taps in two, and the residual blocks
+    too (7 x 7: the channel-lane tail's sums; 7 x 11: a partial second vector). On 3
+    threads, tasks split the channel blocks after every tile is packed. Against onnxruntime
+    with the bounds of the tests above: the same sums, only in chunks."""
+    from sparsec.codegen import gemm_params
+
+    monkeypatch.setattr(gemm_params, "CACHED_WEIGHT_BYTES", 0)
+    monkeypatch.setattr(gemm_params, "WALK_CHANNELS_TILES", 16)
+    monkeypatch.setattr(gemm_params, "CHUNK_ROWS", 7)
+    isa, channels = GEMM_TOKENS_ROWS[target]
+    runs = Runs(targets.resolve(target), compiler.cache_dir, threads=threads)
+    walked = chunked = 0
+
+    def submit(model, feeds, check, label):
+        nonlocal walked, chunked
+        result = compiler.compile(model, target, force_pattern="dense")
+        for node in result.graph.nodes:
+            if node.op == "Dense" and result.graph.tensors[node.outputs[0]].layout == FEATURE_MAJOR:
+                shape = gemm_params.gemm_tokens_shape(result.graph, node, isa, channels)
+                walked += shape.walk_channels
+                chunked += shape.walk_channels and shape.chunks > 1
+        runs.submit(result, feeds, check, label=label)
+
+    for case in DENSE_CHANNELS_FIRST_CASES:
+        model, feeds = build(case)
+        submit(model, feeds, functools.partial(check_against_onnxruntime, case), repr(case))
+    for size in ((13, 7, 7), (13, 7, 11)):
+        for shortcut in ("identity", "conv"):
+            model, feeds = residual_block(shortcut, "Relu", density=1.0, size=size,
+                                          scale=(13 * 9) ** -0.5)
+            (expected,) = run_onnxruntime(model, feeds)
+
+            def check(outputs, expected=expected):
+                np.testing.assert_allclose(outputs["y"], expected, rtol=0, atol=1e-4)
+
+            submit(model, feeds, check, f"{size} {shortcut} shortcut")
+    assert walked >= 10 and chunked >= 8, (walked, chunked)
+    runs.flush()
+
+
 def residual_block(shortcut: str, activation: str, seed: int = 0, density: float = 0.1,
                    size: tuple[int, int, int] = (16, 9, 10),
                    scale: float = 1.0) -> tuple[onnx.ModelProto, dict]:
