@@ -128,7 +128,7 @@ def slice_params(req: KernelRequest) -> dict:
     """Slice-10+: every bound is an input, read by the kernel (constants from the blob)."""
     x, y = req.input(0), req.output()
     starts, ends, axes, steps = (req.input(i) for i in (1, 2, 3, 4))
-    if req.graph.opset < 10:
+    if "starts" in req.node.attrs:
         raise KernelNotFoundError(f"node {req.node.name!r}: Slice before opset 10 (bounds as "
                                   "attributes) is not supported")
     req.checked = True

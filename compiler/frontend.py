@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import external_data_helper, helper, numpy_helper
 
-from sparsec.compiler import attributes, float16, limits, static_shapes, weights
+from sparsec.compiler import attributes, float16, limits, split_slices, static_shapes, weights
 from sparsec.compiler.ir import DTYPES, Graph, Node, Tensor
 from sparsec.compiler.ops import LOWERED_OPS, RUNTIME_OPS, SHAPE_OPS
 from sparsec.errors import FrontendError, ShapeError, UnsupportedOperatorError
@@ -144,6 +144,7 @@ def import_model(source: str | os.PathLike | onnx.ModelProto | weights.Detached,
     del model  # the checked copy: only the resolved one is read from here
     graph = _build_graph(resolved, opset, max_memory, arrays, detached.order)
     attributes.check(graph)
+    split_slices.lower(graph)
     return graph
 
 

@@ -34,10 +34,11 @@ RUNTIME_OPS = frozenset(
     + CNN_OPS
 )
 
-# Operators the frontend accepts that a pass rewrites into the ops below before kernels are
+# Operators the frontend accepts that are rewritten into the ops below before kernels are
 # chosen: Conv becomes Im2Col + Dense (or DepthwiseConv) in lower_conv (which also folds a
-# BatchNormalization after a Conv into its weights).
-LOWERED_OPS = frozenset(("Conv",))
+# BatchNormalization after a Conv into its weights); Split becomes one Slice per output at
+# import (compiler/split_slices.py).
+LOWERED_OPS = frozenset(("Conv", "Split"))
 
 # Ops that only passes create; they never come from a model.
 DENSE = "Dense"  # act(alpha * X . W + beta * bias), W 2-D; X's leading dims flattened into rows
