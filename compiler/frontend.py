@@ -13,7 +13,15 @@ import numpy as np
 import onnx
 from onnx import external_data_helper, helper, numpy_helper
 
-from sparsec.compiler import attributes, float16, limits, split_slices, static_shapes, weights
+from sparsec.compiler import (
+    attributes,
+    float16,
+    limits,
+    node_order,
+    split_slices,
+    static_shapes,
+    weights,
+)
 from sparsec.compiler.ir import DTYPES, Graph, Node, Tensor
 from sparsec.compiler.ops import LOWERED_OPS, RUNTIME_OPS, SHAPE_OPS
 from sparsec.errors import FrontendError, ShapeError, UnsupportedOperatorError
@@ -129,6 +137,7 @@ def import_model(source: str | os.PathLike | onnx.ModelProto | weights.Detached,
     _check_text(model)
     opset = _standard_opset(model)
     model = _pin_input_shapes(model, input_shapes or {}, set(arrays))
+    model = node_order.sorted_model(model)
     try:
         onnx.checker.check_model(model)
     except Exception as exc:
