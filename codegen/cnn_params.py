@@ -1,5 +1,5 @@
 """Template parameters for the per-element and per-channel operators around convolutions:
-BatchNormalization (inference), HardSigmoid and HardSwish, and the two operators that move
+BatchNormalization (inference), the parametric activations, and the two operators that move
 elements by a per-axis index map, Pad and Resize (nearest).
 
 Pad's pads and Resize's scales or sizes are inputs: constants come from the weight blob, a
@@ -54,20 +54,40 @@ def batch_norm_params(req: KernelRequest) -> dict:
             "sqrt": "sqrtf" if y.dtype == "float32" else "sqrt"}
 
 
-def hard_activation_params(req: KernelRequest) -> dict:
-    """HardSigmoid max(0, min(1, alpha x + beta)) and HardSwish x times it (alpha 1/6,
-    beta 1/2), for the elementwise unary template; NaN propagates (neither comparison holds)."""
+def parametric_activation_params(req: KernelRequest) -> dict:
+    """compiler.ops.PARAMETRIC_ACTIVATIONS for the elementwise unary template, with ONNX's
+    defaults: HardSigmoid max(0, min(1, alpha x + beta)) and HardSwish x times it (alpha 1/6,
+    beta 1/2); LeakyRelu alpha x below 0; Elu alpha (e^x - 1) below 0; Selu gamma x above 0,
+    gamma alpha (e^x - 1) at or below; Softplus ln(1 + e^x), as max(x, 0) + ln(1 + e^-|x|)
+    so that e^x never overflows. NaN propagates: every comparison fails on it."""
     x, y = req.input(0), req.output()
     req.take(x)
     req.take(y)
-    swish = req.node.op == "HardSwish"
-    alpha = 1 / 6 if swish else req.node.attrs.get("alpha", 0.2)
-    beta = 0.5 if swish else req.node.attrs.get("beta", 0.5)
-    zero, one = c_literal(0, y.dtype), c_literal(1, y.dtype)
-    ctype = CTYPES[y.dtype]
-    statements = [f"{ctype} t = {c_literal(alpha, y.dtype)} * v + {c_literal(beta, y.dtype)};",
-                  f"t = t < {zero} ? {zero} : t;", f"t = t > {one} ? {one} : t;",
-                  "v = v * t;" if swish else "v = t;"]
+    op, attrs, dtype = req.node.op, req.node.attrs, y.dtype
+    ctype = CTYPES[dtype]
+    f = "f" if ctype == "float" else ""  # libm's float variants
+
+    def literal(name: str, default: float) -> str:
+        return c_literal(attrs.get(name, default), dtype)
+
+    zero, one = c_literal(0, dtype), c_literal(1, dtype)
+    if op in ("HardSigmoid", "HardSwish"):
+        swish = op == "HardSwish"
+        alpha = c_literal(1 / 6, dtype) if swish else literal("alpha", 0.2)
+        beta = c_literal(0.5, dtype) if swish else literal("beta", 0.5)
+        statements = [f"{ctype} t = {alpha} * v + {beta};",
+                      f"t = t < {zero} ? {zero} : t;", f"t = t > {one} ? {one} : t;",
+                      "v = v * t;" if swish else "v = t;"]
+    elif op == "LeakyRelu":
+        statements = [f"v = v < {zero} ? {literal('alpha', 0.01)} * v : v;"]
+    elif op == "Elu":
+        statements = [f"v = v < {zero} ? {literal('alpha', 1.0)} * expm1{f}(v) : v;"]
+    elif op == "Selu":
+        alpha, gamma = literal("alpha", 1.67326319217681884765625), literal(
+            "gamma", 1.05070102214813232421875)
+        statements = [f"v = v > {zero} ? {gamma} * v : {gamma} * {alpha} * expm1{f}(v);"]
+    else:  # Softplus
+        statements = [f"v = (v > {zero} ? v : {zero}) + log1p{f}(exp{f}(-fabs{f}(v)));"]
     return {"ctype": ctype, "count": y.size, "bound_args": [], "statements": statements,
             "vector_function": ""}
 

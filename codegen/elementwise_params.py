@@ -28,6 +28,8 @@ def binary_expression(op: str, dtype: str, a: str, b: str) -> str:
         # integer base: pow in double, as onnxruntime, saturated instead of C's undefined
         # float-to-int conversion out of range
         return f"({ctype})sparsec__saturate_i64(pow((double){a}, (double){b}))"
+    if op == "PRelu":  # b: the slope, broadcast to a; NaN fails the comparison
+        return f"({a} < 0 ? {a} * {b} : {a})"
     symbol = {"Add": "+", "Sub": "-", "Mul": "*", "Div": "/"}[op]
     if dtype in ("float32", "float64"):
         return f"{a} {symbol} {b}"

@@ -41,6 +41,7 @@ from sparsec.compiler.ops import (
     FLOAT_ONLY,
     IM2COL,
     LOGICAL_BINARY,
+    PARAMETRIC_ACTIVATIONS,
 )
 from sparsec.compiler.passes import (
     WeightStream,
@@ -399,8 +400,10 @@ KERNELS: list[KernelSpec] = [
     KernelSpec(op="BatchNormalization", dtypes=FLOATS, isa="scalar", family="x_batchnorm",
                template="x-batchnorm/scalar.c.j2", params=cnnp.batch_norm_params),
     *[KernelSpec(op=op, dtypes=FLOATS, isa="scalar", family=f"x_{op.lower()}",
-                 template="x-elementwise/unary.c.j2", params=cnnp.hard_activation_params)
-      for op in ("HardSigmoid", "HardSwish")],
+                 template="x-elementwise/unary.c.j2", params=cnnp.parametric_activation_params)
+      for op in PARAMETRIC_ACTIVATIONS],
+    KernelSpec(op="PRelu", dtypes=FLOATS, isa="scalar", family="x_prelu",
+               template="x-elementwise/binary.c.j2", params=ewp.binary_params),
     KernelSpec(op="Pad", dtypes=ANY, isa="scalar", family="x_pad",
                template="x-resample/pad.c.j2", params=cnnp.pad_params,
                scratch=cnnp.map_scratch),

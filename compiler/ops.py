@@ -24,7 +24,10 @@ COPY_OPS = ("Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze")
 # The operators around convolutions in CNNs: pooling over NCHW planes, per-channel batch
 # normalisation (inference), padding, nearest-neighbour resizing and the hard activations.
 POOL_OPS = ("MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool")
-CNN_OPS = POOL_OPS + ("BatchNormalization", "Pad", "Resize", "HardSigmoid", "HardSwish")
+# Activations with attributes (alpha, beta, gamma) or none, element by element; PRelu's slope
+# is a second input, broadcast to X.
+PARAMETRIC_ACTIVATIONS = ("HardSigmoid", "HardSwish", "LeakyRelu", "Elu", "Selu", "Softplus")
+CNN_OPS = POOL_OPS + ("BatchNormalization", "Pad", "Resize", "PRelu") + PARAMETRIC_ACTIVATIONS
 
 RUNTIME_OPS = frozenset(
     ("MatMul", "Gemm", "Transpose", "Softmax", "ReduceMean", "LayerNormalization", "Gather",

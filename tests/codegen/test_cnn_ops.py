@@ -1,6 +1,6 @@
-"""BatchNormalization (inference), Pad, Resize (nearest), HardSigmoid and HardSwish against
-onnxruntime, with their parameters as exporters write them (constants) and, for Pad and
-Resize, read at run time and checked against the compiled shape."""
+"""BatchNormalization (inference), Pad, Resize (nearest), the parametric activations and
+PRelu against onnxruntime, with their parameters as exporters write them (constants) and, for
+Pad and Resize, read at run time and checked against the compiled shape."""
 
 from __future__ import annotations
 
@@ -65,6 +65,42 @@ def test_hard_activations(target, op, alpha, beta, compiler):
     model = one_node(op, shape, attrs, opset=14)
     check_against_onnxruntime(compiler, target, model, {"x": random_input(shape, 7)},
                               rtol=PER_ELEMENT_RTOL, atol=PER_ELEMENT_ATOL)
+
+
+# libm's expm1 and log1p against onnxruntime's own exponentials: a few float32 ulps apart.
+EXPONENTIAL_RTOL, EXPONENTIAL_ATOL = 1e-5, 1e-6
+
+
+@pytest.mark.parametrize("target", CNN_TARGETS)
+@SETTINGS
+@given(op=st.sampled_from(["LeakyRelu", "Elu", "Selu", "Softplus"]),
+       alpha=st.floats(0.01, 2.0), gamma=st.floats(0.5, 2.0), defaults=st.booleans())
+def test_parametric_activations(target, op, alpha, gamma, defaults, compiler):
+    """Their attributes given or left to ONNX's defaults, on values of either sign, zeros,
+    large magnitudes (Softplus of 100 would overflow e^x as written), infinities and NaN."""
+    attrs = {} if defaults or op == "Softplus" else {"alpha": alpha}
+    if op == "Selu" and not defaults:
+        attrs["gamma"] = gamma
+    shape = [2, 3, 5, 7]
+    x = random_input(shape, 8)
+    x.flat[:6] = [0.0, -0.0, 100.0, -100.0, np.inf, -np.inf]
+    x.flat[6] = np.nan
+    model = one_node(op, shape, attrs, opset=14)
+    check_against_onnxruntime(compiler, target, model, {"x": x},
+                              rtol=EXPONENTIAL_RTOL, atol=EXPONENTIAL_ATOL)
+
+
+@pytest.mark.parametrize("target", CNN_TARGETS)
+@pytest.mark.parametrize("slope_shape", [[3, 1, 1], [1], [2, 3, 5, 7], [7]])
+def test_prelu_broadcasts_its_slope(target, slope_shape, compiler):
+    """PRelu's slope per channel (as torch exports nn.PReLU(channels)), one for all, per
+    element, and along the last axis; exact, one product per element."""
+    shape = [2, 3, 5, 7]
+    slope = np.random.default_rng(9).standard_normal(slope_shape).astype(np.float32)
+    model = one_node("PRelu", shape, {}, initializers=[("slope", slope)], opset=16)
+    x = random_input(shape, 10)
+    x.flat[6] = np.nan
+    check_against_onnxruntime(compiler, target, model, {"x": x}, rtol=0, atol=0)
 
 
 @st.composite
