@@ -100,16 +100,30 @@ def gemm_panels_params(req: KernelRequest, mr: int, panel: int, isa: str = "",
     return params
 
 
-TOKEN_VECTORS = 2
-"""Token vectors per tile of the feature-major GEMM (f32-gemm/x86-tokens.c.j2): with 6
-channels on AVX2, 12 accumulators, 2 token vectors and a weight in 15 of 16 registers (12
-channels on AVX-512 and NEON: 27 of 32)."""
+TOKEN_VECTORS = {"avx2": 2, "avx512f": 3, "neon": 2}
+"""Token vectors per tile of the feature-major GEMM (f32-gemm/x86-tokens.c.j2), by ISA. AVX2:
+6 channels a block (codegen/kernels.py), 12 accumulators, 2 token vectors and a weight in 15
+of 16 registers; NEON: 12 channels, 27 of 32. AVX-512: 8 channels by 3 vectors (48 tokens),
+24 accumulators and 11 loads a k step in 28 of 32 registers. Its 12 x 2 had 14 loads a step
+and left a third of a block idle on the 64-channel convs (72 computed); 8 x 3 took dense
+ResNet-50 from 0.78x to 0.85x onnxruntime's speed and ResNet-style one-layer convs 2-11 %
+faster (x86-amx, Intel Xeon with AVX-512, 1 thread, same-process runs)."""
 
 MAX_SLOTS = 32
 """Parallel tasks of the feature-major GEMM at most (its kernel takes about 4 a thread), each
 packing tiles into its own scratch (a slot of K x tokens floats, reused tile after tile while
 it is in cache); a layer with fewer tiles gets a slot per tile and share of its channels."""
 
+
+TILE_CHUNK_BYTES = {"avx512f": 24 << 10}
+"""Walked tile by tile, K in chunks of a packed tile at most this many bytes, by ISA (none
+listed: one chunk of all K): a chunk stays in L1 while every channel block reads it, the
+blocks' sums waiting in Y between chunks. AVX-512's 48-token tile is 192 bytes a K row, so
+a 3x3 conv's packed tile (K = 576-4608) passes L1 several times over and every block read
+it from L2: chunked (128 rows), ResNet-50's 56x56 3x3 conv went from 0.86x to 1.04x
+onnxruntime's speed (one-layer models, x86-amx, 1 thread), 64 and 256 rows measured
+slower. On AVX2 (16 tokens, 64 bytes a row) K chunks without the channel walk measured
+2-8 % slower on a Zen 3, so it keeps one chunk."""
 
 CHANNEL_TAIL_TOKENS = 2
 """A last tile of at most this many tokens runs with its channels on the lanes (x86). With
@@ -119,15 +133,18 @@ tokens the 4-way sums' loads and broadcasts cost about what they save."""
 CACHED_WEIGHT_BYTES = 256 << 10
 """Weights up to this size stay in L2 from one token tile to the next."""
 
-WALK_CHANNELS_TILES = 4
-"""Larger weights on a map of at most this many token tiles (7x7: 3 tiles and a token on
-AVX2) are walked by channel block: every tile packed first, then each block's weights read
+WALK_CHANNELS_TILES = {"avx2": 4, "avx512f": 17, "neon": 4}
+"""Larger weights on a map of at most this many token tiles, by ISA (7x7: 3 tiles and a
+token on AVX2) are walked by channel block: every tile packed first, then each block's weights read
 once over all tiles, K in chunks. Walked tile by tile, ResNet-50's 7x7 3x3 convs (9.4 MB of
 weights) read them from L3 or memory once a tile, the last tile's one token included: 0.85x
 onnxruntime's time there, 0.99x by channel block (x86-avx2, one-layer models with caches
 flushed between runs). At 14x14 (13 tiles) by block ran 3-10 % slower than by tile: the
 tiles' chunks then stream from L2 at 64 bytes a k where a tile's weights streamed from L3
-at 24."""
+at 24. AVX-512, on an Intel Xeon (2 MB of L2 a core), gains from the walk up to 28x28 (17
+tiles of 48 tokens): dense ResNet-50 0.79x -> 0.85x onnxruntime's speed on 1 thread, its
+14x14 3x3 convs (2.4 MB of weights over 5 tiles) 0.70x -> 0.86x; walking the 56x56 maps
+too measured the same."""
 
 CHUNK_TILES_BYTES = 256 << 10
 """A K chunk of every tile at most (bytes), within L2 beside the weights it meets."""
@@ -155,15 +172,18 @@ class TokensShape:
 def gemm_tokens_shape(graph: Graph, node: Node, isa: str, channels: int) -> TokensShape:
     """The walk of the feature-major GEMM for `node` with blocks of `channels` channels (see
     WALK_CHANNELS_TILES)."""
-    tokens = TOKEN_VECTORS * TOKEN_TILE_ISAS[isa].lanes
+    tokens = TOKEN_VECTORS[isa] * TOKEN_TILE_ISAS[isa].lanes
     tiles = max(1, -(-dense_rows(graph, node) // tokens))
     k, n = graph.tensors[node.inputs[1]].shape
     blocks = -(-n // channels)
     packed = tiles * k * tokens * 4
-    if 1 < tiles <= WALK_CHANNELS_TILES and k * n * 4 > CACHED_WEIGHT_BYTES:
+    if 1 < tiles <= WALK_CHANNELS_TILES[isa] and k * n * 4 > CACHED_WEIGHT_BYTES:
         chunks = max(-(-packed // CHUNK_TILES_BYTES), -(-k // CHUNK_ROWS))
         return TokensShape(tokens, tiles, True, -(-k // chunks), chunks, 1)
-    return TokensShape(tokens, tiles, False, k, 1, max(1, min(MAX_SLOTS, tiles * blocks)))
+    rows = TILE_CHUNK_BYTES.get(isa, 0) // (4 * tokens) or k  # by tile, K chunks in L1
+    chunks = -(-k // rows)
+    return TokensShape(tokens, tiles, False, -(-k // chunks), chunks,
+                       max(1, min(MAX_SLOTS, tiles * blocks)))
 
 
 def tokens_pay_off(graph: Graph, node: Node, isa: str) -> bool:
@@ -174,7 +194,7 @@ def tokens_pay_off(graph: Graph, node: Node, isa: str) -> bool:
     feature-major for the second, transposing its input. On fewer tokens than a tile (a
     squeeze-excite block's 1x1 convs on one pixel) the token lanes would run mostly empty,
     where the panel form puts output channels on the lanes."""
-    tokens = TOKEN_VECTORS * TOKEN_TILE_ISAS[isa].lanes
+    tokens = TOKEN_VECTORS[isa] * TOKEN_TILE_ISAS[isa].lanes
     return (graph.tensors[node.inputs[0]].layout == FEATURE_MAJOR
             and dense_rows(graph, node) >= tokens)
 
@@ -200,7 +220,7 @@ def gemm_tokens_params(req: KernelRequest, channels: int, isa: str) -> dict:
         patch_params = shifted_rows(req, patches, m, tokens, names["lanes"], 1, 1)
     req.take(a)
     params = {
-        "isa": names, "M": m, "K": k, "N": n, "NR": channels, "V": TOKEN_VECTORS,
+        "isa": names, "M": m, "K": k, "N": n, "NR": channels, "V": TOKEN_VECTORS[isa],
         "a_sm": a_sm, "a_sk": a_sk, "SLOTS": shape.slots,
         "KC": shape.chunk, "walk_channels": shape.walk_channels,
         # L floats past the end: the channel-lane tail loads a whole vector at the last k.
@@ -224,10 +244,10 @@ def gemm_tokens_scratch(graph: Graph, node: Node, isa: str, channels: int) -> in
         return 0
     shape = gemm_tokens_shape(graph, node, isa, channels)
     k, n = graph.tensors[node.inputs[1]].shape
-    if not shape.walk_channels:
-        return shape.slots * shape.tokens * 4 * k
     partial_tile = shape.chunks > 1 and dense_rows(graph, node) % shape.tokens
     sums = -(-n // channels) * channels * shape.tokens if partial_tile else 0
+    if not shape.walk_channels:
+        return 4 * (shape.slots * shape.tokens * shape.chunk + sums)
     return 4 * (shape.tiles * k * shape.tokens + sums)
 
 

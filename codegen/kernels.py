@@ -169,13 +169,13 @@ KERNELS: list[KernelSpec] = [
                adds_residual=True,
                feature_major_if=functools.partial(gp.tokens_pay_off, isa="avx2"),
                cost_ns={"generic": 0.0183}),
-    # AVX-512: the same two forms, 12 channels by 32 tokens channels-first (24 of 32
-    # registers accumulate, as the panel kernel's 12 x 32).
+    # AVX-512: the same two forms, 8 channels by 48 tokens channels-first (24 of 32
+    # registers accumulate, as the panel kernel's 12 x 32; gemm_params.TOKEN_VECTORS).
     KernelSpec(op=DENSE, dtypes=FLOAT, isa="avx512f", pattern="dense", mr=12, nr=32,
                family="f32_gemm", template="f32-gemm/x86-panels.c.j2", parallel=True,
                params=functools.partial(gp.gemm_panels_params, mr=12, panel=32,
-                                        isa="avx512f", channels=12),
-               scratch=functools.partial(gp.gemm_tokens_scratch, isa="avx512f", channels=12),
+                                        isa="avx512f", channels=8),
+               scratch=functools.partial(gp.gemm_tokens_scratch, isa="avx512f", channels=8),
                reads_feature_major=True, feature_major=True, reads_patches=True,
                adds_residual=True,
                feature_major_if=functools.partial(gp.tokens_pay_off, isa="avx512f"),

@@ -100,6 +100,17 @@ MUTANTS = (
            ("tests/codegen/test_conv.py::test_dense_convs_on_small_maps_walk_channel_blocks",),
            "a channel block walked in K chunks starts each chunk's sums at 0, dropping the "
            "chunks before"),
+    Mutant("tile-chunks-keep-sums-in-packed-tile", "templates/f32-gemm/x86-tokens.c.j2",
+           "{% set SUMS_AT = TILES * K * T if walk_channels else SLOTS * KC * T %}",
+           "{% set SUMS_AT = TILES * K * T if walk_channels else 0 %}",
+           ("tests/codegen/test_conv.py::test_dense_convs_walk_each_tile_in_k_chunks",),
+           "walked tile by tile in K chunks, the partial tile's sums overwrite the first "
+           "task's packed chunk"),
+    Mutant("tile-chunks-restart-sums", "templates/f32-gemm/x86-tokens.c.j2",
+           "      const int first_chunk = k0 == 0, last_chunk = k0 + kc == {{ K }};",
+           "      const int first_chunk = 1, last_chunk = k0 + kc == {{ K }};",
+           ("tests/codegen/test_conv.py::test_dense_convs_walk_each_tile_in_k_chunks",),
+           "walked tile by tile in K chunks, each chunk starts its sums at 0"),
     Mutant("tile-group-stores-first-tile", "templates/f32-spmm/x86-tokens.c.j2",
            "        const size_t m0 = args->m0{% if grouped %} + g * {{ T }}{% endif %};",
            "        const size_t m0 = args->m0;",

@@ -327,14 +327,18 @@ DENSE_CHANNELS_FIRST_CASES = [
     edge(c=7, m=16, h=2, w=40, kernel=(3, 5), pads=(1, 2, 1, 2)),  # tiles across rows
     edge(c=8, m=8, h=4, w=5, kernel=(5, 3), pads=(4, 1, 0, 1)),  # taps in the padding
     edge(c=2, m=11, h=17, w=3, activation="Relu"),  # M 51, N % 6 = 5
-    # Last tiles of 1 and 2 tokens (AVX2 and AVX-512), which put the channels on the lanes.
+    # Last tiles of 1 and 2 tokens, which put the channels on the lanes: AVX2 (16-token
+    # tiles) in all four, AVX-512 (48) in the last two.
     edge(c=9, m=14, h=5, w=13, activation="Clip"),  # M 65, N % 6 = 2, K % 4 = 1
     edge(c=6, m=12, h=6, w=11, kernel=(1, 1), pads=(0, 0, 0, 0), batch_norm=True,
          activation="Sigmoid"),  # M 66, N % 6 = 0, K % 4 = 2
+    edge(c=7, m=11, h=7, w=7, activation="Relu"),  # M 49, N % 8 = 3, K % 4 = 3
+    edge(c=10, m=9, h=7, w=14, kernel=(1, 1), pads=(0, 0, 0, 0),
+         activation="Clip"),  # M 98, N % 8 = 1, K % 4 = 2
 ]
 
 
-TILE_TOKENS = {"x86-avx2": 16, "x86-avx512": 32, "arm-neon": 8}
+TILE_TOKENS = {"x86-avx2": 16, "x86-avx512": 48, "arm-neon": 8}
 READS_PATCHES = {"x86-avx2": True, "x86-avx512": True, "arm-neon": False}  # NEON: Im2Col
 
 
@@ -363,7 +367,7 @@ def test_dense_convs_run_channels_first(target, threads, compiler):
         result = compiler.compile(model, target, force_pattern="dense")
         graph = result.graph
         (dense,) = [node for node in graph.nodes if node.op == "Dense"]
-        # Fewer pixels than a tile (16 AVX2 tokens, 32 AVX-512, 8 NEON) keep the panel form,
+        # Fewer pixels than a tile (16 AVX2 tokens, 48 AVX-512, 8 NEON) keep the panel form,
         # output channels on the lanes.
         channels_first = graph.tensors[dense.outputs[0]].layout == FEATURE_MAJOR
         assert channels_first == (layer_pixels(case) >= TILE_TOKENS[target]), case
@@ -386,37 +390,26 @@ def test_dense_convs_run_channels_first(target, threads, compiler):
 
 # The feature-major GEMM's row per target: (ISA record, channels a block), as codegen/kernels.py
 # builds them.
-GEMM_TOKENS_ROWS = {"x86-avx2": ("avx2", 6), "x86-avx512": ("avx512f", 12),
+GEMM_TOKENS_ROWS = {"x86-avx2": ("avx2", 6), "x86-avx512": ("avx512f", 8),
                     "arm-neon": ("neon", 12)}
 
 
-@pytest.mark.parametrize("threads", [1, 3])
-@pytest.mark.parametrize("target", [p for p in TARGET_PARAMS if p.values[0] in TILE_TOKENS])
-def test_dense_convs_on_small_maps_walk_channel_blocks(target, threads, compiler, monkeypatch):
-    """Large weights on a map of a few tiles (ResNet-50's 7x7 convs) are walked by channel
-    block over every tile packed first, K in chunks whose sums wait in Y (in scratch for a
-    last tile short of a tile). The thresholds are lowered so that the small cases above
-    take that form with chunks of 7 rows, which cut taps in two, and the residual blocks
-    too (7 x 7: the channel-lane tail's sums; 7 x 11: a partial second vector). On 3
-    threads, tasks split the channel blocks after every tile is packed. Against onnxruntime
-    with the bounds of the tests above: the same sums, only in chunks."""
+def run_dense_convs_counting_shapes(target: str, threads: int, compiler) -> list:
+    """The channels-first cases above and the dense residual blocks (7 x 7: the channel-lane
+    tail's sums; 7 x 11: a partial second vector) against onnxruntime with the bounds of the
+    tests above; returns the feature-major GEMM's walk (gemm_params.TokensShape) of every
+    channels-first Dense among them."""
     from sparsec.codegen import gemm_params
 
-    monkeypatch.setattr(gemm_params, "CACHED_WEIGHT_BYTES", 0)
-    monkeypatch.setattr(gemm_params, "WALK_CHANNELS_TILES", 16)
-    monkeypatch.setattr(gemm_params, "CHUNK_ROWS", 7)
     isa, channels = GEMM_TOKENS_ROWS[target]
     runs = Runs(targets.resolve(target), compiler.cache_dir, threads=threads)
-    walked = chunked = 0
+    shapes = []
 
     def submit(model, feeds, check, label):
-        nonlocal walked, chunked
         result = compiler.compile(model, target, force_pattern="dense")
         for node in result.graph.nodes:
             if node.op == "Dense" and result.graph.tensors[node.outputs[0]].layout == FEATURE_MAJOR:
-                shape = gemm_params.gemm_tokens_shape(result.graph, node, isa, channels)
-                walked += shape.walk_channels
-                chunked += shape.walk_channels and shape.chunks > 1
+                shapes.append(gemm_params.gemm_tokens_shape(result.graph, node, isa, channels))
         runs.submit(result, feeds, check, label=label)
 
     for case in DENSE_CHANNELS_FIRST_CASES:
@@ -432,8 +425,48 @@ def test_dense_convs_on_small_maps_walk_channel_blocks(target, threads, compiler
                 np.testing.assert_allclose(outputs["y"], expected, rtol=0, atol=1e-4)
 
             submit(model, feeds, check, f"{size} {shortcut} shortcut")
-    assert walked >= 10 and chunked >= 8, (walked, chunked)
     runs.flush()
+    return shapes
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("target", [p for p in TARGET_PARAMS if p.values[0] in TILE_TOKENS])
+def test_dense_convs_on_small_maps_walk_channel_blocks(target, threads, compiler, monkeypatch):
+    """Large weights on a map of a few tiles (ResNet-50's 7x7 convs) are walked by channel
+    block over every tile packed first, K in chunks whose sums wait in Y (in scratch for a
+    last tile short of a tile). The thresholds are lowered so that the small cases above
+    take that form with chunks of 7 rows, which cut taps in two, and the residual blocks
+    too. On 3 threads, tasks split the channel blocks after every tile is packed. The same
+    sums, only in chunks."""
+    from sparsec.codegen import gemm_params
+
+    monkeypatch.setattr(gemm_params, "CACHED_WEIGHT_BYTES", 0)
+    monkeypatch.setattr(gemm_params, "WALK_CHANNELS_TILES",
+                        dict.fromkeys(gemm_params.WALK_CHANNELS_TILES, 16))
+    monkeypatch.setattr(gemm_params, "CHUNK_ROWS", 7)
+    shapes = run_dense_convs_counting_shapes(target, threads, compiler)
+    walked = sum(shape.walk_channels for shape in shapes)
+    chunked = sum(shape.walk_channels and shape.chunks > 1 for shape in shapes)
+    assert walked >= 10 and chunked >= 8, (walked, chunked)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("target", [p for p in TARGET_PARAMS if p.values[0] in TILE_TOKENS])
+def test_dense_convs_walk_each_tile_in_k_chunks(target, threads, compiler, monkeypatch):
+    """Walked tile by tile, a packed tile goes K chunk by K chunk where its rows pass L1
+    (AVX-512: gemm_params.TILE_CHUNK_BYTES), every channel block taking the chunk, its sums
+    waiting in Y between chunks (in scratch for a last tile short of a tile, or of one or
+    two tokens with the channels on the lanes). Chunks of 7 rows here, for every ISA, so
+    that each case with more K rows takes them, taps cut in two. On 3 threads, the layers
+    of fewer tiles than tasks split each tile's channel blocks, each task packing its own
+    chunks. The same sums, only in chunks."""
+    from sparsec.codegen import gemm_params
+
+    isa, _ = GEMM_TOKENS_ROWS[target]
+    monkeypatch.setattr(gemm_params, "TILE_CHUNK_BYTES", {isa: 7 * 4 * TILE_TOKENS[target]})
+    shapes = run_dense_convs_counting_shapes(target, threads, compiler)
+    chunked = sum(not shape.walk_channels and shape.chunks > 1 for shape in shapes)
+    assert chunked >= 10, shapes
 
 
 def residual_block(shortcut: str, activation: str, seed: int = 0, density: float = 0.1,
@@ -518,8 +551,9 @@ def test_residual_add_and_activation_run_in_the_conv_epilogue(target, compiler):
 @pytest.mark.parametrize("target", [p for p in TARGET_PARAMS if p.values[0] in TILE_TOKENS])
 def test_dense_convs_add_their_residual_as_they_store(target, compiler):
     """The same blocks with dense weights: the channels-first GEMM adds the shortcut, whole
-    vectors and the last tile's 13 tokens (7 x 11 = 77 pixels; NEON 5 of 8) alike, with 13
-    channels (AVX2: two blocks of 6 and one; AVX-512 and NEON: one of 12 and one). Weights scaled by
+    vectors and the last tile's 13 tokens (7 x 11 = 77 pixels; AVX-512 29 of 48, NEON 5 of 8)
+    alike, with 13 channels (AVX2: two blocks of 6 and one; AVX-512: one of 8 and one of 5;
+    NEON: one of 12 and one). Weights scaled by
     1/sqrt(13*9), so the outputs stay of the sparse blocks' magnitude and the tolerance above
     holds for the same reasons."""
     check_fused_residual_blocks(target, compiler, "dense", density=1.0, size=(13, 7, 11),
@@ -529,9 +563,9 @@ def test_dense_convs_add_their_residual_as_they_store(target, compiler):
 @pytest.mark.parametrize("target", [p for p in TARGET_PARAMS
                                     if p.values[0] in ("x86-avx2", "x86-avx512")])
 def test_dense_convs_on_7x7_maps_add_their_residual(target, compiler):
-    """A 7x7 map's 49 pixels leave one token in AVX2's last tile, which runs with the
-    channels on the lanes: it too adds the shortcut before the activation (AVX-512's
-    32-token tiles leave 17, the token-vector tail). 13 channels, weights scaled as above."""
+    """A 7x7 map's 49 pixels leave one token in the last tile (AVX2's 16-token tiles and
+    AVX-512's 48), which runs with the channels on the lanes: it too adds the shortcut
+    before the activation. 13 channels, weights scaled as above."""
     check_fused_residual_blocks(target, compiler, "dense", density=1.0, size=(13, 7, 7),
                                 scale=(13 * 9) ** -0.5)
 
