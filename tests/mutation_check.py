@@ -111,6 +111,12 @@ MUTANTS = (
            "      const int first_chunk = 1, last_chunk = k0 + kc == {{ K }};",
            ("tests/codegen/test_conv.py::test_dense_convs_walk_each_tile_in_k_chunks",),
            "walked tile by tile in K chunks, each chunk starts its sums at 0"),
+    Mutant("tail-tile-drops-last-vector", "templates/f32-spmm/x86-tokens.c.j2",
+           "{% set TAIL_V = ((M % T) + L - 1) // L %}",
+           "{% set TAIL_V = (M % T) // L if M % T >= L else 1 %}",
+           ("tests/codegen/test_conv.py::test_random_convs_match_onnxruntime",),
+           "a last tile short of a tile computes only its whole vectors, dropping the tokens "
+           "of a partial one"),
     Mutant("tile-group-stores-first-tile", "templates/f32-spmm/x86-tokens.c.j2",
            "        const size_t m0 = args->m0{% if grouped %} + g * {{ T }}{% endif %};",
            "        const size_t m0 = args->m0;",
