@@ -328,13 +328,15 @@ DENSE_CHANNELS_FIRST_CASES = [
     edge(c=8, m=8, h=4, w=5, kernel=(5, 3), pads=(4, 1, 0, 1)),  # taps in the padding
     edge(c=2, m=11, h=17, w=3, activation="Relu"),  # M 51, N % 6 = 5
     # Last tiles of 1 and 2 tokens, which put the channels on the lanes: AVX2 (16-token
-    # tiles) in all four, AVX-512 (48) in the last two.
+    # tiles) in all four, AVX-512 (48) in the last two and the 6 tokens below.
     edge(c=9, m=14, h=5, w=13, activation="Clip"),  # M 65, N % 6 = 2, K % 4 = 1
     edge(c=6, m=12, h=6, w=11, kernel=(1, 1), pads=(0, 0, 0, 0), batch_norm=True,
          activation="Sigmoid"),  # M 66, N % 6 = 0, K % 4 = 2
     edge(c=7, m=11, h=7, w=7, activation="Relu"),  # M 49, N % 8 = 3, K % 4 = 3
     edge(c=10, m=9, h=7, w=14, kernel=(1, 1), pads=(0, 0, 0, 0),
          activation="Clip"),  # M 98, N % 8 = 1, K % 4 = 2
+    # AVX-512 puts up to 6 tokens on the lanes (M 51: 3), AVX2 6 in a token vector.
+    edge(c=5, m=9, h=6, w=9, activation="Relu"),  # M 54, N % 8 = 1
 ]
 
 
