@@ -117,6 +117,15 @@ MUTANTS = (
            ("tests/codegen/test_conv.py::test_random_convs_match_onnxruntime",),
            "a last tile short of a tile computes only its whole vectors, dropping the tokens "
            "of a partial one"),
+    Mutant("copied-patches-lose-their-masks", "templates/f32-spmm/x86-tokens.c.j2",
+           '        {{ isa.store }}(copy + k * {{ T }} + v * {{ L }}, '
+           '{{ isa.maskz_loadu.format(mask="lanes[v]", '
+           'ptr="rows + k * " ~ a_sk ~ " + v * " ~ L) }});',
+           '        {{ isa.store }}(copy + k * {{ T }} + v * {{ L }}, '
+           '{{ isa.loadu }}(rows + k * {{ a_sk }} + v * {{ L }}));',
+           ("tests/codegen/test_conv.py::test_stride_1_convs_read_their_patches_in_place",),
+           "a chunk's patch rows are copied without their masks, so the padding reads X's "
+           "neighbouring pixels"),
     Mutant("tile-group-stores-first-tile", "templates/f32-spmm/x86-tokens.c.j2",
            "        const size_t m0 = args->m0{% if grouped %} + g * {{ T }}{% endif %};",
            "        const size_t m0 = args->m0;",

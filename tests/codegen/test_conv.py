@@ -8,6 +8,7 @@ Each target runs natively, under qemu (ARM, batched), or compile-only; the test 
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -278,13 +279,21 @@ def assert_reads_phases(graph, case: ConvCase) -> None:
     assert split.attrs["pads"] == [0, 0, 0, 0], split.attrs
 
 
+@pytest.mark.parametrize("copied", [False, True], ids=["in-place", "copied"])
 @pytest.mark.parametrize("pattern", ["1x1", "4x1"])
 @pytest.mark.parametrize("target", [p for p in TARGET_PARAMS
                                     if p.values[0] in ("x86-avx2", "x86-avx512")])
-def test_stride_1_convs_read_their_patches_in_place(target, pattern, compiler):
+def test_stride_1_convs_read_their_patches_in_place(target, pattern, copied, compiler,
+                                                    monkeypatch):
     """No Im2Col is left: the Dense reads X itself, and matches onnxruntime (where the host
     runs the target; elsewhere it compiles). Masked lanes are never read, so a tap reaching
-    before X's first byte or past its last is no fault."""
+    before X's first byte or past its last is no fault. Each case runs both ways a kernel
+    reads the patches: in place, and K chunk by K chunk copied to the column task's scratch
+    first (spmm_params.copies_patches, forced here either way: the small cases have too few
+    reads a row to choose the copy)."""
+    from sparsec.codegen import spmm_params
+
+    monkeypatch.setattr(spmm_params, "COPY_PATCHES_MIN_READS", 0.0 if copied else math.inf)
     runs = Runs(targets.resolve(target), compiler.cache_dir)
     for case in SHIFTED_ROW_CASES + PHASE_CASES:
         if pattern == "4x1" and case.c % 4:
