@@ -238,6 +238,7 @@ SHIFTED_ROW_CASES = [
     edge(c=3, m=5, h=6, w=70, kernel=(1, 5), pads=(0, 2, 0, 2), density=0.4),  # tile > row
     edge(c=8, m=8, h=4, w=5, kernel=(5, 3), pads=(4, 1, 0, 1), density=0.5),  # taps in pads
     edge(c=64, m=24, h=11, w=12, kernel=(3, 3), density=0.05, activation="Clip"),
+    edge(c=8, m=136, h=9, w=10, density=0.3, activation="Relu"),  # two column tasks
 ]
 
 # Strided convs whose taps read every phase of the stride, with H and W multiples of it and
@@ -290,11 +291,13 @@ def test_stride_1_convs_read_their_patches_in_place(target, pattern, copied, com
     before X's first byte or past its last is no fault. Each case runs both ways a kernel
     reads the patches: in place, and K chunk by K chunk copied to the column task's scratch
     first (spmm_params.copies_patches, forced here either way: the small cases have too few
-    reads a row to choose the copy)."""
+    reads a row to choose the copy). Copied, on 3 threads: a layer of fewer tiles than
+    threads runs a tile's column tasks (136 channels: two) in parallel, each copying into its
+    own scratch."""
     from sparsec.codegen import spmm_params
 
     monkeypatch.setattr(spmm_params, "COPY_PATCHES_MIN_READS", 0.0 if copied else math.inf)
-    runs = Runs(targets.resolve(target), compiler.cache_dir)
+    runs = Runs(targets.resolve(target), compiler.cache_dir, threads=3 if copied else 1)
     for case in SHIFTED_ROW_CASES + PHASE_CASES:
         if pattern == "4x1" and case.c % 4:
             continue
