@@ -57,7 +57,7 @@ def spmm_params(req: KernelRequest) -> dict:
 L1_TILE_ROWS = 64
 MAX_TILE_ROWS = 128
 MIN_BLOCKS_PER_CHUNK = 16
-COLUMNS_PER_TASK = 128
+COLUMNS_PER_TASK = 128  # a multiple of every ISA's lanes: the store pass takes L columns a step
 
 TILE_GROUP = 8
 """Full token tiles each output column walks in turn where the kernel reads A in place and
@@ -160,7 +160,7 @@ def spmm_tokens_params(req: KernelRequest, tokens: int, isa: str) -> dict:
         # reads the scratch copy's zero rows instead (0 x whatever lies beyond A is NaN
         # for an Inf there, and may be past the arena's end).
         # Read in place only where a chunk's rows spread over L1's sets (rows_fit_l1_sets).
-        "direct_rows": (a_sm == 1 and a_sk != 1 and block_rows * packed.rows == k
+        "direct_rows": (not patches and a_sm == 1 and a_sk != 1 and block_rows * packed.rows == k
                         and rows_fit_l1_sets(4 * a_sk, min(chunk, block_rows) * packed.rows,
                                              4 * tokens)),
         "patches": bool(patches), **patch_params, "copy_patches": copy,
