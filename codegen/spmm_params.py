@@ -184,8 +184,8 @@ vectors straddle two cache lines and need a masked load for the padding, which c
 the FMA. Where a column task reads each row at least this many times, the task first copies a
 chunk's rows to its scratch, masked once, so that every nonzero reads whole aligned vectors.
 Measured on one-layer 3x3 convs (x86-amx and x86-avx2 on the Xeon): at 6.4 reads a row (64
-channels, 10 % dense) the layer ran 14 % faster, at 13-51 (128-512 channels) 20-26 %; at
-1.9-3.8 (3-6 % dense) from 3 % faster to 14 % slower."""
+channels, 10 % dense) the layer ran 14 % faster, at 13-51 (128-512 channels) 20-26 % (x86-avx2
+19-22 %); at 1.9-3.8 (3-6 % dense) 4-14 % slower (x86-avx2: 3 % faster to 15 % slower)."""
 
 
 def copies_patches(packed, k: int, n: int, patches: dict | None) -> bool:
