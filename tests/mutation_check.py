@@ -111,6 +111,20 @@ MUTANTS = (
            "      const int first_chunk = 1, last_chunk = k0 + kc == {{ K }};",
            ("tests/codegen/test_conv.py::test_dense_convs_walk_each_tile_in_k_chunks",),
            "walked tile by tile in K chunks, each chunk starts its sums at 0"),
+    Mutant("fused-pack-drops-tap-masks", "templates/f32-gemm/x86-tokens.c.j2",
+           "        lanes[j] = {{ isa.mask_bits.format(bits=\"tile_masks[tap * \" ~ V ~ "
+           "\" + j]\") }};",
+           "        lanes[j] = {{ isa.mask_bits.format(bits=\"0xffff\") }};",
+           ("tests/codegen/test_conv.py",),
+           "a whole tile's first channel block, packing a conv's patches as it multiplies, "
+           "reads the padding's lanes from the neighbouring rows"),
+    Mutant("fused-pack-leaves-rows-unpacked", "templates/f32-gemm/x86-tokens.c.j2",
+           "        x[j] = {{ isa.loadu }}(row + j * {{ L }});\n"
+           "        {{ isa.store }}(fill + k * {{ T }} + j * {{ L }}, x[j]);",
+           "        x[j] = {{ isa.loadu }}(row + j * {{ L }});",
+           ("tests/codegen/test_conv.py",),
+           "a 1x1 conv's first channel block multiplies a whole tile's rows without packing "
+           "them for the blocks after"),
     Mutant("tail-tile-drops-last-vector", "templates/f32-spmm/x86-tokens.c.j2",
            "{% set TAIL_V = ((M % T) + L - 1) // L %}",
            "{% set TAIL_V = (M % T) // L if M % T >= L else 1 %}",
