@@ -60,6 +60,10 @@ def _depthwise_layout(geometry: dict, lanes: int) -> dict:
     ov = -(-geometry["wo"] // lanes) * lanes
     reach = ((geometry["kw"] - 1) * geometry["dw"]) // sw
     pw = max(ov + reach, -(-(geometry["left"] + geometry["w"]) // sw))
+    # Whole vectors a phase, so that every phase row starts aligned: a tap at a whole vector's
+    # offset (a stride-2 3x3's columns 0 and 2 of 3, stride 1's first) loads one line, not
+    # two. 7-9 % faster one-layer depthwise convs (x86-avx512, Zen 5; 6 % on x86-avx2 there).
+    pw = -(-pw // lanes) * lanes
     span = (geometry["kh"] - 1) * geometry["dh"] + 1
     rows = max(span, DEPTHWISE_BAND_FLOATS // (sw * pw))
     band_rows = max(1, min(geometry["ho"], (rows - span) // sh + 1))
