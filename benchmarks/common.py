@@ -42,17 +42,24 @@ def ort_session(model_bytes: bytes, threads: int = 1):
 
 
 def host_description() -> str:
-    """The CPU model and the vector ISAs it offers (a VM may hide the model's name)."""
+    """The CPU model, its x86 family and model numbers (a VM may hide the model's name: "AMD
+    EPYC" is a Zen 3 at family 25 and a Zen 5 at 26), and the vector ISAs it offers."""
     cpu = platform.processor() or platform.machine()
     flags: set[str] = set()
+    numbers: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith(("flags", "Features")) and not flags:
-                flags = set(line.split(":", 1)[1].split())
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key == "model name":
+                cpu = value
+            elif key in ("cpu family", "model") and key not in numbers:
+                numbers[key] = value
+            elif key in ("flags", "Features") and not flags:
+                flags = set(value.split())
     except OSError:
         pass
+    if numbers.keys() == {"cpu family", "model"}:
+        cpu += f", family {numbers['cpu family']} model {numbers['model']}"
     isas = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX-512"),
                                     ("avx512_vnni", "VNNI"), ("avx512_bf16", "BF16"),
                                     ("amx_tile", "AMX"), ("asimd", "NEON"), ("asimddp", "dotprod"))
